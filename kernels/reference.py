@@ -1,0 +1,112 @@
+"""Pure-PyTorch oracles for every kernel, over the same paged layout.
+
+These are also the `torch` attention backend: they run anywhere torch runs (CPU included) and are
+what the Triton kernels are tested against. Layout, shared by every backend:
+
+    k_cache, v_cache: [num_blocks, block_size, num_kv_heads, head_dim]
+    slot = block_id * block_size + offset_in_block; slot -1 means "padding, write nothing".
+
+A batch packs the new tokens of every sequence back to back (`cu_seqlens_q`); the new tokens of
+sequence i are the last `q_len_i` positions of its context of `seq_lens[i]` tokens, so one call
+serves prefill, chunked prefill over a cached prefix, decode and verification of draft tokens.
+"""
+
+import torch
+import torch.nn.functional as F
+
+
+def store_kv(
+    key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+    value: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+    k_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    v_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    slot_mapping: torch.Tensor,  # [num_tokens] int64, -1 = skip
+) -> None:
+    num_blocks, block_size, num_kv_heads, head_dim = k_cache.shape
+    valid = slot_mapping >= 0
+    slots = slot_mapping[valid]
+    k_flat = k_cache.view(num_blocks * block_size, num_kv_heads, head_dim)
+    v_flat = v_cache.view(num_blocks * block_size, num_kv_heads, head_dim)
+    k_flat[slots] = key[valid].to(k_cache.dtype)
+    v_flat[slots] = value[valid].to(v_cache.dtype)
+
+
+def gather_kv(
+    cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    block_table: torch.Tensor,  # [max_blocks_per_seq] int32
+    seq_len: int,
+) -> torch.Tensor:  # [seq_len, num_kv_heads, head_dim]
+    block_size = cache.shape[1]
+    num_blocks = (seq_len + block_size - 1) // block_size
+    blocks = cache[block_table[:num_blocks].long()]
+    return blocks.reshape(num_blocks * block_size, *cache.shape[2:])[:seq_len]
+
+
+def paged_attention(
+    query: torch.Tensor,  # [num_tokens, num_heads, head_dim]
+    k_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    v_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    block_tables: torch.Tensor,  # [num_seqs, max_blocks_per_seq] int32
+    seq_lens: torch.Tensor,  # [num_seqs] int32, context length including the new tokens
+    cu_seqlens_q: torch.Tensor,  # [num_seqs + 1] int32, offsets of each sequence's new tokens
+    scale: float,
+) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
+    """Causal attention of each sequence's new tokens over its whole paged context."""
+    num_heads = query.shape[1]
+    num_kv_heads = k_cache.shape[2]
+    group = num_heads // num_kv_heads
+    out = torch.empty_like(query)
+    cu = cu_seqlens_q.tolist()
+    lens = seq_lens.tolist()
+    for i, seq_len in enumerate(lens):
+        q_start, q_end = cu[i], cu[i + 1]
+        q_len = q_end - q_start
+        if q_len == 0:
+            continue
+        k = gather_kv(k_cache, block_tables[i], seq_len)  # [S, Hkv, D]
+        v = gather_kv(v_cache, block_tables[i], seq_len)
+        q = query[q_start:q_end].transpose(0, 1)  # [H, Q, D]
+        k = k.transpose(0, 1).repeat_interleave(group, dim=0).to(q.dtype)  # [H, S, D]
+        v = v.transpose(0, 1).repeat_interleave(group, dim=0).to(q.dtype)
+        # New token j sits at absolute position seq_len - q_len + j and sees keys up to there.
+        q_pos = torch.arange(seq_len - q_len, seq_len, device=query.device)
+        k_pos = torch.arange(seq_len, device=query.device)
+        mask = k_pos[None, :] <= q_pos[:, None]  # [Q, S]
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        out[q_start:q_end] = o.transpose(0, 1)
+    return out
+
+
+def rms_norm(
+    x: torch.Tensor,  # [num_tokens, hidden]
+    weight: torch.Tensor,  # [hidden]
+    eps: float,
+    residual: torch.Tensor | None = None,  # [num_tokens, hidden]; added to x first
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (normed, new_residual): the sum in the input dtype, the norm in fp32, as HF does."""
+    new_residual = x if residual is None else x + residual
+    h = new_residual.float()
+    variance = h.pow(2).mean(-1, keepdim=True)
+    normed = (h * torch.rsqrt(variance + eps)).to(x.dtype)
+    return weight * normed, new_residual
+
+
+def rotary_embedding(
+    positions: torch.Tensor,  # [num_tokens] int64
+    query: torch.Tensor,  # [num_tokens, num_heads, head_dim]
+    key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+    cos_sin_cache: torch.Tensor,  # [max_position, head_dim] fp32: cos in [:half], sin in [half:]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Neox-style rotation (the rotate_half of HF Llama / Qwen), returned in the input dtype."""
+    half = cos_sin_cache.shape[1] // 2
+    cos_sin = cos_sin_cache[positions]
+    cos = torch.cat([cos_sin[:, :half]] * 2, dim=-1)[:, None, :]  # [T, 1, D]
+    sin = torch.cat([cos_sin[:, half:]] * 2, dim=-1)[:, None, :]
+
+    def rotate(x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        x1, x2 = xf[..., :half], xf[..., half:]
+        rotated = torch.cat([-x2, x1], dim=-1)
+        return (xf * cos + rotated * sin).to(x.dtype)
+
+    return rotate(query), rotate(key)

@@ -1,0 +1,66 @@
+"""A prompt job as producers put it on a queue."""
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from schemas.sampling import SamplingParams
+
+SCHEMA_VERSION = 1
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+
+
+class Job(BaseModel):
+    """Exactly one of `prompt`, `prompt_token_ids` or `messages` carries the input."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    id: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9._:@/+=-]+$")]
+    model: str | None = None  # None: whatever model the worker serves
+    prompt: str | None = None
+    prompt_token_ids: list[Annotated[int, Field(ge=0)]] | None = None
+    messages: list[ChatMessage] | None = None
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+    priority: int = 0  # higher is admitted first
+    deadline: datetime | None = None  # absolute, timezone-aware; expired jobs never reach the GPU
+    cache_salt: str | None = None  # isolates prefix-cache sharing between tenants
+    metadata: dict[str, str] = Field(default_factory=dict)  # e.g. traceparent, tenant
+    created_at: datetime | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_input(self) -> "Job":
+        given = [
+            name
+            for name, value in (
+                ("prompt", self.prompt),
+                ("prompt_token_ids", self.prompt_token_ids),
+                ("messages", self.messages),
+            )
+            if value is not None
+        ]
+        if len(given) != 1:
+            raise ValueError(
+                "exactly one of prompt, prompt_token_ids, messages must be set; got "
+                + (", ".join(given) if given else "none")
+            )
+        if self.prompt is not None and self.prompt == "":
+            raise ValueError("prompt must not be empty")
+        if self.prompt_token_ids is not None and not self.prompt_token_ids:
+            raise ValueError("prompt_token_ids must not be empty")
+        if self.messages is not None and not self.messages:
+            raise ValueError("messages must not be empty")
+        if self.deadline is not None and self.deadline.tzinfo is None:
+            raise ValueError("deadline must carry a timezone (e.g. 2026-01-01T00:00:00Z)")
+        return self
+
+    @property
+    def traceparent(self) -> str | None:
+        return self.metadata.get("traceparent")
