@@ -1,0 +1,93 @@
+"""Settings at the edge (env, .env, CLI flags), frozen dataclasses inside the engine."""
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "smollm2"  # the bundled SmolLM2-135M-Instruct
+
+
+class EngineSettings(BaseSettings):
+    """Engine knobs. Flag names follow vLLM's (`--max-num-seqs`); env vars are LLM_WORKER_<NAME>."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LLM_WORKER_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    model: str = Field(
+        DEFAULT_MODEL,
+        description="'smollm2' (bundled), an HF folder, or a named shape with --load-format dummy "
+        "(llama3-8b, qwen3-0.6b, qwen3-8b, qwen2-0.5b, tiny-llama)",
+    )
+    served_model_name: str | None = Field(None, description="name jobs may ask for (default: model)")
+    load_format: Literal["auto", "dummy"] = Field("auto", description="dummy: random weights")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="auto: bfloat16 on CUDA, float32 on CPU"
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    attention_backend: Literal["auto", "torch", "triton"] = Field(
+        "auto", description="auto: triton on CUDA, torch elsewhere"
+    )
+    block_size: int = Field(16, ge=1, le=256, description="tokens per KV-cache block")
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0.0, le=1.0, description="fraction of GPU memory for weights, activations and KV"
+    )
+    kv_cache_memory_gb: float | None = Field(
+        None, gt=0.0, description="KV-cache size in GiB (default on CPU: 1)"
+    )
+    num_gpu_blocks_override: int | None = Field(None, ge=1, description="fix the KV block count")
+    max_num_seqs: int = Field(128, ge=1, description="sequences in one batch at most")
+    max_model_len: int | None = Field(None, ge=1, description="prompt + output tokens at most")
+    max_num_batched_tokens: int = Field(2048, ge=1, description="tokens computed in one step")
+    enable_prefix_caching: bool = Field(True, description="reuse KV of shared prompt prefixes")
+    enable_chunked_prefill: bool = Field(True, description="split long prompts across steps")
+    seed: int = Field(0, description="seed for unseeded sampling and dummy weights")
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "llm-worker", description="converted models live here"
+    )
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser, settings_cls: type[BaseSettings]) -> None:
+    """Expose every field as `--kebab-case`; flags left out fall back to env, .env, default."""
+    for name, field in settings_cls.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        help_text = field.description or ""
+        default = field.default
+        if field.annotation is bool:
+            parser.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
+                help=f"{help_text} (default: {default})",
+            )
+        else:
+            parser.add_argument(
+                flag, dest=name, default=None, metavar=name.upper(),
+                help=f"{help_text} (default: {default})".strip(),
+            )
+
+
+def settings_from_args(settings_cls: type[BaseSettings], args: argparse.Namespace) -> Any:
+    given = {
+        name: getattr(args, name)
+        for name in settings_cls.model_fields
+        if getattr(args, name, None) is not None
+    }
+    return settings_cls(**given)
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    max_model_len: int
+    enable_chunked_prefill: bool
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    block_size: int
+    num_blocks: int
+    enable_prefix_caching: bool

@@ -1,0 +1,99 @@
+"""Builds an LLMEngine from settings: device, dtype, weights, KV-cache size, tokenizer."""
+
+import logging
+from typing import Any
+
+import torch
+
+from worker.config import CacheConfig, EngineSettings, SchedulerConfig
+from worker.engine.block_manager import BlockManager, cdiv
+from worker.engine.llm_engine import LLMEngine
+from worker.engine.model_runner import ModelRunner, kv_block_bytes
+from worker.engine.scheduler import Scheduler
+from worker.models.attention import get_backend
+from worker.models.config import ModelConfig
+from worker.models.loader import load_model, resolve
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DEFAULT_CPU_KV_CACHE_GB = 1.0
+
+
+class EngineConfigError(ValueError):
+    """The settings cannot give a working engine; the message names the knobs to turn."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise EngineConfigError("--device cuda was asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return DTYPES[name]
+
+
+def _num_blocks(settings: EngineSettings, runner: ModelRunner, max_model_len: int) -> int:
+    block_bytes = kv_block_bytes(runner.model, settings.block_size, runner.dtype)
+    if settings.num_gpu_blocks_override is not None:
+        return settings.num_gpu_blocks_override
+    if settings.kv_cache_memory_gb is not None or runner.device.type != "cuda":
+        gb = settings.kv_cache_memory_gb or DEFAULT_CPU_KV_CACHE_GB
+        return max(1, int(gb * 2**30) // block_bytes)
+    num_profile_tokens = min(settings.max_num_batched_tokens, max_model_len)
+    peak = runner.profile_peak_bytes(num_profile_tokens)
+    total = torch.cuda.get_device_properties(runner.device).total_memory
+    budget = int(total * settings.gpu_memory_utilization) - peak
+    num_blocks = budget // block_bytes
+    if num_blocks < cdiv(max_model_len, settings.block_size):
+        raise EngineConfigError(
+            f"the KV cache would hold {max(num_blocks, 0) * settings.block_size} tokens, less than "
+            f"one sequence of --max-model-len {max_model_len}: raise --gpu-memory-utilization "
+            f"(now {settings.gpu_memory_utilization}) or lower --max-model-len"
+        )
+    return num_blocks
+
+
+def build_engine(settings: EngineSettings) -> LLMEngine:
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
+    source = resolve(settings.model, settings.cache_dir)
+    model_cfg = ModelConfig.from_hf(source.hf_config)
+    max_model_len = settings.max_model_len or model_cfg.max_position_embeddings
+    if max_model_len > model_cfg.max_position_embeddings:
+        log.warning("max_model_len %d is past the model's %d positions", max_model_len,
+                    model_cfg.max_position_embeddings)
+    backend = get_backend(settings.attention_backend, device)
+    model = load_model(
+        source, backend, dtype, device, dummy=settings.load_format == "dummy",
+        seed=settings.seed, max_position=max_model_len,
+    )
+    runner = ModelRunner(model, settings.block_size, settings.seed)
+    num_blocks = _num_blocks(settings, runner, max_model_len)
+    runner.allocate_kv_cache(num_blocks)
+    log.info("KV cache: %d blocks of %d tokens (%d tokens), %s backend", num_blocks,
+             settings.block_size, num_blocks * settings.block_size, backend.name)
+    model_id = settings.served_model_name or settings.model
+    scheduler = Scheduler(
+        SchedulerConfig(
+            max_num_seqs=settings.max_num_seqs,
+            max_num_batched_tokens=settings.max_num_batched_tokens,
+            max_model_len=max_model_len,
+            enable_chunked_prefill=settings.enable_chunked_prefill,
+        ),
+        BlockManager(num_blocks, settings.block_size, settings.enable_prefix_caching, model_id),
+    )
+    return LLMEngine(runner, scheduler, _load_tokenizer(source), model_cfg.eos_token_ids, model_id)
+
+
+def _load_tokenizer(source: Any) -> Any:
+    if not source.has_tokenizer:
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(source.folder)

@@ -1,0 +1,225 @@
+"""The synchronous engine: add_request / step / abort, and generate() on top of them."""
+
+import logging
+import time
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from schemas import SamplingParams
+from worker.engine.block_manager import BlockManager, PrefixCacheStats
+from worker.engine.detokenizer import IncrementalDetokenizer
+from worker.engine.model_runner import ModelRunner
+from worker.engine.sampler import SampledToken, SamplingRow
+from worker.engine.scheduler import RequestRejected, Scheduler
+from worker.engine.sequence import Sequence, SequenceMetrics
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EngineStats", "LLMEngine", "RequestOutput", "RequestRejected"]
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    prompt_token_ids: list[int]
+    output_token_ids: list[int]
+    text: str | None
+    finish_reason: str | None
+    num_cached_tokens: int
+    metrics: SequenceMetrics
+    logprobs: list[SampledToken] | None = None
+    finished: bool = True
+
+
+@dataclass
+class EngineStats:
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float
+    prefix_cache: PrefixCacheStats
+    num_preemptions: int
+    num_computed_tokens: int  # every token the model has run, prefill and decode
+    num_steps: int
+
+
+@dataclass
+class _Request:
+    seq: Sequence
+    detokenizer: IncrementalDetokenizer | None
+    generator: torch.Generator | None
+    logprobs: list[SampledToken] | None = field(default=None)
+
+
+class LLMEngine:
+    def __init__(
+        self, runner: ModelRunner, scheduler: Scheduler, tokenizer: Any,
+        eos_token_ids: Seq[int], model_id: str,
+    ) -> None:
+        self.runner = runner
+        self.scheduler = scheduler
+        self.block_manager = scheduler.block_manager
+        self.tokenizer = tokenizer
+        self.eos_token_ids = tuple(eos_token_ids)
+        self.model_id = model_id
+        self.requests: dict[str, _Request] = {}
+        self._aborted: list[RequestOutput] = []
+        self.num_computed_tokens = 0
+        self.num_steps = 0
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "LLMEngine":
+        from worker.engine.builder import build_engine
+
+        return build_engine(settings)
+
+    @property
+    def max_num_seqs(self) -> int:
+        return self.scheduler.config.max_num_seqs
+
+    @property
+    def max_model_len(self) -> int:
+        return self.scheduler.config.max_model_len
+
+    def add_request(
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, *,
+        priority: int = 0, cache_salt: str | None = None, arrival_time: float | None = None,
+    ) -> None:
+        """Queue a request; raises RequestRejected for one that can never be served."""
+        if request_id in self.requests:
+            raise RequestRejected("invalid_request", f"request id {request_id!r} is already running")
+        vocab = self.runner.model.config.vocab_size
+        bad = next((t for t in prompt_token_ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise RequestRejected("invalid_request", f"token id {bad} outside the vocabulary (0..{vocab - 1})")
+        if params.stop and self.tokenizer is None:
+            raise RequestRejected("invalid_request", "stop strings need a model with a tokenizer")
+        seq = Sequence(
+            request_id=request_id, token_ids=list(prompt_token_ids),
+            num_prompt_tokens=len(prompt_token_ids), params=params, priority=priority,
+            cache_salt=cache_salt,
+            metrics=SequenceMetrics(arrival_time=arrival_time or time.monotonic()),
+        )
+        self.scheduler.add(seq)
+        detok = None
+        if self.tokenizer is not None:
+            detok = IncrementalDetokenizer(self.tokenizer, params.stop, params.include_stop_str_in_output)
+        gen = None
+        if params.seed is not None:
+            gen = torch.Generator(device=self.runner.device).manual_seed(params.seed)
+        self.requests[request_id] = _Request(seq, detok, gen, [] if params.logprobs is not None else None)
+
+    def abort(self, request_id: str) -> None:
+        request = self.requests.pop(request_id, None)
+        if request is None:
+            return
+        self.scheduler.finish(request.seq, "abort")
+        request.seq.metrics.finished_time = time.monotonic()
+        self._aborted.append(self._output(request))
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.requests) or bool(self._aborted)
+
+    def num_unfinished_requests(self) -> int:
+        return len(self.requests)
+
+    def step(self) -> list[RequestOutput]:
+        """Run one batch; return the requests that finished in it (and any aborted since)."""
+        finished, self._aborted = self._aborted, []
+        plan = self.scheduler.schedule()
+        if plan.is_empty:
+            return finished
+        now = time.monotonic()
+        rows: list[SamplingRow] = []
+        for item in plan.scheduled:
+            seq = item.seq
+            if seq.metrics.first_scheduled_time is None:
+                seq.metrics.first_scheduled_time = now
+            if item.samples:
+                rows.append(self._sampling_row(seq))
+        sampled = self.runner.execute(plan.scheduled, rows)
+        self.num_steps += 1
+        self.num_computed_tokens += plan.num_batched_tokens
+        now = time.monotonic()
+        sampled_iter = iter(sampled)
+        for item in plan.scheduled:
+            seq = item.seq
+            seq.num_computed_tokens += item.num_new_tokens
+            self.block_manager.cache_computed_blocks(seq)
+            if item.samples:
+                request = self.requests[seq.request_id]
+                if self._append_token(request, next(sampled_iter), now):
+                    finished.append(self._finish(request, now))
+        return finished
+
+    def _sampling_row(self, seq: Sequence) -> SamplingRow:
+        p = seq.params
+        blocked: tuple[int, ...] = ()
+        if seq.num_output_tokens < p.min_tokens:
+            blocked = tuple(p.stop_token_ids) + (() if p.ignore_eos else self.eos_token_ids)
+        return SamplingRow(
+            params=p, token_ids=seq.token_ids, num_prompt_tokens=seq.num_prompt_tokens,
+            generator=self.requests[seq.request_id].generator, blocked_token_ids=blocked,
+        )
+
+    def _append_token(self, request: _Request, token: SampledToken, now: float) -> bool:
+        """Append a sampled token; True when the sequence is done."""
+        seq, p = request.seq, request.seq.params
+        seq.token_ids.append(token.token_id)
+        if seq.metrics.first_token_time is None:
+            seq.metrics.first_token_time = now
+        if request.logprobs is not None:
+            request.logprobs.append(token)
+        stopped = request.detokenizer is not None and request.detokenizer.push(token.token_id)
+        if seq.num_output_tokens >= p.min_tokens:
+            if token.token_id in p.stop_token_ids or stopped:
+                seq.finish_reason = "stop"
+            elif not p.ignore_eos and token.token_id in self.eos_token_ids:
+                seq.finish_reason = "stop"
+        if seq.finish_reason is None and (
+            seq.num_output_tokens >= p.max_tokens or seq.num_tokens >= self.max_model_len
+        ):
+            seq.finish_reason = "length"
+        return seq.finish_reason is not None
+
+    def _finish(self, request: _Request, now: float) -> RequestOutput:
+        seq = request.seq
+        self.scheduler.finish(seq, seq.finish_reason or "stop")
+        seq.metrics.finished_time = now
+        del self.requests[seq.request_id]
+        return self._output(request)
+
+    def _output(self, request: _Request) -> RequestOutput:
+        seq = request.seq
+        return RequestOutput(
+            request_id=seq.request_id, prompt_token_ids=seq.prompt_token_ids,
+            output_token_ids=seq.output_token_ids,
+            text=request.detokenizer.text if request.detokenizer is not None else None,
+            finish_reason=seq.finish_reason, num_cached_tokens=seq.num_cached_tokens,
+            metrics=seq.metrics, logprobs=request.logprobs,
+        )
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            num_running=self.scheduler.num_running, num_waiting=self.scheduler.num_waiting,
+            kv_cache_usage=self.block_manager.usage, prefix_cache=self.block_manager.stats,
+            num_preemptions=self.scheduler.num_preemptions,
+            num_computed_tokens=self.num_computed_tokens, num_steps=self.num_steps,
+        )
+
+    def generate(
+        self, prompts: Seq[list[int]] | Seq[str], params: SamplingParams | Seq[SamplingParams],
+    ) -> list[RequestOutput]:
+        """Submit every prompt at once, run to completion, return outputs in prompt order."""
+        param_list = list(params) if not isinstance(params, SamplingParams) else [params] * len(prompts)
+        ids = [f"gen-{self.num_steps}-{i}" for i in range(len(prompts))]
+        for request_id, prompt, p in zip(ids, prompts, param_list, strict=True):
+            tokens = self.tokenizer.encode(prompt) if isinstance(prompt, str) else prompt
+            self.add_request(request_id, tokens, p)
+        done: dict[str, RequestOutput] = {}
+        while len(done) < len(ids):
+            for out in self.step():
+                done[out.request_id] = out
+        return [done[i] for i in ids]

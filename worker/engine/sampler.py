@@ -1,0 +1,115 @@
+"""Token selection for one step: penalties, min_tokens, temperature, top-k/p, min-p, seeds.
+
+Work is vectorised over the batch; a per-row Python loop only runs for rows that ask for
+penalties, min_tokens or a seed (a seeded row draws from its own generator, so its tokens do not
+depend on what else shares the batch).
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from schemas import SamplingParams
+
+NEG_INF = float("-inf")
+
+
+@dataclass
+class SamplingRow:
+    params: SamplingParams
+    token_ids: list[int]  # prompt followed by output so far
+    num_prompt_tokens: int
+    generator: torch.Generator | None  # set for seeded requests
+    blocked_token_ids: tuple[int, ...] = ()  # eos/stop ids while under min_tokens
+
+
+@dataclass
+class SampledToken:
+    token_id: int
+    logprob: float | None = None
+    top_logprobs: dict[int, float] | None = None
+
+
+def _apply_penalties(logits: torch.Tensor, row: SamplingRow) -> None:  # logits: [V], in place
+    p = row.params
+    vocab = logits.shape[0]
+    device = logits.device
+    output = torch.tensor(row.token_ids[row.num_prompt_tokens :], dtype=torch.long, device=device)
+    counts = torch.bincount(output, minlength=vocab)[:vocab].to(logits.dtype)
+    if p.repetition_penalty != 1.0:
+        seen = torch.zeros(vocab, dtype=torch.bool, device=device)
+        seen[torch.tensor(row.token_ids, dtype=torch.long, device=device)] = True
+        penalized = torch.where(logits > 0, logits / p.repetition_penalty, logits * p.repetition_penalty)
+        logits.copy_(torch.where(seen, penalized, logits))
+    if p.frequency_penalty != 0.0:
+        logits -= p.frequency_penalty * counts
+    if p.presence_penalty != 0.0:
+        logits -= p.presence_penalty * (counts > 0).to(logits.dtype)
+
+
+def _top_k_top_p_min_p(probs: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+    """Zero out what each row's filters drop; probs: [n, V] rows summing to 1."""
+    device = probs.device
+    top_k = torch.tensor([r.params.top_k if r.params.top_k > 0 else probs.shape[1] for r in rows], device=device)
+    top_p = torch.tensor([r.params.top_p for r in rows], device=device, dtype=probs.dtype)
+    min_p = torch.tensor([r.params.min_p for r in rows], device=device, dtype=probs.dtype)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    ranks = torch.arange(probs.shape[1], device=device)[None, :]
+    cumulative = sorted_probs.cumsum(dim=-1)
+    # Keep a token if it is within top-k and the mass before it is under top-p.
+    keep = (ranks < top_k[:, None]) & ((cumulative - sorted_probs) < top_p[:, None])
+    keep &= sorted_probs >= min_p[:, None] * sorted_probs[:, :1]
+    keep[:, 0] = True
+    filtered = torch.zeros_like(probs).scatter_(1, order, sorted_probs * keep)
+    return filtered / filtered.sum(dim=-1, keepdim=True)
+
+
+def sample(
+    logits: torch.Tensor,  # [n, vocab] fp32, one row per sequence that samples this step
+    rows: list[SamplingRow],
+    generator: torch.Generator | None,
+) -> list[SampledToken]:
+    assert logits.shape[0] == len(rows)
+    raw_logits = logits
+    logits = logits.clone()
+    for i, row in enumerate(rows):
+        if row.params.needs_penalties:
+            _apply_penalties(logits[i], row)
+        if row.blocked_token_ids:
+            logits[i, list(row.blocked_token_ids)] = NEG_INF
+    greedy = torch.tensor([r.params.is_greedy for r in rows], device=logits.device)
+    chosen = logits.argmax(dim=-1)
+    if not bool(greedy.all()):
+        temperature = torch.tensor(
+            [r.params.temperature if not r.params.is_greedy else 1.0 for r in rows],
+            device=logits.device, dtype=logits.dtype,
+        )
+        probs = torch.softmax(logits / temperature[:, None], dim=-1)
+        if any(r.params.top_k > 0 or r.params.top_p < 1.0 or r.params.min_p > 0 for r in rows):
+            probs = _top_k_top_p_min_p(probs, rows)
+        # Exponential race: argmax(p / E) with E ~ Exp(1) draws from p, one generator per row.
+        noise = torch.empty_like(probs).exponential_(generator=generator)
+        for i, row in enumerate(rows):
+            if row.generator is not None:
+                noise[i].exponential_(generator=row.generator)
+        drawn = (probs / noise).argmax(dim=-1)
+        chosen = torch.where(greedy, chosen, drawn)
+    token_ids = chosen.tolist()
+    return _with_logprobs(raw_logits, rows, token_ids)
+
+
+def _with_logprobs(
+    raw_logits: torch.Tensor, rows: list[SamplingRow], token_ids: list[int]
+) -> list[SampledToken]:
+    out = [SampledToken(token_id=t) for t in token_ids]
+    wanted = [i for i, r in enumerate(rows) if r.params.logprobs is not None]
+    if not wanted:
+        return out
+    logprobs = torch.log_softmax(raw_logits[wanted], dim=-1)
+    for j, i in enumerate(wanted):
+        k = rows[i].params.logprobs or 0
+        out[i].logprob = float(logprobs[j, token_ids[i]])
+        if k:
+            values, ids = logprobs[j].topk(k)
+            out[i].top_logprobs = dict(zip(ids.tolist(), values.tolist(), strict=True))
+    return out

@@ -1,0 +1,167 @@
+"""Continuous batching under one rule: each sequence's computed tokens catch up to its tokens.
+
+A step hands every scheduled sequence a token count under a token budget and a sequence cap, so
+prefill, chunked prefill, prefix hits and decode are only different counts in one mixed batch.
+No torch here.
+"""
+
+import heapq
+from dataclasses import dataclass, field
+
+from worker.config import SchedulerConfig
+from worker.engine.block_manager import BlockManager, cdiv
+from worker.engine.sequence import Sequence, SequenceStatus
+
+
+class RequestRejected(Exception):
+    """A request that can never be served; `code` is one of schemas.ErrorCode."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ScheduledSequence:
+    seq: Sequence
+    num_new_tokens: int
+    # The step computes positions [start, start + num_new_tokens) of seq.token_ids.
+    start: int
+
+    @property
+    def samples(self) -> bool:
+        """True when this step reaches the end of the sequence, so its last logits are sampled."""
+        return self.start + self.num_new_tokens == self.seq.num_tokens
+
+
+@dataclass
+class SchedulerOutput:
+    scheduled: list[ScheduledSequence] = field(default_factory=list)
+    preempted: list[Sequence] = field(default_factory=list)
+
+    @property
+    def num_batched_tokens(self) -> int:
+        return sum(s.num_new_tokens for s in self.scheduled)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.scheduled
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, block_manager: BlockManager) -> None:
+        self.config = config
+        self.block_manager = block_manager
+        self.running: list[Sequence] = []
+        self._waiting: list[tuple[int, int, Sequence]] = []  # heap of (-priority, arrival_idx)
+        self._next_arrival_idx = 0
+        self.num_preemptions = 0
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    def check_admissible(self, num_prompt_tokens: int, max_tokens: int) -> None:
+        if num_prompt_tokens == 0:
+            raise RequestRejected("invalid_request", "the prompt has no tokens")
+        total = num_prompt_tokens + max_tokens
+        if total > self.config.max_model_len:
+            raise RequestRejected(
+                "prompt_too_long",
+                f"prompt ({num_prompt_tokens} tokens) + max_tokens ({max_tokens}) = {total} "
+                f"exceeds max_model_len ({self.config.max_model_len})",
+            )
+        bm = self.block_manager
+        if cdiv(total, bm.block_size) > bm.num_blocks:
+            raise RequestRejected(
+                "prompt_too_long",
+                f"prompt + max_tokens = {total} tokens needs more KV cache than exists "
+                f"({bm.num_blocks} blocks of {bm.block_size} tokens)",
+            )
+
+    def add(self, seq: Sequence) -> None:
+        self.check_admissible(seq.num_prompt_tokens, seq.params.max_tokens)
+        seq.arrival_idx = self._next_arrival_idx
+        self._next_arrival_idx += 1
+        self._push_waiting(seq)
+
+    def _push_waiting(self, seq: Sequence) -> None:
+        seq.status = SequenceStatus.WAITING
+        heapq.heappush(self._waiting, (-seq.priority, seq.arrival_idx, seq))
+
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self.config.max_num_batched_tokens
+        budget = self._schedule_running(out, budget)
+        if not out.preempted:
+            self._schedule_waiting(out, budget)
+        return out
+
+    def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            if num_new <= 0:
+                i += 1
+                continue
+            while not self.block_manager.allocate(seq, seq.num_computed_tokens + num_new):
+                victim = self.running.pop()  # the newest gives its blocks back
+                self._preempt(victim)
+                out.preempted.append(victim)
+                if victim is seq:
+                    break
+            else:
+                out.scheduled.append(ScheduledSequence(seq, num_new, seq.num_computed_tokens))
+                budget -= num_new
+                i += 1
+                continue
+            break  # seq itself was preempted: everything after it already was too
+        return budget
+
+    def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
+        bm = self.block_manager
+        while self._waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+            seq = self._waiting[0][2]
+            cached = bm.find_cached_prefix(seq)
+            num_computed = len(cached) * bm.block_size
+            num_new = seq.num_tokens - num_computed
+            if num_new > budget and not self.config.enable_chunked_prefill:
+                break
+            # Admission reserves the whole prompt so a chunked prefill is never starved mid-way.
+            if not bm.allocate(seq, seq.num_tokens, cached):
+                break
+            heapq.heappop(self._waiting)
+            bm.record_admission(seq, num_computed)
+            if seq.num_preemptions == 0:
+                seq.num_cached_tokens = num_computed
+            seq.num_computed_tokens = num_computed
+            num_new = min(num_new, budget)
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            out.scheduled.append(ScheduledSequence(seq, num_new, num_computed))
+            budget -= num_new
+
+    def _preempt(self, seq: Sequence) -> None:
+        """Recompute-style: drop the KV, keep the tokens, go back to the front of the queue."""
+        self.block_manager.free(seq)
+        seq.num_computed_tokens = 0
+        seq.num_preemptions += 1
+        self.num_preemptions += 1
+        self._push_waiting(seq)
+
+    def finish(self, seq: Sequence, reason: str) -> None:
+        """Release a sequence, running or waiting (abort)."""
+        if seq.status is SequenceStatus.RUNNING:
+            self.running.remove(seq)
+        elif seq.status is SequenceStatus.WAITING:
+            self._waiting = [entry for entry in self._waiting if entry[2] is not seq]
+            heapq.heapify(self._waiting)
+        self.block_manager.free(seq)
+        seq.status = SequenceStatus.FINISHED
+        seq.finish_reason = reason

@@ -1,0 +1,84 @@
+"""Attention backends: the same paged layout served by torch (CPU, oracle) or Triton (CUDA)."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from kernels import reference
+
+
+@dataclass(frozen=True)
+class AttentionMetadata:
+    """Per-step batch description shared by every layer. Tensors live on the model's device."""
+
+    slot_mapping: torch.Tensor  # [num_tokens] int64; -1 = padding token, nothing written
+    block_tables: torch.Tensor  # [num_seqs, max_blocks_per_seq] int32
+    seq_lens: torch.Tensor  # [num_seqs] int32; context length including this step's tokens
+    cu_seqlens_q: torch.Tensor  # [num_seqs + 1] int32; offsets of each sequence's new tokens
+    max_seqlen_q: int
+    max_seqlen_k: int
+
+
+class StoreKV(Protocol):
+    def __call__(
+        self,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        slot_mapping: torch.Tensor,
+    ) -> None: ...
+
+
+@dataclass(frozen=True)
+class AttentionBackend:
+    name: str
+    store_kv: StoreKV
+    paged_attention: Callable[..., torch.Tensor]
+
+    def forward(
+        self,
+        query: torch.Tensor,  # [num_tokens, num_heads, head_dim]
+        key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+        value: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+        k_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+        v_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
+        self.store_kv(key, value, k_cache, v_cache, meta.slot_mapping)
+        return self.paged_attention(
+            query,
+            k_cache,
+            v_cache,
+            meta.block_tables,
+            meta.seq_lens,
+            meta.cu_seqlens_q,
+            scale,
+            meta.max_seqlen_q,
+            meta.max_seqlen_k,
+        )
+
+
+TORCH_BACKEND = AttentionBackend(
+    name="torch", store_kv=reference.store_kv, paged_attention=reference.paged_attention
+)
+
+
+def get_backend(name: str, device: torch.device) -> AttentionBackend:
+    """`auto` picks triton on CUDA and torch elsewhere."""
+    if name == "auto":
+        name = "triton" if device.type == "cuda" else "torch"
+    if name == "torch":
+        return TORCH_BACKEND
+    if name == "triton":
+        from kernels import triton_backend
+
+        return AttentionBackend(
+            name="triton",
+            store_kv=triton_backend.store_kv,
+            paged_attention=triton_backend.paged_attention,
+        )
+    raise ValueError(f"unknown attention backend {name!r}; choose auto, torch or triton")

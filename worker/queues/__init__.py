@@ -1,0 +1,1 @@
+"""Job sources and result sinks: Redis Streams, Kafka, in-process memory."""
