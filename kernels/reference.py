@@ -50,8 +50,11 @@ def paged_attention(
     seq_lens: torch.Tensor,  # [num_seqs] int32, context length including the new tokens
     cu_seqlens_q: torch.Tensor,  # [num_seqs + 1] int32, offsets of each sequence's new tokens
     scale: float,
+    max_seqlen_q: int,  # upper bounds, used by kernels to pick a launch grid; ignored here
+    max_seqlen_k: int,
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
     """Causal attention of each sequence's new tokens over its whole paged context."""
+    del max_seqlen_q, max_seqlen_k
     num_heads = query.shape[1]
     num_kv_heads = k_cache.shape[2]
     group = num_heads // num_kv_heads
