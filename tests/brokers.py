@@ -1,0 +1,90 @@
+"""Real brokers for the queue and service tests, started through the same scripts CI uses.
+
+Locally a test that needs a broker that cannot be started is skipped with the reason; with CI
+set it fails instead, so a missing broker never passes as green.
+"""
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+SCRIPTS_DIR = Path(__file__).resolve().parent.parent / "scripts"
+REDIS_PORT = int(os.environ.get("LLMW_TEST_REDIS_PORT", "16379"))
+KAFKA_PORT = int(os.environ.get("LLMW_TEST_KAFKA_PORT", "19092"))
+
+
+def run_script(name: str, *args: str, env: dict[str, str] | None = None) -> str:
+    """Run a broker script; returns its stdout (the address); raises with its stderr."""
+    done = subprocess.run(
+        ["bash", str(SCRIPTS_DIR / name), *args],
+        env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=300,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{name} {' '.join(args)} failed: {done.stderr.strip()[-2000:]}")
+    return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+
+
+def _unavailable(what: str, exc: Exception) -> None:
+    message = f"{what} could not be started: {exc}"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def redis_env(port: int, password: str | None = None) -> dict[str, str]:
+    env = {"REDIS_PORT": str(port)}
+    if password is not None:
+        env["REDIS_PASSWORD"] = password
+    return env
+
+
+def kafka_env() -> dict[str, str]:
+    return {"KAFKA_PORT": str(KAFKA_PORT)}
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    try:
+        return run_script("start_redis.sh", env=redis_env(REDIS_PORT))
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        _unavailable("redis-server", exc)
+        raise
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    try:
+        return run_script("start_kafka.sh", env=kafka_env())
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        _unavailable("Kafka", exc)
+        raise
+
+
+@pytest.fixture
+def unique_name() -> str:
+    """A fresh key prefix / topic stem so tests sharing one broker never see each other's data."""
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def private_redis(unique_name: str) -> Iterator[tuple[str, int]]:
+    """A redis-server of this test's own (restarts and passwords must not disturb others)."""
+    port = 16400 + int(unique_name[1:5], 16) % 500
+    env = {**redis_env(port), "REDIS_DATA_DIR": f"/tmp/llm-worker-redis-{unique_name}"}
+    try:
+        url = run_script("start_redis.sh", env=env)
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        _unavailable("redis-server", exc)
+        raise
+    yield url, port
+    run_script("start_redis.sh", "stop", env=env)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests run on asyncio (the worker's loop) through anyio's pytest plugin."""
+    return "asyncio"

@@ -1,0 +1,208 @@
+"""Jobs from a Redis stream through one consumer group.
+
+Order of intake in `receive`: this consumer's own pending entries (once, after a restart), then
+entries other consumers left idle past `claim_idle_ms` (XAUTOCLAIM), then new entries
+(XREADGROUP COUNT <free slots>). In-flight entries are renewed with `XCLAIM ... JUSTID`, which
+resets their idle time without counting a delivery, so a long job is not stolen.
+"""
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from worker.queues.keys import RedisKeys
+from worker.queues.protocol import Delivery
+from worker.queues.redis_conn import TRANSIENT_ERRORS, make_client, verify
+from worker.queues.redis_trim import trim_acked
+from worker.service_settings import RedisSettings
+
+# Renew only entries this consumer still owns: a plain XCLAIM would steal back an entry that
+# another worker rightly claimed while we were stalled.
+_RENEW_OWN = """
+local lost = {}
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+  else
+    table.insert(lost, ARGV[i])
+  end
+end
+return lost
+"""
+
+
+@dataclass(frozen=True)
+class RedisSourceConfig:
+    consumer: str  # stable per worker so a restart replays its own pending entries
+    claim_idle_ms: int
+    trim_interval_s: float
+    dead_letter_maxlen: int = 100_000
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RedisStreamSource:
+    def __init__(self, settings: RedisSettings, config: RedisSourceConfig) -> None:
+        self._settings = settings
+        self._config = config
+        self._keys = RedisKeys(settings.prefix)
+        self._redis: aioredis.Redis = make_client(settings)
+        self._in_flight: set[str] = set()
+        self._replay_cursor: str | None = "-"  # None once our own pending list is drained
+        self._claim_cursor = "0-0"
+        self._next_claim_s = 0.0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        await verify(self._redis, self._settings)
+        await self._ensure_group()
+        self._tasks = [
+            asyncio.create_task(self._every(self._config.claim_idle_ms / 3000, self._renew)),
+            asyncio.create_task(self._every(self._config.trim_interval_s, self._trim)),
+        ]
+
+    async def _ensure_group(self) -> None:
+        try:
+            await self._redis.xgroup_create(
+                self._keys.jobs_stream, self._keys.group, id="0", mkstream=True
+            )
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def receive(self, max_jobs: int, timeout_s: float) -> list[Delivery]:
+        if max_jobs <= 0:
+            await asyncio.sleep(timeout_s)  # leases are renewed by their own task meanwhile
+            return []
+        try:
+            deliveries = await self._replay_own(max_jobs)
+            if not deliveries and time.monotonic() >= self._next_claim_s:
+                deliveries = await self._claim_idle(max_jobs)
+            if not deliveries:
+                deliveries = await self._read_new(max_jobs, timeout_s)
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # The server restarted without its data, or someone deleted the stream.
+            await self._ensure_group()
+            return []
+        self._in_flight.update(str(d.handle) for d in deliveries)
+        return deliveries
+
+    async def _replay_own(self, max_jobs: int) -> list[Delivery]:
+        if self._replay_cursor is None:
+            return []
+        pending = await self._redis.xpending_range(
+            self._keys.jobs_stream, self._keys.group, min=self._replay_cursor, max="+",
+            count=max_jobs, consumername=self._config.consumer,
+        )
+        pending = [p for p in pending if _text(p["message_id"]) not in self._in_flight]
+        if not pending:
+            self._replay_cursor = None
+            return []
+        self._replay_cursor = "(" + _text(pending[-1]["message_id"])
+        counts = {_text(p["message_id"]): int(p["times_delivered"]) + 1 for p in pending}
+        # XCLAIM (not JUSTID) returns the entries and counts this as another delivery.
+        entries = await self._redis.xclaim(
+            self._keys.jobs_stream, self._keys.group, self._config.consumer, 0, list(counts)
+        )
+        return await self._to_deliveries(entries, counts)
+
+    async def _claim_idle(self, max_jobs: int) -> list[Delivery]:
+        next_id, entries, deleted_ids = await self._redis.xautoclaim(
+            self._keys.jobs_stream, self._keys.group, self._config.consumer,
+            min_idle_time=self._config.claim_idle_ms, start_id=self._claim_cursor, count=max_jobs,
+        )
+        if deleted_ids:  # trimmed away while pending: nothing left to run, clear the PEL
+            await self._redis.xack(self._keys.jobs_stream, self._keys.group, *deleted_ids)
+        self._claim_cursor = _text(next_id)
+        if self._claim_cursor == "0-0":  # full pass done; look again after a while
+            self._next_claim_s = time.monotonic() + self._config.claim_idle_ms / 2000
+        counts = await self._delivery_counts([_text(e[0]) for e in entries if e])
+        return await self._to_deliveries(entries, counts)
+
+    async def _read_new(self, max_jobs: int, timeout_s: float) -> list[Delivery]:
+        reply = await self._redis.xreadgroup(
+            self._keys.group, self._config.consumer, {self._keys.jobs_stream: ">"},
+            count=max_jobs, block=max(1, int(timeout_s * 1000)),
+        )
+        entries = reply[0][1] if reply else []
+        return await self._to_deliveries(entries, {})
+
+    async def _delivery_counts(self, entry_ids: list[str]) -> dict[str, int]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for entry_id in entry_ids:
+                pipe.xpending_range(
+                    self._keys.jobs_stream, self._keys.group, min=entry_id, max=entry_id, count=1
+                )
+            replies = await pipe.execute()
+        return {
+            entry_id: int(reply[0]["times_delivered"]) if reply else 1
+            for entry_id, reply in zip(entry_ids, replies, strict=True)
+        }
+
+    async def _to_deliveries(self, entries: list, counts: dict[str, int]) -> list[Delivery]:
+        deliveries = []
+        for entry in entries:
+            if not entry or entry[1] is None:  # deleted between pending and claim
+                continue
+            entry_id, fields = _text(entry[0]), entry[1]
+            payload = fields.get(b"job")
+            key = fields.get(b"id")
+            deliveries.append(Delivery(
+                payload=payload or b"",
+                key=key.decode(errors="replace") if key else None,
+                delivery_count=counts.get(entry_id, 1),
+                handle=entry_id,
+                position=f"{self._keys.jobs_stream}/{entry_id}",
+                error=None if payload is not None else "stream entry has no `job` field",
+            ))
+        return deliveries
+
+    async def ack(self, delivery: Delivery) -> None:
+        await self._redis.xack(self._keys.jobs_stream, self._keys.group, str(delivery.handle))
+        self._in_flight.discard(str(delivery.handle))
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        await self._redis.xadd(
+            self._keys.dead_letter_stream,
+            {
+                "entry_id": str(delivery.handle), "job_id": delivery.key or "",
+                "reason": reason, "payload": delivery.payload,
+                "delivery_count": delivery.delivery_count, "worker": self._config.consumer,
+            },
+            maxlen=self._config.dead_letter_maxlen, approximate=True,
+        )
+        await self.ack(delivery)
+
+    async def _renew(self) -> None:
+        if self._in_flight:
+            await self._redis.eval(
+                _RENEW_OWN, 1, self._keys.jobs_stream,
+                self._keys.group, self._config.consumer, *sorted(self._in_flight),
+            )
+
+    async def _trim(self) -> None:
+        await trim_acked(self._redis, self._keys.jobs_stream)
+
+    async def _every(self, interval_s: float, action: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            with contextlib.suppress(*TRANSIENT_ERRORS, ResponseError):
+                await action()
+
+    async def close(self) -> None:
+        """Un-acked entries stay in our pending list: a restart replays them, and other
+        workers claim them once they are idle past claim_idle_ms."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._redis.aclose()
