@@ -1,0 +1,123 @@
+"""Host side of `paged_attention`: input checks, and the launch configuration (tile sizes, warps
+and the split-K factor).
+
+The configuration comes from shapes and the max_seqlen hints alone (never from tensor contents),
+so a CUDA graph captured with fixed upper bounds keeps one configuration, and the kernel stays
+correct when the hints over-estimate: they only change speed.
+"""
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import triton
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# Split-K aims for this many programs per multiprocessor, so that memory latency is hidden.
+PROGRAMS_PER_SM = 4
+# A split shorter than this spends more on its partial write and the merge than it saves.
+MIN_KEYS_PER_SPLIT = 256
+MAX_SPLITS = 64
+# The interpreter has no multiprocessors; a small number keeps split-K reachable in CPU tests.
+INTERPRETER_NUM_SMS = 4
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    block_m: int  # rows of a query tile (query tokens x heads of one KV head)
+    block_n: int  # keys per inner iteration
+    num_splits: int  # split-K factor; 1 writes the output directly
+    num_warps: int
+    num_stages: int
+
+    def __post_init__(self) -> None:
+        for name in ("block_m", "block_n"):
+            value = getattr(self, name)
+            if value < 16 or value & (value - 1):
+                raise ValueError(f"{name} must be a power of two >= 16, got {value}")
+        if not 1 <= self.num_splits <= 1024:
+            raise ValueError(f"num_splits must be in [1, 1024], got {self.num_splits}")
+
+
+@functools.cache
+def _num_sms(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return INTERPRETER_NUM_SMS
+    return _num_sms(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def choose_config(
+    num_seqs: int,
+    num_kv_heads: int,
+    group: int,
+    head_dim: int,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> AttentionConfig:
+    """Decode-like launches get small row tiles and split-K; prefill gets big row tiles."""
+    rows = max(1, max_seqlen_q) * group
+    wide = dtype == torch.float32 or head_dim > 128  # register and shared-memory budget
+    block_m = min(triton.next_power_of_2(max(rows, 16)), 64 if wide else 128)
+    block_n = 32 if wide else 64
+    num_warps = 8 if block_m >= 128 else 4
+    num_stages = 2 if wide else 3
+    tiles = num_seqs * num_kv_heads * triton.cdiv(rows, block_m)
+    target = PROGRAMS_PER_SM * num_sms(device)
+    num_splits = 1
+    if tiles < target:
+        num_splits = min(
+            triton.cdiv(target, tiles),
+            max(1, max_seqlen_k // MIN_KEYS_PER_SPLIT),
+            MAX_SPLITS,
+        )
+    return AttentionConfig(block_m, block_n, num_splits, num_warps, num_stages)
+
+
+def check_inputs(
+    query: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+) -> None:
+    if query.dim() != 3 or k_cache.dim() != 4 or k_cache.shape != v_cache.shape:
+        raise ValueError(
+            "expected query [num_tokens, num_heads, head_dim] and equal k/v caches "
+            f"[num_blocks, block_size, num_kv_heads, head_dim], got {list(query.shape)}, "
+            f"{list(k_cache.shape)}, {list(v_cache.shape)}"
+        )
+    if not query.dtype == k_cache.dtype == v_cache.dtype or query.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(
+            f"query, k_cache and v_cache must share one dtype of {SUPPORTED_DTYPES}, got "
+            f"{query.dtype}, {k_cache.dtype}, {v_cache.dtype}"
+        )
+    num_heads, head_dim = query.shape[1], query.shape[2]
+    num_kv_heads = k_cache.shape[2]
+    if head_dim != k_cache.shape[3] or head_dim & (head_dim - 1) or not 16 <= head_dim <= 256:
+        raise ValueError(
+            f"head_dim must be a power of two in [16, 256] and equal in query and cache, got "
+            f"{head_dim} and {k_cache.shape[3]}"
+        )
+    if num_heads % num_kv_heads:
+        raise ValueError(f"num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}")
+    if query.stride(2) != 1 or not (k_cache.is_contiguous() and v_cache.is_contiguous()):
+        raise ValueError("query must be contiguous in head_dim and k/v caches contiguous")
+    num_seqs = seq_lens.shape[0]
+    for name, t, shape in (
+        ("block_tables", block_tables, (num_seqs, block_tables.shape[-1])),
+        ("seq_lens", seq_lens, (num_seqs,)),
+        ("cu_seqlens_q", cu_seqlens_q, (num_seqs + 1,)),
+    ):
+        if t.dtype != torch.int32 or tuple(t.shape) != shape or t.stride(-1) != 1:
+            raise ValueError(f"{name} must be int32 {list(shape)} with unit last stride, got "
+                             f"{t.dtype} {list(t.shape)} strides {t.stride()}")  # fmt: skip
+    devices = {t.device for t in (query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q)}
+    if len(devices) != 1:
+        raise ValueError(f"all tensors must be on one device, got {sorted(map(str, devices))}")

@@ -1,0 +1,61 @@
+"""Merge the split-K partial softmax states of `paged_attention` into the output (Triton)."""
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit(do_not_specialize=["num_rows", "num_splits"])
+def _merge_splits_kernel(
+    out_ptr,  # [num_tokens, num_heads, head_dim], contiguous
+    part_acc_ptr,  # [num_splits, num_tokens, num_heads, head_dim] fp32
+    part_max_ptr,  # [num_splits, num_tokens, num_heads] fp32
+    part_sum_ptr,  # [num_splits, num_tokens, num_heads] fp32
+    num_rows,  # num_tokens * num_heads
+    num_splits,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_SPLITS: tl.constexpr,
+):
+    """out[row] = sum_s 2^(m_s - m) acc_s / sum_s 2^(m_s - m) l_s, with m = max_s m_s."""
+    row = tl.program_id(0).to(tl.int64)
+    offs_s = tl.arange(0, BLOCK_SPLITS)
+    offs_d = tl.arange(0, HEAD_DIM)
+    split_valid = offs_s < num_splits
+    part_rows = offs_s.to(tl.int64) * num_rows + row
+    m_s = tl.load(part_max_ptr + part_rows, mask=split_valid, other=float("-inf"))
+    l_s = tl.load(part_sum_ptr + part_rows, mask=split_valid, other=0.0)
+    m_max = tl.max(m_s, 0)
+    weight = tl.exp2(m_s - tl.where(m_max == float("-inf"), 0.0, m_max))
+    acc_s = tl.load(
+        part_acc_ptr + part_rows[:, None] * HEAD_DIM + offs_d[None, :],
+        mask=split_valid[:, None],
+        other=0.0,
+    )
+    denom = tl.sum(weight * l_s, 0)
+    out = tl.sum(acc_s * weight[:, None], 0) / tl.where(denom == 0.0, 1.0, denom)
+    tl.store(out_ptr + row * HEAD_DIM + offs_d, out.to(out_ptr.dtype.element_ty))
+
+
+def merge_splits(
+    out: torch.Tensor,  # [num_tokens, num_heads, head_dim], contiguous
+    part_acc: torch.Tensor,  # [num_splits, num_tokens, num_heads, head_dim] fp32
+    part_max: torch.Tensor,  # [num_splits, num_tokens, num_heads] fp32, log2 domain
+    part_sum: torch.Tensor,  # [num_splits, num_tokens, num_heads] fp32
+) -> None:
+    """Writes every row of `out` from its splits; rows no split wrote come out as garbage."""
+    num_splits, num_tokens, num_heads, head_dim = part_acc.shape
+    assert out.is_contiguous() and out.shape == (num_tokens, num_heads, head_dim)
+    assert part_max.shape == part_sum.shape == (num_splits, num_tokens, num_heads)
+    num_rows = num_tokens * num_heads
+    if num_rows == 0:
+        return
+    _merge_splits_kernel[(num_rows,)](
+        out_ptr=out,
+        part_acc_ptr=part_acc,
+        part_max_ptr=part_max,
+        part_sum_ptr=part_sum,
+        num_rows=num_rows,
+        num_splits=num_splits,
+        HEAD_DIM=head_dim,
+        BLOCK_SPLITS=triton.next_power_of_2(num_splits),
+    )

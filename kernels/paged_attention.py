@@ -1,0 +1,317 @@
+"""Paged attention for variable-length queries over a paged KV cache (Triton).
+
+One kernel serves prefill, chunked prefill over a cached prefix, decode and verification of draft
+tokens, mixed in one launch. A program owns one query tile of one sequence, one KV head and one
+split of the key range:
+
+- GQA: the `GROUP` query heads that share a KV head are flattened with the query tokens into the
+  rows of one tile (row = token * GROUP + head_in_group), so each K/V tile is read once per KV head
+  and feeds a single matrix product, whatever the group size (5 included).
+- Tiles are found without a host-side table: sequence i owns grid slots starting at
+  `cu_seqlens_q[i] * GROUP // BLOCK_M + i`, which leaves room for all of its
+  ceil(q_len * GROUP / BLOCK_M) tiles; a program binary-searches its sequence and spare slots exit.
+  The grid then depends only on num_tokens and num_seqs, so CUDA graphs can capture it.
+- Split-K (flash-decoding): with few programs and long contexts, each sequence's keys are cut into
+  num_splits contiguous ranges (sized at run time from the actual length) whose partial softmax
+  states are merged by `_merge_splits_kernel`.
+- Causality: key tiles that every row of the tile may see run without masks; only the tail
+  tiles pay for the causal and length masks.
+
+All offsets into the cache are int64, so caches over 2^31 elements work.
+"""
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.attention_config import AttentionConfig, check_inputs, choose_config
+from kernels.merge_splits import merge_splits
+
+
+@triton.jit
+def _find_sequence(
+    cu_seqlens_q_ptr, num_seqs, tile_idx, GROUP: tl.constexpr, BLOCK_M: tl.constexpr
+):
+    """Largest i with first_tile(i) <= tile_idx (first_tile is strictly increasing in i)."""
+    lo = tile_idx * 0
+    hi = lo + num_seqs
+    while lo < hi:
+        mid = (lo + hi) // 2
+        first_tile = tl.load(cu_seqlens_q_ptr + mid) * GROUP // BLOCK_M + mid
+        go_right = first_tile <= tile_idx
+        lo = tl.where(go_right, mid + 1, lo)
+        hi = tl.where(go_right, hi, mid)
+    return lo - 1
+
+
+@triton.jit
+def _attend_kv_range(
+    acc,  # [BLOCK_M, HEAD_DIM] fp32, unnormalised output
+    m_i,  # [BLOCK_M] fp32, running max of the log2-scaled scores
+    l_i,  # [BLOCK_M] fp32, running sum of exp2(score - m_i)
+    q,  # [BLOCK_M, HEAD_DIM]
+    k_head_ptr,  # k_cache at this KV head: [num_blocks, block_size, (head), head_dim]
+    v_head_ptr,  # v_cache at this KV head
+    block_table_ptr,  # [max_blocks_per_seq] int32, this sequence's row
+    kv_lo,  # first key position, a multiple of BLOCK_N
+    kv_hi,  # one past the last key position
+    key_limit,  # [BLOCK_M] row r sees keys < key_limit[r]; only read when MASKED
+    qk_scale,
+    cache_stride_block,
+    cache_stride_slot,
+    BLOCK_SIZE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    MASKED: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    for start_n in range(kv_lo, kv_hi, BLOCK_N):
+        kv_pos = start_n + offs_n
+        kv_valid = kv_pos < kv_hi
+        if MASKED:
+            block_ids = tl.load(block_table_ptr + kv_pos // BLOCK_SIZE, mask=kv_valid, other=0)
+        else:
+            block_ids = tl.load(block_table_ptr + kv_pos // BLOCK_SIZE)
+        slot_offs = (
+            block_ids.to(tl.int64) * cache_stride_block + (kv_pos % BLOCK_SIZE) * cache_stride_slot
+        )
+        k_ptrs = k_head_ptr + slot_offs[None, :] + offs_d[:, None]  # [HEAD_DIM, BLOCK_N]
+        v_ptrs = v_head_ptr + slot_offs[:, None] + offs_d[None, :]  # [BLOCK_N, HEAD_DIM]
+        if MASKED:
+            k = tl.load(k_ptrs, mask=kv_valid[None, :], other=0.0)
+            v = tl.load(v_ptrs, mask=kv_valid[:, None], other=0.0)
+        else:
+            k = tl.load(k_ptrs)
+            v = tl.load(v_ptrs)
+        scores = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
+        if MASKED:
+            visible = kv_valid[None, :] & (kv_pos[None, :] < key_limit[:, None])
+            scores = tl.where(visible, scores, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, 1))
+        # A row with nothing visible yet keeps m = -inf; shift by 0 so exp2 gives 0, not NaN.
+        m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(scores - m_shift[:, None])
+        alpha = tl.exp2(m_i - m_shift)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
+        m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton.jit
+def _store_tile(
+    out_ptr,  # [num_tokens, num_heads, head_dim]
+    part_acc_ptr,  # [num_splits, num_tokens, num_heads, head_dim] fp32
+    part_max_ptr,  # [num_splits, num_tokens, num_heads] fp32
+    part_sum_ptr,  # [num_splits, num_tokens, num_heads] fp32
+    acc,  # [BLOCK_M, HEAD_DIM] fp32
+    m_i,  # [BLOCK_M] fp32
+    l_i,  # [BLOCK_M] fp32
+    token_idx,  # [BLOCK_M] index into num_tokens
+    head_idx,  # [BLOCK_M] query head
+    row_valid,  # [BLOCK_M]
+    split_idx,
+    num_tokens,
+    num_heads,
+    HEAD_DIM: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+):
+    offs_d = tl.arange(0, HEAD_DIM)
+    if not SPLIT_K:
+        out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+        row = token_idx.to(tl.int64) * num_heads + head_idx
+        out_ptrs = out_ptr + row[:, None] * HEAD_DIM + offs_d[None, :]
+        tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=row_valid[:, None])
+    else:
+        row = (split_idx * num_tokens + token_idx).to(tl.int64) * num_heads + head_idx
+        tl.store(
+            part_acc_ptr + row[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=row_valid[:, None]
+        )
+        tl.store(part_max_ptr + row, m_i, mask=row_valid)
+        tl.store(part_sum_ptr + row, l_i, mask=row_valid)
+
+
+@triton.jit(do_not_specialize=["num_seqs", "num_tokens", "num_splits"])
+def _paged_attention_kernel(
+    out_ptr,  # [num_tokens, num_heads, head_dim], contiguous (written unless SPLIT_K)
+    part_acc_ptr,  # [num_splits, num_tokens, num_heads, head_dim] fp32 (written if SPLIT_K)
+    part_max_ptr,  # [num_splits, num_tokens, num_heads] fp32 (written if SPLIT_K)
+    part_sum_ptr,  # [num_splits, num_tokens, num_heads] fp32 (written if SPLIT_K)
+    query_ptr,  # [num_tokens, num_heads, head_dim], last dim contiguous
+    k_cache_ptr,  # [num_blocks, block_size, num_kv_heads, head_dim], contiguous
+    v_cache_ptr,  # [num_blocks, block_size, num_kv_heads, head_dim], contiguous
+    block_tables_ptr,  # [num_seqs, max_blocks_per_seq] int32
+    seq_lens_ptr,  # [num_seqs] int32, context length including the new tokens
+    cu_seqlens_q_ptr,  # [num_seqs + 1] int32
+    qk_scale,  # softmax scale * log2(e)
+    num_seqs,
+    num_tokens,
+    num_splits,
+    query_stride_token,
+    query_stride_head,
+    cache_stride_block,
+    cache_stride_slot,
+    block_table_stride,
+    GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    tile_idx = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    split_idx = tl.program_id(2)
+    num_heads = tl.num_programs(1) * GROUP
+    seq_idx = _find_sequence(cu_seqlens_q_ptr, num_seqs, tile_idx, GROUP, BLOCK_M)
+    q_start = tl.load(cu_seqlens_q_ptr + seq_idx)
+    q_len = tl.load(cu_seqlens_q_ptr + seq_idx + 1) - q_start
+    row_lo = (tile_idx - (q_start * GROUP // BLOCK_M + seq_idx)) * BLOCK_M
+    if row_lo < q_len * GROUP:
+        offs_d = tl.arange(0, HEAD_DIM)
+        rows = row_lo + tl.arange(0, BLOCK_M)
+        token_in_seq = rows // GROUP
+        head_idx = kv_head * GROUP + rows % GROUP
+        row_valid = token_in_seq < q_len
+        q_offs = (q_start + token_in_seq).to(tl.int64) * query_stride_token
+        q_offs += head_idx * query_stride_head
+        q = tl.load(
+            query_ptr + q_offs[:, None] + offs_d[None, :], mask=row_valid[:, None], other=0.0
+        )
+        # New token j sits at position context_start + j and sees keys up to there.
+        context_start = tl.load(seq_lens_ptr + seq_idx) - q_len
+        key_limit = context_start + token_in_seq + 1
+        last_token = tl.minimum((row_lo + BLOCK_M - 1) // GROUP, q_len - 1)
+        kv_end = context_start + last_token + 1
+        unmasked_end = (context_start + row_lo // GROUP + 1) // BLOCK_N * BLOCK_N
+        tiles_per_split = tl.cdiv(tl.cdiv(kv_end, BLOCK_N), num_splits)
+        split_lo = split_idx * tiles_per_split * BLOCK_N
+        split_hi = tl.minimum(split_lo + tiles_per_split * BLOCK_N, kv_end)
+
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        k_head_ptr = k_cache_ptr + kv_head * HEAD_DIM
+        v_head_ptr = v_cache_ptr + kv_head * HEAD_DIM
+        block_table_ptr = block_tables_ptr + seq_idx.to(tl.int64) * block_table_stride
+        acc, m_i, l_i = _attend_kv_range(
+            acc, m_i, l_i, q, k_head_ptr, v_head_ptr, block_table_ptr,
+            split_lo, tl.minimum(split_hi, unmasked_end), key_limit, qk_scale,
+            cache_stride_block, cache_stride_slot,
+            BLOCK_SIZE, BLOCK_N, HEAD_DIM, False, DOT_PRECISION,
+        )  # fmt: skip
+        acc, m_i, l_i = _attend_kv_range(
+            acc, m_i, l_i, q, k_head_ptr, v_head_ptr, block_table_ptr,
+            tl.maximum(split_lo, unmasked_end), split_hi, key_limit, qk_scale,
+            cache_stride_block, cache_stride_slot,
+            BLOCK_SIZE, BLOCK_N, HEAD_DIM, True, DOT_PRECISION,
+        )  # fmt: skip
+        _store_tile(
+            out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, acc, m_i, l_i,
+            q_start + token_in_seq, head_idx, row_valid, split_idx, num_tokens, num_heads,
+            HEAD_DIM, SPLIT_K,
+        )  # fmt: skip
+
+
+def paged_attention(
+    query: torch.Tensor,  # [num_tokens, num_heads, head_dim]
+    k_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    v_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    block_tables: torch.Tensor,  # [num_seqs, max_blocks_per_seq] int32
+    seq_lens: torch.Tensor,  # [num_seqs] int32, context length including the new tokens
+    cu_seqlens_q: torch.Tensor,  # [num_seqs + 1] int32, offsets of each sequence's new tokens
+    scale: float,
+    max_seqlen_q: int,  # upper bounds, used to pick tiles and split-K; only speed depends on them
+    max_seqlen_k: int,
+) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
+    """Same contract as `kernels.reference.paged_attention`, in one launch (two with split-K)."""
+    check_inputs(query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q)
+    config = choose_config(
+        num_seqs=seq_lens.shape[0],
+        num_kv_heads=k_cache.shape[2],
+        group=query.shape[1] // k_cache.shape[2],
+        head_dim=query.shape[2],
+        max_seqlen_q=max_seqlen_q,
+        max_seqlen_k=max_seqlen_k,
+        dtype=query.dtype,
+        device=query.device,
+    )
+    return _launch(query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, config)
+
+
+def paged_attention_with_config(
+    query: torch.Tensor,  # [num_tokens, num_heads, head_dim]
+    k_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    v_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    block_tables: torch.Tensor,  # [num_seqs, max_blocks_per_seq] int32
+    seq_lens: torch.Tensor,  # [num_seqs] int32
+    cu_seqlens_q: torch.Tensor,  # [num_seqs + 1] int32
+    scale: float,
+    config: AttentionConfig,
+) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
+    """`paged_attention` with an explicit configuration (tests and benchmark sweeps)."""
+    check_inputs(query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q)
+    return _launch(query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, config)
+
+
+def _launch(
+    query: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    scale: float,
+    config: AttentionConfig,
+) -> torch.Tensor:
+    num_tokens, num_heads, head_dim = query.shape
+    block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
+    group = num_heads // num_kv_heads
+    num_seqs = seq_lens.shape[0]
+    out = torch.empty((num_tokens, num_heads, head_dim), dtype=query.dtype, device=query.device)
+    if num_tokens == 0 or num_seqs == 0:
+        return out
+    split = config.num_splits > 1
+    part_shape = (config.num_splits, num_tokens, num_heads) if split else (0, 0, 0)
+    part_acc = query.new_empty((*part_shape, head_dim), dtype=torch.float32)
+    part_max = query.new_empty(part_shape, dtype=torch.float32)
+    part_sum = query.new_empty(part_shape, dtype=torch.float32)
+    grid = (num_tokens * group // config.block_m + num_seqs, num_kv_heads, config.num_splits)
+    _paged_attention_kernel[grid](
+        out_ptr=out,
+        part_acc_ptr=part_acc,
+        part_max_ptr=part_max,
+        part_sum_ptr=part_sum,
+        query_ptr=query,
+        k_cache_ptr=k_cache,
+        v_cache_ptr=v_cache,
+        block_tables_ptr=block_tables,
+        seq_lens_ptr=seq_lens,
+        cu_seqlens_q_ptr=cu_seqlens_q,
+        qk_scale=scale * math.log2(math.e),
+        num_seqs=num_seqs,
+        num_tokens=num_tokens,
+        num_splits=config.num_splits,
+        query_stride_token=query.stride(0),
+        query_stride_head=query.stride(1),
+        cache_stride_block=k_cache.stride(0),
+        cache_stride_slot=k_cache.stride(1),
+        block_table_stride=block_tables.stride(0),
+        GROUP=group,
+        HEAD_DIM=head_dim,
+        BLOCK_SIZE=block_size,
+        BLOCK_M=config.block_m,
+        BLOCK_N=config.block_n,
+        SPLIT_K=split,
+        DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
+    )
+    if split:
+        merge_splits(out, part_acc, part_max, part_sum)
+    return out

@@ -1,0 +1,128 @@
+"""Write each new token's K/V rows into the paged cache at its slot (Triton).
+
+One program per token copies all of that token's KV heads for both K and V. A slot of -1 marks a
+padding token (CUDA-graph padding): its loads and stores are masked off, so it costs no traffic.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _copy_token_rows(
+    src_ptr,  # [num_tokens, num_kv_heads, head_dim], last dim contiguous
+    cache_ptr,  # [num_blocks, block_size, num_kv_heads, head_dim], contiguous
+    token_idx,
+    slot,  # int64 scalar
+    src_stride_token,
+    src_stride_head,
+    cache_stride_slot,
+    num_kv_heads,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_HEADS: tl.constexpr,
+):
+    offs_head = tl.arange(0, BLOCK_HEADS)
+    offs_dim = tl.arange(0, HEAD_DIM)
+    # Broadcast the slot before comparing: the interpreter mistypes `block & scalar_bool` masks.
+    slots = tl.zeros([BLOCK_HEADS, 1], dtype=tl.int64) + slot
+    mask = (offs_head[:, None] < num_kv_heads) & (slots >= 0)
+    src_offs = (
+        token_idx.to(tl.int64) * src_stride_token
+        + offs_head[:, None] * src_stride_head
+        + offs_dim[None, :]
+    )
+    rows = tl.load(src_ptr + src_offs, mask=mask)
+    cache_offs = slots * cache_stride_slot + offs_head[:, None] * HEAD_DIM + offs_dim[None, :]
+    tl.store(cache_ptr + cache_offs, rows.to(cache_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _store_kv_kernel(
+    key_ptr,  # [num_tokens, num_kv_heads, head_dim]
+    value_ptr,  # [num_tokens, num_kv_heads, head_dim]
+    k_cache_ptr,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    v_cache_ptr,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    slot_mapping_ptr,  # [num_tokens] int64, -1 = skip
+    key_stride_token,
+    key_stride_head,
+    value_stride_token,
+    value_stride_head,
+    cache_stride_slot,  # contiguous cache: slot = block * block_size + offset, one stride
+    num_kv_heads,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_HEADS: tl.constexpr,
+):
+    token_idx = tl.program_id(0)
+    slot = tl.load(slot_mapping_ptr + token_idx).to(tl.int64)
+    _copy_token_rows(
+        key_ptr, k_cache_ptr, token_idx, slot, key_stride_token, key_stride_head,
+        cache_stride_slot, num_kv_heads, HEAD_DIM, BLOCK_HEADS,
+    )  # fmt: skip
+    _copy_token_rows(
+        value_ptr, v_cache_ptr, token_idx, slot, value_stride_token, value_stride_head,
+        cache_stride_slot, num_kv_heads, HEAD_DIM, BLOCK_HEADS,
+    )  # fmt: skip
+
+
+def _check_rows(name: str, rows: torch.Tensor, cache: torch.Tensor) -> None:
+    if rows.dim() != 3 or rows.shape[1:] != cache.shape[2:]:
+        raise ValueError(
+            f"{name} must be [num_tokens, {cache.shape[2]}, {cache.shape[3]}], "
+            f"got {list(rows.shape)}"
+        )
+    if rows.stride(2) != 1:
+        raise ValueError(f"{name} must be contiguous in head_dim, got strides {rows.stride()}")
+    if rows.device != cache.device:
+        raise ValueError(f"{name} is on {rows.device} but the cache is on {cache.device}")
+
+
+def store_kv(
+    key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+    value: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+    k_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    v_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    slot_mapping: torch.Tensor,  # [num_tokens] int64, -1 = skip
+) -> None:
+    """Same contract as `kernels.reference.store_kv`; rows are cast to the cache dtype."""
+    if k_cache.shape != v_cache.shape or k_cache.dtype != v_cache.dtype or k_cache.dim() != 4:
+        raise ValueError(
+            f"k_cache and v_cache must be equal [num_blocks, block_size, num_kv_heads, head_dim]"
+            f" tensors, got {list(k_cache.shape)} {k_cache.dtype} / {list(v_cache.shape)}"
+            f" {v_cache.dtype}"
+        )
+    if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
+        raise ValueError("k_cache and v_cache must be contiguous")
+    _check_rows("key", key, k_cache)
+    _check_rows("value", value, v_cache)
+    num_tokens = key.shape[0]
+    if value.shape[0] != num_tokens or slot_mapping.shape != (num_tokens,):
+        raise ValueError(
+            f"key, value and slot_mapping disagree on num_tokens: {key.shape[0]}, "
+            f"{value.shape[0]}, {list(slot_mapping.shape)}"
+        )
+    if slot_mapping.dtype != torch.int64 or slot_mapping.device != k_cache.device:
+        raise ValueError(
+            f"slot_mapping must be int64 on {k_cache.device}, got {slot_mapping.dtype} on "
+            f"{slot_mapping.device}"
+        )
+    num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
+    if head_dim & (head_dim - 1):
+        raise ValueError(f"head_dim must be a power of two, got {head_dim}")
+    if num_tokens == 0:
+        return
+    _store_kv_kernel[(num_tokens,)](
+        key_ptr=key,
+        value_ptr=value,
+        k_cache_ptr=k_cache,
+        v_cache_ptr=v_cache,
+        slot_mapping_ptr=slot_mapping,
+        key_stride_token=key.stride(0),
+        key_stride_head=key.stride(1),
+        value_stride_token=value.stride(0),
+        value_stride_head=value.stride(1),
+        cache_stride_slot=k_cache.stride(1),
+        num_kv_heads=num_kv_heads,
+        HEAD_DIM=head_dim,
+        BLOCK_HEADS=triton.next_power_of_2(num_kv_heads),
+    )

@@ -1,0 +1,76 @@
+"""Random paged-cache batches for the kernel tests: scattered blocks, NaN wherever no token is."""
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class PagedBatch:
+    query: torch.Tensor  # [num_tokens, num_heads, head_dim]
+    k_cache: torch.Tensor  # [num_blocks, block_size, num_kv_heads, head_dim]
+    v_cache: torch.Tensor  # [num_blocks, block_size, num_kv_heads, head_dim]
+    block_tables: torch.Tensor  # [num_seqs, max_blocks_per_seq] int32
+    seq_lens: torch.Tensor  # [num_seqs] int32
+    cu_seqlens_q: torch.Tensor  # [num_seqs + 1] int32
+    max_seqlen_q: int
+    max_seqlen_k: int
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return (
+            self.query,
+            self.k_cache,
+            self.v_cache,
+            self.block_tables,
+            self.seq_lens,
+            self.cu_seqlens_q,
+        )
+
+    def num_real_tokens(self) -> int:
+        return int(self.cu_seqlens_q[-1])
+
+
+def make_paged_batch(
+    seqs: list[tuple[int, int]],  # (context length incl. new tokens, new tokens) per sequence
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    block_size: int,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> PagedBatch:
+    """Blocks of all sequences are shuffled over the cache; the unused ones, the tail of each last
+    block and the spare block-table entries (which point at a NaN block) hold NaN, so a kernel
+    that reads past a sequence's context gives NaN instead of a plausible number."""
+    blocks_per_seq = [-(-ctx // block_size) for ctx, _ in seqs]
+    num_blocks = sum(blocks_per_seq) + 2
+    shape = (num_blocks, block_size, num_kv_heads, head_dim)
+    k_cache = torch.full(shape, float("nan"), dtype=dtype, device=device)
+    v_cache = torch.full(shape, float("nan"), dtype=dtype, device=device)
+    order = torch.randperm(num_blocks - 1).tolist()
+    nan_block = num_blocks - 1
+    width = max(blocks_per_seq, default=0) + 1
+    block_tables = torch.full((len(seqs), width), nan_block, dtype=torch.int32)
+    slots = []
+    for i, (ctx, _) in enumerate(seqs):
+        ids = torch.tensor([order.pop() for _ in range(blocks_per_seq[i])], dtype=torch.int32)
+        block_tables[i, : len(ids)] = ids
+        positions = torch.arange(ctx)
+        slots.append(ids[positions // block_size].long() * block_size + positions % block_size)
+    all_slots = torch.cat(slots).to(device) if slots else torch.zeros(0, dtype=torch.long)
+    for cache in (k_cache, v_cache):
+        rows = torch.randn(len(all_slots), num_kv_heads, head_dim, device=device)
+        cache.view(-1, num_kv_heads, head_dim)[all_slots] = rows.to(dtype)
+    q_lens = [q for _, q in seqs]
+    cu = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32)
+    query = torch.randn(sum(q_lens), num_heads, head_dim, device=device).to(dtype)
+    return PagedBatch(
+        query=query,
+        k_cache=k_cache,
+        v_cache=v_cache,
+        block_tables=block_tables.to(device),
+        seq_lens=torch.tensor([ctx for ctx, _ in seqs], dtype=torch.int32, device=device),
+        cu_seqlens_q=cu.to(device),
+        max_seqlen_q=max(q_lens, default=0),
+        max_seqlen_k=max((ctx for ctx, _ in seqs), default=0),
+    )

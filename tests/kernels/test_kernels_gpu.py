@@ -1,0 +1,104 @@
+"""The full matrix on CUDA: 16-bit dtypes, head_dim 64/128, long contexts, split-K, CUDA graphs and
+a cache past 2^31 elements. The reference runs in fp32 on upcast copies of the same inputs."""
+
+import pytest
+import torch
+from paged_cases import PagedBatch, make_paged_batch
+
+from kernels import reference
+from kernels.attention_config import AttentionConfig
+from kernels.paged_attention import paged_attention, paged_attention_with_config
+from kernels.store_kv import store_kv
+
+pytestmark = pytest.mark.gpu
+
+MIXED = [(777, 777), (2100, 300), (4099, 1), (1234, 5), (50, 0), (3000, 1), (16, 16)]
+DECODE = [(4099, 1), (1234, 1), (16, 1), (31000, 1), (9000, 4)]
+SCALE = 0.09
+
+
+def _relative_error(out: torch.Tensor, batch: PagedBatch) -> float:
+    upcast = [t.float() if t.is_floating_point() else t for t in batch.tensors()]
+    ref = reference.paged_attention(*upcast, SCALE, batch.max_seqlen_q, batch.max_seqlen_k)
+    n = batch.num_real_tokens()
+    assert not out[:n].isnan().any()
+    return float((out[:n].float() - ref[:n]).norm() / ref[:n].norm())
+
+
+@pytest.mark.parametrize("group", [1, 4, 5, 8])
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_matrix_matches_reference(dtype: torch.dtype, head_dim: int, group: int) -> None:
+    block_size = 16 if group % 2 else 32
+    for seqs in (MIXED, DECODE):
+        batch = make_paged_batch(seqs, 2 * group, 2, head_dim, block_size, dtype, "cuda")
+        out = paged_attention(*batch.tensors(), SCALE, batch.max_seqlen_q, batch.max_seqlen_k)
+        assert _relative_error(out, batch) < (1e-2 if dtype == torch.bfloat16 else 2e-3)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        AttentionConfig(block_m=16, block_n=64, num_splits=7, num_warps=4, num_stages=3),
+        AttentionConfig(block_m=128, block_n=64, num_splits=3, num_warps=8, num_stages=3),
+        AttentionConfig(block_m=64, block_n=128, num_splits=1, num_warps=4, num_stages=2),
+    ],
+)
+def test_explicit_configs_match_reference(config: AttentionConfig) -> None:
+    batch = make_paged_batch(MIXED, 32, 8, 128, 16, torch.bfloat16, "cuda")
+    out = paged_attention_with_config(*batch.tensors(), SCALE, config)
+    assert _relative_error(out, batch) < 1e-2
+
+
+def test_fp32_matches_reference_tightly() -> None:
+    batch = make_paged_batch(MIXED, 8, 2, 64, 16, torch.float32, "cuda")
+    out = paged_attention(*batch.tensors(), SCALE, batch.max_seqlen_q, batch.max_seqlen_k)
+    assert _relative_error(out, batch) < 1e-5
+
+
+def test_cuda_graph_replay_with_fixed_hints() -> None:
+    batch = make_paged_batch([(3000, 1), (40, 1), (700, 1), (1500, 1)], 16, 4, 128, 16,
+                             torch.bfloat16, "cuda")  # fmt: skip
+    args = batch.tensors()
+    paged_attention(*args, SCALE, 1, 4096)  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = paged_attention(*args, SCALE, 1, 4096)
+    batch.seq_lens.copy_(torch.tensor([2999, 33, 640, 1], dtype=torch.int32))
+    batch.query.normal_()
+    graph.replay()
+    assert _relative_error(out, batch) < 1e-2
+
+
+def test_cache_past_int32_offsets() -> None:
+    """bf16 caches of 2^31 + 2^18 elements each (4.3 GB); the sequence lives in the last blocks."""
+    block_size, num_kv_heads, head_dim = 16, 1, 128
+    num_blocks = 2**31 // (block_size * num_kv_heads * head_dim) + 128
+    shape = (num_blocks, block_size, num_kv_heads, head_dim)
+    k_cache = torch.empty(shape, dtype=torch.bfloat16, device="cuda")
+    v_cache = torch.empty_like(k_cache)
+    seqs = [(700, 700), (333, 1)]
+    blocks = torch.arange(num_blocks - 88, num_blocks, dtype=torch.int32, device="cuda")
+    block_tables = blocks.view(2, 44)  # 44 blocks hold 700 tokens; the second row uses 21
+    positions = [torch.arange(ctx, device="cuda") for ctx, _ in seqs]
+    slots = torch.cat([block_tables[i, p // block_size].long() * block_size + p % block_size
+                       for i, p in enumerate(positions)])  # fmt: skip
+    assert int(slots.max()) * num_kv_heads * head_dim > 2**31
+    key = torch.randn(len(slots), num_kv_heads, head_dim, device="cuda", dtype=torch.bfloat16)
+    value = torch.randn_like(key)
+    store_kv(key, value, k_cache, v_cache, slots)
+    flat = k_cache.view(-1, num_kv_heads, head_dim)
+    assert torch.equal(flat[slots[-1]], key[-1])
+    batch = PagedBatch(
+        query=torch.randn(701, 4, head_dim, device="cuda", dtype=torch.bfloat16),
+        k_cache=k_cache,
+        v_cache=v_cache,
+        block_tables=block_tables,
+        seq_lens=torch.tensor([700, 333], dtype=torch.int32, device="cuda"),
+        cu_seqlens_q=torch.tensor([0, 700, 701], dtype=torch.int32, device="cuda"),
+        max_seqlen_q=700,
+        max_seqlen_k=700,
+    )
+    out = paged_attention(*batch.tensors(), SCALE, 700, 700)
+    ref = reference.paged_attention(*batch.tensors(), SCALE, 700, 700)
+    assert float((out.float() - ref.float()).norm() / ref.float().norm()) < 1e-2

@@ -1,0 +1,87 @@
+"""paged_attention against the torch reference, at sizes the CPU interpreter runs in seconds.
+
+fp32 only here: the interpreter (triton 3.9) computes bf16 dot products wrongly, so the 16-bit
+dtypes are covered by test_kernels_gpu.py on CUDA.
+"""
+
+import pytest
+import torch
+from paged_cases import PagedBatch, make_paged_batch
+
+from kernels import reference
+from kernels.attention_config import AttentionConfig, choose_config
+from kernels.paged_attention import paged_attention, paged_attention_with_config
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# (context length incl. new tokens, new tokens): prefill, chunked prefill over a cached prefix,
+# decode, verification of 3 draft tokens, a sequence with nothing scheduled, a block-aligned one.
+MIXED = [(37, 37), (53, 19), (70, 1), (45, 4), (20, 0), (32, 1)]
+SCALE = 0.37
+
+
+def _assert_matches_reference(batch: PagedBatch, out: torch.Tensor) -> None:
+    ref = reference.paged_attention(*batch.tensors(), SCALE, batch.max_seqlen_q, 0)
+    n = batch.num_real_tokens()
+    torch.testing.assert_close(out[:n], ref[:n], atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("block_size", [16, 32])
+@pytest.mark.parametrize("group", [1, 4, 5])
+def test_mixed_batch_matches_reference(group: int, block_size: int) -> None:
+    batch = make_paged_batch(MIXED, 2 * group, 2, 32, block_size, device=DEVICE)
+    out = paged_attention(*batch.tensors(), SCALE, batch.max_seqlen_q, batch.max_seqlen_k)
+    _assert_matches_reference(batch, out)
+
+
+@pytest.mark.parametrize(
+    ("group", "config"),
+    [
+        (4, AttentionConfig(block_m=16, block_n=16, num_splits=3, num_warps=4, num_stages=2)),
+        # More splits than key tiles: the empty splits must merge as nothing.
+        (4, AttentionConfig(block_m=64, block_n=32, num_splits=9, num_warps=4, num_stages=2)),
+        # Tiles of 64 tokens over 16-key steps: a split can hold no key that a row may see.
+        (1, AttentionConfig(block_m=64, block_n=16, num_splits=4, num_warps=4, num_stages=2)),
+    ],
+)
+def test_split_k_matches_reference(group: int, config: AttentionConfig) -> None:
+    batch = make_paged_batch([*MIXED, (90, 80)], 2 * group, 2, 32, 16, device=DEVICE)
+    out = paged_attention_with_config(*batch.tensors(), SCALE, config)
+    _assert_matches_reference(batch, out)
+
+
+def test_long_decode_picks_split_k_and_matches_reference() -> None:
+    seqs = [(700, 1), (333, 1)]
+    batch = make_paged_batch(seqs, 4, 1, 64, 16, device=DEVICE)
+    config = choose_config(2, 1, 4, 64, 1, 700, torch.float32, torch.device(DEVICE))
+    assert config.num_splits > 1
+    out = paged_attention(*batch.tensors(), SCALE, batch.max_seqlen_q, batch.max_seqlen_k)
+    _assert_matches_reference(batch, out)
+
+
+def test_overestimated_hints_and_padding_tokens() -> None:
+    """CUDA graphs replay with fixed upper-bound hints and padded token rows."""
+    batch = make_paged_batch([(40, 1), (17, 1), (90, 2)], 4, 2, 32, 16, device=DEVICE)
+    padded = torch.cat([batch.query, torch.randn_like(batch.query[:3])])
+    args = (padded, *batch.tensors()[1:])
+    out = paged_attention(*args, SCALE, 256, 8192)
+    _assert_matches_reference(batch, out)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda b: {"query": b.query[..., :24].contiguous()}, "head_dim"),
+        (lambda b: {"query": b.query.double()}, "dtype"),
+        (lambda b: {"query": b.query[:, :3]}, "multiple of num_kv_heads"),
+        (lambda b: {"block_tables": b.block_tables.long()}, "block_tables must be int32"),
+        (lambda b: {"cu_seqlens_q": b.cu_seqlens_q[:-1]}, "cu_seqlens_q"),
+        (lambda b: {"k_cache": b.k_cache.transpose(0, 1)}, "k/v caches"),
+    ],
+)
+def test_rejects_bad_inputs(change, message: str) -> None:
+    batch = make_paged_batch([(20, 3)], 4, 2, 32, 16, device=DEVICE)
+    args = dict(zip(["query", "k_cache", "v_cache", "block_tables", "seq_lens", "cu_seqlens_q"],
+                    batch.tensors(), strict=True))  # fmt: skip
+    args.update(change(batch))
+    with pytest.raises(ValueError, match=message):
+        paged_attention(**args, scale=SCALE, max_seqlen_q=3, max_seqlen_k=20)
