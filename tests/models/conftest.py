@@ -1,0 +1,31 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from worker.config import EngineSettings
+from worker.jobs import chat_prompt_ids
+from worker.models.bundled import bundled_model_dir
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "prompts.jsonl"
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    return bundled_model_dir(EngineSettings().cache_dir)
+
+
+@pytest.fixture(scope="session")
+def real_prompts(smollm2_dir: Path) -> list[list[int]]:
+    """Token ids of the example prompts: chat ones through the chat template, mixed lengths."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    prompts = []
+    for line in EXAMPLES.read_text().splitlines():
+        body = json.loads(line)["body"]
+        if "messages" in body:
+            prompts.append(chat_prompt_ids(tokenizer, body["messages"]))
+        else:
+            prompts.append(tokenizer.encode(body["prompt"]))
+    return prompts
