@@ -1,6 +1,7 @@
-"""Service configuration, read once from the environment (prefix LLMW_, nested with __).
+"""Service configuration, read once from the environment (prefix LLM_WORKER_ like the engine's
+settings, nested with __).
 
-Example: LLMW_QUEUE=redis LLMW_REDIS__URL=rediss://:pw@host:6380/0 LLMW_MAX_IN_FLIGHT=64
+Example: LLM_WORKER_QUEUE=redis LLM_WORKER_REDIS__URL=rediss://:pw@host:6380/0
 """
 
 import os
@@ -50,7 +51,9 @@ def _default_worker_id() -> str:
 
 
 class ServiceSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LLMW_", env_nested_delimiter="__")
+    model_config = SettingsConfigDict(
+        env_prefix="LLM_WORKER_", env_nested_delimiter="__", env_file=".env", extra="ignore"
+    )
 
     queue: Literal["redis", "kafka", "memory"] = "redis"
     worker_id: str = Field(default_factory=_default_worker_id)

@@ -1,0 +1,27 @@
+"""Job sets and checks shared by the service tests."""
+
+from schemas import Job, JobStatus, Result, SamplingParams
+
+GREEDY_SHORT = SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True)
+
+
+def numbered_jobs(n: int, stem: str = "job", params: SamplingParams = GREEDY_SHORT,
+                  padding_bytes: int = 0) -> list[Job]:
+    """Distinct short prompts; `padding_bytes` of metadata make messages heavy, not prompts."""
+    metadata = {"padding": "x" * padding_bytes} if padding_bytes else {}
+    return [
+        Job(id=f"{stem}-{i}", prompt=f"Item {i}: the number after {i} is", sampling=params,
+            metadata=metadata)
+        for i in range(n)
+    ]
+
+
+def assert_matches_generate(engine, jobs: list[Job], results: dict[str, Result]) -> None:
+    """Every job completed with exactly the tokens the engine's own generate() gives."""
+    assert sorted(results) == sorted(job.id for job in jobs)
+    expected = engine.generate([job.prompt for job in jobs], [job.sampling for job in jobs])
+    for job, direct in zip(jobs, expected, strict=True):
+        got = results[job.id]
+        assert got.status == JobStatus.COMPLETED, got
+        assert got.token_ids == direct.output_token_ids, job.id
+        assert got.text == direct.text

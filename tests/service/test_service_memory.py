@@ -1,0 +1,147 @@
+"""The service over the in-process broker with the real bundled engine: outputs, poison,
+deadlines, cancellation, priority, idempotency, graceful shutdown."""
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from schemas import ErrorCode, Job, JobStatus, SamplingParams
+from tests.service.jobs import GREEDY_SHORT, assert_matches_generate, numbered_jobs
+from worker.queues.memory import MemoryBroker
+from worker.service import Service
+from worker.service_settings import ServiceSettings
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(300)]
+
+
+def _service(engine, broker: MemoryBroker, **overrides) -> Service:
+    settings = ServiceSettings(queue="memory", worker_id="w1", poll_timeout_s=0.05,
+                               watch_interval_s=0.05, **overrides)
+    return Service(settings, broker.source(), broker.sink(), engine, served_model="smollm2")
+
+
+async def _run_until(service: Service, done, timeout_s: float = 120.0) -> None:
+    runner = asyncio.create_task(service.run())
+    async with asyncio.timeout(timeout_s):
+        while not done():
+            await asyncio.sleep(0.02)
+    service.stop()
+    await runner
+
+
+def _put(broker: MemoryBroker, jobs: list[Job]) -> None:
+    for job in jobs:
+        broker.put(job.model_dump_json().encode(), key=job.id)
+
+
+async def test_outputs_equal_direct_generate_and_cap_holds(engine) -> None:
+    broker = MemoryBroker()
+    jobs = numbered_jobs(40)
+    _put(broker, jobs)
+    service = _service(engine, broker, max_in_flight=8)
+    await _run_until(service, lambda: len(broker.results) == 40)
+    assert service.peak_held <= 8
+    assert not broker.unacked and not broker.queued
+    assert_matches_generate(engine, jobs, broker.results)
+
+
+async def test_poison_messages_fail_and_good_jobs_still_run(engine) -> None:
+    broker = MemoryBroker()
+    too_long = "word " * 9000  # over max_model_len 8192 tokens
+    broker.put(b"\x00\xffnot json", key="bad-bytes")
+    broker.put(b"[1, 2]", key=None)
+    broker.put(b'{"id": "bad-schema", "prompt": "x", "sampling": {"top_p": 3}}', key=None)
+    broker.put(Job(id="long", prompt=too_long, sampling=GREEDY_SHORT).model_dump_json().encode())
+    broker.put(Job(id="who", prompt="x", model="gpt-9").model_dump_json().encode())
+    broker.put(b'{"id": "huge", "prompt": "' + b"y" * 70_000 + b'"}', key="huge")
+    good = numbered_jobs(3, "good")
+    _put(broker, good)
+    service = _service(engine, broker, max_job_bytes=64 * 1024)
+    await _run_until(service, lambda: len(broker.results) == 8)
+    codes = {job_id: r.error.code for job_id, r in broker.results.items() if r.error}
+    assert codes == {
+        "bad-bytes": ErrorCode.MALFORMED, "bad-schema": ErrorCode.INVALID,
+        "long": ErrorCode.PROMPT_TOO_LONG, "who": ErrorCode.UNKNOWN_MODEL,
+        "huge": ErrorCode.TOO_LARGE,
+    }
+    [(_, reason)] = broker.dead_letters  # the one with no job id to answer under
+    assert reason.startswith(ErrorCode.MALFORMED)
+    assert all(broker.results[j.id].status == JobStatus.COMPLETED for j in good)
+
+
+async def test_deadline_and_cancellation(engine) -> None:
+    broker = MemoryBroker()
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    long_params = SamplingParams(temperature=0.0, max_tokens=2000, ignore_eos=True)
+    _put(broker, [
+        Job(id="late", prompt="x", deadline=past),
+        Job(id="soon", prompt="x", sampling=long_params,
+            deadline=datetime.now(UTC) + timedelta(seconds=2)),
+        Job(id="stop-me", prompt="x", sampling=long_params),
+    ])
+    service = _service(engine, broker)
+
+    async def cancel_when_running() -> None:
+        while broker.statuses.get("stop-me") != JobStatus.RUNNING:
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)
+        broker.cancel_requests.add("stop-me")
+
+    canceller = asyncio.create_task(cancel_when_running())
+    await _run_until(service, lambda: len(broker.results) == 3)
+    await canceller
+    late, soon, stopped = (broker.results[i] for i in ("late", "soon", "stop-me"))
+    assert late.status == JobStatus.EXPIRED and late.token_ids == []
+    assert soon.status == JobStatus.EXPIRED
+    assert stopped.status == JobStatus.CANCELLED
+    assert 0 < len(stopped.token_ids) < 2000
+    assert not engine.has_unfinished_requests()  # aborted jobs gave their blocks back
+
+
+async def test_redelivered_finished_job_is_acked_without_rerun(engine) -> None:
+    broker = MemoryBroker()
+    [job] = numbered_jobs(1)
+    _put(broker, [job, job])  # a producer retry: same id twice
+    service = _service(engine, broker)
+    await _run_until(service, lambda: not broker.queued and not broker.unacked and broker.results)
+    assert list(broker.results) == [job.id]
+    assert broker.results[job.id].attempts == 1
+
+
+class _RecordingEngine:
+    """The real engine, with the order requests reached it written down."""
+
+    def __init__(self, engine) -> None:
+        self._engine = engine
+        self.added: list[str] = []
+
+    def add_request(self, request_id: str, *args, **kwargs) -> None:
+        self.added.append(request_id)
+        self._engine.add_request(request_id, *args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._engine, name)
+
+
+async def test_higher_priority_is_admitted_first(engine) -> None:
+    broker = MemoryBroker()
+    params = SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True)
+    _put(broker, [Job(id=f"p{p}", prompt="Hello", sampling=params, priority=p)
+                  for p in (0, 5, 1, 9)])
+    recording = _RecordingEngine(engine)
+    service = _service(recording, broker, max_in_flight=4)
+    await _run_until(service, lambda: len(broker.results) == 4)
+    assert recording.added == ["p9", "p5", "p1", "p0"]
+
+
+async def test_shutdown_hands_back_unfinished_jobs(engine) -> None:
+    broker = MemoryBroker()
+    long_params = SamplingParams(temperature=0.0, max_tokens=4000, ignore_eos=True)
+    _put(broker, [Job(id=f"long-{i}", prompt="x", sampling=long_params) for i in range(3)])
+    service = _service(engine, broker, shutdown_grace_s=0.5)
+    await _run_until(service, lambda: broker.statuses.get("long-0") == JobStatus.RUNNING)
+    assert not broker.results
+    assert sorted(d.key for d in broker.queued) == ["long-0", "long-1", "long-2"]
+    assert all(d.delivery_count == 2 for d in broker.queued)
+    assert not engine.has_unfinished_requests()

@@ -1,0 +1,62 @@
+"""Results to a Kafka topic keyed by job id (idempotent producer), optionally mirrored to
+Redis so clients can poll, see statuses and cancel."""
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaProducer
+
+from schemas import Result
+from worker.queues.kafka_conn import client_kwargs
+from worker.queues.redis_results import RedisResultStore
+from worker.service_settings import KafkaSettings
+
+_RECENT_RESULTS = 100_000  # ids remembered without Redis, for redeliveries after a rebalance
+
+
+class KafkaResultSink:
+    def __init__(self, settings: KafkaSettings, mirror: RedisResultStore | None) -> None:
+        self._settings = settings
+        self._mirror = mirror
+        self._recent: OrderedDict[str, Result] = OrderedDict()
+        self._producer = AIOKafkaProducer(
+            **client_kwargs(settings), enable_idempotence=True, acks="all"  # type: ignore[arg-type]
+        )
+
+    async def start(self) -> None:
+        if self._mirror is not None:
+            await self._mirror.start()
+        await self._producer.start()
+
+    async def publish(self, result: Result) -> bool:
+        await self._producer.send_and_wait(
+            self._settings.results_topic, result.model_dump_json().encode(),
+            key=result.id.encode(),
+        )
+        self._recent[result.id] = result
+        if len(self._recent) > _RECENT_RESULTS:
+            self._recent.popitem(last=False)
+        if self._mirror is not None:
+            return await self._mirror.publish(result)
+        return True
+
+    async def terminal_result(self, job_id: str) -> Result | None:
+        if job_id in self._recent:
+            return self._recent[job_id]
+        if self._mirror is not None:
+            return await self._mirror.terminal_result(job_id)
+        return None
+
+    async def mark_running(self, job_id: str) -> None:
+        if self._mirror is not None:
+            await self._mirror.mark_running(job_id)
+
+    async def cancelled(self, job_ids: Sequence[str]) -> set[str]:
+        if self._mirror is not None:
+            return await self._mirror.cancelled(job_ids)
+        return set()
+
+    async def close(self) -> None:
+        await self._producer.stop()
+        if self._mirror is not None:
+            await self._mirror.close()

@@ -1,0 +1,296 @@
+"""The worker: broker intake -> engine thread -> publish, on one asyncio loop.
+
+Invariants: a job is acked only after its terminal result is published (at-least-once); the
+job id is the idempotency key (a redelivery of a job with a terminal result is acked unrun);
+at most `max_in_flight` jobs are in the engine, and the source is asked for no more than the
+free slots; a message that cannot run becomes a failed result or a dead letter, never a crash.
+"""
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from schemas import ErrorCode, Job, JobStatus, Result
+from worker.engine_thread import Crashed, EngineEvent, EngineRequest, EngineThread, Finished
+from worker.intake import Refusal, parse_delivery
+from worker.jobs import JobError, build_result, failed_result, prepare_job
+from worker.queues.factory import TRANSIENT_BROKER_ERRORS, build_queue
+from worker.queues.protocol import Delivery, JobSource, ResultSink
+from worker.service_settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+_SHUTDOWN = "shutdown"  # abort reason: hand the job back to the broker, publish nothing
+
+
+class EngineCrashed(RuntimeError):
+    """The engine thread died; in-flight jobs were handed back un-acked."""
+
+
+@dataclass
+class InFlight:
+    job: Job
+    deliveries: list[Delivery]  # the first, plus duplicates that arrived while it ran
+    in_engine: bool = True
+    abort_reason: str | None = None  # a JobStatus value or _SHUTDOWN
+
+
+@dataclass
+class _Backoff:
+    delay_s: float = 0.05
+    max_s: float = 5.0
+    current_s: float = field(default=0.0)
+
+    async def wait(self) -> None:
+        self.current_s = min(self.max_s, max(self.delay_s, self.current_s * 2))
+        await asyncio.sleep(self.current_s)
+
+    def reset(self) -> None:
+        self.current_s = 0.0
+
+
+class Service:
+    def __init__(
+        self, settings: ServiceSettings, source: JobSource, sink: ResultSink, engine: Any,
+        served_model: str,
+    ) -> None:
+        self._settings = settings
+        self._source = source
+        self._sink = sink
+        self._engine = engine
+        self._served_model = served_model
+        self.max_in_flight = settings.max_in_flight or engine.max_num_seqs
+        self.jobs: dict[str, InFlight] = {}  # received and not yet acked
+        self.num_in_engine = 0
+        self.peak_held = 0  # most jobs received and not yet acked at once
+        self._stopping = asyncio.Event()
+        self._crash: BaseException | None = None
+        self._publishing: set[asyncio.Task[None]] = set()
+
+    def stop(self) -> None:
+        """Begin graceful shutdown (safe to call from a signal handler)."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        await self._sink.start()
+        await self._source.start()
+        events: asyncio.Queue[EngineEvent] = asyncio.Queue()
+        self._thread = EngineThread(self._engine, events)
+        self._thread.start()
+        tasks = [asyncio.create_task(self._intake()), asyncio.create_task(self._outputs(events)),
+                 asyncio.create_task(self._watch())]
+        await self._stopping.wait()
+        tasks[0].cancel()
+        await self._drain()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._thread.stop()
+        await self._source.close()
+        await self._sink.close()
+        if self._crash is not None:
+            raise EngineCrashed(str(self._crash)) from self._crash
+
+    async def _drain(self) -> None:
+        """Let running jobs finish within the grace period; hand the rest back un-acked."""
+        deadline_s = time.monotonic() + self._settings.shutdown_grace_s
+        while self.num_in_engine and time.monotonic() < deadline_s and self._crash is None:
+            await asyncio.sleep(0.05)
+        for job_id, entry in self.jobs.items():
+            if entry.in_engine:
+                entry.abort_reason = _SHUTDOWN
+                self._thread.abort(job_id)
+        # The aborts come back within a step; waiting for them leaves the engine clean.
+        abort_deadline_s = time.monotonic() + 5.0
+        while self.num_in_engine and time.monotonic() < abort_deadline_s and self._crash is None:
+            await asyncio.sleep(0.01)
+        if self._publishing:
+            await asyncio.wait(self._publishing, timeout=max(1.0, deadline_s - time.monotonic()))
+
+    async def _intake(self) -> None:
+        backoff = _Backoff()
+        while not self._stopping.is_set():
+            # Count every un-acked job, not only those in the engine, so a slow publish also
+            # holds intake back and the worker never holds more than max_in_flight jobs.
+            free = self.max_in_flight - len(self.jobs)
+            try:
+                deliveries = await self._source.receive(free, self._settings.poll_timeout_s)
+                await self._admit(deliveries)
+            except TRANSIENT_BROKER_ERRORS as exc:
+                log.warning("broker unavailable, retrying: %r", exc)
+                await backoff.wait()
+                continue
+            backoff.reset()
+
+    async def _admit(self, deliveries: list[Delivery]) -> None:
+        ready: list[tuple[Job, Delivery]] = []
+        for delivery in deliveries:
+            job = await self._screen(delivery)
+            if job is not None:
+                ready.append((job, delivery))
+        ready.sort(key=lambda pair: -pair[0].priority)  # higher priority reaches the engine first
+        cancelled = await self._sink.cancelled([job.id for job, _ in ready])
+        for job, delivery in ready:
+            if job.id in self.jobs:  # a duplicate of a job we are running: ack with it
+                self.jobs[job.id].deliveries.append(delivery)
+            elif job.id in cancelled:
+                await self._finish(failed_result(
+                    job.id, ErrorCode.CANCELLED, "cancelled before it started",
+                    status=JobStatus.CANCELLED, worker_id=self._settings.worker_id,
+                    attempts=delivery.delivery_count), [delivery])
+            else:
+                await self._start(job, delivery)
+
+    async def _screen(self, delivery: Delivery) -> Job | None:
+        """The job to run, or None when the delivery was settled here (result or dead letter)."""
+        parsed = parse_delivery(delivery, self._settings.max_job_bytes)
+        if delivery.delivery_count > self._settings.max_deliveries:
+            job_id = parsed.job_id if isinstance(parsed, Refusal) else parsed.id
+            await self._refuse(delivery, Refusal(job_id, ErrorCode.INTERNAL, (
+                f"delivered {delivery.delivery_count} times (max_deliveries "
+                f"{self._settings.max_deliveries}); workers keep dying on it")), dead_letter=True)
+            return None
+        if isinstance(parsed, Refusal):
+            await self._refuse(delivery, parsed, dead_letter=parsed.job_id is None)
+            return None
+        if await self._sink.terminal_result(parsed.id) is not None:
+            await self._source.ack(delivery)  # already done by someone: idempotent redelivery
+            return None
+        if parsed.deadline is not None and parsed.deadline <= datetime.now(UTC):
+            await self._finish(failed_result(
+                parsed.id, ErrorCode.EXPIRED, "deadline passed before the job started",
+                status=JobStatus.EXPIRED, worker_id=self._settings.worker_id,
+                attempts=delivery.delivery_count), [delivery])
+            return None
+        return parsed
+
+    async def _refuse(self, delivery: Delivery, refusal: Refusal, dead_letter: bool) -> None:
+        log.warning("refusing %s: %s", delivery.position, refusal.reason)
+        if refusal.job_id is not None:
+            await self._publish(failed_result(
+                refusal.job_id, refusal.code, refusal.message,
+                worker_id=self._settings.worker_id, attempts=delivery.delivery_count))
+        if dead_letter:
+            await self._source.dead_letter(delivery, refusal.reason)
+        else:
+            await self._source.ack(delivery)
+
+    async def _start(self, job: Job, delivery: Delivery) -> None:
+        try:
+            prompt_ids, params = prepare_job(job, self._engine.tokenizer, self._served_model)
+        except JobError as exc:
+            await self._refuse(delivery, Refusal(job.id, exc.code, exc.message), dead_letter=False)
+            return
+        self.jobs[job.id] = InFlight(job, [delivery])
+        self.num_in_engine += 1
+        self.peak_held = max(self.peak_held, len(self.jobs))
+        await self._sink.mark_running(job.id)
+        self._thread.submit(EngineRequest(
+            job.id, prompt_ids, params, job.priority, job.cache_salt, time.monotonic()))
+
+    async def _outputs(self, events: "asyncio.Queue[EngineEvent]") -> None:
+        while True:
+            event = await events.get()
+            if isinstance(event, Crashed):
+                self._crash = event.error
+                self.stop()
+                continue
+            job_id = event.output.request_id if isinstance(event, Finished) else event.request_id
+            entry = self.jobs.get(job_id)
+            if entry is None or not entry.in_engine:
+                continue
+            entry.in_engine = False
+            self.num_in_engine -= 1
+            if entry.abort_reason == _SHUTDOWN:
+                del self.jobs[job_id]  # handed back: the broker redelivers it
+                continue
+            result = self._result_of(entry, event)
+            task = asyncio.create_task(self._finish(result, entry.deliveries))
+            self._publishing.add(task)
+            task.add_done_callback(self._publishing.discard)
+
+    def _result_of(self, entry: InFlight, event: EngineEvent) -> Result:
+        attempts = entry.deliveries[0].delivery_count
+        worker_id = self._settings.worker_id
+        if not isinstance(event, Finished):
+            assert not isinstance(event, Crashed)
+            return failed_result(entry.job.id, event.code, event.message,
+                                 worker_id=worker_id, attempts=attempts)
+        if entry.abort_reason == JobStatus.EXPIRED:
+            return failed_result(entry.job.id, ErrorCode.EXPIRED, "deadline passed while it ran",
+                                 status=JobStatus.EXPIRED, worker_id=worker_id, attempts=attempts)
+        return build_result(entry.job.id, event.output, worker_id=worker_id, attempts=attempts,
+                            model=self._served_model)
+
+    async def _finish(self, result: Result, deliveries: list[Delivery]) -> None:
+        """Publish, then ack: retried through broker outages so no result is dropped."""
+        await self._publish(result)
+        backoff = _Backoff()
+        for delivery in deliveries:
+            while True:
+                try:
+                    await self._source.ack(delivery)
+                    break
+                except TRANSIENT_BROKER_ERRORS as exc:
+                    log.warning("ack of %s failed, retrying: %r", delivery.position, exc)
+                    await backoff.wait()
+        self.jobs.pop(result.id, None)
+
+    async def _publish(self, result: Result) -> None:
+        backoff = _Backoff()
+        while True:
+            try:
+                await self._sink.publish(result)
+                return
+            except TRANSIENT_BROKER_ERRORS as exc:
+                log.warning("publishing %s failed, retrying: %r", result.id, exc)
+                await backoff.wait()
+
+    async def _watch(self) -> None:
+        """Abort running jobs whose client cancelled them or whose deadline passed."""
+        while True:
+            await asyncio.sleep(self._settings.watch_interval_s)
+            running = [
+                job_id for job_id, e in self.jobs.items() if e.in_engine and not e.abort_reason
+            ]
+            with contextlib.suppress(*TRANSIENT_BROKER_ERRORS):
+                for job_id in await self._sink.cancelled(running):
+                    self._abort(job_id, JobStatus.CANCELLED)
+            now = datetime.now(UTC)
+            for job_id in running:
+                deadline = self.jobs[job_id].job.deadline if job_id in self.jobs else None
+                if deadline is not None and deadline <= now:
+                    self._abort(job_id, JobStatus.EXPIRED)
+
+    def _abort(self, job_id: str, reason: JobStatus) -> None:
+        entry = self.jobs.get(job_id)
+        if entry is not None and entry.in_engine and entry.abort_reason is None:
+            entry.abort_reason = reason
+            self._thread.abort(job_id)
+
+
+async def serve(service_settings: ServiceSettings, engine_settings: Any) -> None:
+    """Run a worker until SIGTERM / SIGINT, then shut down gracefully (the CLI's `serve`)."""
+    from worker.engine.llm_engine import LLMEngine
+
+    engine = await asyncio.to_thread(LLMEngine.from_settings, engine_settings)
+    served_model = (service_settings.served_model or engine_settings.served_model_name
+                    or engine_settings.model)
+    source, sink = build_queue(service_settings)
+    service = Service(service_settings, source, sink, engine, served_model)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, service.stop)
+    await service.run()
+
+
+if __name__ == "__main__":  # `python -m worker.service`: a worker configured by env only
+    from worker.config import EngineSettings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    asyncio.run(serve(ServiceSettings(), EngineSettings()))
