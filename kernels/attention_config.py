@@ -13,11 +13,15 @@ import torch
 import triton
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-# Split-K aims for this many programs per multiprocessor, so that memory latency is hidden.
+# Split-K runs when one program per (query tile, KV head) leaves multiprocessors idle, and then
+# aims at this many programs per multiprocessor (H200 sweep: batch 1 gains up to 64 splits).
 PROGRAMS_PER_SM = 4
 # A split shorter than this spends more on its partial write and the merge than it saves.
-MIN_KEYS_PER_SPLIT = 256
+MIN_KEYS_PER_SPLIT = 128
 MAX_SPLITS = 64
+# Split-K only for decode and verification tiles: a prefill tile's partials cost more to write
+# and merge than the idle multiprocessors are worth.
+MAX_SPLIT_ROWS = 64
 # The interpreter has no multiprocessors; a small number keeps split-K reachable in CPU tests.
 INTERPRETER_NUM_SMS = 4
 
@@ -66,13 +70,13 @@ def choose_config(
     block_m = min(triton.next_power_of_2(max(rows, 16)), 64 if wide else 128)
     block_n = 32 if wide else 64
     num_warps = 8 if block_m >= 128 else 4
-    num_stages = 2 if wide else 3
+    # Decode streams K/V once: a third stage bought nothing on the H200 sweep and costs occupancy.
+    num_stages = 2 if wide or rows <= MAX_SPLIT_ROWS else 3
     tiles = num_seqs * num_kv_heads * triton.cdiv(rows, block_m)
-    target = PROGRAMS_PER_SM * num_sms(device)
     num_splits = 1
-    if tiles < target:
+    if rows <= MAX_SPLIT_ROWS and tiles < num_sms(device):
         num_splits = min(
-            triton.cdiv(target, tiles),
+            triton.cdiv(PROGRAMS_PER_SM * num_sms(device), tiles),
             max(1, max_seqlen_k // MIN_KEYS_PER_SPLIT),
             MAX_SPLITS,
         )

@@ -87,14 +87,15 @@ def _attend_kv_range(
         else:
             k = tl.load(k_ptrs)
             v = tl.load(v_ptrs)
-        scores = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
+        scores = tl.dot(q, k, input_precision=DOT_PRECISION)  # [BLOCK_M, BLOCK_N], unscaled
         if MASKED:
             visible = kv_valid[None, :] & (kv_pos[None, :] < key_limit[:, None])
             scores = tl.where(visible, scores, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(scores, 1))
+        # The scale (> 0) is applied inside exp2's argument, where it fuses into one FMA.
+        m_new = tl.maximum(m_i, tl.max(scores, 1) * qk_scale)
         # A row with nothing visible yet keeps m = -inf; shift by 0 so exp2 gives 0, not NaN.
         m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(scores - m_shift[:, None])
+        p = tl.exp2(scores * qk_scale - m_shift[:, None])
         alpha = tl.exp2(m_i - m_shift)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
@@ -162,16 +163,25 @@ def _paged_attention_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     SPLIT_K: tl.constexpr,
+    ONE_TILE_PER_SEQ: tl.constexpr,  # max_seqlen_q * GROUP <= BLOCK_M: grid dim 0 = num_seqs
     DOT_PRECISION: tl.constexpr,
 ):
-    tile_idx = tl.program_id(0)
     kv_head = tl.program_id(1)
     split_idx = tl.program_id(2)
     num_heads = tl.num_programs(1) * GROUP
-    seq_idx = _find_sequence(cu_seqlens_q_ptr, num_seqs, tile_idx, GROUP, BLOCK_M)
-    q_start = tl.load(cu_seqlens_q_ptr + seq_idx)
-    q_len = tl.load(cu_seqlens_q_ptr + seq_idx + 1) - q_start
-    row_lo = (tile_idx - (q_start * GROUP // BLOCK_M + seq_idx)) * BLOCK_M
+    if ONE_TILE_PER_SEQ:
+        seq_idx = tl.program_id(0)
+        q_start = tl.load(cu_seqlens_q_ptr + seq_idx)
+        q_len = tl.load(cu_seqlens_q_ptr + seq_idx + 1) - q_start
+        row_lo = seq_idx * 0
+    else:
+        # Last tiles first: under causal masking they hold the most keys, and starting them
+        # early keeps the tail of the launch short.
+        tile_idx = tl.num_programs(0) - 1 - tl.program_id(0)
+        seq_idx = _find_sequence(cu_seqlens_q_ptr, num_seqs, tile_idx, GROUP, BLOCK_M)
+        q_start = tl.load(cu_seqlens_q_ptr + seq_idx)
+        q_len = tl.load(cu_seqlens_q_ptr + seq_idx + 1) - q_start
+        row_lo = (tile_idx - (q_start * GROUP // BLOCK_M + seq_idx)) * BLOCK_M
     if row_lo < q_len * GROUP:
         offs_d = tl.arange(0, HEAD_DIM)
         rows = row_lo + tl.arange(0, BLOCK_M)
@@ -226,10 +236,14 @@ def paged_attention(
     seq_lens: torch.Tensor,  # [num_seqs] int32, context length including the new tokens
     cu_seqlens_q: torch.Tensor,  # [num_seqs + 1] int32, offsets of each sequence's new tokens
     scale: float,
-    max_seqlen_q: int,  # upper bounds, used to pick tiles and split-K; only speed depends on them
+    max_seqlen_q: int,  # upper bounds (never under-estimates): pick the grid, tiles and split-K
     max_seqlen_k: int,
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
-    """Same contract as `kernels.reference.paged_attention`, in one launch (two with split-K)."""
+    """Same contract as `kernels.reference.paged_attention`, in one launch (two with split-K).
+
+    When max_seqlen_q * (num_heads // num_kv_heads) fits one row tile, the grid has one program
+    per sequence and KV head; an under-estimated max_seqlen_q would then drop query rows.
+    """
     check_inputs(query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q)
     config = choose_config(
         num_seqs=seq_lens.shape[0],
@@ -241,7 +255,8 @@ def paged_attention(
         dtype=query.dtype,
         device=query.device,
     )
-    return _launch(query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, config)
+    args = (query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q)
+    return _launch(*args, scale=scale, max_seqlen_q=max_seqlen_q, config=config)
 
 
 def paged_attention_with_config(
@@ -252,11 +267,13 @@ def paged_attention_with_config(
     seq_lens: torch.Tensor,  # [num_seqs] int32
     cu_seqlens_q: torch.Tensor,  # [num_seqs + 1] int32
     scale: float,
+    max_seqlen_q: int,
     config: AttentionConfig,
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
     """`paged_attention` with an explicit configuration (tests and benchmark sweeps)."""
     check_inputs(query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q)
-    return _launch(query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, config)
+    args = (query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q)
+    return _launch(*args, scale=scale, max_seqlen_q=max_seqlen_q, config=config)
 
 
 def _launch(
@@ -267,8 +284,11 @@ def _launch(
     seq_lens: torch.Tensor,
     cu_seqlens_q: torch.Tensor,
     scale: float,
+    max_seqlen_q: int,
     config: AttentionConfig,
 ) -> torch.Tensor:
+    if not scale > 0:
+        raise ValueError(f"scale must be positive, got {scale}")
     num_tokens, num_heads, head_dim = query.shape
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     group = num_heads // num_kv_heads
@@ -281,7 +301,9 @@ def _launch(
     part_acc = query.new_empty((*part_shape, head_dim), dtype=torch.float32)
     part_max = query.new_empty(part_shape, dtype=torch.float32)
     part_sum = query.new_empty(part_shape, dtype=torch.float32)
-    grid = (num_tokens * group // config.block_m + num_seqs, num_kv_heads, config.num_splits)
+    one_tile_per_seq = max_seqlen_q * group <= config.block_m
+    num_tiles = num_seqs if one_tile_per_seq else num_tokens * group // config.block_m + num_seqs
+    grid = (num_tiles, num_kv_heads, config.num_splits)
     _paged_attention_kernel[grid](
         out_ptr=out,
         part_acc_ptr=part_acc,
@@ -308,6 +330,7 @@ def _launch(
         BLOCK_M=config.block_m,
         BLOCK_N=config.block_n,
         SPLIT_K=split,
+        ONE_TILE_PER_SEQ=one_tile_per_seq,
         DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
         num_warps=config.num_warps,
         num_stages=config.num_stages,

@@ -3,12 +3,12 @@ a cache past 2^31 elements. The reference runs in fp32 on upcast copies of the s
 
 import pytest
 import torch
-from paged_cases import PagedBatch, make_paged_batch
 
 from kernels import reference
 from kernels.attention_config import AttentionConfig
 from kernels.paged_attention import paged_attention, paged_attention_with_config
 from kernels.store_kv import store_kv
+from tests.kernels.paged_cases import PagedBatch, make_paged_batch
 
 pytestmark = pytest.mark.gpu
 
@@ -46,7 +46,7 @@ def test_matrix_matches_reference(dtype: torch.dtype, head_dim: int, group: int)
 )
 def test_explicit_configs_match_reference(config: AttentionConfig) -> None:
     batch = make_paged_batch(MIXED, 32, 8, 128, 16, torch.bfloat16, "cuda")
-    out = paged_attention_with_config(*batch.tensors(), SCALE, config)
+    out = paged_attention_with_config(*batch.tensors(), SCALE, batch.max_seqlen_q, config)
     assert _relative_error(out, batch) < 1e-2
 
 

@@ -6,11 +6,11 @@ dtypes are covered by test_kernels_gpu.py on CUDA.
 
 import pytest
 import torch
-from paged_cases import PagedBatch, make_paged_batch
 
 from kernels import reference
 from kernels.attention_config import AttentionConfig, choose_config
 from kernels.paged_attention import paged_attention, paged_attention_with_config
+from tests.kernels.paged_cases import PagedBatch, make_paged_batch
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # (context length incl. new tokens, new tokens): prefill, chunked prefill over a cached prefix,
@@ -45,7 +45,18 @@ def test_mixed_batch_matches_reference(group: int, block_size: int) -> None:
 )
 def test_split_k_matches_reference(group: int, config: AttentionConfig) -> None:
     batch = make_paged_batch([*MIXED, (90, 80)], 2 * group, 2, 32, 16, device=DEVICE)
-    out = paged_attention_with_config(*batch.tensors(), SCALE, config)
+    out = paged_attention_with_config(*batch.tensors(), SCALE, batch.max_seqlen_q, config)
+    _assert_matches_reference(batch, out)
+
+
+@pytest.mark.parametrize("group", [1, 5])
+def test_decode_and_verify_one_tile_per_sequence(group: int) -> None:
+    """max_seqlen_q * group fits one row tile: one program per sequence, no tile search."""
+    batch = make_paged_batch([(45, 3), (70, 1), (33, 2), (16, 0)], 2 * group, 2, 32, 16,
+                             device=DEVICE)  # fmt: skip
+    config = choose_config(4, 2, group, 32, 3, 70, torch.float32, torch.device(DEVICE))
+    assert 3 * group <= config.block_m
+    out = paged_attention(*batch.tensors(), SCALE, 3, batch.max_seqlen_k)
     _assert_matches_reference(batch, out)
 
 
