@@ -1,7 +1,16 @@
-"""Tests marked `gpu` are skipped where CUDA is not available."""
+"""Shared fixtures; tests marked `gpu` are skipped where CUDA is not available."""
+
+import json
+from pathlib import Path
 
 import pytest
 import torch
+
+from worker.config import EngineSettings
+from worker.jobs import chat_prompt_ids
+from worker.models.bundled import bundled_model_dir
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "prompts.jsonl"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -11,3 +20,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    return bundled_model_dir(EngineSettings().cache_dir)
+
+
+@pytest.fixture(scope="session")
+def real_prompts(smollm2_dir: Path) -> list[list[int]]:
+    """Token ids of the example prompts: chat ones through the chat template, mixed lengths."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    prompts = []
+    for line in EXAMPLES.read_text().splitlines():
+        body = json.loads(line)["body"]
+        if "messages" in body:
+            prompts.append(chat_prompt_ids(tokenizer, body["messages"]))
+        else:
+            prompts.append(tokenizer.encode(body["prompt"]))
+    return prompts

@@ -5,7 +5,7 @@ least recently freed cached block is the one evicted, and a prefix hit removes i
 middle in O(1).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(eq=False)
@@ -13,8 +13,8 @@ class KVBlock:
     block_id: int
     ref_count: int = 0
     block_hash: int | None = None
-    prev: "KVBlock | None" = None
-    next: "KVBlock | None" = None
+    prev: "KVBlock | None" = field(default=None, repr=False)
+    next: "KVBlock | None" = field(default=None, repr=False)
     in_free_list: bool = False
 
 
