@@ -23,8 +23,10 @@ MAX_SPLITS = 64
 # and merge than the idle multiprocessors are worth.
 MAX_SPLIT_ROWS = 64
 # Prefill tiles of 128 x 128 keys need ~161 KiB of shared memory at 3 stages (Hopper has 227 KiB,
-# Ada 99 KiB); on the H200 they ran 302 TFLOP/s against 275 for 64-key tiles (1 x 4096, causal).
+# Ada 99 KiB). On the H200 they ran 302 against 275 TFLOP/s for 64-key tiles at 1 x 4096 and
+# 324 against 296 at 1 x 8192, but lost 7% on sequences of 512 and 1024 tokens.
 WIDE_PREFILL_SHARED_MEMORY = 170_000
+WIDE_PREFILL_MIN_KEYS = 2048
 # The interpreter has no multiprocessors; a small number keeps split-K reachable in CPU tests.
 INTERPRETER_NUM_SMS = 4
 
@@ -76,7 +78,11 @@ def choose_config(
     block_m = min(triton.next_power_of_2(max(rows, 16)), 64 if wide else 128)
     num_sms, shared_memory = device_limits(device)
     block_n = 32 if wide else 64
-    if block_m >= 128 and shared_memory >= WIDE_PREFILL_SHARED_MEMORY:
+    if (
+        block_m >= 128
+        and max_seqlen_k >= WIDE_PREFILL_MIN_KEYS
+        and shared_memory >= WIDE_PREFILL_SHARED_MEMORY
+    ):
         block_n = 128
     num_warps = 8 if block_m >= 128 else 4
     # Decode streams K/V once: a third stage bought nothing on the H200 sweep and costs occupancy.
