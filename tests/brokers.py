@@ -71,8 +71,9 @@ def unique_name() -> str:
 
 
 @pytest.fixture
-def private_redis(unique_name: str) -> Iterator[tuple[str, int]]:
-    """A redis-server of this test's own (restarts and passwords must not disturb others)."""
+def private_redis(unique_name: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """A redis-server of this test's own (restarts must not disturb others): its URL and the
+    env that start_redis.sh needs to stop or restart it."""
     port = 16400 + int(unique_name[1:5], 16) % 500
     env = {**redis_env(port), "REDIS_DATA_DIR": f"/tmp/llm-worker-redis-{unique_name}"}
     try:
@@ -80,7 +81,7 @@ def private_redis(unique_name: str) -> Iterator[tuple[str, int]]:
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
         _unavailable("redis-server", exc)
         raise
-    yield url, port
+    yield url, env
     run_script("start_redis.sh", "stop", env=env)
 
 

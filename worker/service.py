@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from schemas import ErrorCode, Job, JobStatus, Result
 from worker.engine_thread import Crashed, EngineEvent, EngineRequest, EngineThread, Finished
 from worker.intake import Refusal, parse_delivery
 from worker.jobs import JobError, build_result, failed_result, prepare_job
+from worker.queues.errors import QueueError
 from worker.queues.factory import TRANSIENT_BROKER_ERRORS, build_queue
 from worker.queues.protocol import Delivery, JobSource, ResultSink
 from worker.service_settings import ServiceSettings
@@ -76,9 +78,11 @@ class Service:
         """Begin graceful shutdown (safe to call from a signal handler)."""
         self._stopping.set()
 
-    async def run(self) -> None:
-        await self._sink.start()
-        await self._source.start()
+    async def run(self, queues_started: bool = False) -> None:
+        """Serve until stop(); raises EngineCrashed if the engine thread died."""
+        if not queues_started:
+            await self._sink.start()
+            await self._source.start()
         events: asyncio.Queue[EngineEvent] = asyncio.Queue()
         self._thread = EngineThread(self._engine, events)
         self._thread.start()
@@ -275,22 +279,37 @@ class Service:
 
 
 async def serve(service_settings: ServiceSettings, engine_settings: Any) -> None:
-    """Run a worker until SIGTERM / SIGINT, then shut down gracefully (the CLI's `serve`)."""
+    """Run a worker until SIGTERM / SIGINT, then shut down gracefully (the CLI's `serve`).
+
+    The brokers are checked before the model loads, so a wrong password or an unreachable
+    broker fails in seconds with BrokerAuthError / BrokerUnavailable."""
     from worker.engine.llm_engine import LLMEngine
 
+    source, sink = build_queue(service_settings)
+    await sink.start()
+    await source.start()
     engine = await asyncio.to_thread(LLMEngine.from_settings, engine_settings)
     served_model = (service_settings.served_model or engine_settings.served_model_name
                     or engine_settings.model)
-    source, sink = build_queue(service_settings)
     service = Service(service_settings, source, sink, engine, served_model)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, service.stop)
-    await service.run()
+    await service.run(queues_started=True)
 
 
-if __name__ == "__main__":  # `python -m worker.service`: a worker configured by env only
+def main() -> int:
+    """`python -m worker.service`: one worker configured by environment variables only."""
     from worker.config import EngineSettings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    asyncio.run(serve(ServiceSettings(), EngineSettings()))
+    try:
+        asyncio.run(serve(ServiceSettings(), EngineSettings()))
+    except QueueError as exc:
+        print(f"llm-worker: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

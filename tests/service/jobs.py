@@ -1,8 +1,14 @@
 """Job sets and checks shared by the service tests."""
 
 from schemas import Job, JobStatus, Result, SamplingParams
+from worker.config import EngineSettings
+
+# Small enough for 2 CPU cores, large enough that batches really mix jobs.
+TEST_ENGINE_SETTINGS = EngineSettings(max_num_seqs=32, kv_cache_memory_gb=0.5)
 
 GREEDY_SHORT = SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True)
+# The 200-job runs: one token each keeps them to one prefill per job on 2 CPU cores.
+ONE_TOKEN = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
 
 
 def numbered_jobs(n: int, stem: str = "job", params: SamplingParams = GREEDY_SHORT,
@@ -25,3 +31,11 @@ def assert_matches_generate(engine, jobs: list[Job], results: dict[str, Result])
         assert got.status == JobStatus.COMPLETED, got
         assert got.token_ids == direct.output_token_ids, job.id
         assert got.text == direct.text
+
+
+def assert_match_expected(jobs: list[Job], results: dict[str, Result],
+                          expected: dict[str, list[int]]) -> None:
+    assert sorted(results) == sorted(job.id for job in jobs)
+    for job in jobs:
+        assert results[job.id].status == JobStatus.COMPLETED, results[job.id]
+        assert results[job.id].token_ids == expected[job.prompt], job.id

@@ -1,0 +1,51 @@
+"""Worker processes (`python -m worker.service`) for crash and start-up tests, and in-process
+services for the rest."""
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from tests.service.jobs import TEST_ENGINE_SETTINGS
+from worker.service import Service
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def spawn_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """A worker process configured by env (LLM_WORKER_*), logging to `log_path`."""
+    full_env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT),
+        "LLM_WORKER_MAX_NUM_SEQS": str(TEST_ENGINE_SETTINGS.max_num_seqs),
+        "LLM_WORKER_KV_CACHE_MEMORY_GB": str(TEST_ENGINE_SETTINGS.kv_cache_memory_gb),
+        **env,
+    }
+    with open(log_path, "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "worker.service"], cwd=REPO_ROOT,
+                                env=full_env, stdout=log, stderr=subprocess.STDOUT)
+
+
+async def wait_for(condition: Callable[[], Awaitable[bool]], timeout_s: float,
+                   what: str, interval_s: float = 0.1) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not await condition():
+            await asyncio.sleep(interval_s)
+    assert await condition(), what
+
+
+async def run_service_until(service: Service, done: Callable[[], Awaitable[bool]],
+                            timeout_s: float) -> None:
+    """Run `service` in this process until `done()`, then stop it gracefully."""
+    runner = asyncio.create_task(service.run())
+    try:
+        async with asyncio.timeout(timeout_s):
+            while not await done():
+                if runner.done():
+                    runner.result()  # surface a crash instead of waiting out the timeout
+                await asyncio.sleep(0.1)
+    finally:
+        service.stop()
+        await runner
