@@ -23,12 +23,12 @@ def store_kv(
     slot_mapping: torch.Tensor,  # [num_tokens] int64, -1 = skip
 ) -> None:
     num_blocks, block_size, num_kv_heads, head_dim = k_cache.shape
-    valid = slot_mapping >= 0
-    slots = slot_mapping[valid]
+    rows = (slot_mapping >= 0).nonzero().squeeze(1)
+    slots = slot_mapping[rows]
     k_flat = k_cache.view(num_blocks * block_size, num_kv_heads, head_dim)
     v_flat = v_cache.view(num_blocks * block_size, num_kv_heads, head_dim)
-    k_flat[slots] = key[valid].to(k_cache.dtype)
-    v_flat[slots] = value[valid].to(v_cache.dtype)
+    k_flat.index_copy_(0, slots, key[rows].to(k_cache.dtype))
+    v_flat.index_copy_(0, slots, value[rows].to(v_cache.dtype))
 
 
 def gather_kv(

@@ -7,6 +7,7 @@ from typing import Protocol
 import torch
 
 from kernels import reference
+from worker.models import torch_attention
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class AttentionBackend:
 
 
 TORCH_BACKEND = AttentionBackend(
-    name="torch", store_kv=reference.store_kv, paged_attention=reference.paged_attention
+    name="torch", store_kv=reference.store_kv, paged_attention=torch_attention.paged_attention
 )
 
 

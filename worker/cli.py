@@ -1,0 +1,106 @@
+"""`llm-worker`: run-batch, bench, and the worker commands. `llm-worker COMMAND --help`."""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from worker.config import EngineSettings, add_settings_arguments, settings_from_args
+
+
+def _engine(args: argparse.Namespace):  # -> LLMEngine, imported late so --help stays fast
+    from worker.engine.llm_engine import LLMEngine
+
+    settings: EngineSettings = settings_from_args(EngineSettings, args)
+    return LLMEngine.from_settings(settings), settings
+
+
+def cmd_run_batch(args: argparse.Namespace) -> int:
+    from worker.run_batch import run_batch
+
+    engine, settings = _engine(args)
+    served = settings.served_model_name or settings.model
+    summary = run_batch(engine, served, args.input, args.output, args.max_in_flight,
+                        show_progress=not args.no_progress)
+    print(summary.describe())
+    return 0
+
+
+def cmd_bench_throughput(args: argparse.Namespace) -> int:
+    from worker.bench import throughput_main
+
+    engine, _ = _engine(args)
+    throughput_main(engine, args)
+    return 0
+
+
+def cmd_bench_latency(args: argparse.Namespace) -> int:
+    from worker.bench import percentiles, run_latency
+
+    engine, settings = _engine(args)
+    times = run_latency(engine, args.batch_size, args.input_len, args.output_len,
+                        args.num_iters, args.num_iters_warmup, settings.seed)
+    figures = percentiles(times)
+    print("Latency (s per batch): " + ", ".join(f"{k} {v:.4f}" for k, v in figures.items()))
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from schemas import SamplingParams
+
+    engine, _ = _engine(args)
+    params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens)
+    for out in engine.generate(args.prompts, params):
+        print(out.text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llm-worker", description=__doc__)
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run-batch", help="run an OpenAI batch JSONL file through the engine")
+    p.add_argument("-i", "--input", type=Path, required=True, help="OpenAI batch JSONL")
+    p.add_argument("-o", "--output", type=Path, required=True, help="results JSONL")
+    p.add_argument("--max-in-flight", type=int, default=None,
+                   help="jobs held at once (default: 2 x max-num-seqs)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_settings_arguments(p, EngineSettings)
+    p.set_defaults(func=cmd_run_batch)
+
+    p = sub.add_parser("generate", help="complete a few prompts and print the text")
+    p.add_argument("prompts", nargs="+")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0)
+    add_settings_arguments(p, EngineSettings)
+    p.set_defaults(func=cmd_generate)
+
+    bench = sub.add_parser("bench", help="offline benchmarks").add_subparsers(dest="bench", required=True)
+    p = bench.add_parser("throughput", help="requests/s and tokens/s on a synthetic dataset")
+    from worker.bench import add_throughput_arguments
+
+    add_throughput_arguments(p)
+    add_settings_arguments(p, EngineSettings)
+    p.set_defaults(func=cmd_bench_throughput)
+
+    p = bench.add_parser("latency", help="seconds per batch: mean, p50, p90, p99")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--input-len", type=int, default=32)
+    p.add_argument("--output-len", type=int, default=128)
+    p.add_argument("--num-iters", type=int, default=10)
+    p.add_argument("--num-iters-warmup", type=int, default=2)
+    add_settings_arguments(p, EngineSettings)
+    p.set_defaults(func=cmd_bench_latency)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
