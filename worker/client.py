@@ -70,7 +70,9 @@ class RedisProducer:
 
     async def status(self, job_id: str) -> JobStatus | None:
         raw = await self._redis.get(self._keys.status(job_id))
-        return JobStatus(raw.decode()) if raw is not None else None
+        if raw is None:
+            return None
+        return JobStatus(raw.decode() if isinstance(raw, bytes) else raw)
 
     async def wait(self, job_id: str, timeout_s: float, poll_interval_s: float = 0.1) -> Result:
         """Poll until the job's terminal result exists; TimeoutError after `timeout_s`."""
@@ -88,7 +90,7 @@ class KafkaProducer:
     def __init__(self, settings: KafkaSettings) -> None:
         self._settings = settings
         self._producer = AIOKafkaProducer(
-            **client_kwargs(settings), enable_idempotence=True, acks="all"  # type: ignore[arg-type]
+            **client_kwargs(settings), enable_idempotence=True, acks="all"
         )
 
     async def __aenter__(self) -> "KafkaProducer":

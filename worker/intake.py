@@ -13,7 +13,7 @@ from pydantic import TypeAdapter, ValidationError
 from schemas import ErrorCode, Job
 from worker.queues.protocol import Delivery
 
-_JOB_ID = TypeAdapter(Annotated[str, *Job.model_fields["id"].metadata])
+_JOB_ID: TypeAdapter[str] = TypeAdapter(Annotated[str, *Job.model_fields["id"].metadata])
 _MAX_MESSAGE_CHARS = 1000  # a reason stays readable, and a hostile payload is not echoed whole
 
 

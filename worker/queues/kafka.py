@@ -51,7 +51,7 @@ class KafkaHandle:
     generation: int
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, source: "KafkaJobSource") -> None:
         self._source = source
 
@@ -82,14 +82,14 @@ class KafkaJobSource:
         try:
             await ensure_topics(self._settings)
             self._consumer = AIOKafkaConsumer(
-                **common, group_id=self._settings.group_id, client_id=self._worker_id,  # type: ignore[arg-type]
+                **common, group_id=self._settings.group_id, client_id=self._worker_id,
                 enable_auto_commit=False, auto_offset_reset="earliest",
                 session_timeout_ms=self._settings.session_timeout_ms,
                 heartbeat_interval_ms=self._settings.heartbeat_interval_ms,
             )
             self._consumer.subscribe([self._settings.jobs_topic], listener=_Rebalance(self))
             await self._consumer.start()
-            self._producer = AIOKafkaProducer(**common, enable_idempotence=True, acks="all")  # type: ignore[arg-type]
+            self._producer = AIOKafkaProducer(**common, enable_idempotence=True, acks="all")
             await self._producer.start()
         except KafkaConnectionError as exc:
             raise BrokerUnavailable(

@@ -33,7 +33,7 @@ async def ensure_topics(settings: KafkaSettings) -> None:
     """Create the jobs, results and dead-letter topics if missing, so the jobs topic gets
     `num_partitions` (partitions bound how many workers share the work) rather than a broker
     default from auto-creation."""
-    admin = AIOKafkaAdminClient(**client_kwargs(settings))  # type: ignore[arg-type]
+    admin = AIOKafkaAdminClient(**client_kwargs(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -20,7 +20,7 @@ class KafkaResultSink:
         self._mirror = mirror
         self._recent: OrderedDict[str, Result] = OrderedDict()
         self._producer = AIOKafkaProducer(
-            **client_kwargs(settings), enable_idempotence=True, acks="all"  # type: ignore[arg-type]
+            **client_kwargs(settings), enable_idempotence=True, acks="all"
         )
 
     async def start(self) -> None:

@@ -55,7 +55,7 @@ class MemoryJobSource:
                 await asyncio.wait_for(broker._arrived.wait(), timeout_s)
             except TimeoutError:
                 return []
-        deliveries = []
+        deliveries: list[Delivery] = []
         while broker.queued and len(deliveries) < max_jobs:
             delivery = broker.queued.popleft()
             broker.unacked[int(delivery.handle)] = delivery  # type: ignore[call-overload]

@@ -1,6 +1,7 @@
 """One place that turns RedisSettings into a client: AUTH, TLS, reconnect backoff, a clear
 error for bad credentials."""
 
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
@@ -24,7 +25,7 @@ def redis_address(settings: RedisSettings) -> str:
 
 
 def make_client(settings: RedisSettings) -> aioredis.Redis:
-    kwargs: dict[str, object] = {
+    kwargs: dict[str, Any] = {
         "socket_connect_timeout": settings.socket_connect_timeout_s,
         "retry": Retry(ExponentialBackoff(cap=settings.max_reconnect_backoff_s, base=0.05), 6),
         "retry_on_error": list(TRANSIENT_ERRORS),

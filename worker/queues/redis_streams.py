@@ -11,6 +11,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
@@ -45,8 +46,8 @@ class RedisSourceConfig:
     dead_letter_maxlen: int = 100_000
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class RedisStreamSource:
@@ -130,7 +131,7 @@ class RedisStreamSource:
         return await self._to_deliveries(entries, counts)
 
     async def _read_new(self, max_jobs: int, timeout_s: float) -> list[Delivery]:
-        reply = await self._redis.xreadgroup(
+        reply: Any = await self._redis.xreadgroup(
             self._keys.group, self._config.consumer, {self._keys.jobs_stream: ">"},
             count=max_jobs, block=max(1, int(timeout_s * 1000)),
         )
