@@ -19,13 +19,23 @@ TINY_CONFIGS = [
 TINY_VOCAB = 1000
 
 
-def make_tiny_checkpoint(folder: Path, model_type: str, num_heads: int, num_kv_heads: int,
-                         head_dim: int, seed: int = 0) -> Path:
+def make_tiny_checkpoint(
+    folder: Path, model_type: str, num_heads: int, num_kv_heads: int, head_dim: int, seed: int = 0
+) -> Path:
     cfg = AutoConfig.for_model(
-        model_type, vocab_size=TINY_VOCAB, hidden_size=64 * num_heads, intermediate_size=512,
-        num_hidden_layers=2, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
-        head_dim=head_dim, max_position_embeddings=512, initializer_range=0.05,
-        tie_word_embeddings=model_type == "qwen3", bos_token_id=1, eos_token_id=2,
+        model_type,
+        vocab_size=TINY_VOCAB,
+        hidden_size=64 * num_heads,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        head_dim=head_dim,
+        max_position_embeddings=512,
+        initializer_range=0.05,
+        tie_word_embeddings=model_type == "qwen3",
+        bos_token_id=1,
+        eos_token_id=2,
         pad_token_id=0,
     )
     torch.manual_seed(seed)
@@ -34,8 +44,9 @@ def make_tiny_checkpoint(folder: Path, model_type: str, num_heads: int, num_kv_h
     return folder
 
 
-def hf_greedy(folder: Path, prompts: list[list[int]], max_new_tokens: int,
-              ignore_eos: bool) -> list[list[int]]:
+def hf_greedy(
+    folder: Path, prompts: list[list[int]], max_new_tokens: int, ignore_eos: bool
+) -> list[list[int]]:
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     if ignore_eos:
         model.generation_config.eos_token_id = None
@@ -45,10 +56,13 @@ def hf_greedy(folder: Path, prompts: list[list[int]], max_new_tokens: int,
         for prompt in prompts:
             ids = torch.tensor([prompt])
             out = model.generate(
-                ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                max_new_tokens=max_new_tokens, min_new_tokens=0,
+                ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                min_new_tokens=0,
             )
-            outputs.append(out[0, len(prompt):].tolist())
+            outputs.append(out[0, len(prompt) :].tolist())
     return outputs
 
 

@@ -35,9 +35,11 @@ class ThroughputResult:
         return self.num_output_tokens / self.elapsed_s
 
     def line(self) -> str:
-        return (f"Throughput: {self.requests_per_s:.2f} requests/s, "
-                f"{self.total_tokens_per_s:.2f} total tokens/s, "
-                f"{self.output_tokens_per_s:.2f} output tokens/s")
+        return (
+            f"Throughput: {self.requests_per_s:.2f} requests/s, "
+            f"{self.total_tokens_per_s:.2f} total tokens/s, "
+            f"{self.output_tokens_per_s:.2f} output tokens/s"
+        )
 
 
 def random_prompts(num: int, input_len: int, vocab_size: int, seed: int) -> list[list[int]]:
@@ -46,16 +48,23 @@ def random_prompts(num: int, input_len: int, vocab_size: int, seed: int) -> list
     return [[rng.randint(100, high) for _ in range(input_len)] for _ in range(num)]
 
 
-def prefix_repetition_prompts(num: int, prefix_len: int, suffix_len: int, num_prefixes: int,
-                              vocab_size: int, seed: int) -> list[list[int]]:
+def prefix_repetition_prompts(
+    num: int, prefix_len: int, suffix_len: int, num_prefixes: int, vocab_size: int, seed: int
+) -> list[list[int]]:
     prefixes = random_prompts(num_prefixes, prefix_len, vocab_size, seed)
     suffixes = random_prompts(num, suffix_len, vocab_size, seed + 1)
     return [prefixes[i % num_prefixes] + suffixes[i] for i in range(num)]
 
 
-def run_throughput(engine: LLMEngine, prompts: list[list[int]], output_len: int,
-                   show_progress: bool = True) -> ThroughputResult:
-    params = SamplingParams(temperature=1.0, top_p=1.0, ignore_eos=True, max_tokens=output_len)
+def run_throughput(
+    engine: LLMEngine,
+    prompts: list[list[int]],
+    output_len: int,
+    show_progress: bool = True,
+    params: SamplingParams | None = None,
+) -> ThroughputResult:
+    """All prompts submitted at once, timed until the last finishes (vLLM's offline method)."""
+    params = params or SamplingParams(temperature=1.0, ignore_eos=True, max_tokens=output_len)
     hits0, queries0 = engine.block_manager.stats.hits, engine.block_manager.stats.queries
     start = time.perf_counter()
     for i, prompt in enumerate(prompts):
@@ -70,14 +79,23 @@ def run_throughput(engine: LLMEngine, prompts: list[list[int]], output_len: int,
     stats = engine.block_manager.stats
     queries = stats.queries - queries0
     return ThroughputResult(
-        num_requests=len(prompts), elapsed_s=elapsed,
-        num_prompt_tokens=sum(len(p) for p in prompts), num_output_tokens=num_output,
+        num_requests=len(prompts),
+        elapsed_s=elapsed,
+        num_prompt_tokens=sum(len(p) for p in prompts),
+        num_output_tokens=num_output,
         prefix_cache_hit_rate=(stats.hits - hits0) / queries if queries else 0.0,
     )
 
 
-def run_latency(engine: LLMEngine, batch_size: int, input_len: int, output_len: int,
-                num_iters: int, num_warmup: int, seed: int) -> list[float]:
+def run_latency(
+    engine: LLMEngine,
+    batch_size: int,
+    input_len: int,
+    output_len: int,
+    num_iters: int,
+    num_warmup: int,
+    seed: int,
+) -> list[float]:
     """Seconds per batch of `batch_size` prompts run to `output_len` tokens."""
     vocab = engine.runner.model.config.vocab_size
     params = SamplingParams(temperature=1.0, ignore_eos=True, max_tokens=output_len)
@@ -107,7 +125,9 @@ def add_throughput_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", choices=["random", "prefix-repetition"], default="random")
     p.add_argument("--prefix-len", type=int, default=512, help="prefix-repetition: shared tokens")
     p.add_argument("--suffix-len", type=int, default=128, help="prefix-repetition: unique tokens")
-    p.add_argument("--num-prefixes", type=int, default=4, help="prefix-repetition: distinct prefixes")
+    p.add_argument(
+        "--num-prefixes", type=int, default=4, help="prefix-repetition: distinct prefixes"
+    )
     p.add_argument("--output-json", type=Path, default=None, help="write the figures here")
 
 
@@ -116,13 +136,22 @@ def throughput_main(engine: LLMEngine, args: argparse.Namespace) -> ThroughputRe
     if args.dataset == "random":
         prompts = random_prompts(args.num_prompts, args.input_len, vocab, args.seed or 0)
     else:
-        prompts = prefix_repetition_prompts(args.num_prompts, args.prefix_len, args.suffix_len,
-                                            args.num_prefixes, vocab, args.seed or 0)
+        prompts = prefix_repetition_prompts(
+            args.num_prompts,
+            args.prefix_len,
+            args.suffix_len,
+            args.num_prefixes,
+            vocab,
+            args.seed or 0,
+        )
     result = run_throughput(engine, prompts, args.output_len)
     print(result.line())
     if args.output_json:
-        figures = {**asdict(result), "requests_per_second": result.requests_per_s,
-                   "tokens_per_second": result.total_tokens_per_s,
-                   "output_tokens_per_second": result.output_tokens_per_s}
+        figures = {
+            **asdict(result),
+            "requests_per_second": result.requests_per_s,
+            "tokens_per_second": result.total_tokens_per_s,
+            "output_tokens_per_second": result.output_tokens_per_s,
+        }
         args.output_json.write_text(json.dumps(figures, indent=2))
     return result

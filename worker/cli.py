@@ -20,8 +20,14 @@ def cmd_run_batch(args: argparse.Namespace) -> int:
 
     engine, settings = _engine(args)
     served = settings.served_model_name or settings.model
-    summary = run_batch(engine, served, args.input, args.output, args.max_in_flight,
-                        show_progress=not args.no_progress)
+    summary = run_batch(
+        engine,
+        served,
+        args.input,
+        args.output,
+        args.max_in_flight,
+        show_progress=not args.no_progress,
+    )
     print(summary.describe())
     return 0
 
@@ -38,8 +44,15 @@ def cmd_bench_latency(args: argparse.Namespace) -> int:
     from worker.bench import percentiles, run_latency
 
     engine, settings = _engine(args)
-    times = run_latency(engine, args.batch_size, args.input_len, args.output_len,
-                        args.num_iters, args.num_iters_warmup, settings.seed)
+    times = run_latency(
+        engine,
+        args.batch_size,
+        args.input_len,
+        args.output_len,
+        args.num_iters,
+        args.num_iters_warmup,
+        settings.seed,
+    )
     figures = percentiles(times)
     print("Latency (s per batch): " + ", ".join(f"{k} {v:.4f}" for k, v in figures.items()))
     return 0
@@ -63,8 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run-batch", help="run an OpenAI batch JSONL file through the engine")
     p.add_argument("-i", "--input", type=Path, required=True, help="OpenAI batch JSONL")
     p.add_argument("-o", "--output", type=Path, required=True, help="results JSONL")
-    p.add_argument("--max-in-flight", type=int, default=None,
-                   help="jobs held at once (default: 2 x max-num-seqs)")
+    p.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=None,
+        help="jobs held at once (default: 2 x max-num-seqs)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_settings_arguments(p, EngineSettings)
     p.set_defaults(func=cmd_run_batch)
@@ -76,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_arguments(p, EngineSettings)
     p.set_defaults(func=cmd_generate)
 
-    bench = sub.add_parser("bench", help="offline benchmarks").add_subparsers(dest="bench", required=True)
+    bench = sub.add_parser("bench", help="offline benchmarks").add_subparsers(
+        dest="bench", required=True
+    )
     p = bench.add_parser("throughput", help="requests/s and tokens/s on a synthetic dataset")
     from worker.bench import add_throughput_arguments
 
@@ -97,8 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     return int(args.func(args) or 0)
 
 

@@ -23,7 +23,9 @@ class EngineSettings(BaseSettings):
         description="'smollm2' (bundled), an HF folder, or a named shape with --load-format dummy "
         "(llama3-8b, qwen3-0.6b, qwen3-8b, qwen2-0.5b, tiny-llama)",
     )
-    served_model_name: str | None = Field(None, description="name jobs may ask for (default: model)")
+    served_model_name: str | None = Field(
+        None, description="name jobs may ask for (default: model)"
+    )
     load_format: Literal["auto", "dummy"] = Field("auto", description="dummy: random weights")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="auto: bfloat16 on CUDA, float32 on CPU"
@@ -51,7 +53,9 @@ class EngineSettings(BaseSettings):
     )
 
 
-def add_settings_arguments(parser: argparse.ArgumentParser, settings_cls: type[BaseSettings]) -> None:
+def add_settings_arguments(
+    parser: argparse.ArgumentParser, settings_cls: type[BaseSettings]
+) -> None:
     """Expose every field as `--kebab-case`; flags left out fall back to env, .env, default."""
     for name, field in settings_cls.model_fields.items():
         flag = "--" + name.replace("_", "-")
@@ -59,12 +63,18 @@ def add_settings_arguments(parser: argparse.ArgumentParser, settings_cls: type[B
         default = field.default
         if field.annotation is bool:
             parser.add_argument(
-                flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
+                flag,
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
                 help=f"{help_text} (default: {default})",
             )
         else:
             parser.add_argument(
-                flag, dest=name, default=None, metavar=name.upper(),
+                flag,
+                dest=name,
+                default=None,
+                metavar=name.upper(),
                 help=f"{help_text} (default: {default})".strip(),
             )
 

@@ -58,7 +58,11 @@ def _timings(out: RequestOutput) -> Timings:
 
 
 def build_result(
-    job_id: str, out: RequestOutput, *, worker_id: str | None = None, attempts: int = 1,
+    job_id: str,
+    out: RequestOutput,
+    *,
+    worker_id: str | None = None,
+    attempts: int = 1,
     model: str | None = None,
 ) -> Result:
     aborted = out.finish_reason == "abort"
@@ -73,7 +77,7 @@ def build_result(
         status=JobStatus.CANCELLED if aborted else JobStatus.COMPLETED,
         text=out.text,
         token_ids=out.output_token_ids,
-        finish_reason=out.finish_reason,  # type: ignore[arg-type]
+        finish_reason=out.finish_reason,
         usage=Usage(
             prompt_tokens=len(out.prompt_token_ids),
             completion_tokens=len(out.output_token_ids),
@@ -82,15 +86,25 @@ def build_result(
         timings=_timings(out),
         logprobs=logprobs,
         error=ErrorInfo(code=ErrorCode.CANCELLED, message="aborted") if aborted else None,
-        attempts=attempts, worker_id=worker_id, model=model,
+        attempts=attempts,
+        worker_id=worker_id,
+        model=model,
     )
 
 
 def failed_result(
-    job_id: str, code: str, message: str, *, status: JobStatus = JobStatus.FAILED,
-    worker_id: str | None = None, attempts: int = 1,
+    job_id: str,
+    code: str,
+    message: str,
+    *,
+    status: JobStatus = JobStatus.FAILED,
+    worker_id: str | None = None,
+    attempts: int = 1,
 ) -> Result:
     return Result(
-        id=job_id, status=status, error=ErrorInfo(code=code, message=message),
-        attempts=attempts, worker_id=worker_id,
+        id=job_id,
+        status=status,
+        error=ErrorInfo(code=code, message=message),
+        attempts=attempts,
+        worker_id=worker_id,
     )

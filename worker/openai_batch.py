@@ -38,9 +38,20 @@ class _Body(BaseModel):
 
     def sampling(self, default_max_tokens: int, logprobs: int | None) -> SamplingParams:
         fields = self.model_dump(
-            exclude_none=True, exclude={"model", "n", "stream", "user", "stop", "max_tokens",
-                                        "prompt", "messages", "logprobs", "top_logprobs",
-                                        "max_completion_tokens"},
+            exclude_none=True,
+            exclude={
+                "model",
+                "n",
+                "stream",
+                "user",
+                "stop",
+                "max_tokens",
+                "prompt",
+                "messages",
+                "logprobs",
+                "top_logprobs",
+                "max_completion_tokens",
+            },
         )
         stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
         max_tokens = self.max_tokens if self.max_tokens is not None else default_max_tokens
@@ -106,7 +117,9 @@ def parse_line(raw: str | bytes, line_no: int) -> tuple[BatchLine, Job]:
     try:
         job = _job(line, line_no)
     except ValidationError as e:
-        raise LineError(custom_id, ErrorCode.INVALID, f"line {line_no}: {_describe(e, 'body.')}") from e
+        raise LineError(
+            custom_id, ErrorCode.INVALID, f"line {line_no}: {_describe(e, 'body.')}"
+        ) from e
     return line, job
 
 
@@ -117,14 +130,21 @@ def _job(line: BatchLine, line_no: int) -> Job:
         max_tokens = chat.max_completion_tokens or chat.max_tokens
         chat = chat.model_copy(update={"max_tokens": max_tokens})
         logprobs = (chat.top_logprobs or 0) if chat.logprobs else None
-        return Job(id=job_id, model=chat.model, messages=chat.messages,
-                   sampling=chat.sampling(256, logprobs))
+        return Job(
+            id=job_id,
+            model=chat.model,
+            messages=chat.messages,
+            sampling=chat.sampling(256, logprobs),
+        )
     cmpl = CompletionBody.model_validate(line.body)
     prompt = cmpl.prompt
-    return Job(id=job_id, model=cmpl.model,
-               prompt=prompt if isinstance(prompt, str) else None,
-               prompt_token_ids=prompt if isinstance(prompt, list) else None,
-               sampling=cmpl.sampling(16, cmpl.logprobs))
+    return Job(
+        id=job_id,
+        model=cmpl.model,
+        prompt=prompt if isinstance(prompt, str) else None,
+        prompt_token_ids=prompt if isinstance(prompt, list) else None,
+        sampling=cmpl.sampling(16, cmpl.logprobs),
+    )
 
 
 def _job_id(custom_id: str, line_no: int) -> str:
@@ -133,15 +153,22 @@ def _job_id(custom_id: str, line_no: int) -> str:
 
 
 def error_line(custom_id: str | None, code: str, message: str) -> dict[str, Any]:
-    return {"id": f"batch_req_{uuid.uuid4().hex}", "custom_id": custom_id, "response": None,
-            "error": {"code": code, "message": message}}
+    return {
+        "id": f"batch_req_{uuid.uuid4().hex}",
+        "custom_id": custom_id,
+        "response": None,
+        "error": {"code": code, "message": message},
+    }
 
 
 def result_line(line: BatchLine, result: Result) -> dict[str, Any]:
     if result.status is not JobStatus.COMPLETED:
         err = result.error
-        return error_line(line.custom_id, err.code if err else ErrorCode.INTERNAL,
-                          err.message if err else result.status.value)
+        return error_line(
+            line.custom_id,
+            err.code if err else ErrorCode.INTERNAL,
+            err.message if err else result.status.value,
+        )
     text = result.text or ""
     if line.url == CHAT:
         choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text}}
@@ -151,18 +178,31 @@ def result_line(line: BatchLine, result: Result) -> dict[str, Any]:
         obj = "text_completion"
     choice["finish_reason"] = result.finish_reason
     choice["logprobs"] = (
-        None if result.logprobs is None else
-        {"token_ids": [t.token_id for t in result.logprobs],
-         "token_logprobs": [t.logprob for t in result.logprobs],
-         "top_logprobs": [{str(k): v for k, v in t.top.items()} for t in result.logprobs]}
+        None
+        if result.logprobs is None
+        else {
+            "token_ids": [t.token_id for t in result.logprobs],
+            "token_logprobs": [t.logprob for t in result.logprobs],
+            "top_logprobs": [{str(k): v for k, v in t.top.items()} for t in result.logprobs],
+        }
     )
     usage = result.usage
     body = {
-        "id": f"cmpl-{uuid.uuid4().hex}", "object": obj, "created": int(time.time()),
-        "model": result.model, "choices": [choice],
-        "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-                  "total_tokens": usage.total_tokens,
-                  "prompt_tokens_details": {"cached_tokens": usage.cached_prompt_tokens}},
+        "id": f"cmpl-{uuid.uuid4().hex}",
+        "object": obj,
+        "created": int(time.time()),
+        "model": result.model,
+        "choices": [choice],
+        "usage": {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens,
+            "prompt_tokens_details": {"cached_tokens": usage.cached_prompt_tokens},
+        },
     }
-    return {"id": f"batch_req_{uuid.uuid4().hex}", "custom_id": line.custom_id,
-            "response": {"status_code": 200, "request_id": result.id, "body": body}, "error": None}
+    return {
+        "id": f"batch_req_{uuid.uuid4().hex}",
+        "custom_id": line.custom_id,
+        "response": {"status_code": 200, "request_id": result.id, "body": body},
+        "error": None,
+    }

@@ -95,14 +95,23 @@ def _lines(f: IO[str]) -> Iterator[tuple[int, str]]:
             yield line_no, raw
 
 
-def run_batch(engine: LLMEngine, served_model: str, input_path: Path, output_path: Path,
-              max_in_flight: int | None = None, show_progress: bool = True) -> BatchSummary:
+def run_batch(
+    engine: LLMEngine,
+    served_model: str,
+    input_path: Path,
+    output_path: Path,
+    max_in_flight: int | None = None,
+    show_progress: bool = True,
+) -> BatchSummary:
     cap = max_in_flight or 2 * engine.max_num_seqs
     start = time.perf_counter()
-    with input_path.open(encoding="utf-8", errors="replace") as fin, \
-            output_path.open("w", encoding="utf-8") as fout, \
-            tqdm(total=_count_lines(input_path), unit="req", disable=not show_progress,
-                 desc="run-batch") as progress:
+    with (
+        input_path.open(encoding="utf-8", errors="replace") as fin,
+        output_path.open("w", encoding="utf-8") as fout,
+        tqdm(
+            total=_count_lines(input_path), unit="req", disable=not show_progress, desc="run-batch"
+        ) as progress,
+    ):
         runner = BatchRunner(engine, served_model, fout, progress)
         lines = _lines(fin)
         exhausted = False

@@ -66,7 +66,9 @@ class Service:
         self._sink = sink
         self._engine = engine
         self._served_model = served_model
-        self.max_in_flight = settings.max_in_flight or engine.max_num_seqs
+        # Default: twice the engine's batch, so finished sequences are replaced from the engine's
+        # own waiting queue at once instead of after a broker round trip.
+        self.max_in_flight = settings.max_in_flight or 2 * engine.max_num_seqs
         self.jobs: dict[str, InFlight] = {}  # received and not yet acked
         self.num_in_engine = 0
         self.peak_held = 0  # most jobs received and not yet acked at once

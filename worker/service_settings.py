@@ -58,7 +58,7 @@ class ServiceSettings(BaseSettings):
     queue: Literal["redis", "kafka", "memory"] = "redis"
     worker_id: str = Field(default_factory=_default_worker_id)
     served_model: str | None = None  # name jobs may ask for; None: the engine's model name
-    max_in_flight: int | None = Field(default=None, ge=1)  # None: the engine's max_num_seqs
+    max_in_flight: int | None = Field(default=None, ge=1)  # None: 2x the engine's max_num_seqs
     max_job_bytes: int = Field(default=1 << 20, ge=64)
     max_deliveries: int = Field(default=5, ge=1)  # more: dead-letter, never run again
     claim_idle_ms: int = Field(default=60_000, ge=100)  # Redis: steal entries idle this long

@@ -13,10 +13,20 @@ def _line(custom_id: str, body: dict, url: str = "/v1/completions") -> str:
 
 
 GOOD = [
-    _line("ok-1", {"model": "smollm2", "prompt": "The capital of France is", "max_tokens": 8,
-                   "temperature": 0}),
-    _line("ok-2", {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8},
-          url="/v1/chat/completions"),
+    _line(
+        "ok-1",
+        {
+            "model": "smollm2",
+            "prompt": "The capital of France is",
+            "max_tokens": 8,
+            "temperature": 0,
+        },
+    ),
+    _line(
+        "ok-2",
+        {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8},
+        url="/v1/chat/completions",
+    ),
     _line("ok-3", {"prompt": "1, 2, 3, 4,", "max_tokens": 12, "temperature": 0, "stop": [" 7"]}),
 ]
 BAD = {
@@ -45,8 +55,12 @@ def test_bad_lines_get_error_lines_and_good_lines_complete(
     src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     lines = [GOOD[0], *BAD.values(), GOOD[1], "", GOOD[2]]
     src.write_text("\n".join(lines) + "\n")
-    assert main(["run-batch", "-i", str(src), "-o", str(dst), "--max-model-len", "128",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            ["run-batch", "-i", str(src), "-o", str(dst), "--max-model-len", "128", "--no-progress"]
+        )
+        == 0
+    )
     out = [json.loads(line) for line in dst.read_text().splitlines()]
     assert len(out) == len(GOOD) + len(BAD)
     by_id = {o["custom_id"]: o for o in out if o["custom_id"]}
@@ -77,9 +91,9 @@ def test_bad_lines_get_error_lines_and_good_lines_complete(
 @pytest.mark.slow
 def test_examples_file_runs_and_input_is_read_lazily(tmp_path: Path) -> None:
     """The shipped examples complete; the reader never runs ahead of the in-flight cap."""
+    from worker.config import EngineSettings
     from worker.engine.llm_engine import LLMEngine
     from worker.run_batch import run_batch
-    from worker.config import EngineSettings
 
     engine = LLMEngine.from_settings(EngineSettings(max_num_seqs=4))
     src = Path(__file__).resolve().parents[2] / "examples" / "prompts.jsonl"
@@ -95,7 +109,8 @@ def test_examples_file_runs_and_input_is_read_lazily(tmp_path: Path) -> None:
         return original_step()
 
     engine.step = watching_step  # type: ignore[method-assign]
-    summary = run_batch(engine, "smollm2", small, tmp_path / "out.jsonl", max_in_flight=3,
-                        show_progress=False)
+    summary = run_batch(
+        engine, "smollm2", small, tmp_path / "out.jsonl", max_in_flight=3, show_progress=False
+    )
     assert summary.num_lines == 10 and summary.num_failed == 0
     assert peak <= 3

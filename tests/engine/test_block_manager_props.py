@@ -24,8 +24,12 @@ class BlockBookkeeping(RuleBasedStateMachine):
         super().__init__()
         self.bm = BlockManager(NUM_BLOCKS, BLOCK_SIZE, enable_prefix_caching=True)
         self.scheduler = Scheduler(
-            SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=12, max_model_len=64,
-                            enable_chunked_prefill=True),
+            SchedulerConfig(
+                max_num_seqs=4,
+                max_num_batched_tokens=12,
+                max_model_len=64,
+                enable_chunked_prefill=True,
+            ),
             self.bm,
         )
         self.live: list[Sequence] = []
@@ -40,23 +44,36 @@ class BlockBookkeeping(RuleBasedStateMachine):
         now_free = {b.block_id for b in self.bm.free_list}
         for block_id in now_free - before_free:
             self.freed_at[block_id] = self.clock
-        evicted = [bid for h, bid in before_cached.items() if self.bm.cached.get(h) is None
-                   or self.bm.cached[h].block_id != bid]
-        survivors = [self.freed_at[b.block_id] for b in self.bm.free_list if b.block_hash is not None]
+        evicted = [
+            bid
+            for h, bid in before_cached.items()
+            if self.bm.cached.get(h) is None or self.bm.cached[h].block_id != bid
+        ]
+        survivors = [
+            self.freed_at[b.block_id] for b in self.bm.free_list if b.block_hash is not None
+        ]
         for block_id in evicted:
             if block_id in before_free:  # it was a free cached block, so this was an eviction
                 assert all(self.freed_at[block_id] <= t for t in survivors), "evicted a newer block"
 
     def _snapshot(self) -> tuple[set[int], dict[int, int]]:
-        return ({b.block_id for b in self.bm.free_list},
-                {h: b.block_id for h, b in self.bm.cached.items()})
+        return (
+            {b.block_id for b in self.bm.free_list},
+            {h: b.block_id for h, b in self.bm.cached.items()},
+        )
 
-    @rule(tokens=st.lists(st.integers(0, 2), min_size=1, max_size=30),
-          max_tokens=st.integers(1, 12), priority=st.integers(0, 1))
+    @rule(
+        tokens=st.lists(st.integers(0, 2), min_size=1, max_size=30),
+        max_tokens=st.integers(1, 12),
+        priority=st.integers(0, 1),
+    )
     def add(self, tokens: list[int], max_tokens: int, priority: int) -> None:
         seq = Sequence(
-            request_id=f"r{self.next_id}", token_ids=tokens, num_prompt_tokens=len(tokens),
-            params=SamplingParams(max_tokens=max_tokens), priority=priority,
+            request_id=f"r{self.next_id}",
+            token_ids=tokens,
+            num_prompt_tokens=len(tokens),
+            params=SamplingParams(max_tokens=max_tokens),
+            priority=priority,
             metrics=SequenceMetrics(arrival_time=0.0),
         )
         self.next_id += 1

@@ -8,8 +8,9 @@ from worker.engine.llm_engine import LLMEngine, RequestRejected
 
 
 def tiny_engine(**overrides: object) -> LLMEngine:
-    settings = EngineSettings(model="tiny-llama", load_format="dummy", device="cpu",
-                              dtype="float32", **overrides)  # type: ignore[arg-type]
+    settings = EngineSettings(
+        model="tiny-llama", load_format="dummy", device="cpu", dtype="float32", **overrides
+    )  # type: ignore[arg-type]
     return LLMEngine.from_settings(settings)
 
 
@@ -70,8 +71,9 @@ def test_stop_token_ids_min_tokens_and_length() -> None:
 
 def test_logprobs_are_normalised_and_include_the_chosen_token() -> None:
     engine = tiny_engine()
-    [out] = engine.generate([[3, 4, 5]], SamplingParams(temperature=0, max_tokens=3,
-                                                         ignore_eos=True, logprobs=5))
+    [out] = engine.generate(
+        [[3, 4, 5]], SamplingParams(temperature=0, max_tokens=3, ignore_eos=True, logprobs=5)
+    )
     assert out.logprobs is not None and len(out.logprobs) == 3
     for token in out.logprobs:
         assert token.top_logprobs is not None and len(token.top_logprobs) == 5
@@ -84,7 +86,8 @@ def test_repetition_penalty_changes_greedy_output() -> None:
     prompt = [[11, 12, 13, 11, 12, 13]]
     plain = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
     [a] = engine.generate(prompt, plain)
-    [b] = engine.generate(prompt, plain.model_copy(update={"presence_penalty": 2.0,
-                                                           "repetition_penalty": 5.0}))
+    [b] = engine.generate(
+        prompt, plain.model_copy(update={"presence_penalty": 2.0, "repetition_penalty": 5.0})
+    )
     assert len(set(b.output_token_ids)) >= len(set(a.output_token_ids))
     assert a.output_token_ids != b.output_token_ids

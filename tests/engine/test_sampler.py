@@ -9,8 +9,12 @@ from worker.engine.sampler import SamplingRow, sample
 
 
 def _row(**kw: object) -> SamplingRow:
-    return SamplingRow(params=SamplingParams(**kw), token_ids=[1, 2], num_prompt_tokens=2,  # type: ignore[arg-type]
-                       generator=None)
+    return SamplingRow(
+        params=SamplingParams(**kw),
+        token_ids=[1, 2],
+        num_prompt_tokens=2,  # type: ignore[arg-type]
+        generator=None,
+    )
 
 
 def test_greedy_top_k1_and_tiny_top_p_pick_the_argmax() -> None:
@@ -44,10 +48,18 @@ def test_min_p_drops_tokens_below_the_fraction_of_the_top() -> None:
 
 def test_seeded_rows_ignore_the_shared_generator() -> None:
     logits = torch.zeros(2, 50)
-    row = SamplingRow(params=SamplingParams(seed=5), token_ids=[1], num_prompt_tokens=1,
-                      generator=torch.Generator().manual_seed(5))
-    again = SamplingRow(params=SamplingParams(seed=5), token_ids=[1], num_prompt_tokens=1,
-                        generator=torch.Generator().manual_seed(5))
+    row = SamplingRow(
+        params=SamplingParams(seed=5),
+        token_ids=[1],
+        num_prompt_tokens=1,
+        generator=torch.Generator().manual_seed(5),
+    )
+    again = SamplingRow(
+        params=SamplingParams(seed=5),
+        token_ids=[1],
+        num_prompt_tokens=1,
+        generator=torch.Generator().manual_seed(5),
+    )
     a = sample(logits, [row, _row()], torch.Generator().manual_seed(1))[0].token_id
     b = sample(logits, [_row(), again], torch.Generator().manual_seed(2))[1].token_id
     assert a == b

@@ -47,8 +47,10 @@ def test_greedy_matches_hf(
 
 @pytest.mark.slow
 def test_seeded_sampling_is_reproducible(smollm2_dir: Path, prompts: list[list[int]]) -> None:
-    params = [SamplingParams(temperature=0.9, top_p=0.95, top_k=50, seed=100 + i, max_tokens=16)
-              for i in range(6)]
+    params = [
+        SamplingParams(temperature=0.9, top_p=0.95, top_k=50, seed=100 + i, max_tokens=16)
+        for i in range(6)
+    ]
     first = engine_for(smollm2_dir).generate(prompts[:6], params)
     # A different batch composition and engine seed: seeded requests must not notice.
     second = engine_for(smollm2_dir, seed=99, max_num_seqs=2).generate(prompts[:6], params)

@@ -5,7 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.oracle import TINY_CONFIGS, TINY_VOCAB, engine_for, greedy, hf_greedy, make_tiny_checkpoint
+from tests.oracle import (
+    TINY_CONFIGS,
+    TINY_VOCAB,
+    engine_for,
+    greedy,
+    hf_greedy,
+    make_tiny_checkpoint,
+)
 
 MAX_NEW = 12
 SETTINGS = {
@@ -22,15 +29,19 @@ def _prompts(setting: str) -> list[list[int]]:
     rng = random.Random(7)
     if setting == "prefix":
         shared = [rng.randrange(3, TINY_VOCAB) for _ in range(40)]
-        return [shared + [rng.randrange(3, TINY_VOCAB) for _ in range(rng.randint(1, 20))]
-                for _ in range(8)]
+        return [
+            shared + [rng.randrange(3, TINY_VOCAB) for _ in range(rng.randint(1, 20))]
+            for _ in range(8)
+        ]
     return [[rng.randrange(3, TINY_VOCAB) for _ in range(rng.randint(3, 70))] for _ in range(8)]
 
 
 @pytest.fixture(scope="module", params=TINY_CONFIGS, ids=[c[0] for c in TINY_CONFIGS])
 def checkpoint(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     name, model_type, heads, kv_heads, head_dim = request.param
-    return make_tiny_checkpoint(tmp_path_factory.mktemp(name), model_type, heads, kv_heads, head_dim)
+    return make_tiny_checkpoint(
+        tmp_path_factory.mktemp(name), model_type, heads, kv_heads, head_dim
+    )
 
 
 @pytest.mark.parametrize("setting", list(SETTINGS))

@@ -92,9 +92,7 @@ class BlockManager:
         num_revived = sum(1 for block in cached if block.ref_count == 0)
         return max(num_new, 0) + num_revived <= self.free_list.num_free
 
-    def allocate(
-        self, seq: Sequence, num_tokens: int, cached: list[KVBlock] | None = None
-    ) -> bool:
+    def allocate(self, seq: Sequence, num_tokens: int, cached: list[KVBlock] | None = None) -> bool:
         """Grow `seq.block_table` to hold `num_tokens`, first with `cached` (prefix hits)."""
         cached = cached or []
         if not self.can_allocate(seq, num_tokens, cached):

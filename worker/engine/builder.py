@@ -5,7 +5,7 @@ from typing import Any
 
 import torch
 
-from worker.config import CacheConfig, EngineSettings, SchedulerConfig
+from worker.config import EngineSettings, SchedulerConfig
 from worker.engine.block_manager import BlockManager, cdiv
 from worker.engine.llm_engine import LLMEngine
 from worker.engine.model_runner import ModelRunner, kv_block_bytes
@@ -66,18 +66,31 @@ def build_engine(settings: EngineSettings) -> LLMEngine:
     model_cfg = ModelConfig.from_hf(source.hf_config)
     max_model_len = settings.max_model_len or model_cfg.max_position_embeddings
     if max_model_len > model_cfg.max_position_embeddings:
-        log.warning("max_model_len %d is past the model's %d positions", max_model_len,
-                    model_cfg.max_position_embeddings)
+        log.warning(
+            "max_model_len %d is past the model's %d positions",
+            max_model_len,
+            model_cfg.max_position_embeddings,
+        )
     backend = get_backend(settings.attention_backend, device)
     model = load_model(
-        source, backend, dtype, device, dummy=settings.load_format == "dummy",
-        seed=settings.seed, max_position=max_model_len,
+        source,
+        backend,
+        dtype,
+        device,
+        dummy=settings.load_format == "dummy",
+        seed=settings.seed,
+        max_position=max_model_len,
     )
     runner = ModelRunner(model, settings.block_size, settings.seed)
     num_blocks = _num_blocks(settings, runner, max_model_len)
     runner.allocate_kv_cache(num_blocks)
-    log.info("KV cache: %d blocks of %d tokens (%d tokens), %s backend", num_blocks,
-             settings.block_size, num_blocks * settings.block_size, backend.name)
+    log.info(
+        "KV cache: %d blocks of %d tokens (%d tokens), %s backend",
+        num_blocks,
+        settings.block_size,
+        num_blocks * settings.block_size,
+        backend.name,
+    )
     model_id = settings.served_model_name or settings.model
     scheduler = Scheduler(
         SchedulerConfig(

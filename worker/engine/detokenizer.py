@@ -24,7 +24,9 @@ class IncrementalDetokenizer:
         """Add a token; True when a stop string matched (self.text is then cut)."""
         self.ids.append(token_id)
         decode = self.tokenizer.decode
-        prefix_text = decode(self.ids[self._prefix_offset : self._read_offset], skip_special_tokens=True)
+        prefix_text = decode(
+            self.ids[self._prefix_offset : self._read_offset], skip_special_tokens=True
+        )
         new_text = decode(self.ids[self._prefix_offset :], skip_special_tokens=True)
         if len(new_text) <= len(prefix_text) or new_text.endswith("\ufffd"):
             return False

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from schemas import SamplingParams
-from worker.engine.block_manager import BlockManager, PrefixCacheStats
+from worker.engine.block_manager import PrefixCacheStats
 from worker.engine.detokenizer import IncrementalDetokenizer
 from worker.engine.model_runner import ModelRunner
 from worker.engine.sampler import SampledToken, SamplingRow
@@ -55,8 +55,12 @@ class _Request:
 
 class LLMEngine:
     def __init__(
-        self, runner: ModelRunner, scheduler: Scheduler, tokenizer: Any,
-        eos_token_ids: Seq[int], model_id: str,
+        self,
+        runner: ModelRunner,
+        scheduler: Scheduler,
+        tokenizer: Any,
+        eos_token_ids: Seq[int],
+        model_id: str,
     ) -> None:
         self.runner = runner
         self.scheduler = scheduler
@@ -68,6 +72,7 @@ class LLMEngine:
         self._aborted: list[RequestOutput] = []
         self.num_computed_tokens = 0
         self.num_steps = 0
+        self._num_generate_calls = 0
 
     @classmethod
     def from_settings(cls, settings: Any) -> "LLMEngine":
@@ -84,32 +89,49 @@ class LLMEngine:
         return self.scheduler.config.max_model_len
 
     def add_request(
-        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, *,
-        priority: int = 0, cache_salt: str | None = None, arrival_time: float | None = None,
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        *,
+        priority: int = 0,
+        cache_salt: str | None = None,
+        arrival_time: float | None = None,
     ) -> None:
         """Queue a request; raises RequestRejected for one that can never be served."""
         if request_id in self.requests:
-            raise RequestRejected("invalid_request", f"request id {request_id!r} is already running")
+            raise RequestRejected(
+                "invalid_request", f"request id {request_id!r} is already running"
+            )
         vocab = self.runner.model.config.vocab_size
         bad = next((t for t in prompt_token_ids if not 0 <= t < vocab), None)
         if bad is not None:
-            raise RequestRejected("invalid_request", f"token id {bad} outside the vocabulary (0..{vocab - 1})")
+            raise RequestRejected(
+                "invalid_request", f"token id {bad} outside the vocabulary (0..{vocab - 1})"
+            )
         if params.stop and self.tokenizer is None:
             raise RequestRejected("invalid_request", "stop strings need a model with a tokenizer")
         seq = Sequence(
-            request_id=request_id, token_ids=list(prompt_token_ids),
-            num_prompt_tokens=len(prompt_token_ids), params=params, priority=priority,
+            request_id=request_id,
+            token_ids=list(prompt_token_ids),
+            num_prompt_tokens=len(prompt_token_ids),
+            params=params,
+            priority=priority,
             cache_salt=cache_salt,
             metrics=SequenceMetrics(arrival_time=arrival_time or time.monotonic()),
         )
         self.scheduler.add(seq)
         detok = None
         if self.tokenizer is not None:
-            detok = IncrementalDetokenizer(self.tokenizer, params.stop, params.include_stop_str_in_output)
+            detok = IncrementalDetokenizer(
+                self.tokenizer, params.stop, params.include_stop_str_in_output
+            )
         gen = None
         if params.seed is not None:
             gen = torch.Generator(device=self.runner.device).manual_seed(params.seed)
-        self.requests[request_id] = _Request(seq, detok, gen, [] if params.logprobs is not None else None)
+        self.requests[request_id] = _Request(
+            seq, detok, gen, [] if params.logprobs is not None else None
+        )
 
     def abort(self, request_id: str) -> None:
         request = self.requests.pop(request_id, None)
@@ -160,8 +182,11 @@ class LLMEngine:
         if seq.num_output_tokens < p.min_tokens:
             blocked = tuple(p.stop_token_ids) + (() if p.ignore_eos else self.eos_token_ids)
         return SamplingRow(
-            params=p, token_ids=seq.token_ids, num_prompt_tokens=seq.num_prompt_tokens,
-            generator=self.requests[seq.request_id].generator, blocked_token_ids=blocked,
+            params=p,
+            token_ids=seq.token_ids,
+            num_prompt_tokens=seq.num_prompt_tokens,
+            generator=self.requests[seq.request_id].generator,
+            blocked_token_ids=blocked,
         )
 
     def _append_token(self, request: _Request, token: SampledToken, now: float) -> bool:
@@ -173,11 +198,10 @@ class LLMEngine:
         if request.logprobs is not None:
             request.logprobs.append(token)
         stopped = request.detokenizer is not None and request.detokenizer.push(token.token_id)
-        if seq.num_output_tokens >= p.min_tokens:
-            if token.token_id in p.stop_token_ids or stopped:
-                seq.finish_reason = "stop"
-            elif not p.ignore_eos and token.token_id in self.eos_token_ids:
-                seq.finish_reason = "stop"
+        is_eos = not p.ignore_eos and token.token_id in self.eos_token_ids
+        hit_stop = stopped or is_eos or token.token_id in p.stop_token_ids
+        if hit_stop and seq.num_output_tokens >= p.min_tokens:
+            seq.finish_reason = "stop"
         if seq.finish_reason is None and (
             seq.num_output_tokens >= p.max_tokens or seq.num_tokens >= self.max_model_len
         ):
@@ -194,29 +218,40 @@ class LLMEngine:
     def _output(self, request: _Request) -> RequestOutput:
         seq = request.seq
         return RequestOutput(
-            request_id=seq.request_id, prompt_token_ids=seq.prompt_token_ids,
+            request_id=seq.request_id,
+            prompt_token_ids=seq.prompt_token_ids,
             output_token_ids=seq.output_token_ids,
             text=request.detokenizer.text if request.detokenizer is not None else None,
-            finish_reason=seq.finish_reason, num_cached_tokens=seq.num_cached_tokens,
-            metrics=seq.metrics, logprobs=request.logprobs,
+            finish_reason=seq.finish_reason,
+            num_cached_tokens=seq.num_cached_tokens,
+            metrics=seq.metrics,
+            logprobs=request.logprobs,
         )
 
     def stats(self) -> EngineStats:
         return EngineStats(
-            num_running=self.scheduler.num_running, num_waiting=self.scheduler.num_waiting,
-            kv_cache_usage=self.block_manager.usage, prefix_cache=self.block_manager.stats,
+            num_running=self.scheduler.num_running,
+            num_waiting=self.scheduler.num_waiting,
+            kv_cache_usage=self.block_manager.usage,
+            prefix_cache=self.block_manager.stats,
             num_preemptions=self.scheduler.num_preemptions,
-            num_computed_tokens=self.num_computed_tokens, num_steps=self.num_steps,
+            num_computed_tokens=self.num_computed_tokens,
+            num_steps=self.num_steps,
         )
 
     def generate(
-        self, prompts: Seq[list[int]] | Seq[str], params: SamplingParams | Seq[SamplingParams],
+        self,
+        prompts: Seq[list[int] | str],
+        params: SamplingParams | Seq[SamplingParams],
     ) -> list[RequestOutput]:
         """Submit every prompt at once, run to completion, return outputs in prompt order."""
-        param_list = list(params) if not isinstance(params, SamplingParams) else [params] * len(prompts)
-        ids = [f"gen-{self.num_steps}-{i}" for i in range(len(prompts))]
+        param_list = (
+            list(params) if not isinstance(params, SamplingParams) else [params] * len(prompts)
+        )
+        self._num_generate_calls += 1
+        ids = [f"generate-{self._num_generate_calls}-{i}" for i in range(len(prompts))]
         for request_id, prompt, p in zip(ids, prompts, param_list, strict=True):
-            tokens = self.tokenizer.encode(prompt) if isinstance(prompt, str) else prompt
+            tokens = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
             self.add_request(request_id, tokens, p)
         done: dict[str, RequestOutput] = {}
         while len(done) < len(ids):

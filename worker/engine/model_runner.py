@@ -45,8 +45,10 @@ class ModelRunner:
         self.kv_caches = []  # drop the old cache before the new one is allocated
         shape = (num_blocks, self.block_size, cfg.num_kv_heads, cfg.head_dim)
         self.kv_caches = [
-            (torch.zeros(shape, dtype=self.dtype, device=self.device),
-             torch.zeros(shape, dtype=self.dtype, device=self.device))
+            (
+                torch.zeros(shape, dtype=self.dtype, device=self.device),
+                torch.zeros(shape, dtype=self.dtype, device=self.device),
+            )
             for _ in range(cfg.num_layers)
         ]
         self.num_blocks = num_blocks
@@ -70,7 +72,11 @@ class ModelRunner:
             if item.samples:
                 sample_idx.append(cu_q[-1] - 1)
         max_blocks = max(cdiv(n, bs) for n in seq_lens)
-        tables = [s.seq.block_table[:max_blocks] + [0] * (max_blocks - min(max_blocks, len(s.seq.block_table))) for s in scheduled]
+        tables = [
+            s.seq.block_table[:max_blocks]
+            + [0] * (max_blocks - min(max_blocks, len(s.seq.block_table)))
+            for s in scheduled
+        ]
         dev = self.device
 
         def t(values: list, dtype: torch.dtype) -> torch.Tensor:
@@ -85,8 +91,10 @@ class ModelRunner:
             max_seqlen_k=max(seq_lens),
         )
         return StepInputs(
-            input_ids=t(input_ids, torch.int64), positions=t(positions, torch.int64),
-            meta=meta, sample_idx=t(sample_idx, torch.int64),
+            input_ids=t(input_ids, torch.int64),
+            positions=t(positions, torch.int64),
+            meta=meta,
+            sample_idx=t(sample_idx, torch.int64),
         )
 
     @torch.inference_mode()
@@ -103,16 +111,19 @@ class ModelRunner:
 
     @torch.inference_mode()
     def profile_peak_bytes(self, num_tokens: int) -> int:
-        """Peak CUDA memory of one prefill of `num_tokens`, to size the KV cache from what is left."""
+        """Peak CUDA memory of a prefill of `num_tokens`; the KV cache gets what is left."""
         assert self.device.type == "cuda"
         torch.cuda.reset_peak_memory_stats(self.device)
         ids = torch.zeros(num_tokens, dtype=torch.int64, device=self.device)
         meta = AttentionMetadata(
             slot_mapping=torch.full((num_tokens,), -1, dtype=torch.int64, device=self.device),
-            block_tables=torch.zeros((1, cdiv(num_tokens, self.block_size)), dtype=torch.int32, device=self.device),
+            block_tables=torch.zeros(
+                (1, cdiv(num_tokens, self.block_size)), dtype=torch.int32, device=self.device
+            ),
             seq_lens=torch.tensor([num_tokens], dtype=torch.int32, device=self.device),
             cu_seqlens_q=torch.tensor([0, num_tokens], dtype=torch.int32, device=self.device),
-            max_seqlen_q=num_tokens, max_seqlen_k=num_tokens,
+            max_seqlen_q=num_tokens,
+            max_seqlen_k=num_tokens,
         )
         hidden = self.model(ids, torch.arange(num_tokens, device=self.device), self.kv_caches, meta)
         self.model.compute_logits(hidden[-1:])

@@ -39,7 +39,9 @@ def _apply_penalties(logits: torch.Tensor, row: SamplingRow) -> None:  # logits:
     if p.repetition_penalty != 1.0:
         seen = torch.zeros(vocab, dtype=torch.bool, device=device)
         seen[torch.tensor(row.token_ids, dtype=torch.long, device=device)] = True
-        penalized = torch.where(logits > 0, logits / p.repetition_penalty, logits * p.repetition_penalty)
+        penalized = torch.where(
+            logits > 0, logits / p.repetition_penalty, logits * p.repetition_penalty
+        )
         logits.copy_(torch.where(seen, penalized, logits))
     if p.frequency_penalty != 0.0:
         logits -= p.frequency_penalty * counts
@@ -50,7 +52,9 @@ def _apply_penalties(logits: torch.Tensor, row: SamplingRow) -> None:  # logits:
 def _top_k_top_p_min_p(probs: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
     """Zero out what each row's filters drop; probs: [n, V] rows summing to 1."""
     device = probs.device
-    top_k = torch.tensor([r.params.top_k if r.params.top_k > 0 else probs.shape[1] for r in rows], device=device)
+    top_k = torch.tensor(
+        [r.params.top_k if r.params.top_k > 0 else probs.shape[1] for r in rows], device=device
+    )
     top_p = torch.tensor([r.params.top_p for r in rows], device=device, dtype=probs.dtype)
     min_p = torch.tensor([r.params.min_p for r in rows], device=device, dtype=probs.dtype)
     sorted_probs, order = probs.sort(dim=-1, descending=True)
@@ -82,7 +86,8 @@ def sample(
     if not bool(greedy.all()):
         temperature = torch.tensor(
             [r.params.temperature if not r.params.is_greedy else 1.0 for r in rows],
-            device=logits.device, dtype=logits.dtype,
+            device=logits.device,
+            dtype=logits.dtype,
         )
         probs = torch.softmax(logits / temperature[:, None], dim=-1)
         if any(r.params.top_k > 0 or r.params.top_p < 1.0 or r.params.min_p > 0 for r in rows):

@@ -42,17 +42,27 @@ class ModelConfig:
         head = 0 if self.tie_word_embeddings else embed
         return self.num_layers * (attn + mlp) + embed + head
 
+    @property
+    def num_matmul_params(self) -> int:
+        """Parameters a token multiplies through (the input embedding is a lookup, not a GEMM)."""
+        untied_embedding = 0 if self.tie_word_embeddings else self.vocab_size * self.hidden_size
+        return self.num_params - untied_embedding
+
     @classmethod
     def from_hf(cls, cfg: dict[str, Any]) -> "ModelConfig":
         archs = cfg.get("architectures") or []
-        arch = next((SUPPORTED_ARCHITECTURES[a] for a in archs if a in SUPPORTED_ARCHITECTURES), None)
+        arch = next(
+            (SUPPORTED_ARCHITECTURES[a] for a in archs if a in SUPPORTED_ARCHITECTURES), None
+        )
         if arch is None:
             raise UnsupportedModel(
                 f"architectures {archs} not supported; supported: {sorted(SUPPORTED_ARCHITECTURES)}"
             )
         rope = cfg.get("rope_parameters") or {}  # transformers 5.x moves rope settings here
         rope_theta = cfg.get("rope_theta") or rope.get("rope_theta") or 10000.0
-        scaling = cfg.get("rope_scaling") or (rope if rope.get("rope_type") not in (None, "default") else None)
+        scaling = cfg.get("rope_scaling") or (
+            rope if rope.get("rope_type") not in (None, "default") else None
+        )
         eos = cfg.get("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
         num_heads = cfg["num_attention_heads"]
@@ -84,30 +94,68 @@ def _shape(arch: str, **kw: Any) -> dict[str, Any]:
 # Public shapes of well-known checkpoints, for benchmarks with random weights.
 NAMED_SHAPES: dict[str, dict[str, Any]] = {
     "llama3-8b": _shape(
-        "llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
-        num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, rope_theta=500000.0,
-        max_position_embeddings=8192, eos_token_id=128001, rms_norm_eps=1e-5,
+        "llama",
+        vocab_size=128256,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        rope_theta=500000.0,
+        max_position_embeddings=8192,
+        eos_token_id=128001,
+        rms_norm_eps=1e-5,
     ),
     "qwen3-0.6b": _shape(
-        "qwen3", vocab_size=151936, hidden_size=1024, intermediate_size=3072,
-        num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
-        rope_theta=1000000.0, max_position_embeddings=40960, tie_word_embeddings=True,
+        "qwen3",
+        vocab_size=151936,
+        hidden_size=1024,
+        intermediate_size=3072,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        rope_theta=1000000.0,
+        max_position_embeddings=40960,
+        tie_word_embeddings=True,
         eos_token_id=151645,
     ),
     "qwen3-8b": _shape(
-        "qwen3", vocab_size=151936, hidden_size=4096, intermediate_size=12288,
-        num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
-        rope_theta=1000000.0, max_position_embeddings=40960, eos_token_id=151645,
+        "qwen3",
+        vocab_size=151936,
+        hidden_size=4096,
+        intermediate_size=12288,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        rope_theta=1000000.0,
+        max_position_embeddings=40960,
+        eos_token_id=151645,
     ),
     "qwen2-0.5b": _shape(
-        "qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864,
-        num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-        rope_theta=1000000.0, max_position_embeddings=32768, tie_word_embeddings=True,
+        "qwen2",
+        vocab_size=151936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        rope_theta=1000000.0,
+        max_position_embeddings=32768,
+        tie_word_embeddings=True,
         eos_token_id=151645,
     ),
     "tiny-llama": _shape(
-        "llama", vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, rope_theta=10000.0,
-        max_position_embeddings=2048, eos_token_id=2,
+        "llama",
+        vocab_size=512,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rope_theta=10000.0,
+        max_position_embeddings=2048,
+        eos_token_id=2,
     ),
 }

@@ -34,11 +34,14 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict[str, Any]) -> torch.T
 
 
 def rotary_cos_sin_cache(
-    head_dim: int, max_position: int, theta: float, scaling: dict[str, Any] | None,
+    head_dim: int,
+    max_position: int,
+    theta: float,
+    scaling: dict[str, Any] | None,
     device: torch.device,
 ) -> torch.Tensor:  # [max_position, head_dim] fp32: cos in [:half], sin in [half:]
     exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
-    inv_freq = 1.0 / (theta ** exponents)
+    inv_freq = 1.0 / (theta**exponents)
     if scaling is not None:
         kind = scaling.get("rope_type") or scaling.get("type")
         if kind == "llama3":

@@ -15,19 +15,28 @@ from worker.models.attention import AttentionBackend, AttentionMetadata
 from worker.models.config import ModelConfig
 from worker.models.layers import RMSNorm, rotary_cos_sin_cache
 
-KVCache = tuple[torch.Tensor, torch.Tensor]  # k, v: [num_blocks, block_size, num_kv_heads, head_dim]
+KVCache = tuple[
+    torch.Tensor, torch.Tensor
+]  # k, v: [num_blocks, block_size, num_kv_heads, head_dim]
 
 # HF name fragment -> (fused parameter fragment, shard index)
 _FUSED = {
-    "q_proj": ("qkv_proj", 0), "k_proj": ("qkv_proj", 1), "v_proj": ("qkv_proj", 2),
-    "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1),
+    "q_proj": ("qkv_proj", 0),
+    "k_proj": ("qkv_proj", 1),
+    "v_proj": ("qkv_proj", 2),
+    "gate_proj": ("gate_up_proj", 0),
+    "up_proj": ("gate_up_proj", 1),
 }
 
 
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = (
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+        )
         self.q_size = cfg.num_heads * cfg.head_dim
         self.kv_size = cfg.num_kv_heads * cfg.head_dim
         self.shard_sizes = (self.q_size, self.kv_size, self.kv_size)
@@ -38,8 +47,13 @@ class Attention(nn.Module):
         self.scale = cfg.head_dim**-0.5
 
     def forward(
-        self, x: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor, kv: KVCache,
-        meta: AttentionMetadata, backend: AttentionBackend,
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        cos_sin: torch.Tensor,
+        kv: KVCache,
+        meta: AttentionMetadata,
+        backend: AttentionBackend,
     ) -> torch.Tensor:
         num_tokens = x.shape[0]
         q, k, v = self.qkv_proj(x).split(self.shard_sizes, dim=-1)
@@ -108,6 +122,7 @@ class CausalLM(nn.Module):
         h = self.model.embed_tokens(input_ids)
         residual: torch.Tensor | None = None
         for layer, kv in zip(self.model.layers, kv_caches, strict=True):
+            assert isinstance(layer, DecoderLayer)
             x, residual = layer.input_layernorm(h, residual)
             h = layer.self_attn(x, positions, self.cos_sin_cache, kv, meta, self.backend)
             x, residual = layer.post_attention_layernorm(h, residual)

@@ -91,7 +91,11 @@ def load_model(
         model.load_weights(_safetensors_weights(source.folder))
     model.init_rotary(max_position, device)
     log.info(
-        "loaded %s (%s, %.1fM params, %s, %s)", source.folder or "dummy", cfg.arch,
-        cfg.num_params / 1e6, dtype, device,
+        "loaded %s (%s, %.1fM params, %s, %s)",
+        source.folder or "dummy",
+        cfg.arch,
+        cfg.num_params / 1e6,
+        dtype,
+        device,
     )
     return model.eval()

@@ -29,8 +29,12 @@ def _decode_attention(
     v = v_cache[table].view(num_seqs, max_len, num_kv_heads, head_dim).transpose(1, 2)
     valid = torch.arange(max_len, device=query.device)[None, :] < seq_lens[:, None].long()
     out = F.scaled_dot_product_attention(
-        query[:, :, None, :], k.to(query.dtype), v.to(query.dtype),
-        attn_mask=valid[:, None, None, :], scale=scale, enable_gqa=num_heads != num_kv_heads,
+        query[:, :, None, :],
+        k.to(query.dtype),
+        v.to(query.dtype),
+        attn_mask=valid[:, None, None, :],
+        scale=scale,
+        enable_gqa=num_heads != num_kv_heads,
     )
     return out[:, :, 0, :]
 
@@ -49,23 +53,42 @@ def paged_attention(
     q_lens = cu_seqlens_q[1:] - cu_seqlens_q[:-1]
     is_decode = q_lens == 1
     if not bool(is_decode.any()):
-        return reference.paged_attention(query, k_cache, v_cache, block_tables, seq_lens,
-                                         cu_seqlens_q, scale, max_seqlen_q, max_seqlen_k)
+        return reference.paged_attention(
+            query,
+            k_cache,
+            v_cache,
+            block_tables,
+            seq_lens,
+            cu_seqlens_q,
+            scale,
+            max_seqlen_q,
+            max_seqlen_k,
+        )
     out = torch.empty_like(query)
     decode_idx = is_decode.nonzero().squeeze(1)
     rows = cu_seqlens_q[decode_idx].long()
-    out[rows] = _decode_attention(query[rows], k_cache, v_cache, block_tables[decode_idx],
-                                  seq_lens[decode_idx], scale)
+    out[rows] = _decode_attention(
+        query[rows], k_cache, v_cache, block_tables[decode_idx], seq_lens[decode_idx], scale
+    )
     if bool(is_decode.all()):
         return out
     # Multi-token queries: the oracle, restricted to those sequences.
     multi_idx = (~is_decode).nonzero().squeeze(1)
     starts, lens = cu_seqlens_q[multi_idx].long(), q_lens[multi_idx].long()
-    token_rows = torch.cat([torch.arange(int(s), int(s + n)) for s, n in zip(starts, lens, strict=True)])
+    token_rows = torch.cat(
+        [torch.arange(int(s), int(s + n)) for s, n in zip(starts, lens, strict=True)]
+    )
     sub_cu = torch.zeros(len(multi_idx) + 1, dtype=torch.int32, device=query.device)
     sub_cu[1:] = lens.cumsum(0)
     out[token_rows] = reference.paged_attention(
-        query[token_rows], k_cache, v_cache, block_tables[multi_idx], seq_lens[multi_idx],
-        sub_cu, scale, max_seqlen_q, max_seqlen_k,
+        query[token_rows],
+        k_cache,
+        v_cache,
+        block_tables[multi_idx],
+        seq_lens[multi_idx],
+        sub_cu,
+        scale,
+        max_seqlen_q,
+        max_seqlen_k,
     )
     return out

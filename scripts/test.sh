@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Install, start the real brokers the tests need (Redis, Kafka on loopback), run lint and the tests.
+# Extra arguments go to pytest (e.g. scripts/test.sh -k parity).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install.sh
+# The test fixtures attach to these (same scripts, same default ports) or start them themselves.
+echo "redis: $(scripts/start_redis.sh)"
+echo "kafka: $(scripts/start_kafka.sh)"
+trap 'scripts/start_kafka.sh stop >/dev/null 2>&1 || true; scripts/start_redis.sh stop >/dev/null 2>&1 || true' EXIT
+python3 -m ruff check worker kernels schemas tests scripts
+python3 -m mypy
+python3 -m pytest "$@"
