@@ -91,3 +91,11 @@ def test_repetition_penalty_changes_greedy_output() -> None:
     )
     assert len(set(b.output_token_ids)) >= len(set(a.output_token_ids))
     assert a.output_token_ids != b.output_token_ids
+
+
+def test_unchunked_prefill_refuses_what_one_step_cannot_hold() -> None:
+    engine = tiny_engine(enable_chunked_prefill=False, max_num_batched_tokens=32)
+    with pytest.raises(RequestRejected, match="max-num-batched-tokens"):
+        engine.add_request("long", list(range(10, 40)), SamplingParams(max_tokens=8))
+    [out] = engine.generate([list(range(10, 30))], SamplingParams(max_tokens=8, ignore_eos=True))
+    assert len(out.output_token_ids) == 8

@@ -76,6 +76,14 @@ class Scheduler:
                 f"prompt ({num_prompt_tokens} tokens) + max_tokens ({max_tokens}) = {total} "
                 f"exceeds max_model_len ({self.config.max_model_len})",
             )
+        budget = self.config.max_num_batched_tokens
+        if not self.config.enable_chunked_prefill and total > budget:
+            # Unchunked, a (re)prefill of up to `total` tokens must fit one step.
+            raise RequestRejected(
+                "prompt_too_long",
+                f"prompt + max_tokens = {total} tokens exceeds --max-num-batched-tokens "
+                f"({budget}) with chunked prefill off; raise it or enable chunked prefill",
+            )
         bm = self.block_manager
         if cdiv(total, bm.block_size) > bm.num_blocks:
             raise RequestRejected(
