@@ -10,21 +10,23 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from schemas import SamplingParams
-from worker.bench import random_prompts, run_throughput
+from worker.bench import measure_gpu_limits, random_prompts, run_throughput
 from worker.config import EngineSettings
 from worker.engine.llm_engine import LLMEngine
 from worker.models.loader import resolve
 
 
-def hf_model(settings: EngineSettings, engine: LLMEngine) -> torch.nn.Module:
+def hf_model(settings: EngineSettings, engine: LLMEngine) -> Any:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     source = resolve(settings.model, settings.cache_dir)
     dtype, device = engine.runner.dtype, engine.runner.device
+    model: Any
     if source.folder is not None and settings.load_format != "dummy":
         model = AutoModelForCausalLM.from_pretrained(source.folder, dtype=dtype)
     else:
@@ -41,9 +43,7 @@ def hf_model(settings: EngineSettings, engine: LLMEngine) -> torch.nn.Module:
 
 
 @torch.inference_mode()
-def hf_throughput(
-    model: torch.nn.Module, prompts: list[list[int]], output_len: int, batch_size: int
-) -> float:
+def hf_throughput(model: Any, prompts: list[list[int]], output_len: int, batch_size: int) -> float:
     """Output tokens/s of generate() over fixed batches (prompts of one length: no padding)."""
     device = next(model.parameters()).device
     model.generation_config.eos_token_id = None
@@ -63,28 +63,6 @@ def hf_throughput(
     return len(prompts) * output_len / (time.perf_counter() - start)
 
 
-def gpu_limits() -> dict[str, float]:
-    """Copy bandwidth (bytes read + written per second) and bf16 GEMM FLOP/s, measured here."""
-    src = torch.empty(2**30, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    a = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
-    b = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
-
-    def timed(fn, iters: int) -> float:
-        for _ in range(3):
-            fn()
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(iters):
-            fn()
-        torch.cuda.synchronize()
-        return (time.perf_counter() - start) / iters
-
-    copy_s = timed(lambda: dst.copy_(src), 20)
-    gemm_s = timed(lambda: a @ b, 20)
-    return {"copy_bytes_per_s": 2 * src.numel() / copy_s, "bf16_flops": 2 * 8192**3 / gemm_s}
-
-
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -98,11 +76,18 @@ def main() -> None:
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--hf-batch-sizes", default="1,32", help="comma-separated static batch sizes")
     p.add_argument(
-        "--hf-num-prompts",
+        "--hf-num-batches",
         type=int,
         default=None,
-        help="prompts for HF at batch 1 (default: all); rates are per second anyway",
+        help="batches HF runs at each size (default: all prompts); rates are per second anyway",
     )
+    p.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=0.5,
+        help="llm-worker's share of the GPU; HF's model and cache need the rest",
+    )
+    p.add_argument("--max-num-batched-tokens", type=int, default=2048)
     p.add_argument("--output-json", type=Path, default=None)
     args = p.parse_args()
 
@@ -112,7 +97,10 @@ def main() -> None:
         dtype=args.dtype,
         max_num_seqs=args.max_num_seqs,
         max_model_len=args.input_len + args.output_len + 16,
-    )
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        **({"gpu_memory_utilization": args.gpu_memory_utilization}
+           if torch.cuda.is_available() else {}),
+    )  # fmt: skip
     engine = LLMEngine.from_settings(settings)
     cfg = engine.runner.model.config
     prompts = random_prompts(args.num_prompts, args.input_len, cfg.vocab_size, 0)
@@ -127,22 +115,24 @@ def main() -> None:
     print(f"llm-worker: {ours.line()}")
     model = hf_model(settings, engine)
     for bs in (int(x) for x in args.hf_batch_sizes.split(",")):
-        n = len(prompts) if bs > 1 or args.hf_num_prompts is None else args.hf_num_prompts
-        hf_tok_s = hf_throughput(model, prompts[: max(n, bs)], args.output_len, bs)
+        n = len(prompts) if args.hf_num_batches is None else args.hf_num_batches * bs
+        hf_tok_s = hf_throughput(model, prompts[:n], args.output_len, bs)
         figures[f"hf_batch{bs}_output_tok_s"] = hf_tok_s
         print(
             f"HF generate, static batch {bs}: {hf_tok_s:.2f} output tokens/s; "
             f"llm-worker / HF = {ours.output_tokens_per_s / hf_tok_s:.2f}x"
         )
     if torch.cuda.is_available():
-        limits = gpu_limits()
+        limits = measure_gpu_limits()
         tokens = ours.num_prompt_tokens + ours.num_output_tokens
         mfu = 2 * cfg.num_matmul_params * tokens / ours.elapsed_s / limits["bf16_flops"]
         figures.update(limits, mfu=mfu)
         print(
             f"GPU {torch.cuda.get_device_name()}: "
             f"copy {limits['copy_bytes_per_s'] / 1e12:.2f} TB/s, "
-            f"bf16 GEMM {limits['bf16_flops'] / 1e12:.0f} TFLOP/s; MFU {100 * mfu:.1f}%"
+            f"bf16 GEMM {limits['bf16_flops'] / 1e12:.0f} TFLOP/s; MFU {100 * mfu:.1f}% "
+            f"({tokens} tokens in {ours.elapsed_s:.2f} s, {cfg.num_matmul_params / 1e9:.2f}B "
+            "matmul params)"
         )
     if args.output_json:
         args.output_json.write_text(json.dumps(figures, indent=2))

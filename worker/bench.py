@@ -5,6 +5,7 @@ import json
 import random
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -59,16 +60,22 @@ def prefix_repetition_prompts(
 def run_throughput(
     engine: LLMEngine,
     prompts: list[list[int]],
-    output_len: int,
+    output_len: int | list[int],
     show_progress: bool = True,
     params: SamplingParams | None = None,
 ) -> ThroughputResult:
-    """All prompts submitted at once, timed until the last finishes (vLLM's offline method)."""
-    params = params or SamplingParams(temperature=1.0, ignore_eos=True, max_tokens=output_len)
+    """All prompts submitted at once, timed until the last finishes (vLLM's offline method).
+
+    `output_len` is one length for all or one per prompt: it sets max_tokens of `params`
+    (default: temperature 1, EOS ignored).
+    """
+    lens = output_len if isinstance(output_len, list) else [output_len] * len(prompts)
+    template = params or SamplingParams(temperature=1.0, ignore_eos=True)
     hits0, queries0 = engine.block_manager.stats.hits, engine.block_manager.stats.queries
     start = time.perf_counter()
-    for i, prompt in enumerate(prompts):
-        engine.add_request(f"bench-{i}", prompt, params)
+    for i, (prompt, n) in enumerate(zip(prompts, lens, strict=True)):
+        p = template.model_copy(update={"max_tokens": n})
+        engine.add_request(f"bench-{i}", prompt, p)
     num_output = 0
     with tqdm(total=len(prompts), unit="req", disable=not show_progress, desc="bench") as bar:
         while engine.has_unfinished_requests():
@@ -107,6 +114,41 @@ def run_latency(
         if i >= num_warmup:
             times.append(time.perf_counter() - start)
     return times
+
+
+def measure_gpu_limits() -> dict[str, float]:
+    """Copy bandwidth (bytes read + written per second) and bf16 GEMM FLOP/s, measured here."""
+    import torch
+
+    src = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    a = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
+    b = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
+
+    def timed(fn: Callable[[], object], iters: int) -> float:
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+        return (time.perf_counter() - start) / iters
+
+    copy_s = timed(lambda: dst.copy_(src), 20)
+    gemm_s = timed(lambda: a @ b, 20)
+    return {"copy_bytes_per_s": 2 * src.numel() / copy_s, "bf16_flops": 2 * 8192**3 / gemm_s}
+
+
+def release_gpu_memory() -> None:
+    """Give the memory of engines no longer referenced back to the device (between engines)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def percentiles(values: list[float]) -> dict[str, float]:

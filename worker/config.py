@@ -47,6 +47,9 @@ class EngineSettings(BaseSettings):
     max_num_batched_tokens: int = Field(2048, ge=1, description="tokens computed in one step")
     enable_prefix_caching: bool = Field(True, description="reuse KV of shared prompt prefixes")
     enable_chunked_prefill: bool = Field(True, description="split long prompts across steps")
+    enforce_eager: bool = Field(
+        False, description="run decode steps eagerly instead of replaying CUDA graphs"
+    )
     seed: int = Field(0, description="seed for unseeded sampling and dummy weights")
     cache_dir: Path = Field(
         Path.home() / ".cache" / "llm-worker", description="converted models live here"

@@ -51,11 +51,35 @@ def _num_blocks(settings: EngineSettings, runner: ModelRunner, max_model_len: in
     budget = int(total * settings.gpu_memory_utilization) - peak
     num_blocks = budget // block_bytes
     if num_blocks < cdiv(max_model_len, settings.block_size):
+        raise _too_small(settings, max_model_len, max(num_blocks, 0) * settings.block_size)
+    return num_blocks
+
+
+def _too_small(settings: EngineSettings, max_model_len: int, num_tokens: int) -> EngineConfigError:
+    return EngineConfigError(
+        f"the KV cache would hold {num_tokens} tokens, less than one sequence of "
+        f"--max-model-len {max_model_len}: raise --gpu-memory-utilization "
+        f"(now {settings.gpu_memory_utilization}) or lower --max-model-len"
+    )
+
+
+def _size_kv_cache(settings: EngineSettings, runner: ModelRunner, max_model_len: int) -> int:
+    """Profile, allocate the cache, capture decode graphs; a CUDA OOM names the knobs instead."""
+    try:
+        num_blocks = _num_blocks(settings, runner, max_model_len)
+        runner.allocate_kv_cache(num_blocks)
+        if runner.device.type == "cuda" and not settings.enforce_eager:
+            runner.capture_decode_graphs(settings.max_num_seqs, max_model_len)
+    except torch.cuda.OutOfMemoryError as exc:
+        runner.allocate_kv_cache(1)  # give the memory back before raising
         raise EngineConfigError(
-            f"the KV cache would hold {max(num_blocks, 0) * settings.block_size} tokens, less than "
-            f"one sequence of --max-model-len {max_model_len}: raise --gpu-memory-utilization "
-            f"(now {settings.gpu_memory_utilization}) or lower --max-model-len"
-        )
+            f"out of GPU memory at start-up ({exc.args[0].splitlines()[0]}): the weights, "
+            f"activations of --max-num-batched-tokens {settings.max_num_batched_tokens} and a "
+            f"KV cache for one sequence of --max-model-len {max_model_len} must fit in "
+            f"--gpu-memory-utilization {settings.gpu_memory_utilization} of the GPU; lower "
+            "--max-model-len or --max-num-batched-tokens, raise --gpu-memory-utilization, or "
+            "pass --enforce-eager (no CUDA graphs)"
+        ) from exc
     return num_blocks
 
 
@@ -82,8 +106,7 @@ def build_engine(settings: EngineSettings) -> LLMEngine:
         max_position=max_model_len,
     )
     runner = ModelRunner(model, settings.block_size, settings.seed)
-    num_blocks = _num_blocks(settings, runner, max_model_len)
-    runner.allocate_kv_cache(num_blocks)
+    num_blocks = _size_kv_cache(settings, runner, max_model_len)
     log.info(
         "KV cache: %d blocks of %d tokens (%d tokens), %s backend",
         num_blocks,

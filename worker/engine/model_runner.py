@@ -1,25 +1,18 @@
 """Turns a scheduled step into tensors, runs the model over the paged KV cache, samples."""
 
 import logging
-from dataclasses import dataclass
 
 import torch
 
 from worker.engine.block_manager import cdiv
+from worker.engine.cuda_graphs import DecodeGraphs
 from worker.engine.sampler import SampledToken, SamplingRow, sample
 from worker.engine.scheduler import ScheduledSequence
+from worker.engine.step_inputs import InputUploader, StepInputs, build_host_inputs
 from worker.models.attention import AttentionMetadata
 from worker.models.llama import CausalLM, KVCache
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class StepInputs:
-    input_ids: torch.Tensor  # [num_tokens] int64
-    positions: torch.Tensor  # [num_tokens] int64
-    meta: AttentionMetadata
-    sample_idx: torch.Tensor  # [num_sampling_seqs] rows of the hidden states to sample from
 
 
 def kv_block_bytes(model: CausalLM, block_size: int, dtype: torch.dtype) -> int:
@@ -37,11 +30,14 @@ class ModelRunner:
         self.kv_caches: list[KVCache] = []
         self.num_blocks = 0
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.uploader = InputUploader(self.device)
+        self.graphs: DecodeGraphs | None = None
         self.allocate_kv_cache(1)
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
         """One K and one V tensor per layer: [num_blocks, block_size, num_kv_heads, head_dim]."""
         cfg = self.model.config
+        self.graphs = None  # graphs hold the old cache's addresses
         self.kv_caches = []  # drop the old cache before the new one is allocated
         shape = (num_blocks, self.block_size, cfg.num_kv_heads, cfg.head_dim)
         self.kv_caches = [
@@ -53,61 +49,43 @@ class ModelRunner:
         ]
         self.num_blocks = num_blocks
 
+    def capture_decode_graphs(self, max_num_seqs: int, max_model_len: int) -> None:
+        """Capture decode graphs over the current KV cache (call after its last allocation)."""
+        assert self.device.type == "cuda"
+        with torch.inference_mode():
+            self.graphs = DecodeGraphs(
+                self.model, self.kv_caches, max_num_seqs, max_model_len, self.block_size
+            )
+
+    def _graph_bucket(self, scheduled: list[ScheduledSequence]) -> int | None:
+        if self.graphs is None:
+            return None
+        if not all(s.num_new_tokens == 1 and s.samples for s in scheduled):
+            return None
+        return self.graphs.bucket(len(scheduled))
+
     def prepare(self, scheduled: list[ScheduledSequence]) -> StepInputs:
-        bs = self.block_size
-        input_ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        seq_lens: list[int] = []
-        cu_q = [0]
-        sample_idx: list[int] = []
-        for item in scheduled:
-            seq, start, end = item.seq, item.start, item.start + item.num_new_tokens
-            table = seq.block_table
-            input_ids.extend(seq.token_ids[start:end])
-            positions.extend(range(start, end))
-            slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
-            seq_lens.append(end)
-            cu_q.append(cu_q[-1] + item.num_new_tokens)
-            if item.samples:
-                sample_idx.append(cu_q[-1] - 1)
-        max_blocks = max(cdiv(n, bs) for n in seq_lens)
-        tables = [
-            s.seq.block_table[:max_blocks]
-            + [0] * (max_blocks - min(max_blocks, len(s.seq.block_table)))
-            for s in scheduled
-        ]
-        dev = self.device
-
-        def t(values: list, dtype: torch.dtype) -> torch.Tensor:
-            return torch.tensor(values, dtype=dtype).to(dev, non_blocking=True)
-
-        meta = AttentionMetadata(
-            slot_mapping=t(slots, torch.int64),
-            block_tables=t(tables, torch.int32),
-            seq_lens=t(seq_lens, torch.int32),
-            cu_seqlens_q=t(cu_q, torch.int32),
-            max_seqlen_q=max(s.num_new_tokens for s in scheduled),
-            max_seqlen_k=max(seq_lens),
-        )
-        return StepInputs(
-            input_ids=t(input_ids, torch.int64),
-            positions=t(positions, torch.int64),
-            meta=meta,
-            sample_idx=t(sample_idx, torch.int64),
-        )
+        """Eager-step inputs on the device (the CPU test compares them with list-built ones)."""
+        return self.uploader.upload(build_host_inputs(scheduled, self.block_size))
 
     @torch.inference_mode()
     def execute(
         self, scheduled: list[ScheduledSequence], rows: list[SamplingRow]
     ) -> list[SampledToken]:
-        """Run one step; `rows` are the sampling rows of the items whose `samples` is True."""
-        inputs = self.prepare(scheduled)
-        hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta)
+        """Run one step; `rows` are the sampling rows of the items whose `samples` is True.
+
+        Decode-only steps replay a CUDA graph; prefill and mixed steps run eagerly.
+        """
+        if self.graphs is not None and self._graph_bucket(scheduled) is not None:
+            host = build_host_inputs(scheduled, self.block_size, self.graphs.table_width)
+            hidden = self.graphs.run(host, self.uploader)
+        else:
+            inputs = self.prepare(scheduled)
+            hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta)
+            hidden = hidden[inputs.sample_idx]
         if not rows:
             return []
-        logits = self.model.compute_logits(hidden[inputs.sample_idx])
-        return sample(logits, rows, self.generator)
+        return sample(self.model.compute_logits(hidden), rows, self.generator)
 
     @torch.inference_mode()
     def profile_peak_bytes(self, num_tokens: int) -> int:

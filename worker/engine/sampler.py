@@ -68,12 +68,21 @@ def _top_k_top_p_min_p(probs: torch.Tensor, rows: list[SamplingRow]) -> torch.Te
     return filtered / filtered.sum(dim=-1, keepdim=True)
 
 
+def _plain_greedy(row: SamplingRow) -> bool:
+    p = row.params
+    return (
+        p.is_greedy and not p.needs_penalties and not row.blocked_token_ids and p.logprobs is None
+    )
+
+
 def sample(
     logits: torch.Tensor,  # [n, vocab] fp32, one row per sequence that samples this step
     rows: list[SamplingRow],
     generator: torch.Generator | None,
 ) -> list[SampledToken]:
     assert logits.shape[0] == len(rows)
+    if all(_plain_greedy(r) for r in rows):  # the common case: one argmax, one read-back
+        return [SampledToken(token_id=t) for t in logits.argmax(dim=-1).tolist()]
     raw_logits = logits
     logits = logits.clone()
     for i, row in enumerate(rows):
@@ -81,9 +90,9 @@ def sample(
             _apply_penalties(logits[i], row)
         if row.blocked_token_ids:
             logits[i, list(row.blocked_token_ids)] = NEG_INF
-    greedy = torch.tensor([r.params.is_greedy for r in rows], device=logits.device)
     chosen = logits.argmax(dim=-1)
-    if not bool(greedy.all()):
+    if not all(r.params.is_greedy for r in rows):  # decided on the host: no device sync
+        greedy = torch.tensor([r.params.is_greedy for r in rows], device=logits.device)
         temperature = torch.tensor(
             [r.params.temperature if not r.params.is_greedy else 1.0 for r in rows],
             device=logits.device,
