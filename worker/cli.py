@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-iters-warmup", type=int, default=2)
     add_settings_arguments(p, EngineSettings)
     p.set_defaults(func=cmd_bench_latency)
+    from worker.cli_queue import add_queue_commands
+
+    add_queue_commands(sub, lambda parser: add_settings_arguments(parser, EngineSettings))
     return parser
 
 

@@ -1,0 +1,214 @@
+"""OpenTelemetry meters and spans for the worker, exported to Prometheus (and OTLP if set up).
+
+Metric meanings follow vLLM's (prefix-cache queries/hits in tokens, TTFT, TPOT, e2e, queue time,
+running/waiting, KV usage, preemptions) and OTel's `gen_ai.*` / `messaging.*` conventions. Engine
+gauges are read from `LLMEngine.stats()` at scrape time, so the engine itself knows nothing of
+telemetry.
+"""
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from opentelemetry import propagate
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.trace import Span, SpanKind
+
+from schemas import Job, JobStatus, Result
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536)
+
+
+class Telemetry:
+    def __init__(
+        self,
+        worker_id: str,
+        model: str,
+        messaging_system: str,
+        metric_readers: Iterable[MetricReader] = (),
+        span_processors: Iterable[SpanProcessor] = (),
+    ) -> None:
+        resource = Resource.create({"service.name": "llm-worker", "service.instance.id": worker_id})
+        self.meter_provider = MeterProvider(resource=resource, metric_readers=list(metric_readers))
+        self.tracer_provider = TracerProvider(resource=resource)
+        for processor in span_processors:
+            self.tracer_provider.add_span_processor(processor)
+        self.tracer = self.tracer_provider.get_tracer("llm_worker")
+        self.model = model
+        self.messaging_system = messaging_system
+        meter = self.meter_provider.get_meter("llm_worker")
+        self._jobs = {
+            name: meter.create_counter(
+                f"llm_worker.jobs.{name}", unit="{job}", description=f"jobs {name}"
+            )
+            for name in ("consumed", "completed", "failed", "expired", "cancelled", "dead_lettered")
+        }
+        hist = meter.create_histogram
+        self.ttft = hist(
+            "llm_worker.time_to_first_token",
+            unit="s",
+            description="receipt to first token",
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS_S,
+        )
+        self.tpot = hist(
+            "llm_worker.time_per_output_token",
+            unit="s",
+            description="mean gap after the first token",
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS_S,
+        )
+        self.e2e = hist(
+            "llm_worker.e2e_request_latency",
+            unit="s",
+            description="receipt to finish",
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS_S,
+        )
+        self.queue_time = hist(
+            "llm_worker.request_queue_time",
+            unit="s",
+            description="receipt to first scheduled",
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS_S,
+        )
+        self.token_usage = hist(
+            "gen_ai.client.token.usage",
+            unit="{token}",
+            description="tokens per job by gen_ai.token.type",
+            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
+        )
+        self._meter = meter
+
+    def bind_engine(self, stats: Callable[[], Any]) -> None:
+        """Gauges and cumulative counters read from `stats()` (an EngineStats) when scraped."""
+
+        def gauge(
+            read: Callable[[Any], float],
+        ) -> Callable[[CallbackOptions], Iterator[Observation]]:
+            def callback(_: CallbackOptions) -> Iterator[Observation]:
+                yield Observation(read(stats()))
+
+            return callback
+
+        m = self._meter
+        m.create_observable_gauge(
+            "llm_worker.num_requests_running", [gauge(lambda s: s.num_running)]
+        )
+        m.create_observable_gauge(
+            "llm_worker.num_requests_waiting", [gauge(lambda s: s.num_waiting)]
+        )
+        m.create_observable_gauge(
+            "llm_worker.kv_cache_usage",
+            [gauge(lambda s: s.kv_cache_usage)],
+            unit="1",
+            description="fraction of KV blocks in use",
+        )
+        m.create_observable_counter(
+            "llm_worker.prefix_cache.queries",
+            [gauge(lambda s: s.prefix_cache.queries)],
+            unit="{token}",
+            description="prompt tokens looked up in the prefix cache",
+        )
+        m.create_observable_counter(
+            "llm_worker.prefix_cache.hits",
+            [gauge(lambda s: s.prefix_cache.hits)],
+            unit="{token}",
+            description="prompt tokens served by the prefix cache",
+        )
+        m.create_observable_counter(
+            "llm_worker.num_preemptions", [gauge(lambda s: s.num_preemptions)]
+        )
+
+    def bind_consumer_lag(self, lag: Callable[[], int | None]) -> None:
+        def callback(_: CallbackOptions) -> Iterator[Observation]:
+            value = lag()
+            if value is not None:
+                yield Observation(value)
+
+        self._meter.create_observable_gauge(
+            "messaging.consumer.lag",
+            [callback],
+            unit="{message}",
+            description="jobs waiting in the broker for this group",
+        )
+
+    def job_consumed(self) -> None:
+        self._jobs["consumed"].add(1)
+
+    def job_dead_lettered(self) -> None:
+        self._jobs["dead_lettered"].add(1)
+
+    def job_settled(self, result: Result) -> None:
+        name = {
+            JobStatus.COMPLETED: "completed",
+            JobStatus.FAILED: "failed",
+            JobStatus.EXPIRED: "expired",
+            JobStatus.CANCELLED: "cancelled",
+        }.get(result.status)
+        if name is None:
+            return
+        attrs = {"gen_ai.request.model": self.model}
+        self._jobs[name].add(
+            1,
+            attrs
+            if name == "completed"
+            else {**attrs, "error.type": result.error.code if result.error else name},
+        )
+        if result.status is not JobStatus.COMPLETED:
+            return
+        t = result.timings
+        for hist, value in (
+            (self.ttft, t.ttft_s),
+            (self.tpot, t.tpot_s),
+            (self.e2e, t.e2e_s),
+            (self.queue_time, t.queue_s),
+        ):
+            if value is not None:
+                hist.record(value, attrs)
+        self.token_usage.record(result.usage.prompt_tokens, {**attrs, "gen_ai.token.type": "input"})
+        self.token_usage.record(
+            result.usage.completion_tokens, {**attrs, "gen_ai.token.type": "output"}
+        )
+
+    @contextmanager
+    def job_span(
+        self, operation: str, job_id: str, traceparent: str | None, destination: str
+    ) -> Iterator[Span]:
+        """A span that continues the producer's trace (W3C traceparent carried in the job)."""
+        parent = propagate.extract({"traceparent": traceparent}) if traceparent else None
+        kind = SpanKind.CONSUMER if operation in ("receive", "settle") else SpanKind.INTERNAL
+        with self.tracer.start_as_current_span(
+            f"{operation} {destination}", context=parent, kind=kind
+        ) as span:
+            span.set_attribute("messaging.system", self.messaging_system)
+            span.set_attribute("messaging.operation.type", operation)
+            span.set_attribute("messaging.destination.name", destination)
+            span.set_attribute("messaging.message.id", job_id)
+            span.set_attribute("gen_ai.request.model", self.model)
+            yield span
+
+    def annotate(self, span: Span, job: Job, result: Result) -> None:
+        span.set_attribute("gen_ai.operation.name", "chat" if job.messages else "text_completion")
+        span.set_attribute("gen_ai.request.max_tokens", job.sampling.max_tokens)
+        span.set_attribute("gen_ai.request.temperature", job.sampling.temperature)
+        span.set_attribute("gen_ai.usage.input_tokens", result.usage.prompt_tokens)
+        span.set_attribute("gen_ai.usage.output_tokens", result.usage.completion_tokens)
+        if result.finish_reason:
+            span.set_attribute("gen_ai.response.finish_reasons", [result.finish_reason])
+        if result.error:
+            span.set_attribute("error.type", result.error.code)
+
+    def shutdown(self) -> None:
+        self.meter_provider.shutdown()
+        self.tracer_provider.shutdown()
+
+
+def inject_traceparent(carrier: dict[str, str]) -> dict[str, str]:
+    """Producer side: put the current span's traceparent into a job's metadata."""
+    propagate.inject(carrier)
+    return carrier
