@@ -145,3 +145,17 @@ async def test_shutdown_hands_back_unfinished_jobs(engine) -> None:
     assert sorted(d.key for d in broker.queued) == ["long-0", "long-1", "long-2"]
     assert all(d.delivery_count == 2 for d in broker.queued)
     assert not engine.has_unfinished_requests()
+
+
+async def test_job_over_max_deliveries_is_dead_lettered(engine) -> None:
+    broker = MemoryBroker()
+    [job] = numbered_jobs(1, "crasher")
+    _put(broker, [job])
+    crashed = broker.source()
+    await crashed.receive(1, 0.01)
+    await crashed.close()  # a worker died holding it: delivered again with count 2
+    service = _service(engine, broker, max_deliveries=1)
+    await _run_until(service, lambda: job.id in broker.results)
+    assert broker.results[job.id].error.code == ErrorCode.INTERNAL
+    [(delivery, reason)] = broker.dead_letters
+    assert delivery.key == job.id and "delivered 2 times" in reason
