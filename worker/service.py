@@ -7,12 +7,12 @@ free slots; a message that cannot run becomes a failed result or a dead letter, 
 """
 
 import asyncio
-import contextlib
+import functools
 import logging
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,8 +21,9 @@ from worker.engine_thread import Crashed, EngineEvent, EngineRequest, EngineThre
 from worker.intake import Refusal, parse_delivery
 from worker.jobs import JobError, build_result, failed_result, prepare_job
 from worker.queues.errors import QueueError
-from worker.queues.factory import TRANSIENT_BROKER_ERRORS, build_queue
+from worker.queues.factory import build_queue, is_transient
 from worker.queues.protocol import Delivery, JobSource, ResultSink
+from worker.queues.retry import Backoff, retrying
 from worker.service_settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -40,20 +41,6 @@ class InFlight:
     deliveries: list[Delivery]  # the first, plus duplicates that arrived while it ran
     in_engine: bool = True
     abort_reason: str | None = None  # a JobStatus value or _SHUTDOWN
-
-
-@dataclass
-class _Backoff:
-    delay_s: float = 0.05
-    max_s: float = 5.0
-    current_s: float = field(default=0.0)
-
-    async def wait(self) -> None:
-        self.current_s = min(self.max_s, max(self.delay_s, self.current_s * 2))
-        await asyncio.sleep(self.current_s)
-
-    def reset(self) -> None:
-        self.current_s = 0.0
 
 
 class Service:
@@ -119,7 +106,7 @@ class Service:
             await asyncio.wait(self._publishing, timeout=max(1.0, deadline_s - time.monotonic()))
 
     async def _intake(self) -> None:
-        backoff = _Backoff()
+        backoff = Backoff()
         while not self._stopping.is_set():
             # Count every un-acked job, not only those in the engine, so a slow publish also
             # holds intake back and the worker never holds more than max_in_flight jobs.
@@ -127,20 +114,26 @@ class Service:
             try:
                 deliveries = await self._source.receive(free, self._settings.poll_timeout_s)
                 await self._admit(deliveries)
-            except TRANSIENT_BROKER_ERRORS as exc:
-                log.warning("broker unavailable, retrying: %r", exc)
+            except Exception as exc:  # keep serving: log, back off, try again
+                if is_transient(exc):
+                    log.warning("broker unavailable, retrying: %r", exc)
+                else:
+                    log.exception("intake failed, retrying")
                 await backoff.wait()
                 continue
             backoff.reset()
 
     async def _admit(self, deliveries: list[Delivery]) -> None:
+        # Each broker step is retried in place (all are idempotent), so a broker blip never
+        # leaves a received delivery forgotten while its lease is still being renewed.
         ready: list[tuple[Job, Delivery]] = []
         for delivery in deliveries:
-            job = await self._screen(delivery)
+            job = await retrying(functools.partial(self._screen, delivery), delivery.position)
             if job is not None:
                 ready.append((job, delivery))
         ready.sort(key=lambda pair: -pair[0].priority)  # higher priority reaches the engine first
-        cancelled = await self._sink.cancelled([job.id for job, _ in ready])
+        ids = [job.id for job, _ in ready]
+        cancelled = await retrying(functools.partial(self._sink.cancelled, ids), "cancel flags")
         for job, delivery in ready:
             if job.id in self.jobs:  # a duplicate of a job we are running: ack with it
                 self.jobs[job.id].deliveries.append(delivery)
@@ -195,7 +188,7 @@ class Service:
         self.jobs[job.id] = InFlight(job, [delivery])
         self.num_in_engine += 1
         self.peak_held = max(self.peak_held, len(self.jobs))
-        await self._sink.mark_running(job.id)
+        await retrying(functools.partial(self._sink.mark_running, job.id), job.id)
         self._thread.submit(EngineRequest(
             job.id, prompt_ids, params, job.priority, job.cache_salt, time.monotonic()))
 
@@ -235,27 +228,31 @@ class Service:
 
     async def _finish(self, result: Result, deliveries: list[Delivery]) -> None:
         """Publish, then ack: retried through broker outages so no result is dropped."""
-        await self._publish(result)
-        backoff = _Backoff()
-        for delivery in deliveries:
-            while True:
-                try:
-                    await self._source.ack(delivery)
-                    break
-                except TRANSIENT_BROKER_ERRORS as exc:
-                    log.warning("ack of %s failed, retrying: %r", delivery.position, exc)
-                    await backoff.wait()
-        self.jobs.pop(result.id, None)
+        try:
+            published = await self._publish(result)
+            for delivery in deliveries:
+                settle = functools.partial(self._source.ack, delivery) if published else (
+                    functools.partial(self._source.dead_letter, delivery,
+                                      "its result could not be published"))
+                await retrying(settle, delivery.position)
+        except Exception:  # one job's trouble must not stop the worker; it is redelivered
+            log.exception("settling %s failed; leaving it to redelivery", result.id)
+        finally:
+            self.jobs.pop(result.id, None)
 
-    async def _publish(self, result: Result) -> None:
-        backoff = _Backoff()
-        while True:
-            try:
-                await self._sink.publish(result)
-                return
-            except TRANSIENT_BROKER_ERRORS as exc:
-                log.warning("publishing %s failed, retrying: %r", result.id, exc)
-                await backoff.wait()
+    async def _publish(self, result: Result) -> bool:
+        """False when the broker refuses even the failed result that replaces a refused one."""
+        try:
+            await retrying(lambda: self._sink.publish(result), result.id)
+            return True
+        except Exception as exc:
+            log.exception("publishing %s was refused", result.id)
+            if result.error is not None and result.error.code == ErrorCode.INTERNAL:
+                return False
+            fallback = failed_result(
+                result.id, ErrorCode.INTERNAL, f"result could not be published: {exc!r}"[:500],
+                worker_id=self._settings.worker_id, attempts=result.attempts)
+            return await self._publish(fallback)
 
     async def _watch(self) -> None:
         """Abort running jobs whose client cancelled them or whose deadline passed."""
@@ -264,9 +261,11 @@ class Service:
             running = [
                 job_id for job_id, e in self.jobs.items() if e.in_engine and not e.abort_reason
             ]
-            with contextlib.suppress(*TRANSIENT_BROKER_ERRORS):
+            try:
                 for job_id in await self._sink.cancelled(running):
                     self._abort(job_id, JobStatus.CANCELLED)
+            except Exception as exc:  # cancel flags are best effort; deadlines still apply
+                log.warning("reading cancel flags failed: %r", exc)
             now = datetime.now(UTC)
             for job_id in running:
                 deadline = self.jobs[job_id].job.deadline if job_id in self.jobs else None

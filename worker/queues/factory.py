@@ -1,6 +1,6 @@
 """Build the JobSource and ResultSink a ServiceSettings names."""
 
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from worker.queues.errors import BrokerUnavailable
 from worker.queues.kafka import KafkaJobSource
@@ -16,6 +16,14 @@ from worker.service_settings import ServiceSettings
 TRANSIENT_BROKER_ERRORS: tuple[type[Exception], ...] = (
     *REDIS_TRANSIENT_ERRORS, KafkaError, BrokerUnavailable, ConnectionError,
 )
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth retrying as it is: a connection or leadership problem, not a refusal of this
+    message (e.g. a result over the broker's message size limit)."""
+    if isinstance(exc, KafkaError):
+        return bool(exc.retriable) or isinstance(exc, KafkaTimeoutError)
+    return isinstance(exc, TRANSIENT_BROKER_ERRORS)
 
 
 def _redis_store(settings: ServiceSettings) -> RedisResultStore:
