@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh
+scripts/install_compose_plugin.sh  # `docker compose config` validates compose.yaml in the tests
 # The test fixtures attach to these (same scripts, same default ports) or start them themselves.
 echo "redis: $(scripts/start_redis.sh)"
 echo "kafka: $(scripts/start_kafka.sh)"
