@@ -22,11 +22,17 @@ MAX_SPLITS = 64
 # Split-K only for decode and verification tiles: a prefill tile's partials cost more to write
 # and merge than the idle multiprocessors are worth.
 MAX_SPLIT_ROWS = 64
-# Prefill tiles of 128 x 128 keys need ~161 KiB of shared memory at 3 stages (Hopper has 227 KiB,
-# Ada 99 KiB). On the H200 they ran 302 against 275 TFLOP/s for 64-key tiles at 1 x 4096 and
-# 324 against 296 at 1 x 8192, but lost 7% on sequences of 512 and 1024 tokens.
-WIDE_PREFILL_SHARED_MEMORY = 170_000
-WIDE_PREFILL_MIN_KEYS = 2048
+# Prefill runs 128-row tiles on 8 warps (two warpgroups of 64 rows) and takes the first of
+# these (keys per tile, pipeline stages) whose buffers fit the shared memory. H200 sweep: 64-key
+# tiles three stages deep (128 KiB) beat 128-key tiles (224 KiB, 254 registers a thread) by 2-18%
+# at four of five prefill shapes and lost 1% at 1 x 8192; a fourth stage changed nothing.
+PREFILL_TILES = ((64, 3), (64, 2))
+# Decode and verification tiles stream K/V with two pipeline stages (H200 sweep, batch 64 x 4k:
+# 1.00 of copy bandwidth against 0.87 with three), except when a few splits each stream a long
+# key range: three stages took batch 16 (5 splits) at 4k-32k from 0.65-0.80 to 0.73-1.00 of copy
+# bandwidth. With 17 or more splits (batch 1 and 4) two stages won again.
+DECODE_DEEP_MAX_SPLITS = 8
+DECODE_DEEP_MIN_KEYS = 4096
 # The interpreter has no multiprocessors; a small number keeps split-K reachable in CPU tests.
 INTERPRETER_NUM_SMS = 4
 
@@ -78,15 +84,15 @@ def choose_config(
     block_m = min(triton.next_power_of_2(max(rows, 16)), 64 if wide else 128)
     num_sms, shared_memory = device_limits(device)
     block_n = 32 if wide else 64
-    if (
-        block_m >= 128
-        and max_seqlen_k >= WIDE_PREFILL_MIN_KEYS
-        and shared_memory >= WIDE_PREFILL_SHARED_MEMORY
-    ):
-        block_n = 128
     num_warps = 8 if block_m >= 128 else 4
-    # Decode streams K/V once: a third stage bought nothing on the H200 sweep and costs occupancy.
-    num_stages = 2 if wide or rows <= MAX_SPLIT_ROWS else 3
+    num_stages = 2
+    itemsize = torch.finfo(dtype).bits // 8
+
+    def fits(keys: int, stages: int) -> bool:
+        return shared_memory_bytes(block_m, keys, head_dim, itemsize, stages) <= shared_memory
+
+    if block_m >= 128:
+        block_n, num_stages = next((t for t in PREFILL_TILES if fits(*t)), PREFILL_TILES[-1])
     tiles = num_seqs * num_kv_heads * triton.cdiv(rows, block_m)
     num_splits = 1
     if rows <= MAX_SPLIT_ROWS and tiles < num_sms:
@@ -95,7 +101,17 @@ def choose_config(
             max(1, max_seqlen_k // MIN_KEYS_PER_SPLIT),
             MAX_SPLITS,
         )
+    deep = 1 < num_splits <= DECODE_DEEP_MAX_SPLITS and max_seqlen_k >= DECODE_DEEP_MIN_KEYS
+    if deep and not wide and fits(block_n, 3):
+        num_stages = 3
     return AttentionConfig(block_m, block_n, num_splits, num_warps, num_stages)
+
+
+def shared_memory_bytes(
+    block_m: int, block_n: int, head_dim: int, itemsize: int, num_stages: int
+) -> int:
+    """The query tile plus num_stages K and V tiles, as Triton's pipeline allocates them."""
+    return (block_m + 2 * num_stages * block_n) * head_dim * itemsize
 
 
 def check_inputs(

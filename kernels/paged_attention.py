@@ -9,13 +9,17 @@ split of the key range:
   and feeds a single matrix product, whatever the group size (5 included).
 - Tiles are found without a host-side table: sequence i owns grid slots starting at
   `cu_seqlens_q[i] * GROUP // BLOCK_M + i`, which leaves room for all of its
-  ceil(q_len * GROUP / BLOCK_M) tiles; a program binary-searches its sequence and spare slots exit.
+  ceil(q_len * GROUP / BLOCK_M) tiles; a program finds its sequence by counting the sequences
+  that start at or before its slot, and spare slots exit.
   The grid then depends only on num_tokens and num_seqs, so CUDA graphs can capture it.
 - Split-K (flash-decoding): with few programs and long contexts, each sequence's keys are cut into
   num_splits contiguous ranges (sized at run time from the actual length) whose partial softmax
   states are merged by `_merge_splits_kernel`.
 - Causality: key tiles that every row of the tile may see run without masks; only the tail
   tiles pay for the causal and length masks.
+- K/V tiles are gathered key by key through the block table (any block size); the next tile's
+  block ids are loaded an iteration ahead so Triton's software pipeline keeps num_stages - 1
+  K/V tiles in flight (`kernels.attention_tile.attend_kv_range`).
 
 All offsets into the cache are int64, so caches over 2^31 elements work.
 """
@@ -27,113 +31,8 @@ import triton
 import triton.language as tl
 
 from kernels.attention_config import AttentionConfig, check_inputs, choose_config
+from kernels.attention_tile import attend_kv_range, find_sequence, store_tile
 from kernels.merge_splits import merge_splits
-
-
-@triton.jit
-def _find_sequence(
-    cu_seqlens_q_ptr, num_seqs, tile_idx, GROUP: tl.constexpr, BLOCK_M: tl.constexpr
-):
-    """Largest i with first_tile(i) <= tile_idx (first_tile is strictly increasing in i)."""
-    lo = tile_idx * 0
-    hi = lo + num_seqs
-    while lo < hi:
-        mid = (lo + hi) // 2
-        first_tile = tl.load(cu_seqlens_q_ptr + mid) * GROUP // BLOCK_M + mid
-        go_right = first_tile <= tile_idx
-        lo = tl.where(go_right, mid + 1, lo)
-        hi = tl.where(go_right, hi, mid)
-    return lo - 1
-
-
-@triton.jit
-def _attend_kv_range(
-    acc,  # [BLOCK_M, HEAD_DIM] fp32, unnormalised output
-    m_i,  # [BLOCK_M] fp32, running max of the log2-scaled scores
-    l_i,  # [BLOCK_M] fp32, running sum of exp2(score - m_i)
-    q,  # [BLOCK_M, HEAD_DIM]
-    k_head_ptr,  # k_cache at this KV head: [num_blocks, block_size, (head), head_dim]
-    v_head_ptr,  # v_cache at this KV head
-    block_table_ptr,  # [max_blocks_per_seq] int32, this sequence's row
-    kv_lo,  # first key position, a multiple of BLOCK_N
-    kv_hi,  # one past the last key position
-    key_limit,  # [BLOCK_M] row r sees keys < key_limit[r]; only read when MASKED
-    qk_scale,
-    cache_stride_block,
-    cache_stride_slot,
-    BLOCK_SIZE: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-    MASKED: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
-):
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
-    for start_n in range(kv_lo, kv_hi, BLOCK_N):
-        kv_pos = start_n + offs_n
-        kv_valid = kv_pos < kv_hi
-        if MASKED:
-            block_ids = tl.load(block_table_ptr + kv_pos // BLOCK_SIZE, mask=kv_valid, other=0)
-        else:
-            block_ids = tl.load(block_table_ptr + kv_pos // BLOCK_SIZE)
-        slot_offs = (
-            block_ids.to(tl.int64) * cache_stride_block + (kv_pos % BLOCK_SIZE) * cache_stride_slot
-        )
-        k_ptrs = k_head_ptr + slot_offs[None, :] + offs_d[:, None]  # [HEAD_DIM, BLOCK_N]
-        v_ptrs = v_head_ptr + slot_offs[:, None] + offs_d[None, :]  # [BLOCK_N, HEAD_DIM]
-        if MASKED:
-            k = tl.load(k_ptrs, mask=kv_valid[None, :], other=0.0)
-            v = tl.load(v_ptrs, mask=kv_valid[:, None], other=0.0)
-        else:
-            k = tl.load(k_ptrs)
-            v = tl.load(v_ptrs)
-        scores = tl.dot(q, k, input_precision=DOT_PRECISION)  # [BLOCK_M, BLOCK_N], unscaled
-        if MASKED:
-            visible = kv_valid[None, :] & (kv_pos[None, :] < key_limit[:, None])
-            scores = tl.where(visible, scores, float("-inf"))
-        # The scale (> 0) is applied inside exp2's argument, where it fuses into one FMA.
-        m_new = tl.maximum(m_i, tl.max(scores, 1) * qk_scale)
-        # A row with nothing visible yet keeps m = -inf; shift by 0 so exp2 gives 0, not NaN.
-        m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(scores * qk_scale - m_shift[:, None])
-        alpha = tl.exp2(m_i - m_shift)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
-        m_i = m_new
-    return acc, m_i, l_i
-
-
-@triton.jit
-def _store_tile(
-    out_ptr,  # [num_tokens, num_heads, head_dim]
-    part_acc_ptr,  # [num_splits, num_tokens, num_heads, head_dim] fp32
-    part_max_ptr,  # [num_splits, num_tokens, num_heads] fp32
-    part_sum_ptr,  # [num_splits, num_tokens, num_heads] fp32
-    acc,  # [BLOCK_M, HEAD_DIM] fp32
-    m_i,  # [BLOCK_M] fp32
-    l_i,  # [BLOCK_M] fp32
-    token_idx,  # [BLOCK_M] index into num_tokens
-    head_idx,  # [BLOCK_M] query head
-    row_valid,  # [BLOCK_M]
-    split_idx,
-    num_tokens,
-    num_heads,
-    HEAD_DIM: tl.constexpr,
-    SPLIT_K: tl.constexpr,
-):
-    offs_d = tl.arange(0, HEAD_DIM)
-    if not SPLIT_K:
-        out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-        row = token_idx.to(tl.int64) * num_heads + head_idx
-        out_ptrs = out_ptr + row[:, None] * HEAD_DIM + offs_d[None, :]
-        tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=row_valid[:, None])
-    else:
-        row = (split_idx * num_tokens + token_idx).to(tl.int64) * num_heads + head_idx
-        tl.store(
-            part_acc_ptr + row[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=row_valid[:, None]
-        )
-        tl.store(part_max_ptr + row, m_i, mask=row_valid)
-        tl.store(part_sum_ptr + row, l_i, mask=row_valid)
 
 
 @triton.jit(do_not_specialize=["num_seqs", "num_tokens", "num_splits"])
@@ -151,6 +50,7 @@ def _paged_attention_kernel(
     qk_scale,  # softmax scale * log2(e)
     num_seqs,
     num_tokens,
+    num_kv_heads,
     num_splits,
     query_stride_token,
     query_stride_head,
@@ -163,22 +63,25 @@ def _paged_attention_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     SPLIT_K: tl.constexpr,
-    ONE_TILE_PER_SEQ: tl.constexpr,  # max_seqlen_q * GROUP <= BLOCK_M: grid dim 0 = num_seqs
+    ONE_TILE_PER_SEQ: tl.constexpr,  # max_seqlen_q * GROUP <= BLOCK_M: one tile slot per sequence
     DOT_PRECISION: tl.constexpr,
 ):
-    kv_head = tl.program_id(1)
-    split_idx = tl.program_id(2)
-    num_heads = tl.num_programs(1) * GROUP
+    # Grid dim 0 is (tile slot, KV head) with the head fastest: the KV heads of one query tile
+    # start together, so the longest causal tiles of every head run first, not head by head.
+    kv_head = tl.program_id(0) % num_kv_heads
+    tile_slot = tl.program_id(0) // num_kv_heads
+    split_idx = tl.program_id(1)
+    num_heads = num_kv_heads * GROUP
     if ONE_TILE_PER_SEQ:
-        seq_idx = tl.program_id(0)
+        seq_idx = tile_slot
         q_start = tl.load(cu_seqlens_q_ptr + seq_idx)
         q_len = tl.load(cu_seqlens_q_ptr + seq_idx + 1) - q_start
         row_lo = seq_idx * 0
     else:
         # Last tiles first: under causal masking they hold the most keys, and starting them
         # early keeps the tail of the launch short.
-        tile_idx = tl.num_programs(0) - 1 - tl.program_id(0)
-        seq_idx = _find_sequence(cu_seqlens_q_ptr, num_seqs, tile_idx, GROUP, BLOCK_M)
+        tile_idx = tl.num_programs(0) // num_kv_heads - 1 - tile_slot
+        seq_idx = find_sequence(cu_seqlens_q_ptr, num_seqs, tile_idx, GROUP, BLOCK_M, 256)
         q_start = tl.load(cu_seqlens_q_ptr + seq_idx)
         q_len = tl.load(cu_seqlens_q_ptr + seq_idx + 1) - q_start
         row_lo = (tile_idx - (q_start * GROUP // BLOCK_M + seq_idx)) * BLOCK_M
@@ -209,19 +112,19 @@ def _paged_attention_kernel(
         k_head_ptr = k_cache_ptr + kv_head * HEAD_DIM
         v_head_ptr = v_cache_ptr + kv_head * HEAD_DIM
         block_table_ptr = block_tables_ptr + seq_idx.to(tl.int64) * block_table_stride
-        acc, m_i, l_i = _attend_kv_range(
+        acc, m_i, l_i = attend_kv_range(
             acc, m_i, l_i, q, k_head_ptr, v_head_ptr, block_table_ptr,
             split_lo, tl.minimum(split_hi, unmasked_end), key_limit, qk_scale,
             cache_stride_block, cache_stride_slot,
             BLOCK_SIZE, BLOCK_N, HEAD_DIM, False, DOT_PRECISION,
         )  # fmt: skip
-        acc, m_i, l_i = _attend_kv_range(
+        acc, m_i, l_i = attend_kv_range(
             acc, m_i, l_i, q, k_head_ptr, v_head_ptr, block_table_ptr,
             tl.maximum(split_lo, unmasked_end), split_hi, key_limit, qk_scale,
             cache_stride_block, cache_stride_slot,
             BLOCK_SIZE, BLOCK_N, HEAD_DIM, True, DOT_PRECISION,
         )  # fmt: skip
-        _store_tile(
+        store_tile(
             out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, acc, m_i, l_i,
             q_start + token_in_seq, head_idx, row_valid, split_idx, num_tokens, num_heads,
             HEAD_DIM, SPLIT_K,
@@ -303,7 +206,7 @@ def _launch(
     part_sum = query.new_empty(part_shape, dtype=torch.float32)
     one_tile_per_seq = max_seqlen_q * group <= config.block_m
     num_tiles = num_seqs if one_tile_per_seq else num_tokens * group // config.block_m + num_seqs
-    grid = (num_tiles, num_kv_heads, config.num_splits)
+    grid = (num_tiles * num_kv_heads, config.num_splits)
     _paged_attention_kernel[grid](
         out_ptr=out,
         part_acc_ptr=part_acc,
@@ -318,6 +221,7 @@ def _launch(
         qk_scale=scale * math.log2(math.e),
         num_seqs=num_seqs,
         num_tokens=num_tokens,
+        num_kv_heads=num_kv_heads,
         num_splits=config.num_splits,
         query_stride_token=query.stride(0),
         query_stride_head=query.stride(1),

@@ -4,7 +4,9 @@
 - decode: paged attention, one query token per sequence, bandwidth = K/V bytes read / time, and
   its ratio to the copy bandwidth. Target: >= 0.7 at context >= 4k.
 - prefill: causal paged attention TFLOP/s against torch scaled_dot_product_attention on the same
-  shapes (K/V expanded to all heads for SDPA, not timed). Target: >= 0.8x SDPA.
+  shapes (K/V expanded to all heads for SDPA, not timed). Target: >= 0.8x SDPA. Both are timed
+  replayed from a CUDA graph (kernel time: the ratio) and called eagerly (kernel time or host
+  launch time, whichever is longer; the Python launcher costs tens of microseconds).
 
 Shapes are one Llama-3-8B attention layer: 32 query heads, 8 KV heads, head_dim 128, bf16,
 block size 16, blocks scattered over the cache. Times are medians of triton.testing.do_bench,
@@ -13,13 +15,14 @@ runs it. Needs CUDA.
 
     python scripts/bench_kernels.py                 # the full tables
     python scripts/bench_kernels.py --sweep         # also time other launch configurations
+    python scripts/bench_kernels.py --sweep-only    # only those
 """
 
 import argparse
 import json
 import math
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -30,6 +33,7 @@ import triton.testing
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kernels.attention_config import AttentionConfig, choose_config
+from kernels.merge_splits import merge_splits
 from kernels.paged_attention import paged_attention_with_config
 
 
@@ -47,7 +51,7 @@ def bench_ms(fn) -> float:
 
 
 def graph_ms(fn) -> float:
-    """Time fn replayed from a CUDA graph, as the engine runs decode: no launch overhead."""
+    """Time fn replayed from a CUDA graph, as the engine runs decode: no host launch overhead."""
     fn()
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
@@ -109,38 +113,55 @@ def decode_row(cache: PagedCache, batch: int, ctx: int, config: AttentionConfig 
     return {"batch": batch, "context": ctx, "ms": ms, "gbs": kv_bytes / ms / 1e6, **asdict(config)}
 
 
-def prefill_row(cache: PagedCache, batch: int, seq: int, config: AttentionConfig | None) -> dict:
+def sdpa_ms(layer: Layer, batch: int, seq: int) -> tuple[float, float]:
+    """(graph, eager) ms of torch SDPA, causal, on contiguous [batch, heads, seq, head_dim] tensors
+    (K/V expanded to all query heads)."""
+    shape = (batch, layer.num_heads, seq, layer.head_dim)
+    q, k, v = (torch.randn(shape, device="cuda", dtype=layer.dtype) for _ in range(3))
+    fn = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
+    return graph_ms(fn), bench_ms(fn)
+
+
+def prefill_row(
+    cache: PagedCache, batch: int, seq: int, config: AttentionConfig | None, sdpa: tuple
+) -> dict:
     layer = cache.layer
     args = cache.batch([seq] * batch, [seq] * batch)
     config = config or auto_config(layer, batch, seq, seq)
     scale = layer.head_dim**-0.5
-    ms = bench_ms(lambda: paged_attention_with_config(*args, scale, seq, config))
-    q = args[0].view(batch, seq, layer.num_heads, layer.head_dim).transpose(1, 2)
-    kv_shape = (batch, layer.num_heads, seq, layer.head_dim)
-    k = torch.randn(kv_shape, device="cuda", dtype=layer.dtype)
-    v = torch.randn(kv_shape, device="cuda", dtype=layer.dtype)
-    sdpa_ms = bench_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True))
+    fn = lambda: paged_attention_with_config(*args, scale, seq, config)  # noqa: E731
+    ms, eager_ms = graph_ms(fn), bench_ms(fn)
     flops = 2 * batch * layer.num_heads * seq * seq * layer.head_dim  # causal: half of 4*S^2*D
     return {
         "batch": batch,
         "seq": seq,
         "ms": ms,
         "tflops": flops / ms / 1e9,
-        "sdpa_ms": sdpa_ms,
-        "sdpa_tflops": flops / sdpa_ms / 1e9,
+        "sdpa_ms": sdpa[0],
+        "sdpa_tflops": flops / sdpa[0] / 1e9,
+        "of_sdpa": sdpa[0] / ms,
+        "eager_ms": eager_ms,
+        "sdpa_eager_ms": sdpa[1],
+        "eager_of_sdpa": sdpa[1] / eager_ms,
         **asdict(config),
     }
 
 
 def print_table(title: str, rows: list[dict], columns: list[tuple[str, str]]) -> None:
     print(f"\n{title}")
-    print("  ".join(f"{name:>10}" for name, _ in columns))
+    widths = [max(10, len(name)) for name, _ in columns]
+    print("  ".join(f"{name:>{w}}" for (name, _), w in zip(columns, widths, strict=True)))
     for row in rows:
-        print("  ".join(f"{format(row[key], fmt):>10}" for key, fmt in columns))
+        cells = [format(row[key], fmt) for key, fmt in columns]
+        print("  ".join(f"{cell:>{w}}" for cell, w in zip(cells, widths, strict=True)))
 
 
 CONFIG_COLUMNS = [("block_m", "d"), ("block_n", "d"), ("num_splits", "d"), ("num_warps", "d"),
                   ("num_stages", "d")]  # fmt: skip
+
+
+DECODE_COLUMNS = [("batch", "d"), ("context", "d"), ("ms", ".4f"), ("gbs", ".0f"),
+                  ("of_copy", ".2f"), *CONFIG_COLUMNS]  # fmt: skip
 
 
 def run_decode(cache: PagedCache, args: argparse.Namespace, copy_gbs: float) -> list[dict]:
@@ -150,46 +171,64 @@ def run_decode(cache: PagedCache, args: argparse.Namespace, copy_gbs: float) -> 
             if batch * ctx <= args.max_cache_tokens:
                 rows.append(decode_row(cache, batch, ctx, None))
                 rows[-1]["of_copy"] = rows[-1]["gbs"] / copy_gbs
-    columns = [("batch", "d"), ("context", "d"), ("ms", ".4f"), ("gbs", ".0f"),
-               ("of_copy", ".2f"), *CONFIG_COLUMNS]  # fmt: skip
-    print_table(f"decode (copy bandwidth {copy_gbs:.0f} GB/s)", rows, columns)
+    print_table(f"decode (copy bandwidth {copy_gbs:.0f} GB/s)", rows, DECODE_COLUMNS)
     return rows
 
 
-def run_prefill(cache: PagedCache, args: argparse.Namespace) -> list[dict]:
-    rows = []
-    for shape in args.prefill:
-        batch, seq = map(int, shape.split("x"))
-        rows.append(prefill_row(cache, batch, seq, None))
-        rows[-1]["of_sdpa"] = rows[-1]["tflops"] / rows[-1]["sdpa_tflops"]
-    columns = [("batch", "d"), ("seq", "d"), ("ms", ".3f"), ("tflops", ".1f"),
-               ("sdpa_tflops", ".1f"), ("of_sdpa", ".2f"), *CONFIG_COLUMNS]  # fmt: skip
-    print_table("prefill (causal, no cached prefix)", rows, columns)
+PREFILL_COLUMNS = [("batch", "d"), ("seq", "d"), ("ms", ".3f"), ("tflops", ".1f"),
+                   ("sdpa_tflops", ".1f"), ("of_sdpa", ".2f"), ("eager_ms", ".3f"),
+                   ("sdpa_eager_ms", ".3f"), ("eager_of_sdpa", ".2f"), *CONFIG_COLUMNS]  # fmt: skip
+
+
+def run_prefill(cache: PagedCache, shapes: list[tuple[int, int]], sdpa: dict) -> list[dict]:
+    rows = [prefill_row(cache, batch, seq, None, sdpa[batch, seq]) for batch, seq in shapes]
+    print_table("prefill (causal, no cached prefix; ms = CUDA graph replay)", rows, PREFILL_COLUMNS)
     return rows
 
 
-def run_sweep(cache: PagedCache, copy_gbs: float) -> list[dict]:
-    """Other launch configurations at a few points, to tune attention_config's heuristics."""
+def merge_row(cache: PagedCache, batch: int, ctx: int) -> dict:
+    """The split-K merge launch alone, on partials the size that decode at (batch, ctx) writes."""
+    layer = cache.layer
+    splits = auto_config(layer, batch, 1, ctx).num_splits
+    out = torch.empty(batch, layer.num_heads, layer.head_dim, device="cuda", dtype=layer.dtype)
+    part_acc = torch.randn(splits, *out.shape, device="cuda")
+    part_max, part_sum = torch.randn(2, splits, batch, layer.num_heads, device="cuda")
+    ms = graph_ms(lambda: merge_splits(out, part_acc, part_max, part_sum))
+    return {"batch": batch, "context": ctx, "num_splits": splits, "merge_ms": ms}
+
+
+# Launch configurations the sweep times in place of the heuristic's.
+DECODE_CANDIDATES = [  # (block_n, num_stages, split-K from batch 16)
+    (64, 2, True), (64, 3, True), (128, 3, True), (64, 3, False), (128, 3, False)
+]  # fmt: skip
+PREFILL_CANDIDATES = [(128, 64, 8, 4), (128, 128, 8, 3), (64, 64, 4, 3)]
+
+
+def run_sweep(cache: PagedCache, args: argparse.Namespace, copy_gbs: float, sdpa: dict) -> list:
+    """Whole decode and prefill tables under other launch configurations."""
     layer, rows = cache.layer, []
-    for batch, ctx in [(1, 4096), (1, 32768), (4, 32768), (16, 4096), (64, 4096)]:
-        auto = auto_config(layer, batch, 1, ctx)
-        for block_n, warps, stages in [(64, 4, 2), (128, 4, 2), (64, 4, 3)]:
-            for splits in sorted({1, auto.num_splits, 2 * auto.num_splits, auto.num_splits // 2}):
-                if splits >= 1:
-                    config = AttentionConfig(16, block_n, splits, warps, stages)
-                    rows.append(decode_row(cache, batch, ctx, config))
-                    rows[-1]["of_copy"] = rows[-1]["gbs"] / copy_gbs
-    columns = [("batch", "d"), ("context", "d"), ("ms", ".4f"), ("of_copy", ".2f"),
-               *CONFIG_COLUMNS]  # fmt: skip
-    print_table("decode sweep", rows, columns)
-    prefill_rows = []
-    for block_m, block_n, warps, stages in [(128, 64, 8, 3), (128, 128, 8, 3), (128, 128, 8, 2),
-                                            (128, 64, 8, 4), (64, 64, 4, 3)]:  # fmt: skip
+    for block_n, stages, split_from_16 in DECODE_CANDIDATES:
+        table = []
+        for batch in args.batches:
+            for ctx in args.contexts:
+                if batch * ctx <= args.max_cache_tokens:
+                    auto = auto_config(layer, batch, 1, ctx)
+                    splits = auto.num_splits if batch < 16 or split_from_16 else 1
+                    config = replace(auto, block_n=block_n, num_stages=stages, num_splits=splits)
+                    table.append(decode_row(cache, batch, ctx, config))
+                    table[-1]["of_copy"] = table[-1]["gbs"] / copy_gbs
+        title = f"decode sweep: block_n {block_n}, {stages} stages, split-K from batch 16 "
+        print_table(title + str(split_from_16), table, DECODE_COLUMNS)
+        rows += table
+    merges = [merge_row(cache, batch, ctx) for batch, ctx in [(1, 4096), (1, 32768), (4, 4096)]]
+    columns = [("batch", "d"), ("context", "d"), ("num_splits", "d"), ("merge_ms", ".4f")]
+    print_table("split-K merge launch alone (CUDA graph)", merges, columns)
+    for block_m, block_n, warps, stages in PREFILL_CANDIDATES:
         config = AttentionConfig(block_m, block_n, 1, warps, stages)
-        prefill_rows.append(prefill_row(cache, 1, 4096, config))
-    columns = [("ms", ".3f"), ("tflops", ".1f"), ("sdpa_tflops", ".1f"), *CONFIG_COLUMNS]
-    print_table("prefill sweep (1 x 4096)", prefill_rows, columns)
-    return rows + prefill_rows
+        table = [prefill_row(cache, b, s, config, sdpa[b, s]) for b, s in args.shapes]
+        print_table("prefill sweep", table, PREFILL_COLUMNS)
+        rows += table
+    return rows + merges
 
 
 def parse_args() -> argparse.Namespace:
@@ -203,6 +242,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-cache-tokens", type=int, default=256 * 32768,
                         help="skip decode cases with more cached tokens (memory)")  # fmt: skip
     parser.add_argument("--sweep", action="store_true", help="also time other configurations")
+    parser.add_argument("--sweep-only", action="store_true", help="only the configuration sweep")
     parser.add_argument("--json", type=Path, help="write every row here")
     return parser.parse_args()
 
@@ -218,10 +258,13 @@ def main() -> None:
     max_prefill = max(math.prod(map(int, s.split("x"))) for s in args.prefill)
     cache = PagedCache(Layer(), max(args.max_cache_tokens, max_prefill))
     results = {"device": torch.cuda.get_device_name(), "copy_gbs": copy_gbs}
-    results["decode"] = run_decode(cache, args, copy_gbs)
-    results["prefill"] = run_prefill(cache, args)
-    if args.sweep:
-        results["sweep"] = run_sweep(cache, copy_gbs)
+    args.shapes = [tuple(map(int, s.split("x"))) for s in args.prefill]
+    sdpa = {(batch, seq): sdpa_ms(cache.layer, batch, seq) for batch, seq in args.shapes}
+    if not args.sweep_only:
+        results["decode"] = run_decode(cache, args, copy_gbs)
+        results["prefill"] = run_prefill(cache, args.shapes, sdpa)
+    if args.sweep or args.sweep_only:
+        results["sweep"] = run_sweep(cache, args, copy_gbs, sdpa)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

@@ -50,6 +50,14 @@ def test_explicit_configs_match_reference(config: AttentionConfig) -> None:
     assert _relative_error(out, batch) < 1e-2
 
 
+def test_more_sequences_than_one_search_chunk() -> None:
+    """300 short prefills (tile slots past the 256 sequences one vector load covers)."""
+    seqs = [(40 + i % 7, 20 + i % 5) for i in range(300)]
+    batch = make_paged_batch(seqs, 8, 2, 64, 16, torch.bfloat16, "cuda")
+    out = paged_attention(*batch.tensors(), SCALE, batch.max_seqlen_q, batch.max_seqlen_k)
+    assert _relative_error(out, batch) < 1e-2
+
+
 def test_fp32_matches_reference_tightly() -> None:
     batch = make_paged_batch(MIXED, 8, 2, 64, 16, torch.float32, "cuda")
     out = paged_attention(*batch.tensors(), SCALE, batch.max_seqlen_q, batch.max_seqlen_k)

@@ -1,0 +1,44 @@
+"""Launch configuration: bounded by the shared memory, and few distinct compiled variants."""
+
+import pytest
+import torch
+
+from kernels import attention_config
+from kernels.attention_config import choose_config, shared_memory_bytes
+
+HOPPER = (132, 232_448)  # multiprocessors, opt-in shared memory per program (227 KiB)
+ADA = (128, 101_376)  # 99 KiB
+
+
+def _choose(monkeypatch, limits, *, seqs=1, q=4096, k=4096, head_dim=128, group=4):
+    monkeypatch.setattr(attention_config, "device_limits", lambda device: limits)
+    return choose_config(seqs, 8, group, head_dim, q, k, torch.bfloat16, torch.device("cuda"))
+
+
+@pytest.mark.parametrize(("limits", "num_stages"), [(HOPPER, 3), (ADA, 2)])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_prefill_tiles_fit_shared_memory(
+    monkeypatch, limits, num_stages: int, head_dim: int
+) -> None:
+    config = _choose(monkeypatch, limits, head_dim=head_dim)
+    assert (config.block_m, config.num_warps, config.num_splits) == (128, 8, 1)
+    need = shared_memory_bytes(config.block_m, config.block_n, head_dim, 2, config.num_stages)
+    assert need <= limits[1]
+    if head_dim == 128:
+        assert config.num_stages == num_stages
+
+
+@pytest.mark.parametrize("limits", [HOPPER, ADA])
+def test_hints_map_to_few_compiled_variants_that_fit(monkeypatch, limits) -> None:
+    """Every max_seqlen hint from 1 to 32k lands on a handful of kernels (constexpr choices), each
+    within the shared memory; the split count is a run-time argument and compiles nothing."""
+    variants = set()
+    for q in [1, 2, 3, 5, 8, 13, 31, 64, 100, 511, 1000, 4097, 32768]:
+        for k in [q, q + 7, 2 * q + 1000, 32768]:
+            for seqs in [1, 3, 16, 64, 256]:
+                c = _choose(monkeypatch, limits, seqs=seqs, q=q, k=k)
+                assert shared_memory_bytes(c.block_m, c.block_n, 128, 2, c.num_stages) <= limits[1]
+                one_tile_per_seq = q * 4 <= c.block_m
+                split_k = c.num_splits > 1
+                variants.add((c.block_m, c.block_n, c.num_stages, split_k, one_tile_per_seq))
+    assert len(variants) <= 12, variants
