@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from schemas import Job, SamplingParams
+from schemas import Job, Result, SamplingParams
 
 # Flag -> the env var ServiceSettings reads, so flags beat env without re-implementing its merge.
 SERVICE_FLAGS = {
@@ -117,6 +117,7 @@ def cmd_result(args: argparse.Namespace) -> int:
     settings = service_settings(args)
 
     async def go() -> int:
+        res: Result | None
         if args.wait:
             res = await client.wait(args.job_id, redis=settings.redis, timeout_s=args.timeout_s)
         else:
@@ -142,7 +143,7 @@ def cmd_health(args: argparse.Namespace) -> int:
     return 1
 
 
-def add_queue_commands(sub: argparse._SubParsersAction, add_engine_args) -> None:  # type: ignore[type-arg]
+def add_queue_commands(sub: argparse._SubParsersAction, add_engine_args) -> None:
     p = sub.add_parser("serve", help="consume jobs from Redis or Kafka until SIGTERM")
     add_service_arguments(p)
     add_engine_args(p)
