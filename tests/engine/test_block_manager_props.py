@@ -33,34 +33,39 @@ class BlockBookkeeping(RuleBasedStateMachine):
             self.bm,
         )
         self.live: list[Sequence] = []
-        self.clock = 0
-        # block id -> op when it last entered the free list; all start free at op 0
-        self.freed_at: dict[int, int] = dict.fromkeys(range(NUM_BLOCKS), 0)
         self.next_id = 0
+        self._watch_evictions()
 
-    def _observe(self, before_free: set[int], before_cached: dict[int, int]) -> None:
-        """After an op: stamp newly freed blocks, check every eviction took the oldest."""
-        self.clock += 1
-        now_free = {b.block_id for b in self.bm.free_list}
-        for block_id in now_free - before_free:
-            self.freed_at[block_id] = self.clock
-        evicted = [
-            bid
-            for h, bid in before_cached.items()
-            if self.bm.cached.get(h) is None or self.bm.cached[h].block_id != bid
-        ]
-        survivors = [
-            self.freed_at[b.block_id] for b in self.bm.free_list if b.block_hash is not None
-        ]
-        for block_id in evicted:
-            if block_id in before_free:  # it was a free cached block, so this was an eviction
-                assert all(self.freed_at[block_id] <= t for t in survivors), "evicted a newer block"
+    def _watch_evictions(self) -> None:
+        """Stamp every entry into the free list; on each eviction of a cached block, check that
+        no cached free block had been waiting longer. Observes events, decides no order."""
+        free_list = self.bm.free_list
+        self.stamps = dict.fromkeys(range(NUM_BLOCKS), 0)
+        self.num_events = 0
+        self.num_evictions = 0
 
-    def _snapshot(self) -> tuple[set[int], dict[int, int]]:
-        return (
-            {b.block_id for b in self.bm.free_list},
-            {h: b.block_id for h, b in self.bm.cached.items()},
-        )
+        def stamped(insert):  # type: ignore[no-untyped-def]
+            def wrapper(block):  # type: ignore[no-untyped-def]
+                self.num_events += 1
+                self.stamps[block.block_id] = self.num_events
+                insert(block)
+
+            return wrapper
+
+        free_list.append = stamped(free_list.append)  # type: ignore[method-assign]
+        free_list.prepend = stamped(free_list.prepend)  # type: ignore[method-assign]
+        take = self.bm._take_free_block
+
+        def checked_take():  # type: ignore[no-untyped-def]
+            cached_free = [b for b in free_list if b.block_hash is not None]
+            block = take()
+            if any(b is block for b in cached_free):
+                self.num_evictions += 1
+                oldest = min(self.stamps[b.block_id] for b in cached_free)
+                assert self.stamps[block.block_id] == oldest, "evicted a newer cached block"
+            return block
+
+        self.bm._take_free_block = checked_take  # type: ignore[method-assign]
 
     @rule(
         tokens=st.lists(st.integers(0, 2), min_size=1, max_size=30),
@@ -86,7 +91,6 @@ class BlockBookkeeping(RuleBasedStateMachine):
 
     @rule(next_token=st.integers(0, 2))
     def step(self, next_token: int) -> None:
-        before = self._snapshot()
         plan = self.scheduler.schedule()
         for item in plan.scheduled:
             seq = item.seq
@@ -98,22 +102,17 @@ class BlockBookkeeping(RuleBasedStateMachine):
                 if seq.num_output_tokens >= seq.params.max_tokens:
                     self.scheduler.finish(seq, "length")
                     self.live.remove(seq)
-        self._observe(*before)
 
     @precondition(lambda self: self.live)
     @rule(index=st.integers(0, 100))
     def abort(self, index: int) -> None:
-        before = self._snapshot()
         seq = self.live.pop(index % len(self.live))
         self.scheduler.finish(seq, "abort")
-        self._observe(*before)
 
     @precondition(lambda self: self.scheduler.running)
     @rule()
     def preempt(self) -> None:
-        before = self._snapshot()
         self.scheduler._preempt(self.scheduler.running.pop())
-        self._observe(*before)
 
     @invariant()
     def blocks_are_consistent(self) -> None:
