@@ -18,13 +18,16 @@ from typing import Any
 
 from schemas import ErrorCode, Job, JobStatus, Result
 from worker.engine_thread import Crashed, EngineEvent, EngineRequest, EngineThread, Finished
+from worker.http_endpoints import Endpoints
 from worker.intake import Refusal, parse_delivery
 from worker.jobs import JobError, build_result, failed_result, prepare_job
 from worker.queues.errors import QueueError
 from worker.queues.factory import build_queue, is_transient
+from worker.queues.keys import RedisKeys
 from worker.queues.protocol import Delivery, JobSource, ResultSink
 from worker.queues.retry import Backoff, retrying
 from worker.service_settings import ServiceSettings
+from worker.telemetry import Telemetry, build_telemetry
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +44,18 @@ class InFlight:
     deliveries: list[Delivery]  # the first, plus duplicates that arrived while it ran
     in_engine: bool = True
     abort_reason: str | None = None  # a JobStatus value or _SHUTDOWN
+    span: Any = None  # the telemetry span of its processing, when telemetry is on
 
 
 class Service:
     def __init__(
         self, settings: ServiceSettings, source: JobSource, sink: ResultSink, engine: Any,
-        served_model: str,
+        served_model: str, telemetry: Telemetry | None = None,
     ) -> None:
         self._settings = settings
+        self._telemetry = telemetry
+        self.last_tick_s = time.monotonic()  # liveness: the loop's _watch task moves it
+        self.ready = False
         self._source = source
         self._sink = sink
         self._engine = engine
@@ -62,6 +69,14 @@ class Service:
         self._stopping = asyncio.Event()
         self._crash: BaseException | None = None
         self._publishing: set[asyncio.Task[None]] = set()
+
+    @property
+    def _source_name(self) -> str:
+        s = self._settings
+        return s.kafka.jobs_topic if s.queue == "kafka" else RedisKeys(s.redis.prefix).jobs_stream
+
+    def is_live(self) -> bool:
+        return time.monotonic() - self.last_tick_s < self._settings.liveness_timeout_s
 
     def stop(self) -> None:
         """Begin graceful shutdown (safe to call from a signal handler)."""
@@ -77,7 +92,14 @@ class Service:
         self._thread.start()
         tasks = [asyncio.create_task(self._intake()), asyncio.create_task(self._outputs(events)),
                  asyncio.create_task(self._watch())]
+        self.ready = True
+        log.info("worker %s serving %s from %s (at most %d jobs in flight)",
+                 self._settings.worker_id, self._served_model, self._settings.queue,
+                 self.max_in_flight)
         await self._stopping.wait()
+        self.ready = False
+        log.info("stopping: no new jobs; %d in flight get %.0f s to finish",
+                 len(self.jobs), self._settings.shutdown_grace_s)
         tasks[0].cancel()
         await self._drain()
         for task in tasks:
@@ -128,6 +150,8 @@ class Service:
         # leaves a received delivery forgotten while its lease is still being renewed.
         ready: list[tuple[Job, Delivery]] = []
         for delivery in deliveries:
+            if self._telemetry is not None:
+                self._telemetry.job_consumed()
             job = await retrying(functools.partial(self._screen, delivery), delivery.position)
             if job is not None:
                 ready.append((job, delivery))
@@ -176,6 +200,8 @@ class Service:
                 worker_id=self._settings.worker_id, attempts=delivery.delivery_count))
         if dead_letter:
             await self._source.dead_letter(delivery, refusal.reason)
+            if self._telemetry is not None:
+                self._telemetry.job_dead_lettered()
         else:
             await self._source.ack(delivery)
 
@@ -185,7 +211,10 @@ class Service:
         except JobError as exc:
             await self._refuse(delivery, Refusal(job.id, exc.code, exc.message), dead_letter=False)
             return
-        self.jobs[job.id] = InFlight(job, [delivery])
+        span = None
+        if self._telemetry is not None:
+            span = self._telemetry.start_process_span(job, self._source_name)
+        self.jobs[job.id] = InFlight(job, [delivery], span=span)
         self.num_in_engine += 1
         self.peak_held = max(self.peak_held, len(self.jobs))
         await retrying(functools.partial(self._sink.mark_running, job.id), job.id)
@@ -238,7 +267,11 @@ class Service:
         except Exception:  # one job's trouble must not stop the worker; it is redelivered
             log.exception("settling %s failed; leaving it to redelivery", result.id)
         finally:
-            self.jobs.pop(result.id, None)
+            entry = self.jobs.pop(result.id, None)
+            if self._telemetry is not None:
+                self._telemetry.job_settled(result)
+                if entry is not None and entry.span is not None:
+                    self._telemetry.end_process_span(entry.span, entry.job, result)
 
     async def _publish(self, result: Result) -> bool:
         """False when the broker refuses even the failed result that replaces a refused one."""
@@ -258,6 +291,7 @@ class Service:
         """Abort running jobs whose client cancelled them or whose deadline passed."""
         while True:
             await asyncio.sleep(self._settings.watch_interval_s)
+            self.last_tick_s = time.monotonic()
             running = [
                 job_id for job_id, e in self.jobs.items() if e.in_engine and not e.abort_reason
             ]
@@ -292,11 +326,27 @@ async def serve(service_settings: ServiceSettings, engine_settings: Any) -> None
     engine = await asyncio.to_thread(LLMEngine.from_settings, engine_settings)
     served_model = (service_settings.served_model or engine_settings.served_model_name
                     or engine_settings.model)
-    service = Service(service_settings, source, sink, engine, served_model)
+    telemetry = None
+    if service_settings.metrics_port is not None:
+        telemetry = build_telemetry(
+            service_settings.worker_id, served_model, service_settings.queue
+        )
+        telemetry.bind_engine(engine.stats)
+    service = Service(service_settings, source, sink, engine, served_model, telemetry)
+    endpoints = None
+    if service_settings.metrics_port is not None:
+        endpoints = Endpoints(service_settings.metrics_host, service_settings.metrics_port,
+                              live=service.is_live, ready=lambda: service.ready).start()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, service.stop)
-    await service.run(queues_started=True)
+    try:
+        await service.run(queues_started=True)
+    finally:
+        if endpoints is not None:
+            endpoints.stop()
+        if telemetry is not None:
+            telemetry.shutdown()
 
 
 def main() -> int:

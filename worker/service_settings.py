@@ -68,5 +68,8 @@ class ServiceSettings(BaseSettings):
     poll_timeout_s: float = 0.5  # longest a receive waits; bounds shutdown and cancel latency
     watch_interval_s: float = 0.25  # cancel flags and deadlines of in-flight jobs
     shutdown_grace_s: float = 30.0
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)  # /metrics /healthz /readyz
+    metrics_host: str = "0.0.0.0"
+    liveness_timeout_s: float = 30.0  # /healthz fails when the event loop has not ticked this long
     redis: RedisSettings = Field(default_factory=RedisSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)

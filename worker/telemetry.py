@@ -192,6 +192,23 @@ class Telemetry:
             span.set_attribute("gen_ai.request.model", self.model)
             yield span
 
+    def start_process_span(self, job: Job, destination: str) -> Span:
+        """The span of a job's time in the engine; ended by `end_process_span` when settled."""
+        parent = propagate.extract({"traceparent": job.traceparent}) if job.traceparent else None
+        span = self.tracer.start_span(
+            f"process {destination}", context=parent, kind=SpanKind.CONSUMER
+        )
+        span.set_attribute("messaging.system", self.messaging_system)
+        span.set_attribute("messaging.operation.type", "process")
+        span.set_attribute("messaging.destination.name", destination)
+        span.set_attribute("messaging.message.id", job.id)
+        span.set_attribute("gen_ai.request.model", self.model)
+        return span
+
+    def end_process_span(self, span: Span, job: Job, result: Result) -> None:
+        self.annotate(span, job, result)
+        span.end()
+
     def annotate(self, span: Span, job: Job, result: Result) -> None:
         span.set_attribute("gen_ai.operation.name", "chat" if job.messages else "text_completion")
         span.set_attribute("gen_ai.request.max_tokens", job.sampling.max_tokens)
@@ -212,3 +229,29 @@ def inject_traceparent(carrier: dict[str, str]) -> dict[str, str]:
     """Producer side: put the current span's traceparent into a job's metadata."""
     propagate.inject(carrier)
     return carrier
+
+
+def build_telemetry(worker_id: str, model: str, messaging_system: str) -> Telemetry:
+    """Prometheus always (the global registry, served by worker.http_endpoints); OTLP metrics and
+    traces too when OTEL_EXPORTER_OTLP_ENDPOINT is set and the OTLP exporter is installed."""
+    import os
+
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+
+    readers: list[MetricReader] = [PrometheusMetricReader()]
+    processors: list[SpanProcessor] = []
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        try:
+            from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+            from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+            from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        except ImportError:
+            log.warning(
+                "OTEL_EXPORTER_OTLP_ENDPOINT is set but opentelemetry-exporter-otlp is "
+                "not installed; exporting to Prometheus only"
+            )
+        else:
+            readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+            processors.append(BatchSpanProcessor(OTLPSpanExporter()))
+    return Telemetry(worker_id, model, messaging_system, readers, processors)
