@@ -146,18 +146,25 @@ class Service:
             backoff.reset()
 
     async def _admit(self, deliveries: list[Delivery]) -> None:
-        # Each broker step is retried in place (all are idempotent), so a broker blip never
-        # leaves a received delivery forgotten while its lease is still being renewed.
+        # Broker look-ups are made once per batch, not per job: with the engine thread holding
+        # the GIL, every await that wakes the loop can cost a switch interval (5 ms).
+        # Each step is retried in place (all are idempotent), so a broker blip never leaves a
+        # received delivery forgotten while its lease is still being renewed.
+        parsed = [(d, parse_delivery(d, self._settings.max_job_bytes)) for d in deliveries]
+        ids = [p.id for _, p in parsed if isinstance(p, Job)]
+        done = await retrying(functools.partial(self._sink.terminal_results, ids), "results")
         ready: list[tuple[Job, Delivery]] = []
-        for delivery in deliveries:
+        for delivery, job_or_refusal in parsed:
             if self._telemetry is not None:
                 self._telemetry.job_consumed()
-            job = await retrying(functools.partial(self._screen, delivery), delivery.position)
+            job = await retrying(functools.partial(self._screen, delivery, job_or_refusal, done),
+                                 delivery.position)
             if job is not None:
                 ready.append((job, delivery))
         ready.sort(key=lambda pair: -pair[0].priority)  # higher priority reaches the engine first
         ids = [job.id for job, _ in ready]
         cancelled = await retrying(functools.partial(self._sink.cancelled, ids), "cancel flags")
+        started: list[str] = []
         for job, delivery in ready:
             if job.id in self.jobs:  # a duplicate of a job we are running: ack with it
                 self.jobs[job.id].deliveries.append(delivery)
@@ -166,12 +173,13 @@ class Service:
                     job.id, ErrorCode.CANCELLED, "cancelled before it started",
                     status=JobStatus.CANCELLED, worker_id=self._settings.worker_id,
                     attempts=delivery.delivery_count), [delivery])
-            else:
-                await self._start(job, delivery)
+            elif await self._start(job, delivery):
+                started.append(job.id)
+        await retrying(functools.partial(self._sink.mark_running, started), "running statuses")
 
-    async def _screen(self, delivery: Delivery) -> Job | None:
+    async def _screen(self, delivery: Delivery, parsed: Job | Refusal,
+                      done: dict[str, Result]) -> Job | None:
         """The job to run, or None when the delivery was settled here (result or dead letter)."""
-        parsed = parse_delivery(delivery, self._settings.max_job_bytes)
         if delivery.delivery_count > self._settings.max_deliveries:
             job_id = parsed.job_id if isinstance(parsed, Refusal) else parsed.id
             await self._refuse(delivery, Refusal(job_id, ErrorCode.INTERNAL, (
@@ -181,7 +189,7 @@ class Service:
         if isinstance(parsed, Refusal):
             await self._refuse(delivery, parsed, dead_letter=parsed.job_id is None)
             return None
-        if await self._sink.terminal_result(parsed.id) is not None:
+        if parsed.id in done:
             await self._source.ack(delivery)  # already done by someone: idempotent redelivery
             return None
         if parsed.deadline is not None and parsed.deadline <= datetime.now(UTC):
@@ -205,21 +213,22 @@ class Service:
         else:
             await self._source.ack(delivery)
 
-    async def _start(self, job: Job, delivery: Delivery) -> None:
+    async def _start(self, job: Job, delivery: Delivery) -> bool:
+        """Hand the job to the engine; False when it was refused instead."""
         try:
             prompt_ids, params = prepare_job(job, self._engine.tokenizer, self._served_model)
         except JobError as exc:
             await self._refuse(delivery, Refusal(job.id, exc.code, exc.message), dead_letter=False)
-            return
+            return False
         span = None
         if self._telemetry is not None:
             span = self._telemetry.start_process_span(job, self._source_name)
         self.jobs[job.id] = InFlight(job, [delivery], span=span)
         self.num_in_engine += 1
         self.peak_held = max(self.peak_held, len(self.jobs))
-        await retrying(functools.partial(self._sink.mark_running, job.id), job.id)
         self._thread.submit(EngineRequest(
             job.id, prompt_ids, params, job.priority, job.cache_salt, time.monotonic()))
+        return True
 
     async def _outputs(self, events: "asyncio.Queue[EngineEvent]") -> None:
         while True:

@@ -106,7 +106,7 @@ async def test_dead_letter_and_results_topic(settings: KafkaSettings) -> None:
     sink = KafkaResultSink(settings, mirror=None)
     await sink.start()
     assert await sink.publish(Result(id="job-0", status=JobStatus.FAILED))
-    assert (await sink.terminal_result("job-0")) is not None
+    assert set(await sink.terminal_results(["job-0", "job-1"])) == {"job-0"}
     await sink.close()
     [published] = await read_topic(settings.bootstrap_servers, settings.results_topic, 1)
     assert published.key == b"job-0"

@@ -141,12 +141,12 @@ async def test_trimming_never_drops_unacked(settings: RedisSettings) -> None:
 async def test_result_store_first_terminal_result_wins(settings: RedisSettings) -> None:
     store = RedisResultStore(settings, ttl_s=60, results_stream_maxlen=1000)
     await store.start()
-    await store.mark_running("a")
+    await store.mark_running(["a"])
     async with RedisProducer(settings) as producer:
         assert await producer.status("a") == JobStatus.RUNNING
         assert await store.publish(Result(id="a", status=JobStatus.COMPLETED, text="one"))
         assert not await store.publish(Result(id="a", status=JobStatus.FAILED))
-        await store.mark_running("a")
+        await store.mark_running(["a"])
         assert await producer.status("a") == JobStatus.COMPLETED
         assert (await producer.result("a")).text == "one"  # type: ignore[union-attr]
         await producer.cancel("b")

@@ -176,3 +176,25 @@ async def test_wrong_password_fails_worker_start_clearly(unique_name, tmp_path) 
         assert "rejected the credentials" in log_path.read_text()
     finally:
         run_script("start_redis.sh", "stop", env=env)
+
+
+async def test_client_cancels_a_running_job(redis_url, unique_name, engine) -> None:
+    settings = _settings(redis_url, unique_name)
+    long_params = SamplingParams(temperature=0.0, max_tokens=3000, ignore_eos=True)
+    [job_id] = await _enqueue(settings, [Job(id="endless", prompt="Tell me", sampling=long_params)])
+    service = _service(settings, engine)
+    runner = asyncio.create_task(service.run())
+    async with RedisProducer(settings.redis) as client:
+        assert await client.status(job_id) in (JobStatus.QUEUED, JobStatus.RUNNING)
+
+        async def running() -> bool:
+            return await client.status(job_id) == JobStatus.RUNNING
+
+        await wait_for(running, 60, "the job starts")
+        await client.cancel(job_id)
+        result = await client.wait(job_id, timeout_s=60)
+    service.stop()
+    await runner
+    assert result.status == JobStatus.CANCELLED
+    assert len(result.token_ids) < 3000
+    assert not engine.has_unfinished_requests()

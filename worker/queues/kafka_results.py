@@ -40,16 +40,16 @@ class KafkaResultSink:
             return await self._mirror.publish(result)
         return True
 
-    async def terminal_result(self, job_id: str) -> Result | None:
-        if job_id in self._recent:
-            return self._recent[job_id]
-        if self._mirror is not None:
-            return await self._mirror.terminal_result(job_id)
-        return None
+    async def terminal_results(self, job_ids: Sequence[str]) -> dict[str, Result]:
+        found = {i: self._recent[i] for i in job_ids if i in self._recent}
+        unknown = [i for i in job_ids if i not in found]
+        if self._mirror is not None and unknown:
+            found.update(await self._mirror.terminal_results(unknown))
+        return found
 
-    async def mark_running(self, job_id: str) -> None:
+    async def mark_running(self, job_ids: Sequence[str]) -> None:
         if self._mirror is not None:
-            await self._mirror.mark_running(job_id)
+            await self._mirror.mark_running(job_ids)
 
     async def cancelled(self, job_ids: Sequence[str]) -> set[str]:
         if self._mirror is not None:

@@ -92,12 +92,13 @@ class MemoryResultSink:
         self._broker.statuses[result.id] = result.status
         return True
 
-    async def terminal_result(self, job_id: str) -> Result | None:
-        return self._broker.results.get(job_id)
+    async def terminal_results(self, job_ids: Sequence[str]) -> dict[str, Result]:
+        return {i: self._broker.results[i] for i in job_ids if i in self._broker.results}
 
-    async def mark_running(self, job_id: str) -> None:
-        if job_id not in self._broker.results:
-            self._broker.statuses[job_id] = JobStatus.RUNNING
+    async def mark_running(self, job_ids: Sequence[str]) -> None:
+        for job_id in job_ids:
+            if job_id not in self._broker.results:
+                self._broker.statuses[job_id] = JobStatus.RUNNING
 
     async def cancelled(self, job_ids: Sequence[str]) -> set[str]:
         return self._broker.cancel_requests.intersection(job_ids)

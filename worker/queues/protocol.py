@@ -47,11 +47,12 @@ class ResultSink(Protocol):
     async def publish(self, result: Result) -> bool:
         """Publish a terminal result. False: one already existed and was left as it was."""
 
-    async def terminal_result(self, job_id: str) -> Result | None:
-        """The published terminal result of `job_id`, if this sink can know it."""
+    async def terminal_results(self, job_ids: Sequence[str]) -> dict[str, Result]:
+        """The published terminal results among `job_ids` that this sink can know of.
+        Batched: the service asks once per received batch, not once per job."""
 
-    async def mark_running(self, job_id: str) -> None:
-        """Status `running`, unless a terminal result already exists."""
+    async def mark_running(self, job_ids: Sequence[str]) -> None:
+        """Status `running` for each, unless it already has a terminal result."""
 
     async def cancelled(self, job_ids: Sequence[str]) -> set[str]:
         """The subset of `job_ids` that clients asked to cancel."""

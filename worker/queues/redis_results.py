@@ -50,15 +50,21 @@ class RedisResultStore:
         )
         return bool(created)
 
-    async def terminal_result(self, job_id: str) -> Result | None:
-        raw = await self._redis.get(self._keys.result(job_id))
-        return Result.model_validate_json(raw) if raw is not None else None
+    async def terminal_results(self, job_ids: Sequence[str]) -> dict[str, Result]:
+        if not job_ids:
+            return {}
+        raws = await self._redis.mget([self._keys.result(job_id) for job_id in job_ids])
+        return {job_id: Result.model_validate_json(raw)
+                for job_id, raw in zip(job_ids, raws, strict=True) if raw is not None}
 
-    async def mark_running(self, job_id: str) -> None:
-        await self._redis.eval(
-            _MARK_RUNNING, 2, self._keys.result(job_id), self._keys.status(job_id),
-            JobStatus.RUNNING.value, self._ttl_s,
-        )
+    async def mark_running(self, job_ids: Sequence[str]) -> None:
+        if not job_ids:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.eval(_MARK_RUNNING, 2, self._keys.result(job_id), self._keys.status(job_id),
+                          JobStatus.RUNNING.value, self._ttl_s)
+            await pipe.execute()
 
     async def cancelled(self, job_ids: Sequence[str]) -> set[str]:
         if not job_ids:
