@@ -68,7 +68,8 @@ def _size_kv_cache(settings: EngineSettings, runner: ModelRunner, max_model_len:
     try:
         num_blocks = _num_blocks(settings, runner, max_model_len)
         runner.allocate_kv_cache(num_blocks)
-        if runner.device.type == "cuda" and not settings.enforce_eager:
+        capturable = runner.model.backend.graph_capturable
+        if runner.device.type == "cuda" and not settings.enforce_eager and capturable:
             runner.capture_decode_graphs(settings.max_num_seqs, max_model_len)
     except torch.cuda.OutOfMemoryError as exc:
         runner.allocate_kv_cache(1)  # give the memory back before raising

@@ -38,6 +38,9 @@ class AttentionBackend:
     name: str
     store_kv: StoreKV
     paged_attention: Callable[..., torch.Tensor]
+    # CUDA graphs need launches that never read tensors back to the host; the torch backend does
+    # (it splits decode from multi-token rows on the host), so it always runs eagerly.
+    graph_capturable: bool = False
 
     def forward(
         self,
@@ -81,5 +84,6 @@ def get_backend(name: str, device: torch.device) -> AttentionBackend:
             name="triton",
             store_kv=triton_backend.store_kv,
             paged_attention=triton_backend.paged_attention,
+            graph_capturable=True,
         )
     raise ValueError(f"unknown attention backend {name!r}; choose auto, torch or triton")
