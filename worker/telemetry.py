@@ -84,6 +84,18 @@ class Telemetry:
         )
         self._meter = meter
 
+    def bind_inter_token_latency(self, engine: Any) -> None:
+        """The engine thread reports each gap between a sequence's tokens (histograms are
+        thread-safe)."""
+        histogram = self._meter.create_histogram(
+            "llm_worker.inter_token_latency",
+            unit="s",
+            description="gap between two output tokens",
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS_S,
+        )
+        attrs = {"gen_ai.request.model": self.model}
+        engine.inter_token_latency_observer = lambda gap_s: histogram.record(gap_s, attrs)
+
     def bind_engine(self, stats: Callable[[], Any]) -> None:
         """Gauges and cumulative counters read from `stats()` (an EngineStats) when scraped."""
 

@@ -2,6 +2,7 @@
 
 import logging
 import time
+from collections.abc import Callable
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,6 +74,8 @@ class LLMEngine:
         self.num_computed_tokens = 0
         self.num_steps = 0
         self._num_generate_calls = 0
+        # Called with each inter-token gap in seconds (telemetry's histogram); None: not measured.
+        self.inter_token_latency_observer: Callable[[float], None] | None = None
 
     @classmethod
     def from_settings(cls, settings: Any) -> "LLMEngine":
@@ -195,6 +198,9 @@ class LLMEngine:
         seq.token_ids.append(token.token_id)
         if seq.metrics.first_token_time is None:
             seq.metrics.first_token_time = now
+        elif self.inter_token_latency_observer is not None and seq.metrics.last_token_time:
+            self.inter_token_latency_observer(now - seq.metrics.last_token_time)
+        seq.metrics.last_token_time = now
         if request.logprobs is not None:
             request.logprobs.append(token)
         stopped = request.detokenizer is not None and request.detokenizer.push(token.token_id)
