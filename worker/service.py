@@ -7,6 +7,7 @@ free slots; a message that cannot run becomes a failed result or a dead letter, 
 """
 
 import asyncio
+import contextlib
 import functools
 import logging
 import signal
@@ -74,6 +75,12 @@ class Service:
     def _source_name(self) -> str:
         s = self._settings
         return s.kafka.jobs_topic if s.queue == "kafka" else RedisKeys(s.redis.prefix).jobs_stream
+
+    def _span(self, operation: str, job: object) -> contextlib.AbstractContextManager[object]:
+        """A receive / settle span in the job's trace, when telemetry is on and the job parsed."""
+        if self._telemetry is None or not isinstance(job, Job):
+            return contextlib.nullcontext()
+        return self._telemetry.job_span(operation, job.id, job.traceparent, self._source_name)
 
     def is_live(self) -> bool:
         return time.monotonic() - self.last_tick_s < self._settings.liveness_timeout_s
@@ -157,8 +164,10 @@ class Service:
         for delivery, job_or_refusal in parsed:
             if self._telemetry is not None:
                 self._telemetry.job_consumed()
-            job = await retrying(functools.partial(self._screen, delivery, job_or_refusal, done),
-                                 delivery.position)
+            with self._span("receive", job_or_refusal):
+                job = await retrying(
+                    functools.partial(self._screen, delivery, job_or_refusal, done),
+                    delivery.position)
             if job is not None:
                 ready.append((job, delivery))
         ready.sort(key=lambda pair: -pair[0].priority)  # higher priority reaches the engine first
@@ -266,13 +275,15 @@ class Service:
 
     async def _finish(self, result: Result, deliveries: list[Delivery]) -> None:
         """Publish, then ack: retried through broker outages so no result is dropped."""
+        entry = self.jobs.get(result.id)
         try:
             published = await self._publish(result)
-            for delivery in deliveries:
-                settle = functools.partial(self._source.ack, delivery) if published else (
-                    functools.partial(self._source.dead_letter, delivery,
-                                      "its result could not be published"))
-                await retrying(settle, delivery.position)
+            with self._span("settle", entry.job if entry is not None else None):
+                for delivery in deliveries:
+                    settle = functools.partial(self._source.ack, delivery) if published else (
+                        functools.partial(self._source.dead_letter, delivery,
+                                          "its result could not be published"))
+                    await retrying(settle, delivery.position)
         except Exception:  # one job's trouble must not stop the worker; it is redelivered
             log.exception("settling %s failed; leaving it to redelivery", result.id)
         finally:
@@ -341,6 +352,7 @@ async def serve(service_settings: ServiceSettings, engine_settings: Any) -> None
             service_settings.worker_id, served_model, service_settings.queue
         )
         telemetry.bind_engine(engine.stats)
+        telemetry.bind_inter_token_latency(engine)
     service = Service(service_settings, source, sink, engine, served_model, telemetry)
     endpoints = None
     if service_settings.metrics_port is not None:
