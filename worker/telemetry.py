@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from opentelemetry import propagate
-from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.metrics import CallbackOptions, Histogram, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
@@ -51,48 +51,31 @@ class Telemetry:
             )
             for name in ("consumed", "completed", "failed", "expired", "cancelled", "dead_lettered")
         }
+        self._meter = meter
+        self.ttft = self._latency("time_to_first_token", "receipt to first token")
+        self.tpot = self._latency("time_per_output_token", "mean gap after the first token")
+        self.e2e = self._latency("e2e_request_latency", "receipt to finish")
+        self.queue_time = self._latency("request_queue_time", "receipt to first scheduled")
         hist = meter.create_histogram
-        self.ttft = hist(
-            "llm_worker.time_to_first_token",
-            unit="s",
-            description="receipt to first token",
-            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS_S,
-        )
-        self.tpot = hist(
-            "llm_worker.time_per_output_token",
-            unit="s",
-            description="mean gap after the first token",
-            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS_S,
-        )
-        self.e2e = hist(
-            "llm_worker.e2e_request_latency",
-            unit="s",
-            description="receipt to finish",
-            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS_S,
-        )
-        self.queue_time = hist(
-            "llm_worker.request_queue_time",
-            unit="s",
-            description="receipt to first scheduled",
-            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS_S,
-        )
         self.token_usage = hist(
             "gen_ai.client.token.usage",
             unit="{token}",
             description="tokens per job by gen_ai.token.type",
             explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
         )
-        self._meter = meter
+
+    def _latency(self, name: str, description: str) -> Histogram:
+        return self._meter.create_histogram(
+            f"llm_worker.{name}",
+            unit="s",
+            description=description,
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS_S,
+        )
 
     def bind_inter_token_latency(self, engine: Any) -> None:
         """The engine thread reports each gap between a sequence's tokens (histograms are
         thread-safe)."""
-        histogram = self._meter.create_histogram(
-            "llm_worker.inter_token_latency",
-            unit="s",
-            description="gap between two output tokens",
-            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS_S,
-        )
+        histogram = self._latency("inter_token_latency", "gap between two output tokens")
         attrs = {"gen_ai.request.model": self.model}
         engine.inter_token_latency_observer = lambda gap_s: histogram.record(gap_s, attrs)
 
