@@ -56,6 +56,8 @@ class Service:
         self._settings = settings
         self._telemetry = telemetry
         self.last_tick_s = time.monotonic()  # liveness: the loop's _watch task moves it
+        self.consumer_lag: int | None = None  # refreshed every lag_interval_s for the gauge
+        self._next_lag_s = 0.0
         self.ready = False
         self._source = source
         self._sink = sink
@@ -312,6 +314,7 @@ class Service:
         while True:
             await asyncio.sleep(self._settings.watch_interval_s)
             self.last_tick_s = time.monotonic()
+            await self._refresh_lag()
             running = [
                 job_id for job_id, e in self.jobs.items() if e.in_engine and not e.abort_reason
             ]
@@ -325,6 +328,15 @@ class Service:
                 deadline = self.jobs[job_id].job.deadline if job_id in self.jobs else None
                 if deadline is not None and deadline <= now:
                     self._abort(job_id, JobStatus.EXPIRED)
+
+    async def _refresh_lag(self) -> None:
+        if self._telemetry is None or time.monotonic() < self._next_lag_s:
+            return
+        self._next_lag_s = time.monotonic() + self._settings.lag_interval_s
+        try:
+            self.consumer_lag = await self._source.lag()
+        except Exception as exc:  # a gauge must never disturb the work
+            log.debug("reading consumer lag failed: %r", exc)
 
     def _abort(self, job_id: str, reason: JobStatus) -> None:
         entry = self.jobs.get(job_id)
@@ -354,6 +366,8 @@ async def serve(service_settings: ServiceSettings, engine_settings: Any) -> None
         telemetry.bind_engine(engine.stats)
         telemetry.bind_inter_token_latency(engine)
     service = Service(service_settings, source, sink, engine, served_model, telemetry)
+    if telemetry is not None:
+        telemetry.bind_consumer_lag(lambda: service.consumer_lag)
     endpoints = None
     if service_settings.metrics_port is not None:
         endpoints = Endpoints(service_settings.metrics_host, service_settings.metrics_port,

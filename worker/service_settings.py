@@ -70,6 +70,7 @@ class ServiceSettings(BaseSettings):
     shutdown_grace_s: float = 30.0
     metrics_port: int | None = Field(default=None, ge=0, le=65535)  # /metrics /healthz /readyz
     metrics_host: str = "0.0.0.0"
+    lag_interval_s: float = 5.0  # how often the consumer-lag gauge asks the broker
     liveness_timeout_s: float = 30.0  # /healthz fails when the event loop has not ticked this long
     redis: RedisSettings = Field(default_factory=RedisSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)

@@ -116,6 +116,7 @@ def test_prometheus_metrics_move_as_jobs_flow_through_redis(
         assert _metric(text, "llm_worker_jobs_completed_total") == 7
         assert _metric(text, "llm_worker_prefix_cache_hits") >= hits_before + 64
         assert _get(f"{base}/healthz")[0] == 200
+        assert "messaging_consumer_lag" in text  # from XINFO GROUPS, refreshed every 5 s
     finally:
         worker.send_signal(signal.SIGTERM)
         output, _ = worker.communicate(timeout=60)

@@ -122,6 +122,24 @@ class KafkaJobSource:
             await self.commit(set(self.trackers))
         return deliveries
 
+    async def lag(self) -> int | None:
+        """Records past what this consumer fetched, over its assigned partitions (high-water
+        marks come with each fetch, so this costs no request)."""
+        if self._consumer is None:
+            return None
+        total, known = 0, False
+        for partition in self._consumer.assignment():
+            highwater = self._consumer.highwater(partition)
+            tracker = self.trackers.get(partition)
+            if highwater is None:
+                continue
+            fetched = tracker.next_offset if tracker and tracker.next_offset is not None else None
+            if fetched is None:
+                fetched = await self._consumer.position(partition)
+            total += max(0, highwater - fetched)
+            known = True
+        return total if known else None
+
     async def ack(self, delivery: Delivery) -> None:
         handle = delivery.handle
         assert isinstance(handle, KafkaHandle)

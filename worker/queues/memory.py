@@ -62,6 +62,9 @@ class MemoryJobSource:
             deliveries.append(delivery)
         return deliveries
 
+    async def lag(self) -> int | None:
+        return len(self._broker.queued)
+
     async def ack(self, delivery: Delivery) -> None:
         self._broker.unacked.pop(int(delivery.handle), None)  # type: ignore[call-overload]
 

@@ -37,6 +37,10 @@ class JobSource(Protocol):
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Move an unusable message aside with the reason, then ack it."""
 
+    async def lag(self) -> int | None:
+        """Jobs waiting in the broker that this consumer group has not been handed yet (consumer
+        lag), or None when the broker cannot tell."""
+
     async def close(self) -> None:
         """Commit what is finished; un-acked deliveries go back to the broker for others."""
 

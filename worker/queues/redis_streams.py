@@ -184,6 +184,15 @@ class RedisStreamSource:
         )
         await self.ack(delivery)
 
+    async def lag(self) -> int | None:
+        # XINFO GROUPS reports `lag` from Redis 7.0 on; it is nil when the stream was trimmed or
+        # edited in ways that make the count unknowable.
+        for group in await self._redis.xinfo_groups(self._keys.jobs_stream):
+            if _text(group.get("name")) == self._keys.group:
+                lag = group.get("lag")
+                return int(lag) if lag is not None else None
+        return None
+
     async def _renew(self) -> None:
         if self._in_flight:
             await self._redis.eval(
