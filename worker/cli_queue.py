@@ -52,7 +52,7 @@ def service_settings(args: argparse.Namespace):  # -> ServiceSettings
 def cmd_serve(args: argparse.Namespace) -> int:
     from worker.config import EngineSettings, settings_from_args
     from worker.queues.errors import QueueError
-    from worker.service import serve
+    from worker.serve import serve
 
     try:
         asyncio.run(serve(service_settings(args), settings_from_args(EngineSettings, args)))
