@@ -1,26 +1,26 @@
-"""`llm-worker run-batch`: an OpenAI batch JSONL file through the engine, streaming both ends.
+"""`llm-worker run-batch`: an OpenAI batch JSONL file through the same service that serves
+Redis and Kafka, over the JSONL queue (worker/queues/jsonl.py), in one process with no broker.
 
-Lines are read only as the engine has room (at most `max_in_flight` jobs exist at once) and
-results are written as each job finishes, so memory stays flat whatever the file's length.
-Output order follows completion; `custom_id` ties each output line to its input.
+Lines are read only as the service has room (at most `max_in_flight` jobs at once) and results
+are written as each job finishes, so memory stays flat whatever the file's length. Output order
+follows completion; `custom_id` ties each output line to its input.
 """
 
-import json
-import logging
+import asyncio
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from tqdm import tqdm
 
-from schemas import Job
-from worker.engine.llm_engine import LLMEngine, RequestRejected
-from worker.jobs import JobError, build_result, prepare_job
-from worker.openai_batch import BatchLine, LineError, error_line, parse_line, result_line
+from worker.engine.llm_engine import LLMEngine
+from worker.queues.jsonl import BatchCounts, JsonlBatch
+from worker.service import Service
+from worker.service_settings import ServiceSettings
 
-log = logging.getLogger(__name__)
+POLL_S = 0.02
 
 
 @dataclass
@@ -30,6 +30,16 @@ class BatchSummary:
     num_prompt_tokens: int = 0
     num_output_tokens: int = 0
     elapsed_s: float = 0.0
+
+    @classmethod
+    def of(cls, counts: BatchCounts, elapsed_s: float) -> "BatchSummary":
+        return cls(
+            counts.num_lines,
+            counts.num_failed,
+            counts.num_prompt_tokens,
+            counts.num_output_tokens,
+            elapsed_s,
+        )
 
     def describe(self) -> str:
         t = max(self.elapsed_s, 1e-9)
@@ -48,51 +58,26 @@ def _count_lines(path: Path) -> int | None:
         return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
 
 
-class BatchRunner:
-    def __init__(self, engine: LLMEngine, served_model: str, out: IO[str], progress: Any) -> None:
-        self.engine = engine
-        self.served_model = served_model
-        self.out = out
-        self.progress = progress
-        self.in_flight: dict[str, BatchLine] = {}
-        self.summary = BatchSummary()
-
-    def _write(self, record: dict[str, Any], failed: bool) -> None:
-        self.out.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self.summary.num_lines += 1
-        self.summary.num_failed += int(failed)
-        self.progress.update(1)
-
-    def submit(self, raw: str, line_no: int) -> None:
-        try:
-            line, job = parse_line(raw, line_no)
-        except LineError as e:
-            self._write(error_line(e.custom_id, e.code, e.message), failed=True)
-            return
-        try:
-            self._add(job)
-        except (JobError, RequestRejected) as e:
-            self._write(error_line(line.custom_id, e.code, f"line {line_no}: {e.message}"), True)
-            return
-        self.in_flight[job.id] = line
-
-    def _add(self, job: Job) -> None:
-        prompt_ids, params = prepare_job(job, self.engine.tokenizer, self.served_model)
-        self.engine.add_request(job.id, prompt_ids, params, priority=job.priority)
-
-    def drain_step(self) -> None:
-        for output in self.engine.step():
-            line = self.in_flight.pop(output.request_id)
-            result = build_result(output.request_id, output, model=self.served_model)
-            self.summary.num_prompt_tokens += result.usage.prompt_tokens
-            self.summary.num_output_tokens += result.usage.completion_tokens
-            self._write(result_line(line, result), failed=False)
-
-
 def _lines(f: IO[str]) -> Iterator[tuple[int, str]]:
     for line_no, raw in enumerate(f, start=1):
         if raw.strip():
             yield line_no, raw
+
+
+async def _serve_batch(engine: LLMEngine, served_model: str, batch: JsonlBatch, cap: int) -> None:
+    settings = ServiceSettings(
+        queue="jsonl",
+        worker_id="run-batch",
+        max_in_flight=cap,
+        poll_timeout_s=POLL_S,
+        watch_interval_s=0.25,
+    )
+    service = Service(settings, batch.source(), batch.sink(), engine, served_model)
+    runner = asyncio.create_task(service.run())
+    while not batch.done and not runner.done():
+        await asyncio.sleep(POLL_S)
+    service.stop()
+    await runner  # raises EngineCrashed if the engine died
 
 
 def run_batch(
@@ -112,18 +97,6 @@ def run_batch(
             total=_count_lines(input_path), unit="req", disable=not show_progress, desc="run-batch"
         ) as progress,
     ):
-        runner = BatchRunner(engine, served_model, fout, progress)
-        lines = _lines(fin)
-        exhausted = False
-        while True:
-            while not exhausted and engine.num_unfinished_requests() < cap:
-                nxt = next(lines, None)
-                if nxt is None:
-                    exhausted = True
-                else:
-                    runner.submit(nxt[1], nxt[0])
-            if not engine.has_unfinished_requests():
-                break
-            runner.drain_step()
-    runner.summary.elapsed_s = time.perf_counter() - start
-    return runner.summary
+        batch = JsonlBatch(_lines(fin), fout, on_line=lambda: progress.update(1))
+        asyncio.run(_serve_batch(engine, served_model, batch, cap))
+    return BatchSummary.of(batch.counts, time.perf_counter() - start)

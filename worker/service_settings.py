@@ -55,7 +55,7 @@ class ServiceSettings(BaseSettings):
         env_prefix="LLM_WORKER_", env_nested_delimiter="__", env_file=".env", extra="ignore"
     )
 
-    queue: Literal["redis", "kafka", "memory"] = "redis"
+    queue: Literal["redis", "kafka", "memory", "jsonl"] = "redis"  # jsonl: run-batch only
     worker_id: str = Field(default_factory=_default_worker_id)
     served_model: str | None = None  # name jobs may ask for; None: the engine's model name
     max_in_flight: int | None = Field(default=None, ge=1)  # None: 2x the engine's max_num_seqs

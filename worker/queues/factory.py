@@ -43,6 +43,8 @@ def build_queue(
         mirror = _redis_store(settings) if settings.kafka.mirror_results_to_redis else None
         return (KafkaJobSource(settings.kafka, settings.worker_id),
                 KafkaResultSink(settings.kafka, mirror))
+    if settings.queue == "jsonl":
+        raise ValueError("queue 'jsonl' is run-batch's: `llm-worker run-batch -i IN -o OUT`")
     if memory is None:
         raise ValueError("queue 'memory' runs in-process: pass the MemoryBroker to share")
     return memory.source(), memory.sink()

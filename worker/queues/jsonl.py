@@ -1,0 +1,138 @@
+"""OpenAI batch JSONL files as a job source and a result sink, for `run-batch` on the service path.
+
+The source reads a line only when the service has room for it, so memory stays flat whatever the
+file's length; the sink writes each result line as its job finishes (match them by custom_id).
+A line that is not a usable request becomes an error line with the parser's code and message.
+"""
+
+import asyncio
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from schemas import Result
+from worker.openai_batch import BatchLine, LineError, error_line, parse_line, result_line
+from worker.queues.protocol import Delivery
+
+
+@dataclass
+class BatchCounts:
+    num_lines: int = 0
+    num_failed: int = 0
+    num_prompt_tokens: int = 0
+    num_output_tokens: int = 0
+
+
+@dataclass
+class JsonlBatch:
+    """Shared state of one batch: the open files, each job's input line, what is outstanding."""
+
+    lines: Iterator[tuple[int, str]]
+    out: IO[str]
+    on_line: Any = None  # called once per output line (a progress bar's update)
+    counts: BatchCounts = field(default_factory=BatchCounts)
+    requests: dict[str, BatchLine] = field(default_factory=dict)  # job id -> its input line
+    refused: dict[int, LineError] = field(default_factory=dict)  # line no -> why unusable
+    outstanding: set[int] = field(default_factory=set)  # line numbers handed out, not settled
+    exhausted: bool = False
+
+    @property
+    def done(self) -> bool:
+        return self.exhausted and not self.outstanding
+
+    def write(self, record: dict[str, Any], failed: bool) -> None:
+        self.out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.counts.num_lines += 1
+        self.counts.num_failed += int(failed)
+        if self.on_line is not None:
+            self.on_line()
+
+    def source(self) -> "JsonlJobSource":
+        return JsonlJobSource(self)
+
+    def sink(self) -> "JsonlResultSink":
+        return JsonlResultSink(self)
+
+
+class JsonlJobSource:
+    def __init__(self, batch: JsonlBatch) -> None:
+        self._batch = batch
+
+    async def start(self) -> None:
+        return None
+
+    async def receive(self, max_jobs: int, timeout_s: float) -> list[Delivery]:
+        batch = self._batch
+        deliveries: list[Delivery] = []
+        while len(deliveries) < max_jobs and not batch.exhausted:
+            nxt = next(batch.lines, None)
+            if nxt is None:
+                batch.exhausted = True
+                break
+            deliveries.append(self._delivery(*nxt))
+        if not deliveries:
+            await asyncio.sleep(timeout_s)
+        return deliveries
+
+    def _delivery(self, line_no: int, raw: str) -> Delivery:
+        position = f"line {line_no}"
+        self._batch.outstanding.add(line_no)
+        try:
+            line, job = parse_line(raw, line_no)
+        except LineError as exc:
+            self._batch.refused[line_no] = exc
+            return Delivery(b"", None, 1, line_no, position, error=exc.message)
+        self._batch.requests[job.id] = line
+        return Delivery(job.model_dump_json().encode(), job.id, 1, line_no, position)
+
+    async def ack(self, delivery: Delivery) -> None:
+        self._batch.outstanding.discard(int(delivery.handle))  # type: ignore[call-overload]
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        line_no = int(delivery.handle)  # type: ignore[call-overload]
+        refused = self._batch.refused.pop(line_no, None)
+        if refused is not None:
+            self._batch.write(error_line(refused.custom_id, refused.code, refused.message), True)
+        else:
+            self._batch.write(error_line(delivery.key, "internal_error", reason), True)
+        self._batch.outstanding.discard(line_no)
+
+    async def lag(self) -> int | None:
+        return None  # a file does not know its remaining lines without reading them
+
+    async def close(self) -> None:
+        return None
+
+
+class JsonlResultSink:
+    def __init__(self, batch: JsonlBatch) -> None:
+        self._batch = batch
+
+    async def start(self) -> None:
+        return None
+
+    async def publish(self, result: Result) -> bool:
+        batch = self._batch
+        # Each line is handed out once under its own id, so nothing is published twice; keeping
+        # no record of published ids keeps memory flat on a file of any length.
+        line = batch.requests.pop(result.id, None)
+        if line is None:
+            return True
+        batch.counts.num_prompt_tokens += result.usage.prompt_tokens
+        batch.counts.num_output_tokens += result.usage.completion_tokens
+        record = result_line(line, result)
+        batch.write(record, failed=record["error"] is not None)
+        return True
+
+    async def terminal_results(self, job_ids: Sequence[str]) -> dict[str, Result]:
+        return {}  # a line is never redelivered within one run
+
+    async def mark_running(self, job_ids: Sequence[str]) -> None:
+        return None
+
+    async def cancelled(self, job_ids: Sequence[str]) -> set[str]:
+        return set()
+
+    async def close(self) -> None:
+        return None
