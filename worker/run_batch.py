@@ -9,7 +9,7 @@ follows completion; `custom_id` ties each output line to its input.
 import asyncio
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO
 
@@ -24,22 +24,14 @@ POLL_S = 0.02
 
 
 @dataclass
-class BatchSummary:
-    num_lines: int = 0
-    num_failed: int = 0
-    num_prompt_tokens: int = 0
-    num_output_tokens: int = 0
+class BatchSummary(BatchCounts):
+    """The JSONL queue's counts plus the run's wall time."""
+
     elapsed_s: float = 0.0
 
     @classmethod
     def of(cls, counts: BatchCounts, elapsed_s: float) -> "BatchSummary":
-        return cls(
-            counts.num_lines,
-            counts.num_failed,
-            counts.num_prompt_tokens,
-            counts.num_output_tokens,
-            elapsed_s,
-        )
+        return cls(**asdict(counts), elapsed_s=elapsed_s)
 
     def describe(self) -> str:
         t = max(self.elapsed_s, 1e-9)
