@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 SCRIPTS_DIR = Path(__file__).resolve().parent.parent / "scripts"
 REDIS_PORT = int(os.environ.get("LLMW_TEST_REDIS_PORT", "16379"))
@@ -65,9 +66,31 @@ def kafka_bootstrap() -> str:
 
 
 @pytest.fixture
-def unique_name() -> str:
-    """A fresh key prefix / topic stem so tests sharing one broker never see each other's data."""
-    return f"t{uuid.uuid4().hex[:12]}"
+def unique_name(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh key prefix / topic stem so tests sharing one broker never see each other's data.
+    Keys under it on the shared test Redis are deleted afterwards so the server stays small."""
+    name = f"t{uuid.uuid4().hex[:12]}"
+    url = request.getfixturevalue("redis_url") if "redis_url" in request.fixturenames else None
+    yield name
+    if url is not None:
+        _delete_keys(url, name)
+
+
+def _delete_keys(url: str, prefix: str) -> None:
+    client = redis.Redis.from_url(url, socket_timeout=10)
+    try:
+        batch = []
+        for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            batch.append(key)
+            if len(batch) == 1000:
+                client.unlink(*batch)
+                batch.clear()
+        if batch:
+            client.unlink(*batch)
+    except redis.RedisError:
+        pass  # a test that stopped the server leaves nothing to clean
+    finally:
+        client.close()
 
 
 @pytest.fixture

@@ -22,6 +22,9 @@ class RedisSettings(BaseModel):
     ssl_cert_reqs: Literal["required", "optional", "none"] = "required"
     prefix: str = "llmw"  # every key lives under it; see worker/queues/keys.py
     socket_connect_timeout_s: float = 5.0
+    # A reply that has not come after this long is treated as a dead connection: it is dropped and
+    # the command retried on a fresh one (a half-open TCP connection would otherwise hang forever).
+    socket_timeout_s: float = Field(default=5.0, gt=0.5)
     max_reconnect_backoff_s: float = 5.0
 
 

@@ -7,6 +7,7 @@ import redis.asyncio as aioredis
 
 from schemas import Job, JobStatus, Result
 from tests.brokers import redis_env, run_script
+from tests.queues.reply_dropper import ReplyDropper
 from worker.client import RedisProducer
 from worker.queues.errors import BrokerAuthError
 from worker.queues.keys import RedisKeys
@@ -103,6 +104,31 @@ async def test_lease_renewal_keeps_a_long_job(settings: RedisSettings) -> None:
     await asyncio.sleep(0.5)
     assert [d.key for d in await thief.receive(1, 0.1)] == ["job-0"]
     await thief.close()
+
+
+@pytest.mark.parametrize(("command", "deliveries"), [(b"XPENDING", 1), (b"XREADGROUP", 2)])
+async def test_a_lost_reply_is_retried_and_its_jobs_come_back(
+    settings: RedisSettings, command: bytes, deliveries: int
+) -> None:
+    """A command reached the server but its reply was lost, as on a half-open connection. The
+    client must give up on that connection after socket_timeout_s instead of waiting forever.
+    A lost XREADGROUP left the jobs pending on this consumer: they come back through the idle
+    claim, counted as a second delivery."""
+    await _enqueue(settings, _jobs(3))
+    async with ReplyDropper(settings.url) as dropper:
+        flaky = settings.model_copy(update={"url": dropper.url, "socket_timeout_s": 1.0})
+        source = _source(flaky, "w1", claim_idle_ms=400)
+        await source.start()  # PING and XGROUP CREATE go through untouched
+        dropper.drop_next_reply_to(command)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15
+        got: list = []
+        while len(got) < 3 and loop.time() < deadline:
+            got += await source.receive(3, 0.1)
+        await source.close()
+    assert dropper.dropped == 1
+    assert sorted(d.key for d in got) == ["job-0", "job-1", "job-2"]
+    assert [d.delivery_count for d in got] == [deliveries] * 3
 
 
 async def test_dead_letter_records_reason_and_acks(settings: RedisSettings) -> None:

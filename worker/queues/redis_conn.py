@@ -27,6 +27,7 @@ def redis_address(settings: RedisSettings) -> str:
 def make_client(settings: RedisSettings) -> aioredis.Redis:
     kwargs: dict[str, Any] = {
         "socket_connect_timeout": settings.socket_connect_timeout_s,
+        "socket_timeout": settings.socket_timeout_s,
         "retry": Retry(ExponentialBackoff(cap=settings.max_reconnect_backoff_s, base=0.05), 6),
         "retry_on_error": list(TRANSIENT_ERRORS),
         "health_check_interval": 15,

@@ -133,10 +133,16 @@ class RedisStreamSource:
     async def _read_new(self, max_jobs: int, timeout_s: float) -> list[Delivery]:
         reply: Any = await self._redis.xreadgroup(
             self._keys.group, self._config.consumer, {self._keys.jobs_stream: ">"},
-            count=max_jobs, block=max(1, int(timeout_s * 1000)),
+            count=max_jobs, block=self._block_ms(timeout_s),
         )
         entries = reply[0][1] if reply else []
         return await self._to_deliveries(entries, {})
+
+    def _block_ms(self, timeout_s: float) -> int:
+        # The server-side block must end well before the client's socket timeout, or an idle
+        # stream would look like a dead connection.
+        ceiling_s = self._settings.socket_timeout_s / 2
+        return max(1, int(min(timeout_s, ceiling_s) * 1000))
 
     async def _delivery_counts(self, entry_ids: list[str]) -> dict[str, int]:
         async with self._redis.pipeline(transaction=False) as pipe:
