@@ -92,16 +92,16 @@ async def test_idle_entries_of_a_dead_consumer_are_claimed(settings: RedisSettin
 
 async def test_lease_renewal_keeps_a_long_job(settings: RedisSettings) -> None:
     await _enqueue(settings, _jobs(1))
-    holder = _source(settings, "holder", claim_idle_ms=300)
+    holder = _source(settings, "holder", claim_idle_ms=900)  # renewed every 300 ms
     await holder.start()
     assert len(await holder.receive(1, 0.1)) == 1
-    thief = _source(settings, "thief", claim_idle_ms=300)
+    thief = _source(settings, "thief", claim_idle_ms=900)
     await thief.start()
-    for _ in range(6):  # 1.2 s, four times the idle threshold
-        await asyncio.sleep(0.2)
+    for _ in range(9):  # 2.7 s, three times the idle threshold
+        await asyncio.sleep(0.3)
         assert await thief.receive(1, 0.05) == []
     await holder.close()
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(1.2)
     assert [d.key for d in await thief.receive(1, 0.1)] == ["job-0"]
     await thief.close()
 
