@@ -25,6 +25,8 @@ class SamplingParams(BaseModel):
     ignore_eos: bool = False
     logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     include_stop_str_in_output: bool = False
+    # false: this job never runs with speculative decoding (where the worker has it on)
+    speculative: bool = True
 
     @model_validator(mode="after")
     def _check_consistency(self) -> "SamplingParams":

@@ -50,6 +50,28 @@ class EngineSettings(BaseSettings):
     enforce_eager: bool = Field(
         False, description="run decode steps eagerly instead of replaying CUDA graphs"
     )
+    speculative_method: Literal["ngram", "draft"] | None = Field(
+        None, description="speculative decoding: ngram (prompt lookup) or draft (a draft model)"
+    )
+    num_speculative_tokens: int = Field(
+        4, ge=1, le=16, description="draft tokens verified per sequence and step"
+    )
+    speculative_model: str | None = Field(
+        None,
+        description="draft model (HF folder or named shape; same vocabulary as the target); "
+        "or use --speculative-draft-layers",
+    )
+    speculative_draft_layers: int | None = Field(
+        None, ge=1, description="draft = the target's first N layers, its embeddings and head"
+    )
+    prompt_lookup_max: int = Field(5, ge=1, description="longest n-gram the ngram method matches")
+    prompt_lookup_min: int = Field(2, ge=1, description="shortest n-gram the ngram method matches")
+    speculative_adaptive: bool = Field(
+        True, description="measure throughput with and without speculation, keep the faster"
+    )
+    speculative_disable_by_batch_size: int | None = Field(
+        None, ge=1, description="never speculate with this many sequences decoding or more"
+    )
     seed: int = Field(0, description="seed for unseeded sampling and dummy weights")
     cache_dir: Path = Field(
         Path.home() / ".cache" / "llm-worker", description="converted models live here"

@@ -133,6 +133,15 @@ class BlockManager:
                 self.cached[block_hash] = block
         seq.num_hashed_blocks = num_full
 
+    def trim(self, seq: Sequence, num_tokens: int) -> None:
+        """Give back tail blocks past `num_tokens` (those that held rejected drafts' KV)."""
+        keep = cdiv(num_tokens, self.block_size)
+        while len(seq.block_table) > keep:
+            block = self.blocks[seq.block_table.pop()]
+            block.ref_count -= 1
+            assert block.ref_count == 0 and block.block_hash is None, block
+            self.free_list.prepend(block)
+
     def free(self, seq: Sequence) -> None:
         # Reverse order: a sequence's tail blocks are the least likely to be shared, so they are
         # evicted before its head blocks.

@@ -7,11 +7,15 @@ import torch
 
 from worker.config import EngineSettings, SchedulerConfig
 from worker.engine.block_manager import BlockManager, cdiv
+from worker.engine.draft import DraftProposer, truncated_copy
 from worker.engine.llm_engine import LLMEngine
 from worker.engine.model_runner import ModelRunner, kv_block_bytes
+from worker.engine.ngram import NgramProposer
 from worker.engine.scheduler import Scheduler
-from worker.models.attention import get_backend
+from worker.engine.speculative import SpecConfig, Speculator
+from worker.models.attention import AttentionBackend, get_backend
 from worker.models.config import ModelConfig
+from worker.models.llama import CausalLM
 from worker.models.loader import load_model, resolve
 
 log = logging.getLogger(__name__)
@@ -38,8 +42,11 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
-def _num_blocks(settings: EngineSettings, runner: ModelRunner, max_model_len: int) -> int:
+def _num_blocks(
+    settings: EngineSettings, runner: ModelRunner, max_model_len: int, draft_block_bytes: int
+) -> int:
     block_bytes = kv_block_bytes(runner.model, settings.block_size, runner.dtype)
+    block_bytes += draft_block_bytes  # a draft model's cache shares the target's block ids
     if settings.num_gpu_blocks_override is not None:
         return settings.num_gpu_blocks_override
     if settings.kv_cache_memory_gb is not None or runner.device.type != "cuda":
@@ -63,16 +70,26 @@ def _too_small(settings: EngineSettings, max_model_len: int, num_tokens: int) ->
     )
 
 
-def _size_kv_cache(settings: EngineSettings, runner: ModelRunner, max_model_len: int) -> int:
+def _size_kv_cache(
+    settings: EngineSettings,
+    runner: ModelRunner,
+    max_model_len: int,
+    draft: DraftProposer | None = None,
+) -> int:
     """Profile, allocate the cache, capture decode graphs; a CUDA OOM names the knobs instead."""
     try:
-        num_blocks = _num_blocks(settings, runner, max_model_len)
+        draft_bytes = draft.block_bytes() if draft is not None else 0
+        num_blocks = _num_blocks(settings, runner, max_model_len, draft_bytes)
         runner.allocate_kv_cache(num_blocks)
+        if draft is not None:
+            draft.allocate_kv_cache(num_blocks)
         capturable = runner.model.backend.graph_capturable
         if runner.device.type == "cuda" and not settings.enforce_eager and capturable:
             runner.capture_decode_graphs(settings.max_num_seqs, max_model_len)
     except torch.cuda.OutOfMemoryError as exc:
         runner.allocate_kv_cache(1)  # give the memory back before raising
+        if draft is not None:
+            draft.allocate_kv_cache(1)
         raise EngineConfigError(
             f"out of GPU memory at start-up ({exc.args[0].splitlines()[0]}): the weights, "
             f"activations of --max-num-batched-tokens {settings.max_num_batched_tokens} and a "
@@ -107,7 +124,9 @@ def build_engine(settings: EngineSettings) -> LLMEngine:
         max_position=max_model_len,
     )
     runner = ModelRunner(model, settings.block_size, settings.seed)
-    num_blocks = _size_kv_cache(settings, runner, max_model_len)
+    speculator = _build_speculator(settings, model, backend, max_model_len)
+    draft = speculator.draft if speculator is not None else None
+    num_blocks = _size_kv_cache(settings, runner, max_model_len, draft)
     log.info(
         "KV cache: %d blocks of %d tokens (%d tokens), %s backend",
         num_blocks,
@@ -125,7 +144,73 @@ def build_engine(settings: EngineSettings) -> LLMEngine:
         ),
         BlockManager(num_blocks, settings.block_size, settings.enable_prefix_caching, model_id),
     )
-    return LLMEngine(runner, scheduler, _load_tokenizer(source), model_cfg.eos_token_ids, model_id)
+    return LLMEngine(
+        runner, scheduler, _load_tokenizer(source), model_cfg.eos_token_ids, model_id, speculator
+    )
+
+
+def _build_speculator(
+    settings: EngineSettings, target: CausalLM, backend: AttentionBackend, max_model_len: int
+) -> Speculator | None:
+    method = settings.speculative_method
+    if method is None:
+        if settings.speculative_model or settings.speculative_draft_layers:
+            raise EngineConfigError("a draft model was given without --speculative-method draft")
+        return None
+    config = SpecConfig(
+        method=method,
+        num_speculative_tokens=settings.num_speculative_tokens,
+        adaptive=settings.speculative_adaptive,
+        disable_by_batch_size=settings.speculative_disable_by_batch_size,
+    )
+    if method == "ngram":
+        if settings.prompt_lookup_min > settings.prompt_lookup_max:
+            raise EngineConfigError(
+                f"--prompt-lookup-min ({settings.prompt_lookup_min}) exceeds "
+                f"--prompt-lookup-max ({settings.prompt_lookup_max})"
+            )
+        ngram = NgramProposer(settings.prompt_lookup_min, settings.prompt_lookup_max)
+        log.info("speculative decoding: ngram, k=%d", config.num_speculative_tokens)
+        return Speculator(config, ngram=ngram)
+    draft_model = _load_draft(settings, target, backend, max_model_len)
+    log.info(
+        "speculative decoding: draft model of %d layers, k=%d",
+        draft_model.config.num_layers,
+        config.num_speculative_tokens,
+    )
+    return Speculator(config, draft=DraftProposer(draft_model, settings.block_size))
+
+
+def _load_draft(
+    settings: EngineSettings, target: CausalLM, backend: AttentionBackend, max_model_len: int
+) -> CausalLM:
+    if (settings.speculative_model is None) == (settings.speculative_draft_layers is None):
+        raise EngineConfigError(
+            "--speculative-method draft needs exactly one of --speculative-model and "
+            "--speculative-draft-layers"
+        )
+    if settings.speculative_draft_layers is not None:
+        try:
+            return truncated_copy(target, settings.speculative_draft_layers)
+        except ValueError as exc:
+            raise EngineConfigError(f"--speculative-draft-layers: {exc}") from exc
+    param = next(target.parameters())
+    source = resolve(settings.speculative_model or "", settings.cache_dir)
+    draft = load_model(
+        source,
+        backend,
+        param.dtype,
+        param.device,
+        dummy=settings.load_format == "dummy",
+        seed=settings.seed + 1,
+        max_position=max_model_len,
+    )
+    if draft.config.vocab_size != target.config.vocab_size:
+        raise EngineConfigError(
+            f"the draft's vocabulary ({draft.config.vocab_size}) differs from the target's "
+            f"({target.config.vocab_size}): it must share the tokenizer"
+        )
+    return draft
 
 
 def _load_tokenizer(source: Any) -> Any:

@@ -13,9 +13,11 @@ from schemas import SamplingParams
 from worker.engine.block_manager import PrefixCacheStats
 from worker.engine.detokenizer import IncrementalDetokenizer
 from worker.engine.model_runner import ModelRunner
-from worker.engine.sampler import SampledToken, SamplingRow
-from worker.engine.scheduler import RequestRejected, Scheduler
+from worker.engine.rejection import verify
+from worker.engine.sampler import SampledToken, SamplingRow, sample
+from worker.engine.scheduler import RequestRejected, ScheduledSequence, Scheduler
 from worker.engine.sequence import Sequence, SequenceMetrics
+from worker.engine.speculative import SpecStats, Speculator
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ class EngineStats:
     num_preemptions: int
     num_computed_tokens: int  # every token the model has run, prefill and decode
     num_steps: int
+    spec: SpecStats | None = None  # None: speculative decoding is off
 
 
 @dataclass
@@ -62,8 +65,10 @@ class LLMEngine:
         tokenizer: Any,
         eos_token_ids: Seq[int],
         model_id: str,
+        speculator: Speculator | None = None,
     ) -> None:
         self.runner = runner
+        self.speculator = speculator
         self.scheduler = scheduler
         self.block_manager = scheduler.block_manager
         self.tokenizer = tokenizer
@@ -141,6 +146,8 @@ class LLMEngine:
         if request is None:
             return
         self.scheduler.finish(request.seq, "abort")
+        if self.speculator is not None:
+            self.speculator.forget(request.seq)
         request.seq.metrics.finished_time = time.monotonic()
         self._aborted.append(self._output(request))
 
@@ -153,31 +160,83 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         """Run one batch; return the requests that finished in it (and any aborted since)."""
         finished, self._aborted = self._aborted, []
+        started = time.monotonic()
+        if self.speculator is not None:
+            self.speculator.plan(self.scheduler.running, self.max_model_len)
         plan = self.scheduler.schedule()
         if plan.is_empty:
             return finished
-        now = time.monotonic()
-        rows: list[SamplingRow] = []
-        for item in plan.scheduled:
-            seq = item.seq
-            if seq.metrics.first_scheduled_time is None:
-                seq.metrics.first_scheduled_time = now
-            if item.samples:
-                rows.append(self._sampling_row(seq))
-        sampled = self.runner.execute(plan.scheduled, rows)
+        scheduled = plan.scheduled
+        for item in scheduled:
+            if item.seq.metrics.first_scheduled_time is None:
+                item.seq.metrics.first_scheduled_time = started
+        pure_decode = all(
+            item.num_new_tokens - item.num_spec == 1 and item.samples for item in scheduled
+        )
+        if any(item.num_spec for item in scheduled):
+            scheduled, emitted = self._execute_speculative(scheduled)
+        else:
+            rows = [self._sampling_row(item.seq) for item in scheduled if item.samples]
+            sampled = iter(self.runner.execute(scheduled, rows))
+            emitted = [[next(sampled)] if item.samples else [] for item in scheduled]
         self.num_steps += 1
         self.num_computed_tokens += plan.num_batched_tokens
         now = time.monotonic()
-        sampled_iter = iter(sampled)
-        for item in plan.scheduled:
+        num_emitted = 0
+        for item, tokens in zip(scheduled, emitted, strict=True):
             seq = item.seq
-            seq.num_computed_tokens += item.num_new_tokens
+            num_kept = len(tokens) - 1 if item.num_spec else 0
+            seq.num_computed_tokens += item.num_new_tokens - item.num_spec + num_kept
+            if item.num_spec and self.speculator is not None:
+                self.speculator.record(item.num_spec, num_kept)
+                seq.num_draft_computed = min(seq.num_draft_computed, seq.num_computed_tokens)
+            request = self.requests[seq.request_id]
+            done = False
+            for token in tokens:
+                num_emitted += 1
+                if self._append_token(request, token, now):
+                    done = True
+                    break
+            if item.num_spec:
+                # A stop inside the kept drafts leaves computed positions past the last token.
+                seq.num_computed_tokens = min(seq.num_computed_tokens, seq.num_tokens)
+                if not done:
+                    self.block_manager.trim(seq, seq.num_tokens)  # the rejected drafts' slots
             self.block_manager.cache_computed_blocks(seq)
-            if item.samples:
-                request = self.requests[seq.request_id]
-                if self._append_token(request, next(sampled_iter), now):
-                    finished.append(self._finish(request, now))
+            if done:
+                finished.append(self._finish(request, now))
+        if self.speculator is not None and pure_decode:
+            self.speculator.end_step(len(scheduled), num_emitted, now - started)
         return finished
+
+    def _execute_speculative(
+        self, scheduled: list[ScheduledSequence]
+    ) -> tuple[list[ScheduledSequence], list[list[SampledToken]]]:
+        """Draft (if a draft model), one target pass over every position, verify and sample."""
+        assert self.speculator is not None
+        generator = self.runner.generator
+        scheduled, verify_items = self.speculator.fill(scheduled, self._sampling_row, generator)
+        logits = self.runner.logits(scheduled)
+        plain_rows: list[int] = []
+        plain_params: list[SamplingRow] = []
+        spec_rows: list[int] = []
+        first = 0
+        for i, item in enumerate(scheduled):
+            n = item.num_logits_rows
+            if i in verify_items:
+                spec_rows.extend(range(first, first + n))
+            elif n:
+                plain_rows.append(first)
+                plain_params.append(self._sampling_row(item.seq))
+            first += n
+        plain = iter(sample(logits[plain_rows], plain_params, generator) if plain_rows else [])
+        items = list(verify_items.values())
+        verified = iter(verify(logits[spec_rows], items, generator))
+        emitted = [
+            next(verified) if i in verify_items else ([next(plain)] if item.samples else [])
+            for i, item in enumerate(scheduled)
+        ]
+        return scheduled, emitted
 
     def _sampling_row(self, seq: Sequence) -> SamplingRow:
         p = seq.params
@@ -217,6 +276,8 @@ class LLMEngine:
     def _finish(self, request: _Request, now: float) -> RequestOutput:
         seq = request.seq
         self.scheduler.finish(seq, seq.finish_reason or "stop")
+        if self.speculator is not None:
+            self.speculator.forget(seq)
         seq.metrics.finished_time = now
         del self.requests[seq.request_id]
         return self._output(request)
@@ -243,6 +304,7 @@ class LLMEngine:
             num_preemptions=self.scheduler.num_preemptions,
             num_computed_tokens=self.num_computed_tokens,
             num_steps=self.num_steps,
+            spec=self.speculator.stats if self.speculator is not None else None,
         )
 
     def generate(

@@ -88,6 +88,14 @@ class ModelRunner:
         return sample(self.model.compute_logits(hidden), rows, self.generator)
 
     @torch.inference_mode()
+    def logits(self, scheduled: list[ScheduledSequence]) -> torch.Tensor:
+        """Eager step returning the logits of every item's trailing `num_logits_rows` positions
+        (all k + 1 of a sequence verifying k drafts), in item order."""
+        inputs = self.prepare(scheduled)
+        hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta)
+        return self.model.compute_logits(hidden[inputs.sample_idx])
+
+    @torch.inference_mode()
     def profile_peak_bytes(self, num_tokens: int) -> int:
         """Peak CUDA memory of a prefill of `num_tokens`; the KV cache gets what is left."""
         assert self.device.type == "cuda"

@@ -93,26 +93,65 @@ def sample(
     chosen = logits.argmax(dim=-1)
     if not all(r.params.is_greedy for r in rows):  # decided on the host: no device sync
         greedy = torch.tensor([r.params.is_greedy for r in rows], device=logits.device)
-        temperature = torch.tensor(
-            [r.params.temperature if not r.params.is_greedy else 1.0 for r in rows],
-            device=logits.device,
-            dtype=logits.dtype,
-        )
-        probs = torch.softmax(logits / temperature[:, None], dim=-1)
-        if any(r.params.top_k > 0 or r.params.top_p < 1.0 or r.params.min_p > 0 for r in rows):
-            probs = _top_k_top_p_min_p(probs, rows)
-        # Exponential race: argmax(p / E) with E ~ Exp(1) draws from p, one generator per row.
-        noise = torch.empty_like(probs).exponential_(generator=generator)
-        for i, row in enumerate(rows):
-            if row.generator is not None:
-                noise[i].exponential_(generator=row.generator)
-        drawn = (probs / noise).argmax(dim=-1)
+        drawn = draw(_tempered_probs(logits, rows), rows, generator)
         chosen = torch.where(greedy, chosen, drawn)
     token_ids = chosen.tolist()
-    return _with_logprobs(raw_logits, rows, token_ids)
+    return with_logprobs(raw_logits, rows, token_ids)
 
 
-def _with_logprobs(
+def _tempered_probs(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+    """Softmax at each row's temperature (1 for greedy rows), then its top-k/top-p/min-p."""
+    temperature = torch.tensor(
+        [r.params.temperature if not r.params.is_greedy else 1.0 for r in rows],
+        device=logits.device,
+        dtype=logits.dtype,
+    )
+    probs = torch.softmax(logits / temperature[:, None], dim=-1)
+    if any(r.params.top_k > 0 or r.params.top_p < 1.0 or r.params.min_p > 0 for r in rows):
+        probs = _top_k_top_p_min_p(probs, rows)
+    return probs
+
+
+def filtered_probs(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+    """The distribution each row's token is drawn from: one-hot at the argmax for greedy rows.
+
+    Speculative decoding applies it to both the draft's and the target's logits, so that
+    rejection sampling keeps exactly what sample() would have drawn from.
+    """
+    probs = _tempered_probs(logits, rows)
+    greedy = [i for i, r in enumerate(rows) if r.params.is_greedy]
+    if greedy:
+        rows_idx = torch.tensor(greedy, device=logits.device)
+        one_hot = torch.zeros_like(probs[rows_idx])
+        one_hot.scatter_(1, logits[rows_idx].argmax(dim=-1, keepdim=True), 1.0)
+        probs[rows_idx] = one_hot
+    return probs
+
+
+def draw(
+    probs: torch.Tensor, rows: list[SamplingRow], generator: torch.Generator | None
+) -> torch.Tensor:
+    """One token per row from `probs` [n, V]; seeded rows use their own generator."""
+    # Exponential race: argmax(p / E) with E ~ Exp(1) draws from p, one generator per row.
+    noise = torch.empty_like(probs).exponential_(generator=generator)
+    for i, row in enumerate(rows):
+        if row.generator is not None:
+            noise[i].exponential_(generator=row.generator)
+    return (probs / noise).argmax(dim=-1)
+
+
+def uniform(
+    n: int, rows: list[SamplingRow], generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
+    """One U[0, 1) per row; seeded rows use their own generator."""
+    values = torch.rand(n, generator=generator, device=device)
+    for i, row in enumerate(rows):
+        if row.generator is not None:
+            values[i] = torch.rand(1, generator=row.generator, device=device)[0]
+    return values
+
+
+def with_logprobs(
     raw_logits: torch.Tensor, rows: list[SamplingRow], token_ids: list[int]
 ) -> list[SampledToken]:
     out = [SampledToken(token_id=t) for t in token_ids]

@@ -26,13 +26,31 @@ class RequestRejected(Exception):
 class ScheduledSequence:
     seq: Sequence
     num_new_tokens: int
-    # The step computes positions [start, start + num_new_tokens) of seq.token_ids.
+    # The step computes positions [start, start + num_new_tokens): seq.token_ids from `start`,
+    # then the draft tokens being verified (counted in num_new_tokens).
     start: int
+    spec_token_ids: tuple[int, ...] = ()
+    logits_rows: int | None = None  # None: derived (see num_logits_rows)
+
+    @property
+    def num_spec(self) -> int:
+        return len(self.spec_token_ids)
 
     @property
     def samples(self) -> bool:
         """True when this step reaches the end of the sequence, so its last logits are sampled."""
-        return self.start + self.num_new_tokens == self.seq.num_tokens
+        return self.start + self.num_new_tokens - self.num_spec == self.seq.num_tokens
+
+    @property
+    def num_logits_rows(self) -> int:
+        """Trailing positions whose logits the step needs: one per draft plus one, if sampling."""
+        if self.logits_rows is not None:
+            return self.logits_rows
+        return 1 + self.num_spec if self.samples else 0
+
+    def input_token_ids(self) -> list[int]:
+        end = self.start + self.num_new_tokens - self.num_spec
+        return [*self.seq.token_ids[self.start : end], *self.spec_token_ids]
 
 
 @dataclass
@@ -114,10 +132,25 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            pending = seq.num_tokens - seq.num_computed_tokens
+            num_new = min(pending, budget)
             if num_new <= 0:
                 i += 1
                 continue
+            # Drafts ride along with a decode if budget and free blocks allow; they are optional,
+            # so a sequence drops its drafts before anyone is preempted for them.
+            spec: tuple[int, ...] = ()
+            if pending == 1 and seq.spec_token_ids:
+                spec = tuple(seq.spec_token_ids[: budget - 1])
+                if spec and self.block_manager.allocate(
+                    seq, seq.num_computed_tokens + 1 + len(spec)
+                ):
+                    out.scheduled.append(
+                        ScheduledSequence(seq, 1 + len(spec), seq.num_computed_tokens, spec)
+                    )
+                    budget -= 1 + len(spec)
+                    i += 1
+                    continue
             while not self.block_manager.allocate(seq, seq.num_computed_tokens + num_new):
                 victim = self.running.pop()  # the newest gives its blocks back
                 self._preempt(victim)
@@ -149,6 +182,7 @@ class Scheduler:
             if seq.num_preemptions == 0:
                 seq.num_cached_tokens = num_computed
             seq.num_computed_tokens = num_computed
+            seq.num_draft_computed = 0  # cached blocks may hold no draft KV: the draft redoes them
             num_new = min(num_new, budget)
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
@@ -159,6 +193,7 @@ class Scheduler:
         """Recompute-style: drop the KV, keep the tokens, go back to the front of the queue."""
         self.block_manager.free(seq)
         seq.num_computed_tokens = 0
+        seq.spec_token_ids = []
         seq.num_preemptions += 1
         self.num_preemptions += 1
         self._push_waiting(seq)

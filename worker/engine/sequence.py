@@ -44,6 +44,10 @@ class Sequence:
     num_hashed_blocks: int = 0  # leading blocks of block_table registered in the prefix cache
     finish_reason: str | None = None
     stop_text_len: int | None = None  # output text is cut here when a stop string matched
+    # Speculative decoding: drafts the scheduler may verify this step after the pending token,
+    # and how many leading positions hold the draft model's KV (it catches up lazily).
+    spec_token_ids: list[int] = field(default_factory=list)
+    num_draft_computed: int = 0
 
     @property
     def num_tokens(self) -> int:

@@ -61,10 +61,11 @@ def build_host_inputs(
     cu_q = np.zeros(num_seqs + 1, np.int64)
     np.cumsum(num_new, out=cu_q[1:])
     num_tokens = int(cu_q[-1])
-    if num_tokens == num_seqs:  # decode: one token each, no slicing
+    if num_tokens == num_seqs and not any(s.spec_token_ids for s in scheduled):
+        # decode: one token each, no slicing
         input_ids = np.fromiter((s.seq.token_ids[s.start] for s in scheduled), np.int64, num_seqs)
     else:
-        pieces = (s.seq.token_ids[s.start : s.start + s.num_new_tokens] for s in scheduled)
+        pieces = (s.input_token_ids() for s in scheduled)
         input_ids = np.fromiter(chain.from_iterable(pieces), np.int64, num_tokens)
     positions = np.arange(num_tokens, dtype=np.int64) + np.repeat(starts - cu_q[:-1], num_new)
     max_seqlen_k = int(seq_lens.max())
@@ -76,12 +77,18 @@ def build_host_inputs(
     seq_idx = np.repeat(np.arange(num_seqs), num_new)
     slots = tables[seq_idx, positions // block_size].astype(np.int64) * block_size
     slots += positions % block_size
-    samples = np.fromiter((s.samples for s in scheduled), np.bool_, num_seqs)
+    rows = np.fromiter((s.num_logits_rows for s in scheduled), np.int64, num_seqs)
+    if rows.max(initial=0) <= 1:
+        sample_idx = cu_q[1:][rows == 1] - 1
+    else:  # the trailing `rows[i]` positions of each sequence, in order
+        row_starts = np.repeat(cu_q[1:] - rows, rows)
+        offsets = np.arange(int(rows.sum())) - np.repeat(np.cumsum(rows) - rows, rows)
+        sample_idx = row_starts + offsets
     return HostInputs(
         input_ids=input_ids,
         positions=positions,
         slot_mapping=slots,
-        sample_idx=cu_q[1:][samples] - 1,
+        sample_idx=sample_idx,
         seq_lens=seq_lens.astype(np.int32),
         cu_seqlens_q=cu_q.astype(np.int32),
         block_tables=tables,

@@ -1,0 +1,116 @@
+"""The draft-model proposer: a small model with the target's tokenizer, on its own paged KV cache.
+
+The draft's cache has the target's block count and is indexed by the target's block tables, so a
+position's draft KV sits in the same slot as its target KV and needs no bookkeeping of its own
+beyond `Sequence.num_draft_computed`. The draft catches up lazily: when a sequence speculates,
+the draft first runs every position it has not seen (a whole prompt the first time, one or two
+tokens after that) together with the pending token, then k - 1 single-token steps.
+"""
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from worker.engine.sampler import SamplingRow, draw, filtered_probs
+from worker.engine.scheduler import ScheduledSequence
+from worker.engine.step_inputs import InputUploader, build_host_inputs
+from worker.models.llama import CausalLM, KVCache
+
+
+def truncated_copy(target: CausalLM, num_layers: int) -> CausalLM:
+    """The target's first `num_layers` layers with its embeddings, final norm and head; no
+    weight is copied, so the draft costs only its KV cache."""
+    total = target.config.num_layers
+    if not 1 <= num_layers < total:
+        raise ValueError(f"a truncated draft needs 1..{total - 1} layers, not {num_layers}")
+    cfg = dataclasses.replace(target.config, num_layers=num_layers)
+    with torch.device("meta"):
+        draft = CausalLM(cfg, target.backend)
+    draft.model.embed_tokens = target.model.embed_tokens
+    draft.model.layers = nn.ModuleList(list(target.model.layers)[:num_layers])
+    draft.model.norm = target.model.norm
+    draft.lm_head = target.lm_head
+    draft.cos_sin_cache = target.cos_sin_cache
+    return draft.eval()
+
+
+@dataclasses.dataclass
+class Draft:
+    token_ids: list[int]
+    probs: torch.Tensor | None  # [k, vocab] for sampled rows; None for greedy (point masses)
+
+
+class DraftProposer:
+    def __init__(self, model: CausalLM, block_size: int) -> None:
+        self.model = model
+        self.block_size = block_size
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self.uploader = InputUploader(self.device)
+        self.kv_caches: list[KVCache] = []
+
+    def block_bytes(self) -> int:
+        cfg = self.model.config
+        per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim
+        return per_token * self.block_size * torch.tensor([], dtype=self.dtype).element_size()
+
+    def allocate_kv_cache(self, num_blocks: int) -> None:
+        cfg = self.model.config
+        self.kv_caches = []
+        shape = (num_blocks, self.block_size, cfg.num_kv_heads, cfg.head_dim)
+        self.kv_caches = [
+            (
+                torch.zeros(shape, dtype=self.dtype, device=self.device),
+                torch.zeros(shape, dtype=self.dtype, device=self.device),
+            )
+            for _ in range(cfg.num_layers)
+        ]
+
+    @torch.inference_mode()
+    def propose(
+        self,
+        items: list[ScheduledSequence],
+        rows: list[SamplingRow],
+        generator: torch.Generator | None,
+    ) -> list[Draft]:
+        """Drafts for scheduled decodes; item i asks for items[i].num_spec tokens (>= 1)."""
+        drafts = [Draft([], None) for _ in items]
+        probs: list[list[torch.Tensor]] = [[] for _ in items]
+        # Step 0: catch-up chunk plus the pending token; then one token per step.
+        batch = [
+            ScheduledSequence(
+                it.seq, it.start + 1 - it.seq.num_draft_computed, it.seq.num_draft_computed,
+                logits_rows=1,
+            )
+            for it in items
+        ]
+        active = list(range(len(items)))
+        while active:
+            logits = self._logits(batch)
+            active_rows = [rows[i] for i in active]
+            q = filtered_probs(logits, active_rows)
+            tokens = draw(q, active_rows, generator).tolist()
+            still, next_batch = [], []
+            for j, i in enumerate(active):
+                drafts[i].token_ids.append(tokens[j])
+                if not rows[i].params.is_greedy:
+                    probs[i].append(q[j])
+                seq, n = items[i].seq, len(drafts[i].token_ids)
+                if n < items[i].num_spec:
+                    still.append(i)
+                    next_batch.append(ScheduledSequence(
+                        seq, 1, items[i].start + n, (tokens[j],), logits_rows=1
+                    ))
+            active, batch = still, next_batch
+        for item, draft, item_probs in zip(items, drafts, probs, strict=True):
+            # KV now holds the pending token and every draft but the last.
+            item.seq.num_draft_computed = item.start + item.num_spec
+            if item_probs:
+                draft.probs = torch.stack(item_probs)
+        return drafts
+
+    def _logits(self, batch: list[ScheduledSequence]) -> torch.Tensor:
+        inputs = self.uploader.upload(build_host_inputs(batch, self.block_size))
+        hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta)
+        return self.model.compute_logits(hidden[inputs.sample_idx])

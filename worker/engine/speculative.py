@@ -1,0 +1,198 @@
+"""Speculative decoding around the engine's step: who drafts, how much, and whether it pays.
+
+Before scheduling, each decoding sequence gets up to k drafts (n-gram) or k draft slots (draft
+model, filled once the scheduler has given it blocks). The scheduler verifies them with the pending
+token in one target pass; rejection.verify keeps the target's distribution; the engine rolls the
+rest back. A controller measures decode throughput with and without speculation per batch-size
+bucket and keeps whichever is faster, so speculation turns itself off where verifying k extra
+tokens per sequence costs more than it saves (large batches are compute-bound) and back on
+where it pays.
+"""
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from worker.engine.draft import DraftProposer
+from worker.engine.ngram import NgramProposer
+from worker.engine.rejection import VerifyItem
+from worker.engine.sampler import SamplingRow
+from worker.engine.scheduler import ScheduledSequence
+from worker.engine.sequence import Sequence
+
+
+@dataclass(frozen=True)
+class SpecConfig:
+    method: Literal["ngram", "draft"]
+    num_speculative_tokens: int
+    adaptive: bool = True
+    disable_by_batch_size: int | None = None  # never speculate with this many decodes or more
+
+
+@dataclass
+class SpecStats:
+    """Cumulative counters, as vLLM names them: a draft is one sequence's drafts in one step."""
+
+    num_drafts: int = 0
+    num_draft_tokens: int = 0
+    num_accepted_tokens: int = 0
+    accepted_by_position: list[int] = field(default_factory=list)  # [k]: drafts kept at j
+    num_steps_speculating: int = 0  # decode steps run with speculation on
+    num_steps_plain: int = 0  # decode steps the controller ran without it
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.num_accepted_tokens / self.num_draft_tokens if self.num_draft_tokens else 0.0
+
+    @property
+    def mean_tokens_per_draft(self) -> float:
+        """Tokens a verified sequence emits per step: kept drafts plus the one sampled."""
+        return 1 + self.num_accepted_tokens / self.num_drafts if self.num_drafts else 0.0
+
+
+@dataclass
+class _Bucket:
+    rate: dict[bool, float] = field(default_factory=dict)  # EWMA output tokens/s, by mode
+    count: dict[bool, int] = field(default_factory=lambda: {True: 0, False: 0})
+    decisions: int = 0
+
+
+class SpecController:
+    """Per batch-size bucket (powers of two), the EWMA of output tokens per second of pure decode
+    steps with speculation and without; picks the faster, and every `reprobe_every` decisions
+    tries the other once so a change of workload (acceptance) is noticed."""
+
+    def __init__(
+        self,
+        adaptive: bool,
+        disable_by_batch_size: int | None,
+        warmup_steps: int = 3,
+        reprobe_every: int = 50,
+        smoothing: float = 0.3,
+    ) -> None:
+        self.adaptive = adaptive
+        self.disable_by_batch_size = disable_by_batch_size
+        self.warmup_steps = warmup_steps
+        self.reprobe_every = reprobe_every
+        self.smoothing = smoothing
+        self._buckets: dict[int, _Bucket] = {}
+
+    @staticmethod
+    def bucket(num_decoding: int) -> int:
+        return 1 << max(num_decoding - 1, 0).bit_length()
+
+    def decide(self, num_decoding: int) -> bool:
+        cap = self.disable_by_batch_size
+        if cap is not None and num_decoding >= cap:
+            return False
+        if not self.adaptive:
+            return True
+        b = self._buckets.setdefault(self.bucket(num_decoding), _Bucket())
+        for mode in (True, False):
+            if b.count[mode] < self.warmup_steps:
+                return mode
+        b.decisions += 1
+        best = b.rate[True] >= b.rate[False]
+        return (not best) if b.decisions % self.reprobe_every == 0 else best
+
+    def observe(
+        self, num_decoding: int, speculated: bool, num_emitted: int, seconds: float
+    ) -> None:
+        if seconds <= 0 or not self.adaptive:
+            return
+        b = self._buckets.setdefault(self.bucket(num_decoding), _Bucket())
+        rate = num_emitted / seconds
+        old = b.rate.get(speculated)
+        b.rate[speculated] = rate if old is None else old + self.smoothing * (rate - old)
+        b.count[speculated] += 1
+
+    def rates(self, num_decoding: int) -> dict[bool, float]:
+        return dict(self._buckets.get(self.bucket(num_decoding), _Bucket()).rate)
+
+
+class Speculator:
+    def __init__(
+        self,
+        config: SpecConfig,
+        ngram: NgramProposer | None = None,
+        draft: DraftProposer | None = None,
+    ) -> None:
+        assert (ngram is None) != (draft is None), "exactly one proposer"
+        self.config = config
+        self.ngram = ngram
+        self.draft = draft
+        self.controller = SpecController(config.adaptive, config.disable_by_batch_size)
+        self.stats = SpecStats(accepted_by_position=[0] * config.num_speculative_tokens)
+        self.speculating = False  # this step's decision
+
+    def plan(self, running: list[Sequence], max_model_len: int) -> None:
+        """Give decoding sequences their drafts (n-gram) or draft slots (draft model)."""
+        decoding = [s for s in running if s.num_tokens - s.num_computed_tokens == 1]
+        self.speculating = bool(decoding) and self.controller.decide(len(decoding))
+        for seq in running:
+            seq.spec_token_ids = []
+        if not self.speculating:
+            return
+        for seq in decoding:
+            k = self._num_drafts(seq, max_model_len)
+            if k <= 0:
+                continue
+            if self.ngram is not None:
+                seq.spec_token_ids = self.ngram.propose(seq.request_id, seq.token_ids, k)
+            else:
+                seq.spec_token_ids = [0] * k  # slots; the draft model fills them once scheduled
+
+    def _num_drafts(self, seq: Sequence, max_model_len: int) -> int:
+        p = seq.params
+        if not p.speculative or p.needs_penalties or seq.num_output_tokens < p.min_tokens:
+            return 0  # penalties and min_tokens change the distribution token by token
+        room = min(p.max_tokens - seq.num_output_tokens - 1, max_model_len - seq.num_tokens)
+        return min(self.config.num_speculative_tokens, room)
+
+    def fill(
+        self,
+        scheduled: list[ScheduledSequence],
+        row_for: Callable[[Sequence], SamplingRow],
+        generator: torch.Generator | None,
+    ) -> tuple[list[ScheduledSequence], dict[int, VerifyItem]]:
+        """The step's items with real drafts, and a VerifyItem per speculating item index."""
+        spec_idx = [i for i, item in enumerate(scheduled) if item.num_spec]
+        rows = {i: row_for(scheduled[i].seq) for i in spec_idx}
+        verify_items: dict[int, VerifyItem] = {}
+        if self.draft is None:
+            for i in spec_idx:
+                verify_items[i] = VerifyItem(rows[i], list(scheduled[i].spec_token_ids))
+            return scheduled, verify_items
+        if not spec_idx:
+            return scheduled, verify_items
+        drafts = self.draft.propose(
+            [scheduled[i] for i in spec_idx], [rows[i] for i in spec_idx], generator
+        )
+        out = list(scheduled)
+        for i, draft in zip(spec_idx, drafts, strict=True):
+            out[i] = dataclasses.replace(scheduled[i], spec_token_ids=tuple(draft.token_ids))
+            verify_items[i] = VerifyItem(rows[i], draft.token_ids, draft.probs)
+        return out, verify_items
+
+    def record(self, num_drafts: int, num_kept: int) -> None:
+        s = self.stats
+        s.num_drafts += 1
+        s.num_draft_tokens += num_drafts
+        s.num_accepted_tokens += num_kept
+        for j in range(num_kept):
+            s.accepted_by_position[j] += 1
+
+    def end_step(self, num_decoding: int, num_emitted: int, seconds: float) -> None:
+        """A pure decode step is over: feed the controller."""
+        if self.speculating:
+            self.stats.num_steps_speculating += 1
+        else:
+            self.stats.num_steps_plain += 1
+        self.controller.observe(num_decoding, self.speculating, num_emitted, seconds)
+
+    def forget(self, seq: Sequence) -> None:
+        if self.ngram is not None:
+            self.ngram.forget(seq.request_id)
