@@ -118,6 +118,43 @@ class Telemetry:
         m.create_observable_counter(
             "llm_worker.num_preemptions", [gauge(lambda s: s.num_preemptions)]
         )
+        self._bind_spec_decode(stats)
+
+    def _bind_spec_decode(self, stats: Callable[[], Any]) -> None:
+        """vLLM's spec_decode_* counters from `stats().spec` (a SpecStats); an engine without
+        speculation (spec None) observes nothing, so no series appear for it."""
+
+        def observe(
+            read: Callable[[Any], list[Observation]],
+        ) -> Callable[[CallbackOptions], Iterator[Observation]]:
+            def callback(_: CallbackOptions) -> Iterator[Observation]:
+                spec = stats().spec
+                return iter(read(spec) if spec is not None else [])
+
+            return callback
+
+        def steps(s: Any) -> list[Observation]:
+            return [
+                Observation(s.num_steps_speculating, {"speculating": "true"}),
+                Observation(s.num_steps_plain, {"speculating": "false"}),
+            ]
+
+        counters: list[tuple[str, str, str, Callable[[Any], list[Observation]]]] = [
+            ("drafts", "{draft}", "sequences verified with drafts, one per sequence and step",
+             lambda s: [Observation(s.num_drafts)]),
+            ("draft_tokens", "{token}", "draft tokens proposed for verification",
+             lambda s: [Observation(s.num_draft_tokens)]),
+            ("accepted_tokens", "{token}", "draft tokens the target kept",
+             lambda s: [Observation(s.num_accepted_tokens)]),
+            ("accepted_tokens_per_position", "{token}", "draft tokens kept at each position",
+             lambda s: [Observation(n, {"position": j})
+                        for j, n in enumerate(s.accepted_by_position)]),
+            ("steps", "{step}", "pure decode steps, by whether they speculated", steps),
+        ]  # fmt: skip
+        for name, unit, description, read in counters:
+            self._meter.create_observable_counter(
+                f"llm_worker.spec_decode.{name}", [observe(read)], unit, description
+            )
 
     def bind_consumer_lag(self, lag: Callable[[], int | None]) -> None:
         def callback(_: CallbackOptions) -> Iterator[Observation]:

@@ -11,17 +11,18 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
 
-from schemas import ErrorInfo, Job, JobStatus, Result, Timings, Usage
+from schemas import ErrorInfo, Job, JobStatus, Result, SamplingParams, Timings, Usage
+from worker.config import EngineSettings
 from worker.engine.block_manager import PrefixCacheStats
-from worker.engine.llm_engine import EngineStats
+from worker.engine.llm_engine import EngineStats, LLMEngine
 from worker.http_endpoints import Endpoints
 from worker.telemetry import Telemetry, inject_traceparent
 
 
-def _metric(text: str, name: str) -> float:
+def _metric(text: str, name: str, label: str = "") -> float:
     total = 0.0
     for line in text.splitlines():
-        if line.startswith(name) and not line.startswith("#"):
+        if line.startswith(name) and not line.startswith("#") and label in line:
             total += float(line.rsplit(" ", 1)[1])
     return total
 
@@ -90,11 +91,55 @@ def test_counters_histograms_and_engine_gauges_reach_prometheus(
     stats.prefix_cache.hits = 128
     assert _metric(_get(endpoints, "/metrics")[1], "llm_worker_prefix_cache_hits") == 128
     assert 'gen_ai_token_type="output"' in text
+    assert "spec_decode" not in text  # an engine without speculation exports no such series
     assert _get(endpoints, "/readyz")[0] == 503
     state["ready"] = True
     assert _get(endpoints, "/readyz")[0] == 200
     state["live"] = False
     assert _get(endpoints, "/healthz")[0] == 503
+    telemetry.shutdown()
+
+
+def test_spec_decode_counters_equal_the_engines(
+    registry: CollectorRegistry, scrape: tuple[Endpoints, dict[str, bool]]
+) -> None:
+    reader = PrometheusMetricReader()
+    registry.register(reader._collector)
+    telemetry = Telemetry("w1", "tiny-llama", "memory", metric_readers=[reader])
+    settings = EngineSettings(
+        model="tiny-llama",
+        load_format="dummy",
+        device="cpu",
+        dtype="float32",
+        speculative_method="ngram",
+        speculative_adaptive=False,
+        # Two decoding sequences run plain, one alone speculates: both step counters move.
+        speculative_disable_by_batch_size=2,
+    )
+    engine = LLMEngine.from_settings(settings)
+    telemetry.bind_engine(engine.stats)
+    greedy = SamplingParams(temperature=0, ignore_eos=True, max_tokens=32)
+    # Repeated n-grams in the prompts (and the dummy model's repetitive output) get drafts kept.
+    engine.generate(
+        [[5, 6, 7, 8, 9] * 6, [11, 12, 13] * 8],
+        [greedy, greedy.model_copy(update={"max_tokens": 6})],
+    )
+    spec = engine.stats().spec
+    assert spec is not None
+    assert spec.num_accepted_tokens > 0 and spec.num_steps_plain > 0
+    text = _get(scrape[0], "/metrics")[1]
+    prefix = "llm_worker_spec_decode"
+    assert _metric(text, f"{prefix}_drafts_total") == spec.num_drafts
+    assert _metric(text, f"{prefix}_draft_tokens_total") == spec.num_draft_tokens
+    assert _metric(text, f"{prefix}_accepted_tokens_total") == spec.num_accepted_tokens
+    per_position = f"{prefix}_accepted_tokens_per_position_total"
+    assert [
+        _metric(text, per_position, f'position="{j}"')
+        for j in range(settings.num_speculative_tokens)
+    ] == spec.accepted_by_position
+    steps = f"{prefix}_steps_total"
+    assert _metric(text, steps, 'speculating="true"') == spec.num_steps_speculating
+    assert _metric(text, steps, 'speculating="false"') == spec.num_steps_plain
     telemetry.shutdown()
 
 
