@@ -32,6 +32,7 @@ class _Body(BaseModel):
     stop_token_ids: list[int] | None = None
     min_tokens: int | None = None
     ignore_eos: bool | None = None
+    speculative: bool | None = None  # false: no speculative decoding for this request
     n: Literal[1] = 1
     stream: Literal[False] = False
     user: str | None = None

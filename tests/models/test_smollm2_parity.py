@@ -13,6 +13,16 @@ SETTINGS = {
     "chunked": {"max_num_batched_tokens": 32, "enable_prefix_caching": False},
     "preemption": {"num_gpu_blocks_override": 16, "max_num_batched_tokens": 1024},
     "prefix": {"enable_prefix_caching": True, "max_num_seqs": 4},
+    # Speculation always on, with chunked prefill, preemption and prefix caching at once.
+    "spec-ngram": {
+        "speculative_method": "ngram", "speculative_adaptive": False, "max_num_batched_tokens": 64,
+        "num_gpu_blocks_override": 16, "enable_prefix_caching": True, "max_num_seqs": 8,
+    },
+    "spec-draft": {
+        "speculative_method": "draft", "speculative_draft_layers": 20,
+        "speculative_adaptive": False, "max_num_batched_tokens": 64,
+        "num_gpu_blocks_override": 16, "enable_prefix_caching": True, "max_num_seqs": 8,
+    },
 }
 
 
@@ -43,6 +53,10 @@ def test_greedy_matches_hf(
         assert stats.num_preemptions > 0
     if setting == "prefix":
         assert stats.prefix_cache.hits > 0
+    if setting.startswith("spec"):
+        assert stats.spec is not None and stats.spec.num_accepted_tokens > 0
+        assert stats.num_preemptions > 0 and stats.prefix_cache.hits > 0
+        assert stats.num_steps > 1 + max(len(p) for p in prompts) // 64  # chunked prompts
 
 
 @pytest.mark.slow

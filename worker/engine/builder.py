@@ -178,7 +178,8 @@ def _build_speculator(
         draft_model.config.num_layers,
         config.num_speculative_tokens,
     )
-    return Speculator(config, draft=DraftProposer(draft_model, settings.block_size))
+    proposer = DraftProposer(draft_model, settings.block_size, settings.max_num_batched_tokens)
+    return Speculator(config, draft=proposer)
 
 
 def _load_draft(

@@ -42,9 +42,11 @@ class Draft:
 
 
 class DraftProposer:
-    def __init__(self, model: CausalLM, block_size: int) -> None:
+    def __init__(self, model: CausalLM, block_size: int, max_batch_tokens: int) -> None:
         self.model = model
         self.block_size = block_size
+        # Catch-up passes stay under the target's token budget, which sized the activations.
+        self.max_batch_tokens = max_batch_tokens
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.uploader = InputUploader(self.device)
@@ -77,14 +79,9 @@ class DraftProposer:
         """Drafts for scheduled decodes; item i asks for items[i].num_spec tokens (>= 1)."""
         drafts = [Draft([], None) for _ in items]
         probs: list[list[torch.Tensor]] = [[] for _ in items]
-        # Step 0: catch-up chunk plus the pending token; then one token per step.
-        batch = [
-            ScheduledSequence(
-                it.seq, it.start + 1 - it.seq.num_draft_computed, it.seq.num_draft_computed,
-                logits_rows=1,
-            )
-            for it in items
-        ]
+        self._catch_up(items)
+        # Step 0: the pending token; then one draft token per step.
+        batch = [ScheduledSequence(it.seq, 1, it.start, logits_rows=1) for it in items]
         active = list(range(len(items)))
         while active:
             logits = self._logits(batch)
@@ -109,6 +106,24 @@ class DraftProposer:
             if item_probs:
                 draft.probs = torch.stack(item_probs)
         return drafts
+
+    def _catch_up(self, items: list[ScheduledSequence]) -> None:
+        """Run the draft over positions it has not seen before each pending token, in passes of
+        at most max_batch_tokens tokens (a first speculation after a long prompt is a prefill)."""
+        pending = [it for it in items if it.seq.num_draft_computed < it.start]
+        while pending:
+            batch, budget = [], self.max_batch_tokens
+            for it in pending:
+                if budget <= 0:
+                    break
+                n = min(it.start - it.seq.num_draft_computed, budget)
+                batch.append(ScheduledSequence(it.seq, n, it.seq.num_draft_computed, logits_rows=0))
+                budget -= n
+            inputs = self.uploader.upload(build_host_inputs(batch, self.block_size))
+            self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta)
+            for chunk in batch:
+                chunk.seq.num_draft_computed += chunk.num_new_tokens
+            pending = [it for it in pending if it.seq.num_draft_computed < it.start]
 
     def _logits(self, batch: list[ScheduledSequence]) -> torch.Tensor:
         inputs = self.uploader.upload(build_host_inputs(batch, self.block_size))

@@ -187,17 +187,19 @@ class LLMEngine:
             seq = item.seq
             num_kept = len(tokens) - 1 if item.num_spec else 0
             seq.num_computed_tokens += item.num_new_tokens - item.num_spec + num_kept
-            if item.num_spec and self.speculator is not None:
-                self.speculator.record(item.num_spec, num_kept)
-                seq.num_draft_computed = min(seq.num_draft_computed, seq.num_computed_tokens)
             request = self.requests[seq.request_id]
             done = False
+            num_appended = 0
             for token in tokens:
-                num_emitted += 1
+                num_appended += 1
                 if self._append_token(request, token, now):
                     done = True
                     break
+            num_emitted += num_appended
             if item.num_spec:
+                if self.speculator is not None:  # drafts past a stop are not counted as kept
+                    self.speculator.record(item.num_spec, min(num_kept, num_appended))
+                seq.num_draft_computed = min(seq.num_draft_computed, seq.num_computed_tokens)
                 # A stop inside the kept drafts leaves computed positions past the last token.
                 seq.num_computed_tokens = min(seq.num_computed_tokens, seq.num_tokens)
                 if not done:
@@ -304,7 +306,7 @@ class LLMEngine:
             num_preemptions=self.scheduler.num_preemptions,
             num_computed_tokens=self.num_computed_tokens,
             num_steps=self.num_steps,
-            spec=self.speculator.stats if self.speculator is not None else None,
+            spec=self.speculator.snapshot() if self.speculator is not None else None,
         )
 
     def generate(

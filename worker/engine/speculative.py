@@ -193,6 +193,11 @@ class Speculator:
             self.stats.num_steps_plain += 1
         self.controller.observe(num_decoding, self.speculating, num_emitted, seconds)
 
+    def snapshot(self) -> SpecStats:
+        return dataclasses.replace(
+            self.stats, accepted_by_position=list(self.stats.accepted_by_position)
+        )
+
     def forget(self, seq: Sequence) -> None:
         if self.ngram is not None:
             self.ngram.forget(seq.request_id)

@@ -2,8 +2,9 @@
 
 kernels/reference.py loops over sequences and is the oracle; this one gathers the KV of every
 decoding sequence (one new token each) in one indexing op and runs one masked SDPA for all of
-them, which is what a CPU decode step is made of. Multi-token queries (prefill chunks, draft
-verification) go through the oracle's per-sequence path.
+them, which is what a CPU decode step is made of; short multi-token queries (draft verification,
+small chunks) go through the same batched call with a causal mask. Long queries (prefill chunks)
+go through the oracle's per-sequence path.
 """
 
 import torch
@@ -11,32 +12,44 @@ import torch.nn.functional as F
 
 from kernels import reference
 
+SHORT_QUERY = 32  # queries up to this many tokens (decode, verification, short chunks) are batched
 
-def _decode_attention(
-    query: torch.Tensor,  # [B, num_heads, head_dim], one token per sequence
+
+def _short_query_attention(
+    query: torch.Tensor,  # [num_tokens, num_heads, head_dim]
+    starts: torch.Tensor,  # [B] int64: first row of each sequence's query
+    q_lens: torch.Tensor,  # [B] int64, 1..SHORT_QUERY
     k_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
     v_cache: torch.Tensor,
     block_tables: torch.Tensor,  # [B, max_blocks] int32
     seq_lens: torch.Tensor,  # [B] int32
     scale: float,
-) -> torch.Tensor:  # [B, num_heads, head_dim]
-    num_seqs, num_heads, head_dim = query.shape
+) -> tuple[torch.Tensor, torch.Tensor]:  # rows [n], their outputs [n, num_heads, head_dim]
+    """One masked SDPA over every sequence's gathered KV, queries padded to the longest."""
+    num_seqs, (num_heads, head_dim) = starts.shape[0], query.shape[1:]
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     num_blocks = -(-int(seq_lens.max()) // block_size)
     table = block_tables[:, :num_blocks].long()
     max_len = num_blocks * block_size
     k = k_cache[table].view(num_seqs, max_len, num_kv_heads, head_dim).transpose(1, 2)
     v = v_cache[table].view(num_seqs, max_len, num_kv_heads, head_dim).transpose(1, 2)
-    valid = torch.arange(max_len, device=query.device)[None, :] < seq_lens[:, None].long()
+    max_q = int(q_lens.max())
+    j = torch.arange(max_q, device=query.device)
+    real = j[None, :] < q_lens[:, None]  # [B, Q]
+    rows = starts[:, None] + torch.minimum(j[None, :], q_lens[:, None] - 1)  # padded: repeat last
+    # Query j of a sequence sits at position seq_len - q_len + j and sees keys up to there.
+    q_pos = seq_lens[:, None].long() - q_lens[:, None] + j[None, :]
+    k_pos = torch.arange(max_len, device=query.device)
+    mask = k_pos[None, None, :] <= q_pos[:, :, None]  # [B, Q, S]
     out = F.scaled_dot_product_attention(
-        query[:, :, None, :],
+        query[rows].transpose(1, 2),  # [B, H, Q, D]
         k.to(query.dtype),
         v.to(query.dtype),
-        attn_mask=valid[:, None, None, :],
+        attn_mask=mask[:, None, :, :],
         scale=scale,
         enable_gqa=num_heads != num_kv_heads,
-    )
-    return out[:, :, 0, :]
+    ).transpose(1, 2)  # [B, Q, H, D]
+    return rows[real], out[real]
 
 
 def paged_attention(
@@ -50,9 +63,9 @@ def paged_attention(
     max_seqlen_q: int,
     max_seqlen_k: int,
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
-    q_lens = cu_seqlens_q[1:] - cu_seqlens_q[:-1]
-    is_decode = q_lens == 1
-    if not bool(is_decode.any()):
+    q_lens = (cu_seqlens_q[1:] - cu_seqlens_q[:-1]).long()
+    is_short = (q_lens >= 1) & (q_lens <= SHORT_QUERY)
+    if not bool(is_short.any()):
         return reference.paged_attention(
             query,
             k_cache,
@@ -65,16 +78,18 @@ def paged_attention(
             max_seqlen_k,
         )
     out = torch.empty_like(query)
-    decode_idx = is_decode.nonzero().squeeze(1)
-    rows = cu_seqlens_q[decode_idx].long()
-    out[rows] = _decode_attention(
-        query[rows], k_cache, v_cache, block_tables[decode_idx], seq_lens[decode_idx], scale
-    )
-    if bool(is_decode.all()):
+    short_idx = is_short.nonzero().squeeze(1)
+    rows, values = _short_query_attention(
+        query, cu_seqlens_q[short_idx].long(), q_lens[short_idx], k_cache, v_cache,
+        block_tables[short_idx], seq_lens[short_idx], scale,
+    )  # fmt: skip
+    out[rows] = values
+    long_idx = (~is_short & (q_lens > 0)).nonzero().squeeze(1)
+    if long_idx.numel() == 0:
         return out
-    # Multi-token queries: the oracle, restricted to those sequences.
-    multi_idx = (~is_decode).nonzero().squeeze(1)
-    starts, lens = cu_seqlens_q[multi_idx].long(), q_lens[multi_idx].long()
+    # Long queries (prefill chunks): the oracle, restricted to those sequences.
+    multi_idx = long_idx
+    starts, lens = cu_seqlens_q[multi_idx].long(), q_lens[multi_idx]
     token_rows = torch.cat(
         [torch.arange(int(s), int(s + n)) for s, n in zip(starts, lens, strict=True)]
     )
