@@ -301,3 +301,51 @@ def test_sampled_tokens_follow_the_target_distribution(
         p_value = _chi_square_p(counts, exact[position])
         assert p_value > 1e-3, (position, p_value, counts, exact[position] * n)
     assert math.isclose(float(exact[1].sum()), 1.0, rel_tol=1e-9)
+
+
+# ---- the engine: per-request behaviour under speculation ----
+
+
+def _loop_prompt() -> list[int]:
+    return [11, 12, 13, 14] * 6  # prompt lookup proposes the loop at once
+
+
+def _spec_tiny(**overrides: object):
+    from tests.engine.test_engine_behaviour import tiny_engine
+
+    return tiny_engine(speculative_method="ngram", prompt_lookup_min=1,
+                       speculative_adaptive=False, **overrides)  # fmt: skip
+
+
+def test_opted_out_requests_never_speculate_and_others_do() -> None:
+    engine = _spec_tiny()
+    out_off = engine.generate([_loop_prompt()], SamplingParams(
+        temperature=0.0, max_tokens=12, ignore_eos=True, speculative=False))  # fmt: skip
+    assert engine.stats().spec.num_drafts == 0  # type: ignore[union-attr]
+    out_on = engine.generate([_loop_prompt()], SamplingParams(
+        temperature=0.0, max_tokens=12, ignore_eos=True))  # fmt: skip
+    assert engine.stats().spec.num_drafts > 0  # type: ignore[union-attr]
+    assert out_on[0].output_token_ids == out_off[0].output_token_ids
+
+
+def test_max_tokens_stop_ids_and_logprobs_hold_under_speculation() -> None:
+    plain = _spec_tiny(speculative_disable_by_batch_size=1)  # never speculates
+    spec = _spec_tiny()
+    base = SamplingParams(temperature=0.0, max_tokens=9, ignore_eos=True, logprobs=2)
+    [ref] = plain.generate([_loop_prompt()], base)
+    [got] = spec.generate([_loop_prompt()], base)
+    assert spec.stats().spec.num_accepted_tokens > 0  # type: ignore[union-attr]
+    assert got.output_token_ids == ref.output_token_ids and len(got.output_token_ids) == 9
+    assert got.logprobs is not None and ref.logprobs is not None
+    for a, b in zip(got.logprobs, ref.logprobs, strict=True):
+        assert a.token_id == b.token_id and a.top_logprobs is not None
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
+    # A stop token that a kept draft produces ends the output there, drafts after it dropped.
+    stop_at = ref.output_token_ids[4]
+    first = ref.output_token_ids.index(stop_at)
+    params = SamplingParams(temperature=0.0, max_tokens=9, stop_token_ids=[stop_at])
+    [stopped] = spec.generate([_loop_prompt()], params)
+    assert stopped.output_token_ids == ref.output_token_ids[: first + 1]
+    assert stopped.finish_reason == "stop"
+    spec.block_manager.check_invariants([])
+    assert spec.block_manager.num_free_blocks == spec.block_manager.num_blocks
