@@ -315,8 +315,10 @@ def _loop_prompt() -> list[int]:
 def _spec_tiny(**overrides: object):
     from tests.engine.test_engine_behaviour import tiny_engine
 
-    return tiny_engine(speculative_method="ngram", prompt_lookup_min=1,
-                       speculative_adaptive=False, **overrides)  # fmt: skip
+    settings: dict[str, object] = {
+        "speculative_method": "ngram", "prompt_lookup_min": 1, "speculative_adaptive": False,
+    }  # fmt: skip
+    return tiny_engine(**{**settings, **overrides})
 
 
 def test_opted_out_requests_never_speculate_and_others_do() -> None:
@@ -351,3 +353,19 @@ def test_max_tokens_stop_ids_and_logprobs_hold_under_speculation() -> None:
     assert stopped.finish_reason == "stop"
     spec.block_manager.check_invariants([])
     assert spec.block_manager.num_free_blocks == spec.block_manager.num_blocks
+
+
+def test_bad_speculative_settings_fail_start_up_clearly(
+    small_vocab_pair: tuple[Path, Path], draft_checkpoint: Path
+) -> None:
+    from worker.engine.builder import EngineConfigError
+
+    with pytest.raises(EngineConfigError, match="exactly one of --speculative-model"):
+        _spec_tiny(speculative_method="draft")
+    with pytest.raises(EngineConfigError, match=r"1\.\.1 layers"):
+        _spec_tiny(speculative_method="draft", speculative_draft_layers=2)
+    with pytest.raises(EngineConfigError, match="without --speculative-method draft"):
+        _spec_tiny(speculative_method=None, speculative_draft_layers=1)
+    with pytest.raises(EngineConfigError, match="vocabulary"):
+        engine_for(draft_checkpoint, speculative_method="draft",
+                   speculative_model=str(small_vocab_pair[1]))  # fmt: skip

@@ -71,3 +71,24 @@ def test_flags_override_env_which_overrides_defaults(monkeypatch: pytest.MonkeyP
     )
     with pytest.raises(ValidationError, match="block_size"):
         settings_from_args(EngineSettings, parser.parse_args(["--block-size", "0"]))
+
+
+def test_speculation_opt_out_reaches_the_job_from_a_batch_line_and_flags_parse() -> None:
+    from worker.openai_batch import parse_line
+
+    line = (
+        '{"custom_id": "c1", "method": "POST", "url": "/v1/completions", '
+        '"body": {"prompt": "hi", "speculative": false}}'
+    )
+    _, job = parse_line(line, 1)
+    assert job.sampling.speculative is False
+    assert Job(id="a", prompt="x").sampling.speculative is True
+    parser = argparse.ArgumentParser()
+    add_settings_arguments(parser, EngineSettings)
+    args = parser.parse_args(
+        ["--speculative-method", "draft", "--speculative-draft-layers", "8",
+         "--num-speculative-tokens", "3", "--no-speculative-adaptive"]
+    )  # fmt: skip
+    settings = settings_from_args(EngineSettings, args)
+    assert settings.speculative_method == "draft" and settings.speculative_draft_layers == 8
+    assert settings.num_speculative_tokens == 3 and settings.speculative_adaptive is False
