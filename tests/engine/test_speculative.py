@@ -150,6 +150,14 @@ def test_controller_keeps_the_faster_mode_per_batch_bucket_and_reprobes() -> Non
     assert picks[1][:4] == [True, True, False, False]  # warm-up measures both
     assert picks[1][4:].count(True) >= 32 and picks[128][4:].count(False) >= 32
     assert False in picks[1][4:] and True in picks[128][4:]  # re-probes
+    # Probes that confirm the choice come further apart: decisions 10, 30, 70, ...
+    probes = [i for i, mode in enumerate(picks[1][4:]) if not mode]
+    assert probes[:2] == [9, 29]
+    # A bucket whose workload changes switches mode, and probes often again.
+    for _ in range(60):
+        mode = ctl.decide(1)
+        ctl.observe(1, mode, 50 if mode else 100, 1.0)  # speculation stopped paying
+    assert not ctl.decide(1)
     assert ctl.bucket(100) == ctl.bucket(128) == 128 and ctl.bucket(1) == 1
     capped = SpecController(adaptive=False, disable_by_batch_size=8)
     assert capped.decide(7) and not capped.decide(8)

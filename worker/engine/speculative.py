@@ -55,15 +55,19 @@ class SpecStats:
 
 @dataclass
 class _Bucket:
+    interval: int  # decisions between two probes of the slower mode
     rate: dict[bool, float] = field(default_factory=dict)  # EWMA output tokens/s, by mode
     count: dict[bool, int] = field(default_factory=lambda: {True: 0, False: 0})
-    decisions: int = 0
+    since_probe: int = 0
+    probing: bool = False
 
 
 class SpecController:
     """Per batch-size bucket (powers of two), the EWMA of output tokens per second of pure decode
-    steps with speculation and without; picks the faster, and every `reprobe_every` decisions
-    tries the other once so a change of workload (acceptance) is noticed."""
+    steps with speculation and without; picks the faster. It probes the other mode once every
+    `reprobe_every` decisions so a change of workload (acceptance) is noticed; each probe that
+    confirms the choice doubles that interval (up to `max_reprobe_every`), so a settled bucket
+    pays for probing less and less, and one that changes its mind starts over."""
 
     def __init__(
         self,
@@ -71,14 +75,23 @@ class SpecController:
         disable_by_batch_size: int | None,
         warmup_steps: int = 3,
         reprobe_every: int = 50,
+        max_reprobe_every: int = 1600,
         smoothing: float = 0.3,
     ) -> None:
         self.adaptive = adaptive
         self.disable_by_batch_size = disable_by_batch_size
         self.warmup_steps = warmup_steps
         self.reprobe_every = reprobe_every
+        self.max_reprobe_every = max_reprobe_every
         self.smoothing = smoothing
         self._buckets: dict[int, _Bucket] = {}
+
+    def _bucket_of(self, num_decoding: int) -> _Bucket:
+        key = self.bucket(num_decoding)
+        b = self._buckets.get(key)
+        if b is None:
+            b = self._buckets[key] = _Bucket(interval=self.reprobe_every)
+        return b
 
     @staticmethod
     def bucket(num_decoding: int) -> int:
@@ -90,27 +103,36 @@ class SpecController:
             return False
         if not self.adaptive:
             return True
-        b = self._buckets.setdefault(self.bucket(num_decoding), _Bucket())
+        b = self._bucket_of(num_decoding)
         for mode in (True, False):
             if b.count[mode] < self.warmup_steps:
                 return mode
-        b.decisions += 1
         best = b.rate[True] >= b.rate[False]
-        return (not best) if b.decisions % self.reprobe_every == 0 else best
+        b.since_probe += 1
+        if b.since_probe >= b.interval:
+            b.since_probe, b.probing = 0, True
+            return not best
+        return best
 
     def observe(
         self, num_decoding: int, speculated: bool, num_emitted: int, seconds: float
     ) -> None:
         if seconds <= 0 or not self.adaptive:
             return
-        b = self._buckets.setdefault(self.bucket(num_decoding), _Bucket())
+        b = self._bucket_of(num_decoding)
         rate = num_emitted / seconds
         old = b.rate.get(speculated)
         b.rate[speculated] = rate if old is None else old + self.smoothing * (rate - old)
         b.count[speculated] += 1
+        if b.probing:
+            b.probing = False
+            switched = (b.rate[True] >= b.rate.get(False, 0.0)) == speculated
+            b.interval = (
+                self.reprobe_every if switched else min(2 * b.interval, self.max_reprobe_every)
+            )
 
     def rates(self, num_decoding: int) -> dict[bool, float]:
-        return dict(self._buckets.get(self.bucket(num_decoding), _Bucket()).rate)
+        return dict(self._bucket_of(num_decoding).rate)
 
 
 class Speculator:
