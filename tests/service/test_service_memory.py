@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from schemas import ErrorCode, Job, JobStatus, SamplingParams
+from schemas import ErrorCode, Job, JobStatus, Result, SamplingParams
 from tests.service.jobs import GREEDY_SHORT, assert_matches_generate, numbered_jobs
-from worker.queues.memory import MemoryBroker
+from worker.queues.memory import MemoryBroker, MemoryResultSink
 from worker.service import Service
 from worker.service_settings import ServiceSettings
 
@@ -159,3 +159,43 @@ async def test_job_over_max_deliveries_is_dead_lettered(engine) -> None:
     assert broker.results[job.id].error.code == ErrorCode.INTERNAL
     [(delivery, reason)] = broker.dead_letters
     assert delivery.key == job.id and "delivered 2 times" in reason
+
+
+class _RefusesOneResult(MemoryResultSink):
+    """The in-process sink, refusing (for good, not transiently) the result of one job id, as a
+    broker refuses a record over its size limit."""
+
+    def __init__(self, broker: MemoryBroker, refused_id: str) -> None:
+        super().__init__(broker)
+        self.refused_id = refused_id
+        self.batch_sizes: list[int] = []
+
+    async def publish(self, result: Result) -> bool:
+        if result.id == self.refused_id and result.status == JobStatus.COMPLETED:
+            raise ValueError("record too large")
+        return await super().publish(result)
+
+    async def publish_many(self, results) -> None:
+        self.batch_sizes.append(len(results))
+        if any(r.id == self.refused_id for r in results):
+            raise ValueError("record too large")
+        await super().publish_many(results)
+
+
+async def test_results_settle_in_batches_and_a_refused_one_is_isolated(engine) -> None:
+    broker = MemoryBroker()
+    jobs = numbered_jobs(24)
+    _put(broker, jobs)
+    sink = _RefusesOneResult(broker, refused_id="job-5")
+    settings = ServiceSettings(queue="memory", worker_id="w1", poll_timeout_s=0.05,
+                               watch_interval_s=0.05)  # fmt: skip
+    service = Service(settings, broker.source(), sink, engine, served_model="smollm2")
+    await _run_until(service, lambda: len(broker.results) == 24)
+    assert max(sink.batch_sizes) > 1  # jobs finishing in one step were published together
+    refused = broker.results["job-5"]
+    assert refused.status == JobStatus.FAILED and refused.error is not None
+    assert refused.error.code == ErrorCode.INTERNAL
+    assert "could not be published" in refused.error.message
+    good = [j for j in jobs if j.id != "job-5"]
+    assert_matches_generate(engine, good, {j.id: broker.results[j.id] for j in good})
+    assert not broker.unacked and not broker.queued

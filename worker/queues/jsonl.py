@@ -89,6 +89,10 @@ class JsonlJobSource:
     async def ack(self, delivery: Delivery) -> None:
         self._batch.outstanding.discard(int(delivery.handle))  # type: ignore[call-overload]
 
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        for delivery in deliveries:
+            await self.ack(delivery)
+
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         line_no = int(delivery.handle)  # type: ignore[call-overload]
         refused = self._batch.refused.pop(line_no, None)
@@ -124,6 +128,10 @@ class JsonlResultSink:
         record = result_line(line, result)
         batch.write(record, failed=record["error"] is not None)
         return True
+
+    async def publish_many(self, results: Sequence[Result]) -> None:
+        for result in results:
+            await self.publish(result)
 
     async def terminal_results(self, job_ids: Sequence[str]) -> dict[str, Result]:
         return {}  # a line is never redelivered within one run

@@ -10,6 +10,7 @@ group and its commits fail (aiokafka#848).
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -146,6 +147,10 @@ class KafkaJobSource:
         tracker = self.trackers.get(handle.partition)
         if tracker is not None and tracker.generation == handle.generation:
             tracker.in_flight.discard(handle.offset)
+
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        for delivery in deliveries:  # bookkeeping only; the commit loop reaches the broker
+            await self.ack(delivery)
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         assert self._producer is not None, "start() first"

@@ -1,6 +1,7 @@
 """Results to a Kafka topic keyed by job id (idempotent producer), optionally mirrored to
 Redis so clients can poll, see statuses and cancel."""
 
+import asyncio
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -39,6 +40,23 @@ class KafkaResultSink:
         if self._mirror is not None:
             return await self._mirror.publish(result)
         return True
+
+    async def publish_many(self, results: Sequence[Result]) -> None:
+        # send() only queues a record; awaiting the futures together lets the producer put the
+        # whole batch in one request per partition.
+        futures = [
+            await self._producer.send(
+                self._settings.results_topic, r.model_dump_json().encode(), key=r.id.encode()
+            )
+            for r in results
+        ]
+        await asyncio.gather(*futures)
+        for result in results:
+            self._recent[result.id] = result
+        while len(self._recent) > _RECENT_RESULTS:
+            self._recent.popitem(last=False)
+        if self._mirror is not None:
+            await self._mirror.publish_many(results)
 
     async def terminal_results(self, job_ids: Sequence[str]) -> dict[str, Result]:
         found = {i: self._recent[i] for i in job_ids if i in self._recent}

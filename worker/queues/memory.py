@@ -68,6 +68,10 @@ class MemoryJobSource:
     async def ack(self, delivery: Delivery) -> None:
         self._broker.unacked.pop(int(delivery.handle), None)  # type: ignore[call-overload]
 
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        for delivery in deliveries:
+            await self.ack(delivery)
+
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         self._broker.dead_letters.append((delivery, reason))
         await self.ack(delivery)
@@ -94,6 +98,10 @@ class MemoryResultSink:
         self._broker.results[result.id] = result
         self._broker.statuses[result.id] = result.status
         return True
+
+    async def publish_many(self, results: Sequence[Result]) -> None:
+        for result in results:
+            await self.publish(result)
 
     async def terminal_results(self, job_ids: Sequence[str]) -> dict[str, Result]:
         return {i: self._broker.results[i] for i in job_ids if i in self._broker.results}

@@ -34,6 +34,9 @@ class JobSource(Protocol):
     async def ack(self, delivery: Delivery) -> None:
         """The job's terminal result is published: never deliver it again."""
 
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """ack() for each, in as few broker calls as the broker allows."""
+
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Move an unusable message aside with the reason, then ack it."""
 
@@ -50,6 +53,10 @@ class ResultSink(Protocol):
 
     async def publish(self, result: Result) -> bool:
         """Publish a terminal result. False: one already existed and was left as it was."""
+
+    async def publish_many(self, results: Sequence[Result]) -> None:
+        """publish() for each (first terminal result still wins), in as few broker calls as
+        the broker allows; raises if any could not be published."""
 
     async def terminal_results(self, job_ids: Sequence[str]) -> dict[str, Result]:
         """The published terminal results among `job_ids` that this sink can know of.

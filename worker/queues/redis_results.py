@@ -42,13 +42,24 @@ class RedisResultStore:
 
     async def publish(self, result: Result) -> bool:
         assert result.status.is_terminal, result.status
-        created = await self._redis.eval(
-            _PUBLISH_ONCE, 3,
+        created = await self._redis.eval(_PUBLISH_ONCE, 3, *self._publish_args(result))
+        return bool(created)
+
+    async def publish_many(self, results: Sequence[Result]) -> None:
+        if not results:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for result in results:
+                assert result.status.is_terminal, result.status
+                pipe.eval(_PUBLISH_ONCE, 3, *self._publish_args(result))
+            await pipe.execute()
+
+    def _publish_args(self, result: Result) -> tuple[str | int, ...]:
+        return (
             self._keys.result(result.id), self._keys.status(result.id), self._keys.results_stream,
             result.model_dump_json(), result.status.value, self._ttl_s, result.id,
             self._stream_maxlen,
         )
-        return bool(created)
 
     async def terminal_results(self, job_ids: Sequence[str]) -> dict[str, Result]:
         if not job_ids:

@@ -9,7 +9,7 @@ resets their idle time without counting a delivery, so a long job is not stolen.
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,8 +175,14 @@ class RedisStreamSource:
         return deliveries
 
     async def ack(self, delivery: Delivery) -> None:
-        await self._redis.xack(self._keys.jobs_stream, self._keys.group, str(delivery.handle))
-        self._in_flight.discard(str(delivery.handle))
+        await self.ack_many([delivery])
+
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
+        entry_ids = [str(d.handle) for d in deliveries]
+        await self._redis.xack(self._keys.jobs_stream, self._keys.group, *entry_ids)
+        self._in_flight.difference_update(entry_ids)
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         await self._redis.xadd(
