@@ -1,12 +1,29 @@
-"""KafkaSettings -> aiokafka keyword arguments (security passthrough) and topic creation."""
+"""KafkaSettings -> aiokafka keyword arguments (security passthrough), a start-up check that
+names what is wrong, and topic creation."""
 
 import contextlib
+import ssl
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.conn import collect_hosts, create_conn
+from aiokafka.errors import (
+    BrokerResponseError,
+    KafkaConnectionError,
+    SaslAuthenticationFailed,
+    TopicAlreadyExistsError,
+)
 from aiokafka.helpers import create_ssl_context
 
+from worker.queues.errors import (
+    BrokerAuthError,
+    BrokerTLSError,
+    BrokerUnavailable,
+    error_behind,
+    tls_failure,
+)
 from worker.service_settings import KafkaSettings
+
+_PROBE_TIMEOUT_MS = 10_000
 
 
 def client_kwargs(settings: KafkaSettings) -> dict[str, object]:
@@ -16,9 +33,7 @@ def client_kwargs(settings: KafkaSettings) -> dict[str, object]:
         "security_protocol": settings.security_protocol,
     }
     if settings.security_protocol in ("SSL", "SASL_SSL"):
-        kwargs["ssl_context"] = create_ssl_context(
-            cafile=settings.ssl_cafile, certfile=settings.ssl_certfile, keyfile=settings.ssl_keyfile
-        )
+        kwargs["ssl_context"] = _ssl_context(settings)
     if settings.security_protocol.startswith("SASL"):
         if settings.sasl_mechanism is None or settings.sasl_username is None:
             raise ValueError("SASL needs kafka.sasl_mechanism and kafka.sasl_username")
@@ -29,10 +44,76 @@ def client_kwargs(settings: KafkaSettings) -> dict[str, object]:
     return kwargs
 
 
+def _ssl_context(settings: KafkaSettings) -> ssl.SSLContext:
+    try:
+        return create_ssl_context(
+            cafile=settings.ssl_cafile, certfile=settings.ssl_certfile, keyfile=settings.ssl_keyfile
+        )
+    except (OSError, ssl.SSLError) as exc:  # a missing file comes without its name
+        raise BrokerTLSError(
+            f"cannot load the Kafka TLS files (kafka.ssl_cafile={settings.ssl_cafile!r}, "
+            f"ssl_certfile={settings.ssl_certfile!r}, ssl_keyfile={settings.ssl_keyfile!r}): {exc}"
+        ) from exc
+
+
+async def verify(settings: KafkaSettings) -> None:
+    """Open one connection (TLS and SASL included) to a bootstrap server so bad credentials or
+    certificates fail start-up with the reason: aiokafka's own clients log it and raise only
+    "Unable to bootstrap"."""
+    kwargs = client_kwargs(settings)
+    connect_kwargs = {name: value for name, value in kwargs.items() if name != "bootstrap_servers"}
+    failure: BaseException | None = None
+    for host, port, _ in collect_hosts(settings.bootstrap_servers):
+        address = f"{host}:{port}"
+        try:
+            conn = await create_conn(
+                host, port, request_timeout_ms=_PROBE_TIMEOUT_MS, **connect_kwargs
+            )
+        except (OSError, KafkaConnectionError) as exc:  # TimeoutError is an OSError
+            if _is_tls_failure(exc, settings):
+                # aiokafka reports a TLS alert after the handshake as "Connection closed"
+                reason = error_behind(exc, ssl.SSLError) or exc
+                raise tls_failure(
+                    f"Kafka at {address}", reason, settings.ssl_cafile, "kafka.ssl_cafile"
+                ) from exc
+            failure = exc
+            continue
+        except BrokerResponseError as exc:  # refused during the SASL handshake
+            raise _sasl_failure(exc, settings, address) from exc
+        conn.close()
+        return
+    raise BrokerUnavailable(
+        f"Kafka at {settings.bootstrap_servers} is not reachable: {failure!r}"
+    ) from failure
+
+
+def _is_tls_failure(exc: BaseException, settings: KafkaSettings) -> bool:
+    if isinstance(exc, ssl.SSLError):
+        return True
+    # With TLS 1.3 the broker judges our certificate after the handshake and just closes.
+    return settings.security_protocol in ("SSL", "SASL_SSL") and isinstance(
+        exc, (KafkaConnectionError, ConnectionResetError)
+    )
+
+
+def _sasl_failure(
+    exc: BrokerResponseError, settings: KafkaSettings, address: str
+) -> BrokerAuthError:
+    who = f"user {settings.sasl_username!r} with SASL {settings.sasl_mechanism}"
+    if isinstance(exc, SaslAuthenticationFailed):
+        return BrokerAuthError(f"Kafka at {address} rejected the credentials of {who}: {exc}")
+    return BrokerAuthError(
+        f"Kafka at {address} refused the SASL handshake of {who}: {exc!r}. Is it a "
+        f"{settings.security_protocol} listener with {settings.sasl_mechanism} enabled?"
+    )
+
+
 async def ensure_topics(settings: KafkaSettings) -> None:
     """Create the jobs, results and dead-letter topics if missing, so the jobs topic gets
     `num_partitions` (partitions bound how many workers share the work) rather than a broker
-    default from auto-creation."""
+    default from auto-creation. Checks the connection first (`verify`), so every start-up path
+    through here fails on bad credentials with the reason."""
+    await verify(settings)
     admin = AIOKafkaAdminClient(**client_kwargs(settings))
     await admin.start()
     try:

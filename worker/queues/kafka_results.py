@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from aiokafka import AIOKafkaProducer
 
 from schemas import Result
-from worker.queues.kafka_conn import client_kwargs
+from worker.queues.kafka_conn import client_kwargs, verify
 from worker.queues.redis_results import RedisResultStore
 from worker.service_settings import KafkaSettings
 
@@ -27,6 +27,7 @@ class KafkaResultSink:
     async def start(self) -> None:
         if self._mirror is not None:
             await self._mirror.start()
+        await verify(self._settings)  # the producer would only log why it cannot connect
         await self._producer.start()
 
     async def publish(self, result: Result) -> bool:
