@@ -2,20 +2,30 @@
 # Start (or reuse) a redis-server on loopback for tests, benches and local runs.
 #   scripts/start_redis.sh            start, wait for PONG, print the redis:// URL
 #   scripts/start_redis.sh stop       stop the server started on the same port
-# Env: REDIS_PORT (16379), REDIS_PASSWORD (unset: no AUTH), REDIS_DATA_DIR (/tmp/llm-worker-redis-PORT).
+# Env: REDIS_PORT (16379), REDIS_PASSWORD (unset: no AUTH), REDIS_DATA_DIR (/tmp/llm-worker-redis-PORT),
+#      REDIS_TLS_DIR (unset: plain TCP; set: TLS only on REDIS_PORT with ca.crt, server.crt and
+#      server.key from that folder, as scripts/make_tls_certs.sh writes them; the URL is rediss://),
+#      REDIS_TLS_AUTH_CLIENTS (no: mutual TLS off; yes: clients must show a certificate the CA signed).
 # AOF is on so a restarted server keeps the job stream, its consumer group and pending entries.
 set -euo pipefail
 
 port="${REDIS_PORT:-16379}"
 password="${REDIS_PASSWORD:-}"
 data_dir="${REDIS_DATA_DIR:-/tmp/llm-worker-redis-$port}"
+tls_dir="${REDIS_TLS_DIR:-}"
+tls_auth_clients="${REDIS_TLS_AUTH_CLIENTS:-no}"
 pid_file="$data_dir/redis.pid"
 
 cli() {
+  local args=(-h 127.0.0.1 -p "$port")
+  if [[ -n "$tls_dir" ]]; then
+    args+=(--tls --cacert "$tls_dir/ca.crt")
+    if [[ -f "$tls_dir/client.crt" ]]; then args+=(--cert "$tls_dir/client.crt" --key "$tls_dir/client.key"); fi
+  fi
   if [[ -n "$password" ]]; then
-    REDISCLI_AUTH="$password" redis-cli -h 127.0.0.1 -p "$port" "$@"
+    REDISCLI_AUTH="$password" redis-cli "${args[@]}" "$@"
   else
-    redis-cli -h 127.0.0.1 -p "$port" "$@"
+    redis-cli "${args[@]}" "$@"
   fi
 }
 
@@ -23,7 +33,9 @@ cli() {
 answers_pong() { [[ "$(cli ping 2>/dev/null)" == "PONG" ]]; }
 
 url() {
-  if [[ -n "$password" ]]; then echo "redis://:$password@127.0.0.1:$port/0"; else echo "redis://127.0.0.1:$port/0"; fi
+  local scheme=redis
+  if [[ -n "$tls_dir" ]]; then scheme=rediss; fi
+  if [[ -n "$password" ]]; then echo "$scheme://:$password@127.0.0.1:$port/0"; else echo "$scheme://127.0.0.1:$port/0"; fi
 }
 
 ensure_installed() {
@@ -37,9 +49,17 @@ start_server() {
   ensure_installed
   if answers_pong; then url; return; fi
   mkdir -p "$data_dir"
-  local args=(--port "$port" --bind 127.0.0.1 --daemonize yes --pidfile "$pid_file"
+  local args=(--bind 127.0.0.1 --daemonize yes --pidfile "$pid_file"
               --dir "$data_dir" --logfile "$data_dir/redis.log"
               --appendonly yes --appendfsync everysec --save "")
+  if [[ -n "$tls_dir" ]]; then
+    # TLS only: a plain port next to it would let a misconfigured client skip encryption unnoticed.
+    args+=(--port 0 --tls-port "$port" --tls-cert-file "$tls_dir/server.crt"
+           --tls-key-file "$tls_dir/server.key" --tls-ca-cert-file "$tls_dir/ca.crt"
+           --tls-auth-clients "$tls_auth_clients")
+  else
+    args+=(--port "$port")
+  fi
   if [[ -n "$password" ]]; then args+=(--requirepass "$password"); fi
   redis-server "${args[@]}"
   for _ in $(seq 1 100); do

@@ -29,7 +29,7 @@ def run_script(name: str, *args: str, env: dict[str, str] | None = None) -> str:
     return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
 
 
-def _unavailable(what: str, exc: Exception) -> None:
+def unavailable(what: str, exc: Exception) -> None:
     message = f"{what} could not be started: {exc}"
     if os.environ.get("CI"):
         pytest.fail(message)
@@ -52,7 +52,7 @@ def redis_url() -> str:
     try:
         return run_script("start_redis.sh", env=redis_env(REDIS_PORT))
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
-        _unavailable("redis-server", exc)
+        unavailable("redis-server", exc)
         raise
 
 
@@ -61,7 +61,7 @@ def kafka_bootstrap() -> str:
     try:
         return run_script("start_kafka.sh", env=kafka_env())
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
-        _unavailable("Kafka", exc)
+        unavailable("Kafka", exc)
         raise
 
 
@@ -102,7 +102,7 @@ def private_redis(unique_name: str) -> Iterator[tuple[str, dict[str, str]]]:
     try:
         url = run_script("start_redis.sh", env=env)
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
-        _unavailable("redis-server", exc)
+        unavailable("redis-server", exc)
         raise
     yield url, env
     run_script("start_redis.sh", "stop", env=env)
