@@ -2,9 +2,12 @@
 SIGTERM / SIGINT. The CLI's `serve` and `python -m worker.service` both come here."""
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 import sys
+import threading
 from typing import Any
 
 from worker.http_endpoints import Endpoints
@@ -14,18 +17,33 @@ from worker.service import Service
 from worker.service_settings import ServiceSettings
 from worker.telemetry import build_telemetry
 
+log = logging.getLogger(__name__)
+
 
 async def serve(service_settings: ServiceSettings, engine_settings: Any) -> None:
     """Run a worker until SIGTERM / SIGINT, then shut down gracefully (the CLI's `serve`).
 
     The brokers are checked before the model loads, so a wrong password or an unreachable
     broker fails in seconds with BrokerAuthError / BrokerUnavailable."""
-    from worker.engine.llm_engine import LLMEngine
-
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()  # a signal before the service runs: leave cleanly
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop_requested.set)
     source, sink = build_queue(service_settings)
     await sink.start()
     await source.start()
-    engine = await asyncio.to_thread(LLMEngine.from_settings, engine_settings)
+    log.info("brokers ready; loading the model (a SIGTERM now stops the worker at once)")
+    engine = await _load_engine(engine_settings, stop_requested)
+    if engine is None:
+        log.info("stopped during start-up, before taking any job")
+        await source.close()
+        await sink.close()
+        # The model-load thread is still inside torch; letting the interpreter finalise under
+        # it aborts the process (std::terminate), so leave without finalising.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     served_model = (service_settings.served_model or engine_settings.served_model_name
                     or engine_settings.model)
     telemetry = None
@@ -42,9 +60,10 @@ async def serve(service_settings: ServiceSettings, engine_settings: Any) -> None
     if service_settings.metrics_port is not None:
         endpoints = Endpoints(service_settings.metrics_host, service_settings.metrics_port,
                               live=service.is_live, ready=lambda: service.ready).start()
-    loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, service.stop)
+    if stop_requested.is_set():
+        service.stop()
     try:
         await service.run(queues_started=True)
     finally:
@@ -52,6 +71,41 @@ async def serve(service_settings: ServiceSettings, engine_settings: Any) -> None
             endpoints.stop()
         if telemetry is not None:
             telemetry.shutdown()
+
+
+async def _load_engine(engine_settings: Any, stop_requested: asyncio.Event) -> Any:
+    """The engine, or None when a stop came first. Loading runs on a daemon thread: a stopped
+    worker exits without waiting minutes for a large model it will never use."""
+    from worker.engine.llm_engine import LLMEngine
+
+    loop = asyncio.get_running_loop()
+    loaded: asyncio.Future[Any] = loop.create_future()
+
+    def load() -> None:
+        engine, error = None, None
+        try:
+            engine = LLMEngine.from_settings(engine_settings)
+        except BaseException as exc:  # handed to the loop, raised there
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop is gone: the worker stopped
+            loop.call_soon_threadsafe(_settle, loaded, engine, error)
+
+    threading.Thread(target=load, name="model-load", daemon=True).start()
+    stopped = asyncio.ensure_future(stop_requested.wait())
+    await asyncio.wait({loaded, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if loaded.done():
+        return loaded.result()
+    return None
+
+
+def _settle(future: "asyncio.Future[Any]", value: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
 
 
 def main() -> int:

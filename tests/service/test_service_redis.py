@@ -198,3 +198,27 @@ async def test_client_cancels_a_running_job(redis_url, unique_name, engine) -> N
     assert result.status == JobStatus.CANCELLED
     assert len(result.token_ids) < 3000
     assert not engine.has_unfinished_requests()
+
+
+async def test_sigterm_while_the_model_loads_exits_cleanly_at_once(redis_url, unique_name,
+                                                                    tmp_path) -> None:
+    """A worker told to stop while it loads its model (minutes for a large one) leaves at once
+    with exit code 0 and holds no job."""
+    log_path = tmp_path / "worker.log"
+    process = spawn_worker({
+        "LLM_WORKER_QUEUE": "redis", "LLM_WORKER_REDIS__URL": redis_url,
+        "LLM_WORKER_REDIS__PREFIX": unique_name,
+        "LLM_WORKER_MODEL": "qwen2-0.5b", "LLM_WORKER_LOAD_FORMAT": "dummy",
+    }, log_path)  # fmt: skip
+    try:
+        async def loading() -> bool:
+            return "loading the model" in log_path.read_text()
+
+        await wait_for(loading, 60, "the worker reached model loading")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    log = log_path.read_text()
+    assert "stopped during start-up" in log and "Traceback" not in log
