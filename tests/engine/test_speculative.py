@@ -105,7 +105,8 @@ def test_rejection_sampling_emits_the_target_distribution(proposer: str) -> None
         q[torch.arange(k), p[:k].argmax(dim=-1).roll(1)] = 1.0
     drafts = torch.multinomial(q.repeat(n, 1), 1, generator=gen).view(n, k)
     items = [
-        VerifyItem(row, d.tolist(), q if proposer == "draft_model" else None) for d in drafts
+        VerifyItem([row] * (k + 1), d.tolist(), q if proposer == "draft_model" else None)
+        for d in drafts
     ]
     out = verify(target_logits.repeat(n, 1), items, torch.Generator().manual_seed(1))
     tokens_per_item = [len(o) for o in out]
@@ -127,10 +128,10 @@ def test_greedy_verification_is_prefix_matching() -> None:
     logits = torch.full((8, 10), -5.0)
     best = [3, 4, 5, 6, 7, 8, 9, 2]
     logits[torch.arange(8), best] = 5.0
-    items = [VerifyItem(row, [3, 4, 0]), VerifyItem(row, [9, 9, 9])]
+    items = [VerifyItem([row] * 4, [3, 4, 0]), VerifyItem([row] * 4, [9, 9, 9])]
     out = verify(logits, items, None)
     assert [[t.token_id for t in o] for o in out] == [[3, 4, 5], [7]]
-    full = verify(logits[:4], [VerifyItem(row, [3, 4, 5])], None)
+    full = verify(logits[:4], [VerifyItem([row] * 4, [3, 4, 5])], None)
     assert [t.token_id for t in full[0]] == [3, 4, 5, 6]  # all kept: a bonus token
 
 
@@ -377,3 +378,47 @@ def test_bad_speculative_settings_fail_start_up_clearly(
     with pytest.raises(EngineConfigError, match="vocabulary"):
         engine_for(draft_checkpoint, speculative_method="draft",
                    speculative_model=str(small_vocab_pair[1]))  # fmt: skip
+
+
+@pytest.mark.parametrize("method", ["ngram", "draft"])
+def test_penalties_and_min_tokens_hold_under_speculation(method: str) -> None:
+    """Each verified position applies penalties with the drafts before it as history, and
+    min_tokens' blocks while under it: the same greedy tokens as one at a time."""
+    extra: dict[str, object] = {"speculative_draft_layers": 1} if method == "draft" else {}
+    plain = _spec_tiny(speculative_disable_by_batch_size=1)
+    spec = _spec_tiny(speculative_method=method, num_speculative_tokens=3, **extra)
+    prompts = [_loop_prompt(), [7, 8, 9] * 5, [30, 31] * 9]
+    params = [
+        SamplingParams(temperature=0.0, max_tokens=16, repetition_penalty=1.15,
+                       frequency_penalty=0.1, presence_penalty=0.1, ignore_eos=True),
+        SamplingParams(temperature=0.0, max_tokens=16, min_tokens=12, stop_token_ids=[7, 8]),
+        SamplingParams(temperature=0.0, max_tokens=16, repetition_penalty=1.05, min_tokens=5,
+                       logprobs=1),
+    ]  # fmt: skip
+    expected = plain.generate(prompts, params)
+    got = spec.generate(prompts, params)
+    assert [o.output_token_ids for o in got] == [o.output_token_ids for o in expected]
+    assert [o.finish_reason for o in got] == [o.finish_reason for o in expected]
+    stats = spec.stats().spec
+    assert stats is not None and stats.num_drafts > 5 and stats.num_accepted_tokens > 0
+
+
+def test_each_verified_position_sees_the_drafts_before_it() -> None:
+    """Row j's history ends with drafts[:j] (penalties) and min_tokens blocks only the
+    positions still under it; with a frequency penalty, a draft repeated at the next position
+    loses there exactly as it would one token at a time."""
+    engine = _spec_tiny()
+    params = SamplingParams(temperature=0.0, max_tokens=20, min_tokens=3, frequency_penalty=1.0,
+                            stop_token_ids=[99])  # fmt: skip
+    engine.add_request("r", [5, 6, 7], params)
+    engine.step()  # prefill: one output token
+    seq = engine.requests["r"].seq
+    rows = engine._verify_rows(seq, [40, 41, 42])
+    assert [r.token_ids[len(seq.token_ids) :] for r in rows] == [[], [40], [40, 41], [40, 41, 42]]
+    # one output so far, min_tokens 3: positions 0 and 1 are still under it
+    assert [99 in r.blocked_token_ids for r in rows] == [True, True, False, False]
+    # Target logits that prefer 40 at both positions, by less than the penalty at the second.
+    logits = torch.zeros(3, 100)
+    logits[0, 40], logits[1, 40], logits[1, 50] = 5.0, 3.0, 2.5
+    out = verify(logits, [VerifyItem(engine._verify_rows(seq, [40, 40]), [40, 40])], None)
+    assert [t.token_id for t in out[0]] == [40, 50]

@@ -217,7 +217,7 @@ class LLMEngine:
         """Draft (if a draft model), one target pass over every position, verify and sample."""
         assert self.speculator is not None
         generator = self.runner.generator
-        scheduled, verify_items = self.speculator.fill(scheduled, self._sampling_row, generator)
+        scheduled, verify_items = self.speculator.fill(scheduled, self._verify_rows, generator)
         logits = self.runner.logits(scheduled)
         plain_rows: list[int] = []
         plain_params: list[SamplingRow] = []
@@ -240,18 +240,25 @@ class LLMEngine:
         ]
         return scheduled, emitted
 
-    def _sampling_row(self, seq: Sequence) -> SamplingRow:
+    def _sampling_row(self, seq: Sequence, drafts: Seq[int] = ()) -> SamplingRow:
+        """How to pick the token after seq.token_ids followed by `drafts`."""
         p = seq.params
         blocked: tuple[int, ...] = ()
-        if seq.num_output_tokens < p.min_tokens:
+        if seq.num_output_tokens + len(drafts) < p.min_tokens:
             blocked = tuple(p.stop_token_ids) + (() if p.ignore_eos else self.eos_token_ids)
+        history = seq.token_ids
+        if drafts and p.needs_penalties:  # only penalties read the history
+            history = [*seq.token_ids, *drafts]
         return SamplingRow(
             params=p,
-            token_ids=seq.token_ids,
+            token_ids=history,
             num_prompt_tokens=seq.num_prompt_tokens,
             generator=self.requests[seq.request_id].generator,
             blocked_token_ids=blocked,
         )
+
+    def _verify_rows(self, seq: Sequence, drafts: list[int]) -> list[SamplingRow]:
+        return [self._sampling_row(seq, drafts[:j]) for j in range(len(drafts) + 1)]
 
     def _append_token(self, request: _Request, token: SampledToken, now: float) -> bool:
         """Append a sampled token; True when the sequence is done."""

@@ -8,7 +8,8 @@ is distributed exactly as tokens drawn from p one at a time (Leviathan et al., 2
 2023). A proposer without a distribution (n-gram) is a point mass at x: q(x) = 1.
 
 Greedy rows are one-hot at the target's argmax, which makes all of this prefix matching: keep
-drafts while they equal the argmax, then emit the argmax.
+drafts while they equal the argmax, then emit the argmax. Penalties and min_tokens' blocked
+tokens are applied to each position's logits first, with the drafts before it as history.
 """
 
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from worker.engine.sampler import (
     SamplingRow,
     draw,
     filtered_probs,
+    processed_logits,
     uniform,
     with_logprobs,
 )
@@ -27,10 +29,15 @@ from worker.engine.sampler import (
 
 @dataclass
 class VerifyItem:
-    row: SamplingRow
+    # k + 1 rows: position j's history includes drafts[:j], so penalties and min_tokens apply
+    # at each position exactly as they would one token at a time.
+    rows: list[SamplingRow]
     draft_token_ids: list[int]
-    # [k, vocab]: the draft model's filtered distribution at each draft; None: point masses.
+    # [k, vocab]: the distribution each draft was drawn from; None: point masses.
     draft_probs: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        assert len(self.rows) == len(self.draft_token_ids) + 1
 
 
 def verify(
@@ -41,13 +48,14 @@ def verify(
     """The tokens each item emits this step: its kept drafts and one more (1 to k + 1 tokens)."""
     sizes = [len(item.draft_token_ids) + 1 for item in items]
     assert target_logits.shape[0] == sum(sizes)
-    row_of = [item.row for item, n in zip(items, sizes, strict=True) for _ in range(n)]
+    row_of = [row for item in items for row in item.rows]
+    logits = processed_logits(target_logits, row_of)
     if all(r.params.is_greedy and r.params.logprobs is None for r in row_of):
         # Prefix matching needs only the argmax: no softmax, one read-back.
-        best = target_logits.argmax(dim=-1).tolist()
+        best = logits.argmax(dim=-1).tolist()
         return [[SampledToken(t) for t in tokens] for tokens in _prefix_match(items, sizes, best)]
     device = target_logits.device
-    p = filtered_probs(target_logits, row_of)
+    p = filtered_probs(logits, row_of)
     first_rows = [sum(sizes[:i]) for i in range(len(items))]
     draft_rows = [first + j for first, item in zip(first_rows, items, strict=True)
                   for j in range(len(item.draft_token_ids))]  # fmt: skip
@@ -77,7 +85,7 @@ def verify(
         row_kept = [next(kept_iter) for _ in item.draft_token_ids]
         n_kept = row_kept.index(False) if False in row_kept else len(row_kept)
         tokens = [*item.draft_token_ids[:n_kept], drawn[first + n_kept]]
-        out.append(_tokens_with_logprobs(target_logits, first, item.row, tokens))
+        out.append(_tokens_with_logprobs(target_logits, first, item.rows, tokens))
     return out
 
 
@@ -94,8 +102,8 @@ def _prefix_match(items: list[VerifyItem], sizes: list[int], best: list[int]) ->
 
 
 def _tokens_with_logprobs(
-    logits: torch.Tensor, first: int, row: SamplingRow, tokens: list[int]
+    logits: torch.Tensor, first: int, rows: list[SamplingRow], tokens: list[int]
 ) -> list[SampledToken]:
-    if row.params.logprobs is None:
+    if rows[0].params.logprobs is None:
         return [SampledToken(t) for t in tokens]
-    return with_logprobs(logits[first : first + len(tokens)], [row] * len(tokens), tokens)
+    return with_logprobs(logits[first : first + len(tokens)], rows[: len(tokens)], tokens)

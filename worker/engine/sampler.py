@@ -84,12 +84,7 @@ def sample(
     if all(_plain_greedy(r) for r in rows):  # the common case: one argmax, one read-back
         return [SampledToken(token_id=t) for t in logits.argmax(dim=-1).tolist()]
     raw_logits = logits
-    logits = logits.clone()
-    for i, row in enumerate(rows):
-        if row.params.needs_penalties:
-            _apply_penalties(logits[i], row)
-        if row.blocked_token_ids:
-            logits[i, list(row.blocked_token_ids)] = NEG_INF
+    logits = processed_logits(logits, rows)
     chosen = logits.argmax(dim=-1)
     if not all(r.params.is_greedy for r in rows):  # decided on the host: no device sync
         greedy = torch.tensor([r.params.is_greedy for r in rows], device=logits.device)
@@ -97,6 +92,20 @@ def sample(
         chosen = torch.where(greedy, chosen, drawn)
     token_ids = chosen.tolist()
     return with_logprobs(raw_logits, rows, token_ids)
+
+
+def processed_logits(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+    """A copy with each row's penalties applied and its blocked tokens (min_tokens) at -inf;
+    `logits` itself when no row asks for either."""
+    if not any(r.params.needs_penalties or r.blocked_token_ids for r in rows):
+        return logits
+    logits = logits.clone()
+    for i, row in enumerate(rows):
+        if row.params.needs_penalties:
+            _apply_penalties(logits[i], row)
+        if row.blocked_token_ids:
+            logits[i, list(row.blocked_token_ids)] = NEG_INF
+    return logits
 
 
 def _tempered_probs(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:

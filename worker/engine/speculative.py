@@ -169,34 +169,40 @@ class Speculator:
 
     def _num_drafts(self, seq: Sequence, max_model_len: int) -> int:
         p = seq.params
-        if not p.speculative or p.needs_penalties or seq.num_output_tokens < p.min_tokens:
-            return 0  # penalties and min_tokens change the distribution token by token
+        if not p.speculative:
+            return 0
         room = min(p.max_tokens - seq.num_output_tokens - 1, max_model_len - seq.num_tokens)
         return min(self.config.num_speculative_tokens, room)
 
     def fill(
         self,
         scheduled: list[ScheduledSequence],
-        row_for: Callable[[Sequence], SamplingRow],
+        rows_for: Callable[[Sequence, list[int]], list[SamplingRow]],
         generator: torch.Generator | None,
     ) -> tuple[list[ScheduledSequence], dict[int, VerifyItem]]:
-        """The step's items with real drafts, and a VerifyItem per speculating item index."""
+        """The step's items with real drafts, and a VerifyItem per speculating item index.
+        `rows_for(seq, drafts)` gives the sampling rows of the positions after each draft."""
         spec_idx = [i for i, item in enumerate(scheduled) if item.num_spec]
-        rows = {i: row_for(scheduled[i].seq) for i in spec_idx}
         verify_items: dict[int, VerifyItem] = {}
         if self.draft is None:
             for i in spec_idx:
-                verify_items[i] = VerifyItem(rows[i], list(scheduled[i].spec_token_ids))
+                drafts = list(scheduled[i].spec_token_ids)
+                verify_items[i] = VerifyItem(rows_for(scheduled[i].seq, drafts), drafts)
             return scheduled, verify_items
         if not spec_idx:
             return scheduled, verify_items
-        drafts = self.draft.propose(
-            [scheduled[i] for i in spec_idx], [rows[i] for i in spec_idx], generator
+        # The draft samples from its own distribution (q), penalties or not: rejection
+        # sampling only needs q to be what each draft was drawn from.
+        proposals = self.draft.propose(
+            [scheduled[i] for i in spec_idx],
+            [rows_for(scheduled[i].seq, [])[0] for i in spec_idx],
+            generator,
         )
         out = list(scheduled)
-        for i, draft in zip(spec_idx, drafts, strict=True):
+        for i, draft in zip(spec_idx, proposals, strict=True):
             out[i] = dataclasses.replace(scheduled[i], spec_token_ids=tuple(draft.token_ids))
-            verify_items[i] = VerifyItem(rows[i], draft.token_ids, draft.probs)
+            rows = rows_for(scheduled[i].seq, draft.token_ids)
+            verify_items[i] = VerifyItem(rows, draft.token_ids, draft.probs)
         return out, verify_items
 
     def record(self, num_drafts: int, num_kept: int) -> None:
