@@ -13,8 +13,7 @@ from schemas import SamplingParams
 from worker.engine.block_manager import PrefixCacheStats
 from worker.engine.detokenizer import IncrementalDetokenizer
 from worker.engine.model_runner import ModelRunner
-from worker.engine.rejection import verify
-from worker.engine.sampler import SampledToken, SamplingRow, sample
+from worker.engine.sampler import SampledToken, SamplingRow
 from worker.engine.scheduler import RequestRejected, ScheduledSequence, Scheduler
 from worker.engine.sequence import Sequence, SequenceMetrics
 from worker.engine.speculative import SpecStats, Speculator
@@ -161,84 +160,67 @@ class LLMEngine:
         """Run one batch; return the requests that finished in it (and any aborted since)."""
         finished, self._aborted = self._aborted, []
         started = time.monotonic()
-        if self.speculator is not None:
-            self.speculator.plan(self.scheduler.running, self.max_model_len)
+        spec = self.speculator
+        if spec is not None:
+            spec.plan(self.scheduler.running, self.max_model_len)
         plan = self.scheduler.schedule()
         if plan.is_empty:
             return finished
-        scheduled = plan.scheduled
-        for item in scheduled:
+        for item in plan.scheduled:
             if item.seq.metrics.first_scheduled_time is None:
                 item.seq.metrics.first_scheduled_time = started
-        pure_decode = all(
-            item.num_new_tokens - item.num_spec == 1 and item.samples for item in scheduled
-        )
-        if any(item.num_spec for item in scheduled):
-            scheduled, emitted = self._execute_speculative(scheduled)
+        pure_decode = plan.is_pure_decode
+        if spec is not None and any(item.num_spec for item in plan.scheduled):
+            scheduled, emitted = spec.execute(plan.scheduled, self.runner, self._verify_rows)
         else:
-            rows = [self._sampling_row(item.seq) for item in scheduled if item.samples]
-            sampled = iter(self.runner.execute(scheduled, rows))
-            emitted = [[next(sampled)] if item.samples else [] for item in scheduled]
+            scheduled, emitted = plan.scheduled, self._execute(plan.scheduled)
         self.num_steps += 1
         self.num_computed_tokens += plan.num_batched_tokens
         now = time.monotonic()
-        num_emitted = 0
-        for item, tokens in zip(scheduled, emitted, strict=True):
-            seq = item.seq
-            num_kept = len(tokens) - 1 if item.num_spec else 0
-            seq.num_computed_tokens += item.num_new_tokens - item.num_spec + num_kept
-            request = self.requests[seq.request_id]
-            done = False
-            num_appended = 0
-            for token in tokens:
-                num_appended += 1
-                if self._append_token(request, token, now):
-                    done = True
-                    break
-            num_emitted += num_appended
-            if item.num_spec:
-                if self.speculator is not None:  # drafts past a stop are not counted as kept
-                    self.speculator.record(item.num_spec, min(num_kept, num_appended))
-                seq.num_draft_computed = min(seq.num_draft_computed, seq.num_computed_tokens)
-                # A stop inside the kept drafts leaves computed positions past the last token.
-                seq.num_computed_tokens = min(seq.num_computed_tokens, seq.num_tokens)
-                if not done:
-                    self.block_manager.trim(seq, seq.num_tokens)  # the rejected drafts' slots
-            self.block_manager.cache_computed_blocks(seq)
-            if done:
-                finished.append(self._finish(request, now))
-        if self.speculator is not None and pure_decode:
-            self.speculator.end_step(len(scheduled), num_emitted, now - started)
+        num_emitted = sum(
+            self._apply(item, tokens, now, finished)
+            for item, tokens in zip(scheduled, emitted, strict=True)
+        )
+        if spec is not None and pure_decode:
+            spec.end_step(len(scheduled), num_emitted, now - started)
         return finished
 
-    def _execute_speculative(
-        self, scheduled: list[ScheduledSequence]
-    ) -> tuple[list[ScheduledSequence], list[list[SampledToken]]]:
-        """Draft (if a draft model), one target pass over every position, verify and sample."""
-        assert self.speculator is not None
-        generator = self.runner.generator
-        scheduled, verify_items = self.speculator.fill(scheduled, self._verify_rows, generator)
-        logits = self.runner.logits(scheduled)
-        plain_rows: list[int] = []
-        plain_params: list[SamplingRow] = []
-        spec_rows: list[int] = []
-        first = 0
-        for i, item in enumerate(scheduled):
-            n = item.num_logits_rows
-            if i in verify_items:
-                spec_rows.extend(range(first, first + n))
-            elif n:
-                plain_rows.append(first)
-                plain_params.append(self._sampling_row(item.seq))
-            first += n
-        plain = iter(sample(logits[plain_rows], plain_params, generator) if plain_rows else [])
-        items = list(verify_items.values())
-        verified = iter(verify(logits[spec_rows], items, generator))
-        emitted = [
-            next(verified) if i in verify_items else ([next(plain)] if item.samples else [])
-            for i, item in enumerate(scheduled)
-        ]
-        return scheduled, emitted
+    def _execute(self, scheduled: list[ScheduledSequence]) -> list[list[SampledToken]]:
+        rows = [self._sampling_row(item.seq) for item in scheduled if item.samples]
+        sampled = iter(self.runner.execute(scheduled, rows))
+        return [[next(sampled)] if item.samples else [] for item in scheduled]
+
+    def _apply(
+        self,
+        item: ScheduledSequence,
+        tokens: list[SampledToken],
+        now: float,
+        finished: list[RequestOutput],
+    ) -> int:
+        """Advance a sequence past its step and append its tokens (up to a stop); returns how
+        many were appended. A verified item keeps the KV of its kept drafts only."""
+        seq = item.seq
+        num_kept = len(tokens) - 1 if item.num_spec else 0
+        seq.num_computed_tokens += item.num_new_tokens - item.num_spec + num_kept
+        request = self.requests[seq.request_id]
+        done, num_appended = False, 0
+        for token in tokens:
+            num_appended += 1
+            if self._append_token(request, token, now):
+                done = True
+                break
+        if item.num_spec:
+            if self.speculator is not None:  # drafts past a stop are not counted as kept
+                self.speculator.record(item.num_spec, min(num_kept, num_appended))
+            seq.num_draft_computed = min(seq.num_draft_computed, seq.num_computed_tokens)
+            # A stop inside the kept drafts leaves computed positions past the last token.
+            seq.num_computed_tokens = min(seq.num_computed_tokens, seq.num_tokens)
+            if not done:
+                self.block_manager.trim(seq, seq.num_tokens)  # the rejected drafts' slots
+        self.block_manager.cache_computed_blocks(seq)
+        if done:
+            finished.append(self._finish(request, now))
+        return num_appended
 
     def _sampling_row(self, seq: Sequence, drafts: Seq[int] = ()) -> SamplingRow:
         """How to pick the token after seq.token_ids followed by `drafts`."""

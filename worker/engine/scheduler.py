@@ -66,6 +66,11 @@ class SchedulerOutput:
     def is_empty(self) -> bool:
         return not self.scheduled
 
+    @property
+    def is_pure_decode(self) -> bool:
+        """Every sequence computes its pending token (and any drafts) and samples."""
+        return all(s.num_new_tokens - s.num_spec == 1 and s.samples for s in self.scheduled)
+
 
 class Scheduler:
     def __init__(self, config: SchedulerConfig, block_manager: BlockManager) -> None:

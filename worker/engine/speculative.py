@@ -17,9 +17,10 @@ from typing import Literal
 import torch
 
 from worker.engine.draft import DraftProposer
+from worker.engine.model_runner import ModelRunner
 from worker.engine.ngram import NgramProposer
-from worker.engine.rejection import VerifyItem
-from worker.engine.sampler import SamplingRow
+from worker.engine.rejection import VerifyItem, verify
+from worker.engine.sampler import SampledToken, SamplingRow, sample
 from worker.engine.scheduler import ScheduledSequence
 from worker.engine.sequence import Sequence
 
@@ -204,6 +205,37 @@ class Speculator:
             rows = rows_for(scheduled[i].seq, draft.token_ids)
             verify_items[i] = VerifyItem(rows, draft.token_ids, draft.probs)
         return out, verify_items
+
+    def execute(
+        self,
+        scheduled: list[ScheduledSequence],
+        runner: ModelRunner,
+        rows_for: Callable[[Sequence, list[int]], list[SamplingRow]],
+    ) -> tuple[list[ScheduledSequence], list[list[SampledToken]]]:
+        """A step with drafts: draft (draft model), one target pass over every position, then
+        verification for the speculating sequences and plain sampling for the others."""
+        generator = runner.generator
+        scheduled, verify_items = self.fill(scheduled, rows_for, generator)
+        logits = runner.logits(scheduled)
+        plain_idx: list[int] = []
+        plain_rows: list[SamplingRow] = []
+        spec_idx: list[int] = []
+        first = 0
+        for i, item in enumerate(scheduled):
+            n = item.num_logits_rows
+            if i in verify_items:
+                spec_idx.extend(range(first, first + n))
+            elif n:
+                plain_idx.append(first)
+                plain_rows.append(rows_for(item.seq, [])[0])
+            first += n
+        plain = iter(sample(logits[plain_idx], plain_rows, generator) if plain_idx else [])
+        verified = iter(verify(logits[spec_idx], list(verify_items.values()), generator))
+        emitted = [
+            next(verified) if i in verify_items else ([next(plain)] if item.samples else [])
+            for i, item in enumerate(scheduled)
+        ]
+        return scheduled, emitted
 
     def record(self, num_drafts: int, num_kept: int) -> None:
         s = self.stats
