@@ -12,7 +12,6 @@ import functools
 import logging
 import sys
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +24,7 @@ from worker.queues.keys import RedisKeys
 from worker.queues.protocol import Delivery, JobSource, ResultSink
 from worker.queues.retry import Backoff, retrying
 from worker.service_settings import ServiceSettings
+from worker.settle import InFlight, Settler
 from worker.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -34,15 +34,6 @@ _SHUTDOWN = "shutdown"  # abort reason: hand the job back to the broker, publish
 
 class EngineCrashed(RuntimeError):
     """The engine thread died; in-flight jobs were handed back un-acked."""
-
-
-@dataclass
-class InFlight:
-    job: Job
-    deliveries: list[Delivery]  # the first, plus duplicates that arrived while it ran
-    in_engine: bool = True
-    abort_reason: str | None = None  # a JobStatus value or _SHUTDOWN
-    span: Any = None  # the telemetry span of its processing, when telemetry is on
 
 
 class Service:
@@ -68,11 +59,8 @@ class Service:
         self.peak_held = 0  # most jobs received and not yet acked at once
         self._stopping = asyncio.Event()
         self._crash: BaseException | None = None
-        self._publishing: set[asyncio.Task[None]] = set()
-        # Results waiting for the settler, which publishes and acks all of them at once: a
-        # step that finishes 100 jobs costs two broker round trips, not 200.
-        self._to_settle: list[tuple[Result, list[Delivery]]] = []
-        self._settler: asyncio.Task[None] | None = None
+        self._settler = Settler(source, sink, self.jobs, self._span, settings.worker_id,
+                                telemetry)  # fmt: skip
 
     @property
     def _source_name(self) -> str:
@@ -134,8 +122,7 @@ class Service:
         abort_deadline_s = time.monotonic() + 5.0
         while self.num_in_engine and time.monotonic() < abort_deadline_s and self._crash is None:
             await asyncio.sleep(0.01)
-        if self._publishing:
-            await asyncio.wait(self._publishing, timeout=max(1.0, deadline_s - time.monotonic()))
+        await self._settler.wait(timeout_s=max(1.0, deadline_s - time.monotonic()))
 
     async def _intake(self) -> None:
         backoff = Backoff()
@@ -181,7 +168,7 @@ class Service:
             if job.id in self.jobs:  # a duplicate of a job we are running: ack with it
                 self.jobs[job.id].deliveries.append(delivery)
             elif job.id in cancelled:
-                await self._finish(failed_result(
+                await self._settler.finish(failed_result(
                     job.id, ErrorCode.CANCELLED, "cancelled before it started",
                     status=JobStatus.CANCELLED, worker_id=self._settings.worker_id,
                     attempts=delivery.delivery_count), [delivery])
@@ -205,7 +192,7 @@ class Service:
             await self._source.ack(delivery)  # already done by someone: idempotent redelivery
             return None
         if parsed.deadline is not None and parsed.deadline <= datetime.now(UTC):
-            await self._finish(failed_result(
+            await self._settler.finish(failed_result(
                 parsed.id, ErrorCode.EXPIRED, "deadline passed before the job started",
                 status=JobStatus.EXPIRED, worker_id=self._settings.worker_id,
                 attempts=delivery.delivery_count), [delivery])
@@ -215,7 +202,7 @@ class Service:
     async def _refuse(self, delivery: Delivery, refusal: Refusal, dead_letter: bool) -> None:
         log.warning("refusing %s: %s", delivery.position, refusal.reason)
         if refusal.job_id is not None:
-            await self._publish(failed_result(
+            await self._settler.publish(failed_result(
                 refusal.job_id, refusal.code, refusal.message,
                 worker_id=self._settings.worker_id, attempts=delivery.delivery_count))
         if dead_letter:
@@ -258,17 +245,7 @@ class Service:
             if entry.abort_reason == _SHUTDOWN:
                 del self.jobs[job_id]  # handed back: the broker redelivers it
                 continue
-            self._to_settle.append((self._result_of(entry, event), entry.deliveries))
-            if self._settler is None or self._settler.done():
-                # Runs once this loop yields, so it takes every event already queued with it.
-                self._settler = asyncio.create_task(self._settle_pending())
-                self._publishing.add(self._settler)
-                self._settler.add_done_callback(self._publishing.discard)
-
-    async def _settle_pending(self) -> None:
-        while self._to_settle:
-            batch, self._to_settle = self._to_settle, []
-            await self._finish_many(batch)
+            self._settler.add(self._result_of(entry, event), entry.deliveries)
 
     def _result_of(self, entry: InFlight, event: EngineEvent) -> Result:
         attempts = entry.deliveries[0].delivery_count
@@ -282,70 +259,6 @@ class Service:
                                  status=JobStatus.EXPIRED, worker_id=worker_id, attempts=attempts)
         return build_result(entry.job.id, event.output, worker_id=worker_id, attempts=attempts,
                             model=self._served_model)
-
-    async def _finish(self, result: Result, deliveries: list[Delivery]) -> None:
-        """Publish, then ack: retried through broker outages so no result is dropped."""
-        entry = self.jobs.get(result.id)
-        try:
-            published = await self._publish(result)
-            with self._span("settle", entry.job if entry is not None else None):
-                for delivery in deliveries:
-                    settle = functools.partial(self._source.ack, delivery) if published else (
-                        functools.partial(self._source.dead_letter, delivery,
-                                          "its result could not be published"))
-                    await retrying(settle, delivery.position)
-        except Exception:  # one job's trouble must not stop the worker; it is redelivered
-            log.exception("settling %s failed; leaving it to redelivery", result.id)
-        finally:
-            self._settled(result)
-
-    async def _finish_many(self, batch: list[tuple[Result, list[Delivery]]]) -> None:
-        """_finish for a batch: one publish call, then one ack call. If the batch cannot be
-        published, each result goes the one-by-one way, which isolates a refused one."""
-        if len(batch) == 1:
-            await self._finish(*batch[0])
-            return
-        results = [result for result, _ in batch]
-        try:
-            await retrying(functools.partial(self._sink.publish_many, results), "results")
-        except Exception:
-            log.exception("publishing %d results at once failed; one by one", len(batch))
-            for result, deliveries in batch:
-                await self._finish(result, deliveries)
-            return
-        deliveries = [delivery for _, ds in batch for delivery in ds]
-        try:
-            with contextlib.ExitStack() as spans:
-                for result in results:
-                    entry = self.jobs.get(result.id)
-                    spans.enter_context(self._span("settle", entry.job if entry else None))
-                await retrying(functools.partial(self._source.ack_many, deliveries), "acks")
-        except Exception:  # published but not acked: redelivered, then acked unrun (done)
-            log.exception("acking %d jobs failed; leaving them to redelivery", len(deliveries))
-        finally:
-            for result in results:
-                self._settled(result)
-
-    def _settled(self, result: Result) -> None:
-        entry = self.jobs.pop(result.id, None)
-        if self._telemetry is not None:
-            self._telemetry.job_settled(result)
-            if entry is not None and entry.span is not None:
-                self._telemetry.end_process_span(entry.span, entry.job, result)
-
-    async def _publish(self, result: Result) -> bool:
-        """False when the broker refuses even the failed result that replaces a refused one."""
-        try:
-            await retrying(lambda: self._sink.publish(result), result.id)
-            return True
-        except Exception as exc:
-            log.exception("publishing %s was refused", result.id)
-            if result.error is not None and result.error.code == ErrorCode.INTERNAL:
-                return False
-            fallback = failed_result(
-                result.id, ErrorCode.INTERNAL, f"result could not be published: {exc!r}"[:500],
-                worker_id=self._settings.worker_id, attempts=result.attempts)
-            return await self._publish(fallback)
 
     async def _watch(self) -> None:
         """Abort running jobs whose client cancelled them or whose deadline passed."""
