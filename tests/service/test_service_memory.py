@@ -199,3 +199,38 @@ async def test_results_settle_in_batches_and_a_refused_one_is_isolated(engine) -
     good = [j for j in jobs if j.id != "job-5"]
     assert_matches_generate(engine, good, {j.id: broker.results[j.id] for j in good})
     assert not broker.unacked and not broker.queued
+
+
+async def test_a_speculating_worker_serves_the_same_tokens_and_cancels_cleanly(engine) -> None:
+    """Jobs through the service on an n-gram speculating engine: the tokens of the plain
+    engine, an opted-out job among them, and a cancel mid-run that frees its blocks."""
+    from tests.service.jobs import TEST_ENGINE_SETTINGS
+    from worker.engine.llm_engine import LLMEngine
+
+    spec_engine = LLMEngine.from_settings(TEST_ENGINE_SETTINGS.model_copy(update={
+        "speculative_method": "ngram", "speculative_adaptive": False}))  # fmt: skip
+    repeat = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
+    jobs = [Job(id=f"copy-{i}", prompt=f"Say 'red green blue {i}' three times: red green blue "
+                f"{i}, red green blue {i},", sampling=repeat) for i in range(6)]  # fmt: skip
+    jobs.append(Job(id="no-spec", prompt=jobs[0].prompt,
+                    sampling=repeat.model_copy(update={"speculative": False})))  # fmt: skip
+    endless = Job(id="endless", prompt="Count: 1, 2, 3,",
+                  sampling=SamplingParams(temperature=0.0, max_tokens=3000, ignore_eos=True))
+    broker = MemoryBroker()
+    _put(broker, [*jobs, endless])
+    service = _service(spec_engine, broker)
+    runner = asyncio.create_task(service.run())
+    async with asyncio.timeout(240):
+        while len(broker.results) < len(jobs):
+            await asyncio.sleep(0.02)
+        broker.cancel_requests.add("endless")
+        while "endless" not in broker.results:
+            await asyncio.sleep(0.02)
+    service.stop()
+    await runner
+    assert broker.results["endless"].status == JobStatus.CANCELLED
+    assert_matches_generate(engine, jobs, {j.id: broker.results[j.id] for j in jobs})
+    stats = spec_engine.stats()
+    assert stats.spec is not None and stats.spec.num_accepted_tokens > 0
+    spec_engine.block_manager.check_invariants([])
+    assert spec_engine.block_manager.num_free_blocks == spec_engine.block_manager.num_blocks
