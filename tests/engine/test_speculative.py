@@ -422,3 +422,37 @@ def test_each_verified_position_sees_the_drafts_before_it() -> None:
     logits[0, 40], logits[1, 40], logits[1, 50] = 5.0, 3.0, 2.5
     out = verify(logits, [VerifyItem(engine._verify_rows(seq, [40, 40]), [40, 40])], None)
     assert [t.token_id for t in out[0]] == [40, 50]
+
+
+def _two_decoding(num_blocks: int):
+    from worker.config import SchedulerConfig
+    from worker.engine.block_manager import BlockManager
+    from worker.engine.scheduler import Scheduler
+    from worker.engine.sequence import Sequence, SequenceMetrics, SequenceStatus
+
+    bm = BlockManager(num_blocks=num_blocks, block_size=4, enable_prefix_caching=False)
+    scheduler = Scheduler(SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=64,
+                                          max_model_len=64, enable_chunked_prefill=True), bm)
+    for name, length in (("older", 4), ("newer", 5)):  # pending token at positions 3 and 4
+        seq = Sequence(name, list(range(10, 10 + length)), 2, SamplingParams(max_tokens=20),
+                       SequenceMetrics(arrival_time=0.0))  # fmt: skip
+        assert bm.allocate(seq, length - 1)
+        seq.num_computed_tokens, seq.status = length - 1, SequenceStatus.RUNNING
+        scheduler.running.append(seq)
+    scheduler.running[0].spec_token_ids = [1, 2, 3]  # positions 4-6: a second block
+    return scheduler
+
+
+def test_drafts_never_cost_a_later_sequence_its_step() -> None:
+    """One free block left: the older sequence's drafts would need it, the newer sequence's
+    next token needs it. The drafts are dropped and nobody is preempted; with a block to
+    spare, they ride along."""
+    tight = _two_decoding(num_blocks=3)
+    assert tight.block_manager.num_free_blocks == 1
+    out = tight.schedule()
+    assert not out.preempted
+    assert [(s.seq.request_id, s.num_spec) for s in out.scheduled] == [("older", 0), ("newer", 0)]
+    roomy = _two_decoding(num_blocks=4)
+    out = roomy.schedule()
+    assert not out.preempted
+    assert [(s.seq.request_id, s.num_spec) for s in out.scheduled] == [("older", 3), ("newer", 0)]

@@ -134,6 +134,8 @@ class Scheduler:
         return out
 
     def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
+        needs_after = self._blocks_needed_after() if any(
+            s.spec_token_ids for s in self.running) else []  # fmt: skip
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
@@ -143,13 +145,12 @@ class Scheduler:
                 i += 1
                 continue
             # Drafts ride along with a decode if budget and free blocks allow; they are optional,
-            # so a sequence drops its drafts before anyone is preempted for them.
+            # so a sequence drops its drafts before anyone is preempted for them, its own step or
+            # those of the sequences after it (each may need a fresh block for its token).
             spec: tuple[int, ...] = ()
             if pending == 1 and seq.spec_token_ids:
                 spec = tuple(seq.spec_token_ids[: budget - 1])
-                if spec and self.block_manager.allocate(
-                    seq, seq.num_computed_tokens + 1 + len(spec)
-                ):
+                if spec and self._spec_fits(seq, len(spec), needs_after[i]):
                     out.scheduled.append(
                         ScheduledSequence(seq, 1 + len(spec), seq.num_computed_tokens, spec)
                     )
@@ -169,6 +170,27 @@ class Scheduler:
                 continue
             break  # seq itself was preempted: everything after it already was too
         return budget
+
+    def _blocks_needed_after(self) -> list[int]:
+        """For each running sequence, how many of those after it need a fresh block for their
+        next token (an upper bound once the step has started preempting)."""
+        bs = self.block_manager.block_size
+        needs = [cdiv(s.num_computed_tokens + 1, bs) > len(s.block_table) for s in self.running]
+        after, total = [0] * len(needs), 0
+        for i in range(len(needs) - 1, -1, -1):
+            after[i] = total
+            total += needs[i]
+        return after
+
+    def _spec_fits(self, seq: Sequence, num_spec: int, reserve: int) -> bool:
+        """Allocate for the pending token and `num_spec` drafts if that leaves `reserve` blocks
+        for the sequences still to be scheduled."""
+        bm = self.block_manager
+        num_tokens = seq.num_computed_tokens + 1 + num_spec
+        extra = max(cdiv(num_tokens, bm.block_size) - len(seq.block_table), 0)
+        if bm.num_free_blocks - extra < reserve:
+            return False
+        return bm.allocate(seq, num_tokens)
 
     def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
         bm = self.block_manager
