@@ -160,6 +160,14 @@ def test_controller_keeps_the_faster_mode_per_batch_bucket_and_reprobes() -> Non
         ctl.observe(1, mode, 50 if mode else 100, 1.0)  # speculation stopped paying
     assert not ctl.decide(1)
     assert ctl.bucket(100) == ctl.bucket(128) == 128 and ctl.bucket(1) == 1
+    # Steps that also prefill cannot be measured: they follow what was learned, and a bucket
+    # that has learned nothing does not speculate.
+    assert ctl.decide(1, measurable=False) is False  # bucket 1 now prefers no speculation
+    fresh = SpecController(adaptive=True, disable_by_batch_size=None, warmup_steps=2)
+    assert fresh.decide(4, measurable=False) is False
+    for mode in (True, True, False, False):
+        fresh.observe(4, mode, 400 if mode else 100, 1.0)
+    assert fresh.decide(4, measurable=False) is True
     capped = SpecController(adaptive=False, disable_by_batch_size=8)
     assert capped.decide(7) and not capped.decide(8)
 

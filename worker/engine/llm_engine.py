@@ -162,7 +162,7 @@ class LLMEngine:
         started = time.monotonic()
         spec = self.speculator
         if spec is not None:
-            spec.plan(self.scheduler.running, self.max_model_len)
+            spec.plan(self.scheduler.running, self.max_model_len, self.scheduler.num_waiting)
         plan = self.scheduler.schedule()
         if plan.is_empty:
             return finished

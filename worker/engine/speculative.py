@@ -65,7 +65,8 @@ class _Bucket:
 
 class SpecController:
     """Per batch-size bucket (powers of two), the EWMA of output tokens per second of pure decode
-    steps with speculation and without; picks the faster. It probes the other mode once every
+    steps with speculation and without; picks the faster (steps that also prefill follow what
+    pure decode steps taught, and do not speculate before that). It probes the other mode once every
     `reprobe_every` decisions so a change of workload (acceptance) is noticed; each probe that
     confirms the choice doubles that interval (up to `max_reprobe_every`), so a settled bucket
     pays for probing less and less, and one that changes its mind starts over."""
@@ -98,13 +99,19 @@ class SpecController:
     def bucket(num_decoding: int) -> int:
         return 1 << max(num_decoding - 1, 0).bit_length()
 
-    def decide(self, num_decoding: int) -> bool:
+    def decide(self, num_decoding: int, measurable: bool = True) -> bool:
+        """Speculate this step? `measurable`: the step will be pure decode, so it can teach the
+        controller something; others only apply what was learned, and do not speculate in a
+        bucket that has not learned yet (the safe side: never slower than no speculation)."""
         cap = self.disable_by_batch_size
         if cap is not None and num_decoding >= cap:
             return False
         if not self.adaptive:
             return True
         b = self._bucket_of(num_decoding)
+        warm = all(b.count[mode] >= self.warmup_steps for mode in (True, False))
+        if not measurable:
+            return warm and b.rate[True] >= b.rate[False]
         for mode in (True, False):
             if b.count[mode] < self.warmup_steps:
                 return mode
@@ -151,10 +158,11 @@ class Speculator:
         self.stats = SpecStats(accepted_by_position=[0] * config.num_speculative_tokens)
         self.speculating = False  # this step's decision
 
-    def plan(self, running: list[Sequence], max_model_len: int) -> None:
+    def plan(self, running: list[Sequence], max_model_len: int, num_waiting: int = 0) -> None:
         """Give decoding sequences their drafts (n-gram) or draft slots (draft model)."""
         decoding = [s for s in running if s.num_tokens - s.num_computed_tokens == 1]
-        self.speculating = bool(decoding) and self.controller.decide(len(decoding))
+        pure_decode = num_waiting == 0 and len(decoding) == len(running)
+        self.speculating = bool(decoding) and self.controller.decide(len(decoding), pure_decode)
         for seq in running:
             seq.spec_token_ids = []
         if not self.speculating:
