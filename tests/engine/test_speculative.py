@@ -464,3 +464,23 @@ def test_drafts_never_cost_a_later_sequence_its_step() -> None:
     out = roomy.schedule()
     assert not out.preempted
     assert [(s.seq.request_id, s.num_spec) for s in out.scheduled] == [("older", 3), ("newer", 0)]
+
+
+def test_plan_explores_on_pure_decode_steps_even_with_a_backlog() -> None:
+    """A step is measurable (may explore) when every running sequence decodes and nothing can
+    be admitted: a backlog behind a full batch still gives pure decode steps."""
+    from worker.engine.sequence import Sequence, SequenceMetrics
+    from worker.engine.speculative import SpecConfig, Speculator
+
+    def decoding(name: str) -> Sequence:
+        seq = Sequence(name, [11, 12, 13, 11, 12], 4, SamplingParams(max_tokens=20),
+                       SequenceMetrics(arrival_time=0.0))  # fmt: skip
+        seq.num_computed_tokens = 4
+        return seq
+
+    spec = Speculator(SpecConfig("ngram", 3), ngram=NgramProposer(1, 3))
+    running = [decoding("a"), decoding("b")]
+    spec.plan(running, 64, num_waiting=5, max_num_seqs=4)  # room to admit: a prefill step
+    assert not spec.speculating  # nothing learned yet, and this step cannot teach
+    spec.plan(running, 64, num_waiting=5, max_num_seqs=2)  # full batch: pure decode
+    assert spec.speculating and running[0].spec_token_ids == [13, 11, 12]

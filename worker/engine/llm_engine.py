@@ -162,7 +162,8 @@ class LLMEngine:
         started = time.monotonic()
         spec = self.speculator
         if spec is not None:
-            spec.plan(self.scheduler.running, self.max_model_len, self.scheduler.num_waiting)
+            sched = self.scheduler
+            spec.plan(sched.running, self.max_model_len, sched.num_waiting, self.max_num_seqs)
         plan = self.scheduler.schedule()
         if plan.is_empty:
             return finished

@@ -158,10 +158,16 @@ class Speculator:
         self.stats = SpecStats(accepted_by_position=[0] * config.num_speculative_tokens)
         self.speculating = False  # this step's decision
 
-    def plan(self, running: list[Sequence], max_model_len: int, num_waiting: int = 0) -> None:
+    def plan(
+        self, running: list[Sequence], max_model_len: int, num_waiting: int = 0,
+        max_num_seqs: int | None = None,
+    ) -> None:
         """Give decoding sequences their drafts (n-gram) or draft slots (draft model)."""
         decoding = [s for s in running if s.num_tokens - s.num_computed_tokens == 1]
-        pure_decode = num_waiting == 0 and len(decoding) == len(running)
+        # A waiting request is admitted (and prefilled) this step only if there is a free slot;
+        # with the batch full, a backlog still makes a pure decode step.
+        can_admit = num_waiting > 0 and (max_num_seqs is None or len(running) < max_num_seqs)
+        pure_decode = not can_admit and len(decoding) == len(running)
         self.speculating = bool(decoding) and self.controller.decide(len(decoding), pure_decode)
         for seq in running:
             seq.spec_token_ids = []
