@@ -12,6 +12,7 @@ import dataclasses
 import torch
 from torch import nn
 
+from worker.engine.model_runner import kv_block_bytes, make_kv_caches
 from worker.engine.sampler import SamplingRow, draw, filtered_probs
 from worker.engine.scheduler import ScheduledSequence
 from worker.engine.step_inputs import InputUploader, build_host_inputs
@@ -53,21 +54,13 @@ class DraftProposer:
         self.kv_caches: list[KVCache] = []
 
     def block_bytes(self) -> int:
-        cfg = self.model.config
-        per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim
-        return per_token * self.block_size * torch.tensor([], dtype=self.dtype).element_size()
+        return kv_block_bytes(self.model, self.block_size, self.dtype)
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
-        cfg = self.model.config
-        self.kv_caches = []
-        shape = (num_blocks, self.block_size, cfg.num_kv_heads, cfg.head_dim)
-        self.kv_caches = [
-            (
-                torch.zeros(shape, dtype=self.dtype, device=self.device),
-                torch.zeros(shape, dtype=self.dtype, device=self.device),
-            )
-            for _ in range(cfg.num_layers)
-        ]
+        self.kv_caches = []  # drop the old cache before the new one is allocated
+        self.kv_caches = make_kv_caches(
+            self.model, num_blocks, self.block_size, self.dtype, self.device
+        )
 
     @torch.inference_mode()
     def propose(

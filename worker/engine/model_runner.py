@@ -21,6 +21,21 @@ def kv_block_bytes(model: CausalLM, block_size: int, dtype: torch.dtype) -> int:
     return per_token * block_size * torch.tensor([], dtype=dtype).element_size()
 
 
+def make_kv_caches(
+    model: CausalLM, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device
+) -> list[KVCache]:
+    """One K and one V tensor per layer: [num_blocks, block_size, num_kv_heads, head_dim]."""
+    cfg = model.config
+    shape = (num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim)
+    return [
+        (
+            torch.zeros(shape, dtype=dtype, device=device),
+            torch.zeros(shape, dtype=dtype, device=device),
+        )
+        for _ in range(cfg.num_layers)
+    ]
+
+
 class ModelRunner:
     def __init__(self, model: CausalLM, block_size: int, seed: int) -> None:
         self.model = model
@@ -35,18 +50,11 @@ class ModelRunner:
         self.allocate_kv_cache(1)
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
-        """One K and one V tensor per layer: [num_blocks, block_size, num_kv_heads, head_dim]."""
-        cfg = self.model.config
         self.graphs = None  # graphs hold the old cache's addresses
         self.kv_caches = []  # drop the old cache before the new one is allocated
-        shape = (num_blocks, self.block_size, cfg.num_kv_heads, cfg.head_dim)
-        self.kv_caches = [
-            (
-                torch.zeros(shape, dtype=self.dtype, device=self.device),
-                torch.zeros(shape, dtype=self.dtype, device=self.device),
-            )
-            for _ in range(cfg.num_layers)
-        ]
+        self.kv_caches = make_kv_caches(
+            self.model, num_blocks, self.block_size, self.dtype, self.device
+        )
         self.num_blocks = num_blocks
 
     def capture_decode_graphs(self, max_num_seqs: int, max_model_len: int) -> None:

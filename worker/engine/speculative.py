@@ -139,9 +139,6 @@ class SpecController:
                 self.reprobe_every if switched else min(2 * b.interval, self.max_reprobe_every)
             )
 
-    def rates(self, num_decoding: int) -> dict[bool, float]:
-        return dict(self._bucket_of(num_decoding).rate)
-
 
 class Speculator:
     def __init__(

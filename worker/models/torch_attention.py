@@ -88,19 +88,18 @@ def paged_attention(
     if long_idx.numel() == 0:
         return out
     # Long queries (prefill chunks): the oracle, restricted to those sequences.
-    multi_idx = long_idx
-    starts, lens = cu_seqlens_q[multi_idx].long(), q_lens[multi_idx]
+    starts, lens = cu_seqlens_q[long_idx].long(), q_lens[long_idx]
     token_rows = torch.cat(
         [torch.arange(int(s), int(s + n)) for s, n in zip(starts, lens, strict=True)]
     )
-    sub_cu = torch.zeros(len(multi_idx) + 1, dtype=torch.int32, device=query.device)
+    sub_cu = torch.zeros(len(long_idx) + 1, dtype=torch.int32, device=query.device)
     sub_cu[1:] = lens.cumsum(0)
     out[token_rows] = reference.paged_attention(
         query[token_rows],
         k_cache,
         v_cache,
-        block_tables[multi_idx],
-        seq_lens[multi_idx],
+        block_tables[long_idx],
+        seq_lens[long_idx],
         sub_cu,
         scale,
         max_seqlen_q,

@@ -35,9 +35,7 @@ class KafkaResultSink:
             self._settings.results_topic, result.model_dump_json().encode(),
             key=result.id.encode(),
         )
-        self._recent[result.id] = result
-        if len(self._recent) > _RECENT_RESULTS:
-            self._recent.popitem(last=False)
+        self._remember([result])
         if self._mirror is not None:
             return await self._mirror.publish(result)
         return True
@@ -52,12 +50,15 @@ class KafkaResultSink:
             for r in results
         ]
         await asyncio.gather(*futures)
+        self._remember(results)
+        if self._mirror is not None:
+            await self._mirror.publish_many(results)
+
+    def _remember(self, results: Sequence[Result]) -> None:
         for result in results:
             self._recent[result.id] = result
         while len(self._recent) > _RECENT_RESULTS:
             self._recent.popitem(last=False)
-        if self._mirror is not None:
-            await self._mirror.publish_many(results)
 
     async def terminal_results(self, job_ids: Sequence[str]) -> dict[str, Result]:
         found = {i: self._recent[i] for i in job_ids if i in self._recent}
