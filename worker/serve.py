@@ -2,7 +2,7 @@
 SIGTERM / SIGINT. The CLI's `serve` and `python -m worker.service` both come here."""
 
 import asyncio
-import contextlib
+import concurrent.futures
 import logging
 import os
 import signal
@@ -78,34 +78,22 @@ async def _load_engine(engine_settings: Any, stop_requested: asyncio.Event) -> A
     worker exits without waiting minutes for a large model it will never use."""
     from worker.engine.llm_engine import LLMEngine
 
-    loop = asyncio.get_running_loop()
-    loaded: asyncio.Future[Any] = loop.create_future()
+    loaded: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
     def load() -> None:
-        engine, error = None, None
         try:
-            engine = LLMEngine.from_settings(engine_settings)
-        except BaseException as exc:  # handed to the loop, raised there
-            error = exc
-        with contextlib.suppress(RuntimeError):  # the loop is gone: the worker stopped
-            loop.call_soon_threadsafe(_settle, loaded, engine, error)
+            loaded.set_result(LLMEngine.from_settings(engine_settings))
+        except BaseException as exc:  # raised in the loop by the wrapped future
+            loaded.set_exception(exc)
 
     threading.Thread(target=load, name="model-load", daemon=True).start()
+    engine = asyncio.wrap_future(loaded)
     stopped = asyncio.ensure_future(stop_requested.wait())
-    await asyncio.wait({loaded, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait({engine, stopped}, return_when=asyncio.FIRST_COMPLETED)
     stopped.cancel()
-    if loaded.done():
-        return loaded.result()
+    if engine.done():
+        return engine.result()
     return None
-
-
-def _settle(future: "asyncio.Future[Any]", value: Any, error: BaseException | None) -> None:
-    if future.cancelled():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(value)
 
 
 def main() -> int:
