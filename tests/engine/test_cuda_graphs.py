@@ -21,12 +21,14 @@ def prompts() -> list[list[int]]:
 
 
 @pytest.mark.gpu
-def test_graph_decode_gives_the_eager_greedy_tokens() -> None:
+@pytest.mark.parametrize("async_scheduling", [False, True], ids=["sync", "async"])
+def test_graph_decode_gives_the_eager_greedy_tokens(async_scheduling: bool) -> None:
     common = dict(model="tiny-llama", device="cuda", dtype="float32", max_num_seqs=16,
                   max_model_len=256, kv_cache_memory_gb=0.05)  # fmt: skip
-    graphs = engine(**common)
-    eager = engine(**common, enforce_eager=True)
+    graphs = engine(**common, async_scheduling=async_scheduling)
+    eager = engine(**common, enforce_eager=True, async_scheduling=False)
     assert graphs.runner.graphs is not None and eager.runner.graphs is None
+    assert graphs.async_scheduling is async_scheduling
     # Different max_tokens make the batch shrink step by step through the buckets.
     params = [SamplingParams(temperature=0, ignore_eos=True, max_tokens=4 + 3 * i)
               for i in range(11)]  # fmt: skip
@@ -36,9 +38,11 @@ def test_graph_decode_gives_the_eager_greedy_tokens() -> None:
 
 
 @pytest.mark.gpu
-def test_graph_decode_keeps_sampling_and_prefix_cache_working() -> None:
+@pytest.mark.parametrize("async_scheduling", [False, True], ids=["sync", "async"])
+def test_graph_decode_keeps_sampling_and_prefix_cache_working(async_scheduling: bool) -> None:
     e = engine(model="tiny-llama", device="cuda", dtype="float32", max_num_seqs=8,
-               max_model_len=128, kv_cache_memory_gb=0.05)  # fmt: skip
+               max_model_len=128, kv_cache_memory_gb=0.05,
+               async_scheduling=async_scheduling)  # fmt: skip
     shared = list(range(100, 140))
     params = SamplingParams(temperature=0.8, top_p=0.9, seed=5, ignore_eos=True, max_tokens=12)
     first = e.generate([[*shared, 1, 2]], params)[0].output_token_ids

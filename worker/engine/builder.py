@@ -144,8 +144,19 @@ def build_engine(settings: EngineSettings) -> LLMEngine:
         ),
         BlockManager(num_blocks, settings.block_size, settings.enable_prefix_caching, model_id),
     )
+    async_scheduling = settings.async_scheduling
+    if async_scheduling is None:
+        async_scheduling = device.type == "cuda"
+    if async_scheduling and speculator is not None:
+        log.info("async scheduling is off: speculative decoding needs each token on the host")
     return LLMEngine(
-        runner, scheduler, _load_tokenizer(source), model_cfg.eos_token_ids, model_id, speculator
+        runner,
+        scheduler,
+        _load_tokenizer(source),
+        model_cfg.eos_token_ids,
+        model_id,
+        speculator,
+        async_scheduling=async_scheduling,
     )
 
 

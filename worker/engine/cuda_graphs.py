@@ -9,6 +9,7 @@ configuration captured in the graph is valid for every context length it will se
 """
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -106,12 +107,20 @@ class DecodeGraphs:
     def bucket(self, num_seqs: int) -> int | None:
         return next((b for b in self.batch_sizes if b >= num_seqs), None)
 
-    def run(self, host: HostInputs, uploader: InputUploader) -> torch.Tensor:
-        """Hidden states [num_seqs, hidden_size] of a decode step `host` (one token a sequence)."""
+    def run(
+        self,
+        host: HostInputs,
+        uploader: InputUploader,
+        fill: Callable[[torch.Tensor], None] | None = None,
+    ) -> torch.Tensor:
+        """Hidden states [num_seqs, hidden_size] of a decode step `host` (one token a sequence);
+        `fill` may then overwrite input ids on the device before the replay."""
         num_seqs = host.seq_lens.shape[0]
         batch_size = self.bucket(num_seqs)
         assert batch_size is not None and host.block_tables.shape[1] == self.table_width
-        uploader.upload(self.padded_inputs(host, batch_size), self.static64, self.static32)
+        inputs = uploader.upload(self.padded_inputs(host, batch_size), self.static64, self.static32)
+        if fill is not None:
+            fill(inputs.input_ids)
         graph, hidden = self.graphs[batch_size]
         graph.replay()
         return hidden[:num_seqs]
