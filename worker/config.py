@@ -53,7 +53,7 @@ class EngineSettings(BaseSettings):
     async_scheduling: bool | None = Field(
         None,
         description="queue step n+1 on the GPU before reading step n's tokens back, so host "
-        "work overlaps the GPU (default: on with CUDA, off on CPU; off with speculation)",
+        "work overlaps the GPU (default: on with CUDA, off on CPU); steps that speculate wait",
     )
     speculative_method: Literal["ngram", "draft"] | None = Field(
         None, description="speculative decoding: ngram (prompt lookup) or draft (a draft model)"

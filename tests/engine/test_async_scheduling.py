@@ -176,3 +176,27 @@ def test_rows_that_need_history_run_synchronously(checkpoint: Path) -> None:
     assert _summary(got) == _summary(sync_out)
     assert got[5].logprobs is not None and len(got[5].logprobs) == 16
     _assert_drained(engine)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [{"speculative_method": "ngram"},
+     {"speculative_method": "draft", "speculative_draft_layers": 1}],
+    ids=["ngram", "draft"],
+)  # fmt: skip
+def test_speculation_waits_for_the_step_in_flight(
+    checkpoint: Path, spec: dict[str, object]
+) -> None:
+    """With speculation on, steps the controller runs plain go async and those that speculate
+    first wait for the tokens in flight; greedy tokens stay those of the plain engine."""
+    prompts = [[(5 * i + j % 6) % 400 + 10 for j in range(14 + 5 * i)] for i in range(8)]
+    params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
+    expected = _summary(_engine(checkpoint, False).generate(prompts, params))
+    engine = _engine(checkpoint, True, **spec)
+    launches = _count_launches(engine)
+    assert _summary(engine.generate(prompts, params)) == expected
+    stats = engine.stats().spec
+    assert stats is not None
+    assert stats.num_steps_speculating > 0 and stats.num_steps_plain > 0
+    assert stats.num_draft_tokens > 0 and launches[0] > 0
+    _assert_drained(engine)

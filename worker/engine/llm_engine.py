@@ -99,8 +99,9 @@ class LLMEngine:
     ) -> None:
         self.runner = runner
         self.speculator = speculator
-        # Speculation decides on the host from the last token, so it keeps steps synchronous.
-        self.async_scheduling = async_scheduling and speculator is None
+        # With speculation, only the steps that do not speculate run async: drafts are
+        # proposed from the host's tokens.
+        self.async_scheduling = async_scheduling
         self._in_flight: _InFlight | None = None
         self.scheduler = scheduler
         self.block_manager = scheduler.block_manager
@@ -199,15 +200,20 @@ class LLMEngine:
         With async scheduling a step is queued on the device and this call returns while it
         runs: its tokens are applied by the next call, whose own step is queued first, so the
         host's work of step n+1 (scheduling, input building, stop checks, detokenization)
-        overlaps the device's step n. Sequences then finish one call later.
+        overlaps the device's step n. Sequences then finish one call later. Steps that
+        speculate (and the scheduling that could preempt) first wait for the step in flight.
         """
         finished, self._aborted = self._aborted, []
         started = time.monotonic()
-        spec = self.speculator
+        spec, in_flight = self.speculator, self._in_flight
         if spec is not None:
             sched = self.scheduler
-            spec.plan(sched.running, self.max_model_len, sched.num_waiting, self.max_num_seqs)
-        in_flight = self._in_flight
+            if spec.decide(sched.running, sched.num_waiting, self.max_num_seqs):
+                if in_flight is not None:  # drafts are proposed from every token
+                    self._in_flight = None
+                    self._resolve(in_flight, finished)
+                    in_flight, started = None, time.monotonic()
+                spec.propose(sched.running, self.max_model_len)
         if in_flight is not None and self._may_preempt():
             # Preemption recomputes a sequence from its tokens: they must all be on the host.
             self._in_flight = None
@@ -224,14 +230,17 @@ class LLMEngine:
                 item.seq.metrics.first_scheduled_time = started
         self.num_steps += 1
         self.num_computed_tokens += plan.num_batched_tokens
-        if spec is None:
-            self._step_plain(plan.scheduled, in_flight, finished)
-            return finished
         pure_decode = plan.is_pure_decode
-        if any(item.num_spec for item in plan.scheduled):
-            scheduled, emitted = spec.execute(plan.scheduled, self.runner, self._verify_rows)
-        else:
-            scheduled, emitted = plan.scheduled, self._execute(plan.scheduled)
+        if spec is None or not any(item.num_spec for item in plan.scheduled):
+            self._step_plain(plan.scheduled, in_flight, finished)
+            if spec is not None and pure_decode:
+                # Async, this is the time to queue the step behind the one running: in a
+                # steady state, the device's time per step.
+                num_tokens = len(plan.scheduled)
+                spec.end_step(num_tokens, num_tokens, time.monotonic() - started)
+            return finished
+        assert in_flight is None
+        scheduled, emitted = spec.execute(plan.scheduled, self.runner, self._verify_rows)
         now = time.monotonic()
         num_emitted = sum(
             self._apply(item, tokens, now, finished)
@@ -298,11 +307,6 @@ class LLMEngine:
             self.block_manager.cache_computed_blocks(seq)
             if done:
                 finished.append(self._finish(request, now))
-
-    def _execute(self, scheduled: list[ScheduledSequence]) -> list[list[SampledToken]]:
-        rows = [self._sampling_row(item.seq) for item in scheduled if item.samples]
-        sampled = iter(self.runner.execute(scheduled, rows))
-        return [[next(sampled)] if item.samples else [] for item in scheduled]
 
     def _apply(
         self,

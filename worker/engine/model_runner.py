@@ -2,12 +2,13 @@
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from worker.engine.block_manager import cdiv
-from worker.engine.cuda_graphs import DecodeGraphs
+from worker.engine.cuda_graphs import StepGraphs
 from worker.engine.sampler import SampledToken, SamplingRow, sample, sample_ids
 from worker.engine.scheduler import ScheduledSequence
 from worker.engine.step_inputs import InputUploader, StepInputs, build_host_inputs
@@ -91,31 +92,40 @@ class ModelRunner:
         self.num_blocks = 0
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.uploader = InputUploader(self.device)
-        self.graphs: DecodeGraphs | None = None
+        # Decode steps replay `graphs`; with speculation, verification steps `verify_graphs`.
+        self.graphs: StepGraphs | None = None
+        self.verify_graphs: StepGraphs | None = None
         self.allocate_kv_cache(1)
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
-        self.graphs = None  # graphs hold the old cache's addresses
+        self.graphs = self.verify_graphs = None  # graphs hold the old cache's addresses
         self.kv_caches = []  # drop the old cache before the new one is allocated
         self.kv_caches = make_kv_caches(
             self.model, num_blocks, self.block_size, self.dtype, self.device
         )
         self.num_blocks = num_blocks
 
-    def capture_decode_graphs(self, max_num_seqs: int, max_model_len: int) -> None:
-        """Capture decode graphs over the current KV cache (call after its last allocation)."""
+    def capture_graphs(self, max_num_seqs: int, max_model_len: int, verify_tokens: int = 0) -> Any:
+        """Capture decode graphs over the current KV cache (call after its last allocation),
+        and verification graphs of `verify_tokens` tokens a sequence if that is over 1.
+        Returns the graphs' memory pool, which other captures may share."""
         assert self.device.type == "cuda"
         with torch.inference_mode():
-            self.graphs = DecodeGraphs(
+            self.graphs = StepGraphs(
                 self.model, self.kv_caches, max_num_seqs, max_model_len, self.block_size
             )
+            if verify_tokens > 1:
+                self.verify_graphs = StepGraphs(self.model, self.kv_caches, max_num_seqs,
+                                                max_model_len, self.block_size, verify_tokens,
+                                                self.graphs.pool)  # fmt: skip
+                return self.verify_graphs.pool
+        return self.graphs.pool
 
-    def _graph_bucket(self, scheduled: list[ScheduledSequence]) -> int | None:
-        if self.graphs is None:
-            return None
-        if not all(s.num_new_tokens == 1 and s.samples for s in scheduled):
-            return None
-        return self.graphs.bucket(len(scheduled))
+    def graphs_for(self, scheduled: list[ScheduledSequence]) -> StepGraphs | None:
+        for graphs in (self.graphs, self.verify_graphs):
+            if graphs is not None and graphs.bucket(scheduled) is not None:
+                return graphs
+        return None
 
     def prepare(self, scheduled: list[ScheduledSequence]) -> StepInputs:
         """Eager-step inputs on the device (the CPU test compares them with list-built ones)."""
@@ -128,9 +138,9 @@ class ModelRunner:
         prefill and mixed steps run eagerly. `pending` fills in input tokens that the previous
         step sampled and that have not reached the host yet."""
         fill = pending.fill if pending is not None else None
-        if self.graphs is not None and self._graph_bucket(scheduled) is not None:
-            host = build_host_inputs(scheduled, self.block_size, self.graphs.table_width)
-            return self.graphs.run(host, self.uploader, fill)
+        graphs = self.graphs_for(scheduled)
+        if graphs is not None:
+            return graphs.run(scheduled, self.uploader, fill)
         inputs = self.prepare(scheduled)
         if fill is not None:
             fill(inputs.input_ids)
@@ -166,11 +176,9 @@ class ModelRunner:
 
     @torch.inference_mode()
     def logits(self, scheduled: list[ScheduledSequence]) -> torch.Tensor:
-        """Eager step returning the logits of every item's trailing `num_logits_rows` positions
+        """A step returning the logits of every item's trailing `num_logits_rows` positions
         (all k + 1 of a sequence verifying k drafts), in item order."""
-        inputs = self.prepare(scheduled)
-        hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta)
-        return self.model.compute_logits(hidden[inputs.sample_idx])
+        return self.model.compute_logits(self._forward(scheduled, None))
 
     @torch.inference_mode()
     def profile_peak_bytes(self, num_tokens: int) -> int:
