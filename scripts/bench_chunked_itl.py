@@ -18,7 +18,8 @@ import torch
 from schemas import SamplingParams
 from worker.bench import percentiles, random_prompts, release_gpu_memory
 from worker.config import EngineSettings
-from worker.engine.llm_engine import LLMEngine
+from worker.engine.llm_engine import PLACEHOLDER, LLMEngine
+from worker.engine.sequence import Sequence
 
 
 def decode_itls(
@@ -30,7 +31,11 @@ def decode_itls(
 ) -> list[float]:
     """Step the engine `num_steps` times; ITLs of `ids`, adding a long prompt every few steps."""
     seqs = [engine.requests[i].seq for i in ids]
-    last_count = [s.num_output_tokens for s in seqs]
+
+    def num_output(seq: Sequence) -> int:  # tokens on the host: async steps add placeholders
+        return seq.num_output_tokens - (seq.token_ids[-1] == PLACEHOLDER)
+
+    last_count = [num_output(s) for s in seqs]
     last_time = [time.perf_counter()] * len(seqs)
     itls: list[float] = []
     pending = list(long_prompts)
@@ -41,10 +46,11 @@ def decode_itls(
         engine.step()
         now = time.perf_counter()
         for j, seq in enumerate(seqs):
-            if seq.num_output_tokens > last_count[j]:
+            count = num_output(seq)
+            if count > last_count[j]:
                 if last_count[j] > 0:
                     itls.append(now - last_time[j])
-                last_count[j], last_time[j] = seq.num_output_tokens, now
+                last_count[j], last_time[j] = count, now
     return itls
 
 

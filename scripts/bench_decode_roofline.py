@@ -4,7 +4,8 @@
 At batch 1 every step reads every matmul weight once, so no step can beat
 weight bytes / copy bandwidth (the 1 GiB device copy, read + write counted, measured here).
 Time per output token = (finish - first token) / (output tokens - 1) of one request run alone,
-with decode CUDA graphs and, for comparison, eagerly (--enforce-eager), on the same weights seed.
+with decode CUDA graphs and async scheduling, with graphs alone, and eagerly (--enforce-eager),
+on the same weights seed.
 """
 
 import argparse
@@ -39,6 +40,10 @@ def measure(settings: EngineSettings, prompts: list[list[int]], output_len: int)
     return statistics.median(times[1:])
 
 
+# (name, enforce_eager, async_scheduling)
+MODES = (("graphs_async", False, True), ("graphs_sync", False, False), ("eager_sync", True, False))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--model", default="llama3-8b")
@@ -56,8 +61,8 @@ def main() -> None:
     figures: dict[str, float | str] = {"gpu": torch.cuda.get_device_name(), **limits}
     cfg = ModelConfig.from_hf(resolve(args.model, Path(".")).hf_config)
     prompts = random_prompts(args.num_requests + 1, args.input_len, cfg.vocab_size, 0)
-    for name, eager in (("graphs", False), ("eager", True)):
-        settings = EngineSettings(**common, enforce_eager=eager)
+    for name, eager, overlap in MODES:
+        settings = EngineSettings(**common, enforce_eager=eager, async_scheduling=overlap)
         figures[f"tpot_{name}_s"] = measure(settings, prompts, args.output_len)
     weight_bytes = cfg.num_matmul_params * 2  # bf16
     roofline_s = weight_bytes / limits["copy_bytes_per_s"]
@@ -65,7 +70,7 @@ def main() -> None:
     print(f"GPU {figures['gpu']}: copy {limits['copy_bytes_per_s'] / 1e12:.2f} TB/s; "
           f"{args.model} weights {weight_bytes / 1e9:.2f} GB -> roofline "
           f"{roofline_s * 1e3:.3f} ms/token")  # fmt: skip
-    for name in ("graphs", "eager"):
+    for name, _, _ in MODES:
         tpot = float(figures[f"tpot_{name}_s"])
         figures[f"ratio_{name}"] = tpot / roofline_s
         print(f"batch 1 decode ({name}): {tpot * 1e3:.3f} ms/token = "

@@ -50,6 +50,11 @@ class EngineSettings(BaseSettings):
     enforce_eager: bool = Field(
         False, description="run decode steps eagerly instead of replaying CUDA graphs"
     )
+    async_scheduling: bool | None = Field(
+        None,
+        description="queue step n+1 on the GPU before reading step n's tokens back, so host "
+        "work overlaps the GPU (default: on with CUDA, off on CPU); steps that speculate wait",
+    )
     speculative_method: Literal["ngram", "draft"] | None = Field(
         None, description="speculative decoding: ngram (prompt lookup) or draft (a draft model)"
     )
@@ -86,7 +91,7 @@ def add_settings_arguments(
         flag = "--" + name.replace("_", "-")
         help_text = field.description or ""
         default = field.default
-        if field.annotation is bool:
+        if field.annotation in (bool, bool | None):
             parser.add_argument(
                 flag,
                 dest=name,

@@ -21,12 +21,14 @@ def prompts() -> list[list[int]]:
 
 
 @pytest.mark.gpu
-def test_graph_decode_gives_the_eager_greedy_tokens() -> None:
+@pytest.mark.parametrize("async_scheduling", [False, True], ids=["sync", "async"])
+def test_graph_decode_gives_the_eager_greedy_tokens(async_scheduling: bool) -> None:
     common = dict(model="tiny-llama", device="cuda", dtype="float32", max_num_seqs=16,
                   max_model_len=256, kv_cache_memory_gb=0.05)  # fmt: skip
-    graphs = engine(**common)
-    eager = engine(**common, enforce_eager=True)
+    graphs = engine(**common, async_scheduling=async_scheduling)
+    eager = engine(**common, enforce_eager=True, async_scheduling=False)
     assert graphs.runner.graphs is not None and eager.runner.graphs is None
+    assert graphs.async_scheduling is async_scheduling
     # Different max_tokens make the batch shrink step by step through the buckets.
     params = [SamplingParams(temperature=0, ignore_eos=True, max_tokens=4 + 3 * i)
               for i in range(11)]  # fmt: skip
@@ -36,9 +38,11 @@ def test_graph_decode_gives_the_eager_greedy_tokens() -> None:
 
 
 @pytest.mark.gpu
-def test_graph_decode_keeps_sampling_and_prefix_cache_working() -> None:
+@pytest.mark.parametrize("async_scheduling", [False, True], ids=["sync", "async"])
+def test_graph_decode_keeps_sampling_and_prefix_cache_working(async_scheduling: bool) -> None:
     e = engine(model="tiny-llama", device="cuda", dtype="float32", max_num_seqs=8,
-               max_model_len=128, kv_cache_memory_gb=0.05)  # fmt: skip
+               max_model_len=128, kv_cache_memory_gb=0.05,
+               async_scheduling=async_scheduling)  # fmt: skip
     shared = list(range(100, 140))
     params = SamplingParams(temperature=0.8, top_p=0.9, seed=5, ignore_eos=True, max_tokens=12)
     first = e.generate([[*shared, 1, 2]], params)[0].output_token_ids
@@ -69,3 +73,32 @@ def test_cuda_out_of_memory_at_start_up_becomes_a_config_error(
         engine(model="tiny-llama", device="cpu", dtype="float32")
     for knob in ("--max-model-len", "--gpu-memory-utilization", "--enforce-eager"):
         assert knob in str(info.value)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "spec",
+    [{"speculative_method": "ngram"},
+     {"speculative_method": "draft", "speculative_draft_layers": 1}],
+    ids=["ngram", "draft"],
+)  # fmt: skip
+def test_verification_and_draft_graphs_give_the_eager_tokens(spec: dict[str, object]) -> None:
+    common = dict(model="tiny-llama", device="cuda", dtype="float32", max_num_seqs=16,
+                  max_model_len=256, kv_cache_memory_gb=0.05, speculative_adaptive=False,
+                  **spec)  # fmt: skip
+    graphs = engine(**common)
+    eager = engine(**common, enforce_eager=True)
+    assert graphs.runner.verify_graphs is not None and eager.runner.verify_graphs is None
+    assert graphs.runner.verify_graphs.tokens_per_seq == 5
+    draft = graphs.speculator.draft if graphs.speculator is not None else None
+    is_draft = spec["speculative_method"] == "draft"
+    assert (draft is not None and draft.graphs is not None) == is_draft
+    # Repetitive prompts give n-gram matches, so verification steps carry drafts.
+    reps = [[(5 * i + j % 7) % 400 + 10 for j in range(12 + 9 * i)] for i in range(11)]
+    params = [SamplingParams(temperature=0, ignore_eos=True, max_tokens=8 + 3 * i)
+              for i in range(11)]  # fmt: skip
+    want = [o.output_token_ids for o in eager.generate(reps, params)]
+    got = [o.output_token_ids for o in graphs.generate(reps, params)]
+    assert got == want
+    stats = graphs.stats().spec
+    assert stats is not None and stats.num_draft_tokens > 0

@@ -1,17 +1,24 @@
 """Step inputs built with numpy and packed buffers equal the plain list-built ones."""
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from schemas import SamplingParams
+from tests.oracle import engine_for, greedy, make_tiny_checkpoint
 from worker.engine.block_manager import cdiv
 from worker.engine.cuda_graphs import graph_batch_sizes
 from worker.engine.scheduler import ScheduledSequence
 from worker.engine.sequence import Sequence, SequenceMetrics
-from worker.engine.step_inputs import InputUploader, build_host_inputs, pad_decode_inputs
+from worker.engine.step_inputs import (
+    InputUploader,
+    build_host_inputs,
+    pad_decode_inputs,
+    pad_inputs,
+)
 
 BLOCK_SIZE = 4
 
@@ -113,3 +120,30 @@ def test_graph_batch_sizes() -> None:
     assert graph_batch_sizes(6) == [1, 2, 4, 6]
     assert graph_batch_sizes(32) == [1, 2, 4, 8, 16, 24, 32]
     assert graph_batch_sizes(36) == [1, 2, 4, 8, 16, 24, 32, 36]
+
+
+def test_padded_verification_step_keeps_the_real_rows(tmp_path: Path) -> None:
+    """A verification-graph step: sequences with 0 to 4 drafts padded to 8 sequences of 5
+    tokens (padding sequences and tokens that belong to no sequence) give the unpadded
+    step's logits on the rows that are sampled."""
+    engine = engine_for(make_tiny_checkpoint(tmp_path, "llama", 4, 2, 64), max_num_seqs=8)
+    prompts = [[(3 * i + j) % 900 + 5 for j in range(9 + 7 * i)] for i in range(3)]
+    for i, prompt in enumerate(prompts):
+        engine.add_request(str(i), prompt, greedy(8, ignore_eos=True))
+    engine.step()  # prefill: each sequence now has one pending token
+    scheduled = []
+    for n, seq in zip((0, 2, 4), engine.scheduler.running, strict=True):
+        drafts = tuple(range(20, 20 + n))
+        assert engine.block_manager.allocate(seq, seq.num_tokens + n)
+        scheduled.append(ScheduledSequence(seq, 1 + n, seq.num_computed_tokens, drafts))
+    runner = engine.runner
+    want = runner.logits(scheduled)
+    host = build_host_inputs(scheduled, runner.block_size, table_width=8)
+    padded = pad_inputs(host, 8, 8 * 5, 5, 8 * runner.block_size)
+    assert padded.cu_seqlens_q.tolist() == [0, 1, 4, 9, 10, 11, 12, 13, 14]
+    assert padded.slot_mapping[9:].tolist() == [-1] * 31
+    inputs = InputUploader(runner.device).upload(padded)
+    hidden = runner.model(inputs.input_ids, inputs.positions, runner.kv_caches, inputs.meta)
+    got = runner.model.compute_logits(hidden[inputs.sample_idx])
+    assert want.shape == (1 + 3 + 5, runner.model.config.vocab_size)
+    torch.testing.assert_close(got, want)

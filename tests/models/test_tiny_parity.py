@@ -44,11 +44,12 @@ def checkpoint(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     )
 
 
+@pytest.mark.parametrize("async_scheduling", [False, True], ids=["sync", "async"])
 @pytest.mark.parametrize("setting", list(SETTINGS))
-def test_greedy_matches_hf(checkpoint: Path, setting: str) -> None:
+def test_greedy_matches_hf(checkpoint: Path, setting: str, async_scheduling: bool) -> None:
     prompts = _prompts(setting)
     expected = hf_greedy(checkpoint, prompts, MAX_NEW, ignore_eos=True)
-    engine = engine_for(checkpoint, **SETTINGS[setting])
+    engine = engine_for(checkpoint, async_scheduling=async_scheduling, **SETTINGS[setting])
     outputs = engine.generate(prompts, greedy(MAX_NEW, ignore_eos=True))
     assert [o.output_token_ids for o in outputs] == expected
     stats = engine.stats()

@@ -61,9 +61,12 @@ class BlockManager:
     def usage(self) -> float:
         return 1.0 - self.free_list.num_free / self.num_blocks
 
-    def update_hashes(self, seq: Sequence) -> None:
+    def update_hashes(self, seq: Sequence, num_blocks: int | None = None) -> None:
+        """Hash the first `num_blocks` full blocks (default: every full block). A token still
+        in flight (async scheduling) is a placeholder, so callers stop short of it."""
         bs = self.block_size
-        while len(seq.block_hashes) < seq.num_tokens // bs:
+        limit = seq.num_tokens // bs if num_blocks is None else num_blocks
+        while len(seq.block_hashes) < limit:
             i = len(seq.block_hashes)
             parent = seq.block_hashes[-1] if i else root_hash(self.model_id, seq.cache_salt)
             seq.block_hashes.append(chain_hash(parent, seq.token_ids[i * bs : (i + 1) * bs]))
@@ -102,7 +105,8 @@ class BlockManager:
                 self.free_list.remove(block)
             block.ref_count += 1
             seq.block_table.append(block.block_id)
-        seq.num_hashed_blocks = max(seq.num_hashed_blocks, len(seq.block_table))
+        if cached:  # prefix hits are registered already; blocks added below are not
+            seq.num_hashed_blocks = len(seq.block_table)
         while len(seq.block_table) < cdiv(num_tokens, self.block_size):
             block = self._take_free_block()
             block.ref_count = 1
@@ -124,7 +128,7 @@ class BlockManager:
         num_full = min(seq.num_computed_tokens // self.block_size, len(seq.block_table))
         if num_full <= seq.num_hashed_blocks:
             return
-        self.update_hashes(seq)
+        self.update_hashes(seq, num_full)
         for i in range(seq.num_hashed_blocks, num_full):
             block = self.blocks[seq.block_table[i]]
             block_hash = seq.block_hashes[i]

@@ -85,7 +85,11 @@ def _size_kv_cache(
             draft.allocate_kv_cache(num_blocks)
         capturable = runner.model.backend.graph_capturable
         if runner.device.type == "cuda" and not settings.enforce_eager and capturable:
-            runner.capture_decode_graphs(settings.max_num_seqs, max_model_len)
+            spec = settings.speculative_method is not None
+            verify_tokens = settings.num_speculative_tokens + 1 if spec else 0
+            pool = runner.capture_graphs(settings.max_num_seqs, max_model_len, verify_tokens)
+            if draft is not None:
+                draft.capture_graphs(settings.max_num_seqs, max_model_len, pool)
     except torch.cuda.OutOfMemoryError as exc:
         runner.allocate_kv_cache(1)  # give the memory back before raising
         if draft is not None:
@@ -144,8 +148,17 @@ def build_engine(settings: EngineSettings) -> LLMEngine:
         ),
         BlockManager(num_blocks, settings.block_size, settings.enable_prefix_caching, model_id),
     )
+    async_scheduling = settings.async_scheduling
+    if async_scheduling is None:
+        async_scheduling = device.type == "cuda"
     return LLMEngine(
-        runner, scheduler, _load_tokenizer(source), model_cfg.eos_token_ids, model_id, speculator
+        runner,
+        scheduler,
+        _load_tokenizer(source),
+        model_cfg.eos_token_ids,
+        model_id,
+        speculator,
+        async_scheduling=async_scheduling,
     )
 
 

@@ -1,25 +1,29 @@
-"""CUDA graphs for decode steps: one per batch-size bucket, captured once at start-up.
+"""CUDA graphs for decode and verification steps: one per batch-size bucket, captured at start-up.
 
 A decode step of a small batch launches hundreds of small kernels; replaying a graph turns that
-into one launch, so the GPU no longer waits for Python. Every graph reads its inputs from the same
-static buffers, laid out as `step_inputs` packs them, so a step costs two host-to-device copies
-and one replay. Batches are padded up to the next bucket; padding rows write to slot -1.
-Attention gets max_seqlen_k = max_model_len as its hint, a true upper bound, so the launch
-configuration captured in the graph is valid for every context length it will see.
+into one launch, so the GPU no longer waits for Python. Every graph of a family reads its inputs
+from the same static buffers, laid out as `step_inputs` packs them, so a step costs two
+host-to-device copies and one replay. Batches are padded up to the next bucket; padding rows write
+to slot -1.
+
+A family serves steps of up to `tokens_per_seq` query tokens per sequence: 1 for decode, k + 1
+for verifying k speculative tokens (a sequence with fewer drafts, or none, fits too: the
+attention kernel finds each sequence's tokens from cu_seqlens_q, and tokens past the last
+sequence belong to none). Attention gets max_seqlen_q = tokens_per_seq and max_seqlen_k =
+max_model_len as hints, true upper bounds, so the launch configuration captured in the graph is
+valid for every step it will see.
 """
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
 from worker.engine.block_manager import cdiv
-from worker.engine.step_inputs import (
-    HostInputs,
-    InputUploader,
-    pad_decode_inputs,
-)
+from worker.engine.scheduler import ScheduledSequence
+from worker.engine.step_inputs import HostInputs, InputUploader, build_host_inputs, pad_inputs
 from worker.models.llama import CausalLM, KVCache
 
 log = logging.getLogger(__name__)
@@ -48,8 +52,8 @@ def _template(table_width: int) -> HostInputs:
     )
 
 
-class DecodeGraphs:
-    """Captured decode graphs over shared static inputs; `run` replays the smallest that fits."""
+class StepGraphs:
+    """Captured graphs over shared static inputs; `run` replays the smallest that fits."""
 
     def __init__(
         self,
@@ -58,28 +62,33 @@ class DecodeGraphs:
         max_num_seqs: int,
         max_model_len: int,
         block_size: int,
+        tokens_per_seq: int = 1,
+        pool: Any = None,
     ) -> None:
         device = next(model.parameters()).device
         self.block_size = block_size
         self.max_model_len = max_model_len
+        self.tokens_per_seq = tokens_per_seq
         self.table_width = cdiv(max_model_len, block_size)
         self.batch_sizes = graph_batch_sizes(max_num_seqs)
-        # int64: ids, positions, slots (+ sample_idx, unused); int32: lens, cu_q, tables
-        self.static64 = torch.zeros(4 * max_num_seqs, dtype=torch.int64, device=device)
+        max_tokens = max_num_seqs * tokens_per_seq
+        # int64: ids, positions, slots, sample_idx; int32: lens, cu_q, tables
+        self.static64 = torch.zeros(4 * max_tokens, dtype=torch.int64, device=device)
         self.static32 = torch.zeros(
             (2 + self.table_width) * max_num_seqs + 1, dtype=torch.int32, device=device
         )
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        pool = None
         for batch_size in reversed(self.batch_sizes):  # the largest first: the rest reuse its pool
             graph, hidden = self._capture(model, kv_caches, batch_size, pool)
             pool = graph.pool()
             self.graphs[batch_size] = (graph, hidden)
-        log.info("captured %d decode CUDA graphs, batch sizes %s", len(self.graphs),
-                 self.batch_sizes)  # fmt: skip
+        self.pool = pool
+        log.info("captured %d CUDA graphs of up to %d tokens a sequence, batch sizes %s",
+                 len(self.graphs), tokens_per_seq, self.batch_sizes)  # fmt: skip
 
     def padded_inputs(self, host: HostInputs, batch_size: int) -> HostInputs:
-        return pad_decode_inputs(host, batch_size, self.max_model_len)
+        return pad_inputs(host, batch_size, batch_size * self.tokens_per_seq,
+                          self.tokens_per_seq, self.max_model_len)  # fmt: skip
 
     def _capture(
         self,
@@ -103,15 +112,31 @@ class DecodeGraphs:
             hidden = forward()
         return graph, hidden
 
-    def bucket(self, num_seqs: int) -> int | None:
-        return next((b for b in self.batch_sizes if b >= num_seqs), None)
+    def bucket(self, scheduled: list[ScheduledSequence]) -> int | None:
+        """The graph for a step of at most tokens_per_seq tokens per sequence (a decode, a
+        verification, a short chunk); None when the step must run eagerly."""
+        if any(s.num_new_tokens > self.tokens_per_seq for s in scheduled):
+            return None
+        return next((b for b in self.batch_sizes if b >= len(scheduled)), None)
 
-    def run(self, host: HostInputs, uploader: InputUploader) -> torch.Tensor:
-        """Hidden states [num_seqs, hidden_size] of a decode step `host` (one token a sequence)."""
-        num_seqs = host.seq_lens.shape[0]
-        batch_size = self.bucket(num_seqs)
-        assert batch_size is not None and host.block_tables.shape[1] == self.table_width
-        uploader.upload(self.padded_inputs(host, batch_size), self.static64, self.static32)
+    def run(
+        self,
+        scheduled: list[ScheduledSequence],
+        uploader: InputUploader,
+        fill: Callable[[torch.Tensor], None] | None = None,
+    ) -> torch.Tensor:
+        """Hidden states of the step's sampled positions (`bucket` must have accepted it);
+        `fill` may overwrite input ids on the device before the replay."""
+        batch_size = self.bucket(scheduled)
+        assert batch_size is not None
+        host = build_host_inputs(scheduled, self.block_size, self.table_width)
+        padded = self.padded_inputs(host, batch_size)
+        inputs = uploader.upload(padded, self.static64, self.static32)
+        if fill is not None:
+            fill(inputs.input_ids)
         graph, hidden = self.graphs[batch_size]
         graph.replay()
-        return hidden[:num_seqs]
+        num_rows = host.sample_idx.shape[0]
+        if num_rows == len(scheduled) == host.input_ids.shape[0]:
+            return hidden[:num_rows]  # decode: the sampled rows are the first ones, in order
+        return hidden[inputs.sample_idx]

@@ -8,10 +8,12 @@ tokens after that) together with the pending token, then k - 1 single-token step
 """
 
 import dataclasses
+from typing import Any
 
 import torch
 from torch import nn
 
+from worker.engine.cuda_graphs import StepGraphs
 from worker.engine.model_runner import kv_block_bytes, make_kv_caches
 from worker.engine.sampler import SamplingRow, draw, filtered_probs
 from worker.engine.scheduler import ScheduledSequence
@@ -52,11 +54,13 @@ class DraftProposer:
         self.device, self.dtype = param.device, param.dtype
         self.uploader = InputUploader(self.device)
         self.kv_caches: list[KVCache] = []
+        self.graphs: StepGraphs | None = None  # the draft's one-token steps, on CUDA
 
     def block_bytes(self) -> int:
         return kv_block_bytes(self.model, self.block_size, self.dtype)
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
+        self.graphs = None  # graphs hold the old cache's addresses
         self.kv_caches = []  # drop the old cache before the new one is allocated
         self.kv_caches = make_kv_caches(
             self.model, num_blocks, self.block_size, self.dtype, self.device
@@ -118,7 +122,17 @@ class DraftProposer:
                 chunk.seq.num_draft_computed += chunk.num_new_tokens
             pending = [it for it in pending if it.seq.num_draft_computed < it.start]
 
+    def capture_graphs(self, max_num_seqs: int, max_model_len: int, pool: Any = None) -> None:
+        """Capture the draft's one-token steps (call after the cache's last allocation)."""
+        with torch.inference_mode():
+            self.graphs = StepGraphs(self.model, self.kv_caches, max_num_seqs, max_model_len,
+                                     self.block_size, 1, pool)  # fmt: skip
+
     def _logits(self, batch: list[ScheduledSequence]) -> torch.Tensor:
-        inputs = self.uploader.upload(build_host_inputs(batch, self.block_size))
-        hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta)
-        return self.model.compute_logits(hidden[inputs.sample_idx])
+        if self.graphs is not None and self.graphs.bucket(batch) is not None:
+            hidden = self.graphs.run(batch, self.uploader)
+        else:
+            inputs = self.uploader.upload(build_host_inputs(batch, self.block_size))
+            hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta)
+            hidden = hidden[inputs.sample_idx]
+        return self.model.compute_logits(hidden)

@@ -7,13 +7,14 @@ from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from schemas import SamplingParams
-from worker.engine.block_manager import PrefixCacheStats
+from worker.engine.block_manager import PrefixCacheStats, cdiv
 from worker.engine.detokenizer import IncrementalDetokenizer
-from worker.engine.model_runner import ModelRunner
-from worker.engine.sampler import SampledToken, SamplingRow
+from worker.engine.model_runner import AsyncTokens, ModelRunner, PendingTokens
+from worker.engine.sampler import SampledToken, SamplingRow, needs_host_history
 from worker.engine.scheduler import RequestRejected, ScheduledSequence, Scheduler
 from worker.engine.sequence import Sequence, SequenceMetrics
 from worker.engine.speculative import SpecStats, Speculator
@@ -48,6 +49,35 @@ class EngineStats:
     spec: SpecStats | None = None  # None: speculative decoding is off
 
 
+# Stands in seq.token_ids for a token an async step sampled that has not reached the host.
+PLACEHOLDER = -1
+
+
+@dataclass
+class _InFlight:
+    """An async step on the device: its tokens and, per sampled sequence, the index of its
+    placeholder in seq.token_ids."""
+
+    tokens: AsyncTokens
+    slots: list[tuple[Sequence, int]]
+
+    def pending_inputs(self, scheduled: list[ScheduledSequence]) -> PendingTokens | None:
+        """The next step's input rows that are this step's tokens."""
+        source = {seq: (i, index) for i, (seq, index) in enumerate(self.slots)}
+        rows, source_idx, offset = [], [], 0
+        for item in scheduled:
+            hit = source.get(item.seq)
+            if hit is not None and hit[1] == item.start:
+                rows.append(offset)
+                source_idx.append(hit[0])
+            offset += item.num_new_tokens
+        if not rows:
+            return None
+        return PendingTokens(
+            np.array(rows, np.int64), self.tokens, np.array(source_idx, np.int64)
+        )
+
+
 @dataclass
 class _Request:
     seq: Sequence
@@ -65,9 +95,14 @@ class LLMEngine:
         eos_token_ids: Seq[int],
         model_id: str,
         speculator: Speculator | None = None,
+        async_scheduling: bool = False,
     ) -> None:
         self.runner = runner
         self.speculator = speculator
+        # With speculation, only the steps that do not speculate run async: drafts are
+        # proposed from the host's tokens.
+        self.async_scheduling = async_scheduling
+        self._in_flight: _InFlight | None = None
         self.scheduler = scheduler
         self.block_manager = scheduler.block_manager
         self.tokenizer = tokenizer
@@ -144,6 +179,9 @@ class LLMEngine:
         request = self.requests.pop(request_id, None)
         if request is None:
             return
+        tokens = request.seq.token_ids
+        if tokens and tokens[-1] == PLACEHOLDER:  # its async step is still in flight
+            tokens.pop()
         self.scheduler.finish(request.seq, "abort")
         if self.speculator is not None:
             self.speculator.forget(request.seq)
@@ -157,39 +195,118 @@ class LLMEngine:
         return len(self.requests)
 
     def step(self) -> list[RequestOutput]:
-        """Run one batch; return the requests that finished in it (and any aborted since)."""
+        """Run one batch; return the requests that finished (and any aborted since).
+
+        With async scheduling a step is queued on the device and this call returns while it
+        runs: its tokens are applied by the next call, whose own step is queued first, so the
+        host's work of step n+1 (scheduling, input building, stop checks, detokenization)
+        overlaps the device's step n. Sequences then finish one call later. Steps that
+        speculate (and the scheduling that could preempt) first wait for the step in flight.
+        """
         finished, self._aborted = self._aborted, []
         started = time.monotonic()
-        spec = self.speculator
+        spec, in_flight = self.speculator, self._in_flight
         if spec is not None:
             sched = self.scheduler
-            spec.plan(sched.running, self.max_model_len, sched.num_waiting, self.max_num_seqs)
+            if spec.decide(sched.running, sched.num_waiting, self.max_num_seqs):
+                if in_flight is not None:  # drafts are proposed from every token
+                    self._in_flight = None
+                    self._resolve(in_flight, finished)
+                    in_flight, started = None, time.monotonic()
+                spec.propose(sched.running, self.max_model_len)
+        if in_flight is not None and self._may_preempt():
+            # Preemption recomputes a sequence from its tokens: they must all be on the host.
+            self._in_flight = None
+            self._resolve(in_flight, finished)
+            in_flight = None
         plan = self.scheduler.schedule()
         if plan.is_empty:
+            if in_flight is not None:
+                self._in_flight = None
+                self._resolve(in_flight, finished)
             return finished
         for item in plan.scheduled:
             if item.seq.metrics.first_scheduled_time is None:
                 item.seq.metrics.first_scheduled_time = started
-        pure_decode = plan.is_pure_decode
-        if spec is not None and any(item.num_spec for item in plan.scheduled):
-            scheduled, emitted = spec.execute(plan.scheduled, self.runner, self._verify_rows)
-        else:
-            scheduled, emitted = plan.scheduled, self._execute(plan.scheduled)
         self.num_steps += 1
         self.num_computed_tokens += plan.num_batched_tokens
+        pure_decode = plan.is_pure_decode
+        if spec is None or not any(item.num_spec for item in plan.scheduled):
+            self._step_plain(plan.scheduled, in_flight, finished)
+            if spec is not None and pure_decode:
+                # Async, this is the time to queue the step behind the one running: in a
+                # steady state, the device's time per step.
+                num_tokens = len(plan.scheduled)
+                spec.end_step(num_tokens, num_tokens, time.monotonic() - started)
+            return finished
+        assert in_flight is None
+        scheduled, emitted = spec.execute(plan.scheduled, self.runner, self._verify_rows)
         now = time.monotonic()
         num_emitted = sum(
             self._apply(item, tokens, now, finished)
             for item, tokens in zip(scheduled, emitted, strict=True)
         )
-        if spec is not None and pure_decode:
+        if pure_decode:
             spec.end_step(len(scheduled), num_emitted, now - started)
         return finished
 
-    def _execute(self, scheduled: list[ScheduledSequence]) -> list[list[SampledToken]]:
-        rows = [self._sampling_row(item.seq) for item in scheduled if item.samples]
-        sampled = iter(self.runner.execute(scheduled, rows))
-        return [[next(sampled)] if item.samples else [] for item in scheduled]
+    def _step_plain(
+        self,
+        scheduled: list[ScheduledSequence],
+        in_flight: _InFlight | None,
+        finished: list[RequestOutput],
+    ) -> None:
+        """A step without speculation: launched async when allowed, else run to its tokens."""
+        sampling = [item for item in scheduled if item.samples]
+        rows = [self._sampling_row(item.seq) for item in sampling]
+        pending = in_flight.pending_inputs(scheduled) if in_flight is not None else None
+        if self.async_scheduling and rows and not any(map(needs_host_history, rows)):
+            queued = self.runner.launch(scheduled, rows, pending)
+            launched = _InFlight(queued, [(item.seq, item.seq.num_tokens) for item in sampling])
+            for item in scheduled:
+                item.seq.num_computed_tokens += item.num_new_tokens
+                if not item.samples:  # a prefill chunk: its blocks hold no placeholder
+                    self.block_manager.cache_computed_blocks(item.seq)
+            for seq, _ in launched.slots:
+                seq.token_ids.append(PLACEHOLDER)
+            self._in_flight = launched
+            if in_flight is not None:
+                self._resolve(in_flight, finished)
+            return
+        emitted = iter(self.runner.execute(scheduled, rows, pending))
+        self._in_flight = None
+        if in_flight is not None:  # the device is past it: this step read its tokens back
+            self._resolve(in_flight, finished)
+        now = time.monotonic()
+        for item in scheduled:
+            tokens = [next(emitted)] if item.samples else []
+            if not item.seq.is_finished:  # it may have stopped on the token resolved above
+                self._apply(item, tokens, now, finished)
+
+    def _may_preempt(self) -> bool:
+        """Whether scheduling could run out of blocks for the running sequences' next tokens."""
+        bs = self.block_manager.block_size
+        needed = sum(
+            max(cdiv(s.num_tokens, bs) - len(s.block_table), 0) for s in self.scheduler.running
+        )
+        return needed > self.block_manager.num_free_blocks
+
+    def _resolve(self, in_flight: _InFlight, finished: list[RequestOutput]) -> None:
+        """Put an async step's tokens in place of their placeholders and apply them."""
+        token_ids = in_flight.tokens.tolist()
+        now = time.monotonic()
+        for (seq, index), token_id in zip(in_flight.slots, token_ids, strict=True):
+            request = self.requests.get(seq.request_id)
+            if request is None or request.seq is not seq or seq.is_finished:
+                continue  # aborted while in flight
+            seq.token_ids[index] = token_id
+            done = self._accept_token(request, SampledToken(token_id), now, index)
+            if done:
+                del seq.token_ids[index + 1 :]  # a placeholder of the step in flight, if any
+                seq.num_computed_tokens = min(seq.num_computed_tokens, seq.num_tokens)
+            self.block_manager.cache_computed_blocks(seq)
+            if done:
+                finished.append(self._finish(request, now))
 
     def _apply(
         self,
@@ -207,7 +324,10 @@ class LLMEngine:
         done, num_appended = False, 0
         for token in tokens:
             num_appended += 1
-            if self._append_token(request, token, now):
+            seq.token_ids.append(token.token_id)
+            if request.logprobs is not None:
+                request.logprobs.append(token)
+            if self._accept_token(request, token, now, seq.num_tokens - 1):
                 done = True
                 break
         if item.num_spec:
@@ -243,24 +363,26 @@ class LLMEngine:
     def _verify_rows(self, seq: Sequence, drafts: list[int]) -> list[SamplingRow]:
         return [self._sampling_row(seq, drafts[:j]) for j in range(len(drafts) + 1)]
 
-    def _append_token(self, request: _Request, token: SampledToken, now: float) -> bool:
-        """Append a sampled token; True when the sequence is done."""
+    def _accept_token(
+        self, request: _Request, token: SampledToken, now: float, index: int
+    ) -> bool:
+        """Take in the token now at seq.token_ids[index] (the sequence may already hold a
+        placeholder after it); True when the sequence is done."""
         seq, p = request.seq, request.seq.params
-        seq.token_ids.append(token.token_id)
         if seq.metrics.first_token_time is None:
             seq.metrics.first_token_time = now
         elif self.inter_token_latency_observer is not None and seq.metrics.last_token_time:
             self.inter_token_latency_observer(now - seq.metrics.last_token_time)
         seq.metrics.last_token_time = now
-        if request.logprobs is not None:
-            request.logprobs.append(token)
         stopped = request.detokenizer is not None and request.detokenizer.push(token.token_id)
         is_eos = not p.ignore_eos and token.token_id in self.eos_token_ids
         hit_stop = stopped or is_eos or token.token_id in p.stop_token_ids
-        if hit_stop and seq.num_output_tokens >= p.min_tokens:
+        num_tokens = index + 1
+        num_output = num_tokens - seq.num_prompt_tokens
+        if hit_stop and num_output >= p.min_tokens:
             seq.finish_reason = "stop"
         if seq.finish_reason is None and (
-            seq.num_output_tokens >= p.max_tokens or seq.num_tokens >= self.max_model_len
+            num_output >= p.max_tokens or num_tokens >= self.max_model_len
         ):
             seq.finish_reason = "length"
         return seq.finish_reason is not None

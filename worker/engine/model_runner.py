@@ -1,12 +1,15 @@
 """Turns a scheduled step into tensors, runs the model over the paged KV cache, samples."""
 
 import logging
+from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 
 from worker.engine.block_manager import cdiv
-from worker.engine.cuda_graphs import DecodeGraphs
-from worker.engine.sampler import SampledToken, SamplingRow, sample
+from worker.engine.cuda_graphs import StepGraphs
+from worker.engine.sampler import SampledToken, SamplingRow, sample, sample_ids
 from worker.engine.scheduler import ScheduledSequence
 from worker.engine.step_inputs import InputUploader, StepInputs, build_host_inputs
 from worker.models.attention import AttentionMetadata
@@ -36,6 +39,49 @@ def make_kv_caches(
     ]
 
 
+def _to_device(values: np.ndarray, device: torch.device) -> torch.Tensor:
+    host = torch.from_numpy(values)
+    if device.type != "cuda":
+        return host
+    return host.pin_memory().to(device, non_blocking=True)
+
+
+class AsyncTokens:
+    """A step's sampled token ids: on the device at once, on the host once the copy lands."""
+
+    def __init__(self, ids: torch.Tensor) -> None:
+        self.device_ids = ids  # [n] int64; the next step reads its input tokens from here
+        self.event: torch.cuda.Event | None = None
+        if ids.device.type == "cuda":
+            self.host_ids = torch.empty(ids.shape, dtype=ids.dtype, pin_memory=True)
+            self.host_ids.copy_(ids, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.host_ids = ids
+
+    def tolist(self) -> list[int]:
+        """Waits for the step to finish on the device."""
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host_ids.tolist()
+
+
+@dataclass(frozen=True)
+class PendingTokens:
+    """Input tokens of a step that the step before it sampled and the host has not seen:
+    input row rows[i] takes source.device_ids[source_idx[i]]."""
+
+    rows: np.ndarray  # [n] int64: positions in the step's flat input_ids
+    source: AsyncTokens
+    source_idx: np.ndarray  # [n] int64
+
+    def fill(self, input_ids: torch.Tensor) -> None:
+        device = input_ids.device
+        tokens = self.source.device_ids.index_select(0, _to_device(self.source_idx, device))
+        input_ids.index_copy_(0, _to_device(self.rows, device), tokens)
+
+
 class ModelRunner:
     def __init__(self, model: CausalLM, block_size: int, seed: int) -> None:
         self.model = model
@@ -46,62 +92,93 @@ class ModelRunner:
         self.num_blocks = 0
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.uploader = InputUploader(self.device)
-        self.graphs: DecodeGraphs | None = None
+        # Decode steps replay `graphs`; with speculation, verification steps `verify_graphs`.
+        self.graphs: StepGraphs | None = None
+        self.verify_graphs: StepGraphs | None = None
         self.allocate_kv_cache(1)
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
-        self.graphs = None  # graphs hold the old cache's addresses
+        self.graphs = self.verify_graphs = None  # graphs hold the old cache's addresses
         self.kv_caches = []  # drop the old cache before the new one is allocated
         self.kv_caches = make_kv_caches(
             self.model, num_blocks, self.block_size, self.dtype, self.device
         )
         self.num_blocks = num_blocks
 
-    def capture_decode_graphs(self, max_num_seqs: int, max_model_len: int) -> None:
-        """Capture decode graphs over the current KV cache (call after its last allocation)."""
+    def capture_graphs(self, max_num_seqs: int, max_model_len: int, verify_tokens: int = 0) -> Any:
+        """Capture decode graphs over the current KV cache (call after its last allocation),
+        and verification graphs of `verify_tokens` tokens a sequence if that is over 1.
+        Returns the graphs' memory pool, which other captures may share."""
         assert self.device.type == "cuda"
         with torch.inference_mode():
-            self.graphs = DecodeGraphs(
+            self.graphs = StepGraphs(
                 self.model, self.kv_caches, max_num_seqs, max_model_len, self.block_size
             )
+            if verify_tokens > 1:
+                self.verify_graphs = StepGraphs(self.model, self.kv_caches, max_num_seqs,
+                                                max_model_len, self.block_size, verify_tokens,
+                                                self.graphs.pool)  # fmt: skip
+                return self.verify_graphs.pool
+        return self.graphs.pool
 
-    def _graph_bucket(self, scheduled: list[ScheduledSequence]) -> int | None:
-        if self.graphs is None:
-            return None
-        if not all(s.num_new_tokens == 1 and s.samples for s in scheduled):
-            return None
-        return self.graphs.bucket(len(scheduled))
+    def graphs_for(self, scheduled: list[ScheduledSequence]) -> StepGraphs | None:
+        for graphs in (self.graphs, self.verify_graphs):
+            if graphs is not None and graphs.bucket(scheduled) is not None:
+                return graphs
+        return None
 
     def prepare(self, scheduled: list[ScheduledSequence]) -> StepInputs:
         """Eager-step inputs on the device (the CPU test compares them with list-built ones)."""
         return self.uploader.upload(build_host_inputs(scheduled, self.block_size))
 
+    def _forward(
+        self, scheduled: list[ScheduledSequence], pending: PendingTokens | None
+    ) -> torch.Tensor:
+        """Hidden states of the sampled positions. Decode-only steps replay a CUDA graph;
+        prefill and mixed steps run eagerly. `pending` fills in input tokens that the previous
+        step sampled and that have not reached the host yet."""
+        fill = pending.fill if pending is not None else None
+        graphs = self.graphs_for(scheduled)
+        if graphs is not None:
+            return graphs.run(scheduled, self.uploader, fill)
+        inputs = self.prepare(scheduled)
+        if fill is not None:
+            fill(inputs.input_ids)
+        hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta)
+        return hidden[inputs.sample_idx]
+
     @torch.inference_mode()
     def execute(
-        self, scheduled: list[ScheduledSequence], rows: list[SamplingRow]
+        self,
+        scheduled: list[ScheduledSequence],
+        rows: list[SamplingRow],
+        pending: PendingTokens | None = None,
     ) -> list[SampledToken]:
-        """Run one step; `rows` are the sampling rows of the items whose `samples` is True.
-
-        Decode-only steps replay a CUDA graph; prefill and mixed steps run eagerly.
-        """
-        if self.graphs is not None and self._graph_bucket(scheduled) is not None:
-            host = build_host_inputs(scheduled, self.block_size, self.graphs.table_width)
-            hidden = self.graphs.run(host, self.uploader)
-        else:
-            inputs = self.prepare(scheduled)
-            hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta)
-            hidden = hidden[inputs.sample_idx]
+        """Run one step and read its tokens back; `rows` are the sampling rows of the items
+        whose `samples` is True."""
+        hidden = self._forward(scheduled, pending)
         if not rows:
             return []
         return sample(self.model.compute_logits(hidden), rows, self.generator)
 
     @torch.inference_mode()
+    def launch(
+        self,
+        scheduled: list[ScheduledSequence],
+        rows: list[SamplingRow],
+        pending: PendingTokens | None = None,
+    ) -> AsyncTokens:
+        """Queue one step and its sampling on the device and return at once: the tokens come
+        back through a non-blocking copy (async scheduling). Rows must not need the host's
+        token history (sampler.needs_host_history)."""
+        hidden = self._forward(scheduled, pending)
+        return AsyncTokens(sample_ids(self.model.compute_logits(hidden), rows, self.generator))
+
+    @torch.inference_mode()
     def logits(self, scheduled: list[ScheduledSequence]) -> torch.Tensor:
-        """Eager step returning the logits of every item's trailing `num_logits_rows` positions
+        """A step returning the logits of every item's trailing `num_logits_rows` positions
         (all k + 1 of a sequence verifying k drafts), in item order."""
-        inputs = self.prepare(scheduled)
-        hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta)
-        return self.model.compute_logits(hidden[inputs.sample_idx])
+        return self.model.compute_logits(self._forward(scheduled, None))
 
     @torch.inference_mode()
     def profile_peak_bytes(self, num_tokens: int) -> int:

@@ -6,6 +6,7 @@ depend on what else shares the batch).
 """
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -52,11 +53,11 @@ def _apply_penalties(logits: torch.Tensor, row: SamplingRow) -> None:  # logits:
 def _top_k_top_p_min_p(probs: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
     """Zero out what each row's filters drop; probs: [n, V] rows summing to 1."""
     device = probs.device
-    top_k = torch.tensor(
-        [r.params.top_k if r.params.top_k > 0 else probs.shape[1] for r in rows], device=device
+    top_k = device_tensor(
+        [r.params.top_k if r.params.top_k > 0 else probs.shape[1] for r in rows], device
     )
-    top_p = torch.tensor([r.params.top_p for r in rows], device=device, dtype=probs.dtype)
-    min_p = torch.tensor([r.params.min_p for r in rows], device=device, dtype=probs.dtype)
+    top_p = device_tensor([r.params.top_p for r in rows], device, probs.dtype)
+    min_p = device_tensor([r.params.min_p for r in rows], device, probs.dtype)
     sorted_probs, order = probs.sort(dim=-1, descending=True)
     ranks = torch.arange(probs.shape[1], device=device)[None, :]
     cumulative = sorted_probs.cumsum(dim=-1)
@@ -75,23 +76,47 @@ def _plain_greedy(row: SamplingRow) -> bool:
     )
 
 
+def device_tensor(
+    values: list[Any], device: torch.device, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """A small host list on the device without a stream sync: a plain `torch.tensor(...,
+    device=cuda)` waits for every kernel queued before it, which would stall async scheduling."""
+    host = torch.tensor(values, dtype=dtype)
+    if device.type != "cuda":
+        return host
+    return host.pin_memory().to(device, non_blocking=True)
+
+
+def needs_host_history(row: SamplingRow) -> bool:
+    """Rows that read the sequence's tokens or report logprobs: they cannot be sampled while
+    the previous token is still on the device (async scheduling)."""
+    return row.params.needs_penalties or row.params.logprobs is not None
+
+
+def sample_ids(
+    logits: torch.Tensor,  # [n, vocab] fp32, one row per sequence that samples this step
+    rows: list[SamplingRow],
+    generator: torch.Generator | None,
+) -> torch.Tensor:  # [n] int64 on the logits' device; nothing read back
+    assert logits.shape[0] == len(rows)
+    if all(_plain_greedy(r) for r in rows):  # the common case: one argmax
+        return logits.argmax(dim=-1)
+    logits = processed_logits(logits, rows)
+    chosen = logits.argmax(dim=-1)
+    if not all(r.params.is_greedy for r in rows):  # decided on the host: no device sync
+        greedy = device_tensor([r.params.is_greedy for r in rows], logits.device)
+        drawn = draw(_tempered_probs(logits, rows), rows, generator)
+        chosen = torch.where(greedy, chosen, drawn)
+    return chosen
+
+
 def sample(
     logits: torch.Tensor,  # [n, vocab] fp32, one row per sequence that samples this step
     rows: list[SamplingRow],
     generator: torch.Generator | None,
 ) -> list[SampledToken]:
-    assert logits.shape[0] == len(rows)
-    if all(_plain_greedy(r) for r in rows):  # the common case: one argmax, one read-back
-        return [SampledToken(token_id=t) for t in logits.argmax(dim=-1).tolist()]
-    raw_logits = logits
-    logits = processed_logits(logits, rows)
-    chosen = logits.argmax(dim=-1)
-    if not all(r.params.is_greedy for r in rows):  # decided on the host: no device sync
-        greedy = torch.tensor([r.params.is_greedy for r in rows], device=logits.device)
-        drawn = draw(_tempered_probs(logits, rows), rows, generator)
-        chosen = torch.where(greedy, chosen, drawn)
-    token_ids = chosen.tolist()
-    return with_logprobs(raw_logits, rows, token_ids)
+    token_ids = sample_ids(logits, rows, generator).tolist()
+    return with_logprobs(logits, rows, token_ids)
 
 
 def processed_logits(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
@@ -104,16 +129,16 @@ def processed_logits(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Ten
         if row.params.needs_penalties:
             _apply_penalties(logits[i], row)
         if row.blocked_token_ids:
-            logits[i, list(row.blocked_token_ids)] = NEG_INF
+            logits[i, device_tensor(list(row.blocked_token_ids), logits.device)] = NEG_INF
     return logits
 
 
 def _tempered_probs(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
     """Softmax at each row's temperature (1 for greedy rows), then its top-k/top-p/min-p."""
-    temperature = torch.tensor(
+    temperature = device_tensor(
         [r.params.temperature if not r.params.is_greedy else 1.0 for r in rows],
-        device=logits.device,
-        dtype=logits.dtype,
+        logits.device,
+        logits.dtype,
     )
     probs = torch.softmax(logits / temperature[:, None], dim=-1)
     if any(r.params.top_k > 0 or r.params.top_p < 1.0 or r.params.min_p > 0 for r in rows):

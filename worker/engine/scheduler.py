@@ -31,15 +31,18 @@ class ScheduledSequence:
     start: int
     spec_token_ids: tuple[int, ...] = ()
     logits_rows: int | None = None  # None: derived (see num_logits_rows)
+    # True when this step reaches the end of the sequence, so its last logits are sampled.
+    # Fixed when the step is planned: with async scheduling the sequence grows a placeholder
+    # token as soon as the step is launched, while the step is still in flight.
+    samples: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        end = self.start + self.num_new_tokens - len(self.spec_token_ids)
+        object.__setattr__(self, "samples", end == self.seq.num_tokens)
 
     @property
     def num_spec(self) -> int:
         return len(self.spec_token_ids)
-
-    @property
-    def samples(self) -> bool:
-        """True when this step reaches the end of the sequence, so its last logits are sampled."""
-        return self.start + self.num_new_tokens - self.num_spec == self.seq.num_tokens
 
     @property
     def num_logits_rows(self) -> int:
@@ -139,6 +142,10 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
+            if seq.num_tokens >= min(seq.max_total_tokens, self.config.max_model_len):
+                # Async scheduling: the token in flight is its last; it finishes on arrival.
+                i += 1
+                continue
             pending = seq.num_tokens - seq.num_computed_tokens
             num_new = min(pending, budget)
             if num_new <= 0:

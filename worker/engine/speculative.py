@@ -160,6 +160,14 @@ class Speculator:
         max_num_seqs: int | None = None,
     ) -> None:
         """Give decoding sequences their drafts (n-gram) or draft slots (draft model)."""
+        if self.decide(running, num_waiting, max_num_seqs):
+            self.propose(running, max_model_len)
+
+    def decide(
+        self, running: list[Sequence], num_waiting: int = 0, max_num_seqs: int | None = None
+    ) -> bool:
+        """Whether this step speculates (the controller's choice); clears last step's drafts.
+        Reads no token values, so it may run while the last step's tokens are in flight."""
         decoding = [s for s in running if s.num_tokens - s.num_computed_tokens == 1]
         # A waiting request is admitted (and prefilled) this step only if there is a free slot;
         # with the batch full, a backlog still makes a pure decode step.
@@ -168,8 +176,11 @@ class Speculator:
         self.speculating = bool(decoding) and self.controller.decide(len(decoding), pure_decode)
         for seq in running:
             seq.spec_token_ids = []
-        if not self.speculating:
-            return
+        return self.speculating
+
+    def propose(self, running: list[Sequence], max_model_len: int) -> None:
+        """Drafts for this step (after `decide` said yes); needs every token on the host."""
+        decoding = [s for s in running if s.num_tokens - s.num_computed_tokens == 1]
         for seq in decoding:
             k = self._num_drafts(seq, max_model_len)
             if k <= 0:

@@ -97,30 +97,41 @@ def build_host_inputs(
     )
 
 
-def pad_decode_inputs(host: HostInputs, batch_size: int, max_seqlen_k: int) -> HostInputs:
-    """Pad a decode step (one token per sequence) to `batch_size` rows for a CUDA graph.
+def pad_inputs(
+    host: HostInputs, batch_size: int, num_tokens: int, max_seqlen_q: int, max_seqlen_k: int
+) -> HostInputs:
+    """Pad a step to `batch_size` sequences and `num_tokens` tokens for a CUDA graph.
 
-    Padding tokens write nowhere (slot -1) and attend to one key of block 0, which is harmless
-    whatever it holds; their outputs are never read.
+    Each padding sequence gets one token; tokens past the last sequence belong to none, so
+    attention never reads them. Padding tokens write nowhere (slot -1) and attend to one key of
+    block 0, which is harmless whatever it holds; their outputs are never read.
     """
     num_seqs, width = host.block_tables.shape
-    extra = batch_size - num_seqs
-    assert extra >= 0 and host.input_ids.shape[0] == num_seqs
+    real_tokens = host.input_ids.shape[0]
+    extra_seqs, extra_tokens = batch_size - num_seqs, num_tokens - real_tokens
+    assert extra_seqs >= 0 and extra_tokens >= extra_seqs
 
-    def pad(values: np.ndarray, fill: int) -> np.ndarray:
+    def pad(values: np.ndarray, fill: int, extra: int) -> np.ndarray:
         return np.concatenate([values, np.full(extra, fill, values.dtype)])
 
+    pad_starts = real_tokens + np.arange(1, extra_seqs + 1, dtype=np.int32)
     return HostInputs(
-        input_ids=pad(host.input_ids, 0),
-        positions=pad(host.positions, 0),
-        slot_mapping=pad(host.slot_mapping, -1),
+        input_ids=pad(host.input_ids, 0, extra_tokens),
+        positions=pad(host.positions, 0, extra_tokens),
+        slot_mapping=pad(host.slot_mapping, -1, extra_tokens),
         sample_idx=host.sample_idx,
-        seq_lens=pad(host.seq_lens, 1),
-        cu_seqlens_q=np.arange(batch_size + 1, dtype=np.int32),
-        block_tables=np.concatenate([host.block_tables, np.zeros((extra, width), np.int32)]),
-        max_seqlen_q=1,
+        seq_lens=pad(host.seq_lens, 1, extra_seqs),
+        cu_seqlens_q=np.concatenate([host.cu_seqlens_q, pad_starts]),
+        block_tables=np.concatenate([host.block_tables, np.zeros((extra_seqs, width), np.int32)]),
+        max_seqlen_q=max_seqlen_q,
         max_seqlen_k=max_seqlen_k,
     )
+
+
+def pad_decode_inputs(host: HostInputs, batch_size: int, max_seqlen_k: int) -> HostInputs:
+    """Pad a decode step (one token per sequence) to `batch_size` rows for a CUDA graph."""
+    assert host.input_ids.shape[0] == host.seq_lens.shape[0]
+    return pad_inputs(host, batch_size, batch_size, 1, max_seqlen_k)
 
 
 def device_views(flat64: torch.Tensor, flat32: torch.Tensor, host: HostInputs) -> StepInputs:
