@@ -6,6 +6,8 @@ enough to flip a bf16 rounding now and then. The CPU interpreter has no libdevic
 pass LIBDEVICE=use_libdevice(tensor) and the interpreter gets Triton's own functions.
 """
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -13,7 +15,9 @@ from triton.language.extra import libdevice
 
 
 def use_libdevice(tensor: torch.Tensor) -> bool:
-    return tensor.is_cuda and not triton.knobs.runtime.interpret
+    knobs = getattr(triton, "knobs", None)  # triton >= 3.4; older ones read the variable alone
+    interpreting = knobs.runtime.interpret if knobs else os.environ.get("TRITON_INTERPRET") == "1"
+    return tensor.is_cuda and not interpreting
 
 
 @triton.jit
