@@ -113,3 +113,11 @@ def rotary_embedding(
         return (xf * cos + rotated * sin).to(x.dtype)
 
     return rotate(query), rotate(key)
+
+
+def silu_and_mul(
+    gate_up: torch.Tensor,  # [num_tokens, 2 * intermediate]: gate in the first half, up after
+) -> torch.Tensor:  # [num_tokens, intermediate]
+    """The SwiGLU activation of a fused gate|up projection, in the input dtype."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up

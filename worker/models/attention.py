@@ -8,6 +8,7 @@ import torch
 
 from kernels import reference
 from worker.models import torch_attention
+from worker.models.elementwise import TORCH_OPS, ElementwiseOps, triton_ops
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,9 @@ class AttentionBackend:
     # CUDA graphs need launches that never read tensors back to the host; the torch backend does
     # (it splits decode from multi-token rows on the host), so it always runs eagerly.
     graph_capturable: bool = False
+    # The layer's norms, rotary and SiLU*mul run with the same kernels as attention: the torch
+    # backend keeps the CPU path as it is, the triton one fuses each into one launch.
+    ops: ElementwiseOps = TORCH_OPS
 
     def forward(
         self,
@@ -85,5 +89,6 @@ def get_backend(name: str, device: torch.device) -> AttentionBackend:
             store_kv=triton_backend.store_kv,
             paged_attention=triton_backend.paged_attention,
             graph_capturable=True,
+            ops=triton_ops(),
         )
     raise ValueError(f"unknown attention backend {name!r}; choose auto, torch or triton")

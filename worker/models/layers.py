@@ -6,19 +6,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from kernels import reference
+from worker.models.elementwise import ElementwiseOps
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, hidden_size: int, eps: float) -> None:
+    def __init__(self, hidden_size: int, eps: float, ops: ElementwiseOps) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(hidden_size))
         self.eps = eps
+        self.ops = ops
 
     def forward(
         self, x: torch.Tensor, residual: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return reference.rms_norm(x, self.weight, self.eps, residual)
+        """(normed, new residual); a fused norm adds x into `residual` in place."""
+        return self.ops.rms_norm(x, self.weight, self.eps, residual)
 
 
 def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict[str, Any]) -> torch.Tensor:

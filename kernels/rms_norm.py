@@ -1,0 +1,127 @@
+"""Fused residual add + RMSNorm (Triton): one launch where torch runs about nine kernels.
+
+One program normalizes one row: a token's hidden vector, or one head of one token for the Qwen3
+per-head q/k norm ([num_tokens, num_heads, head_dim] normalized over head_dim). Rounding follows
+`kernels.reference.rms_norm` step for step (the sum rounds to x's dtype, the norm runs in fp32
+and rounds to x's dtype before the weight multiplies it; no FMA contraction), so only the order
+in which the squares are summed differs from torch.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.torch_math import rsqrt_f32, use_libdevice
+
+MAX_HIDDEN = 65536  # one row is held in registers; wider rows would spill
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@triton.jit
+def _rms_norm_kernel(
+    x_ptr,  # [num_tokens, num_heads, hidden], last dim contiguous
+    residual_ptr,  # [num_tokens, num_heads, hidden], last dim contiguous; gets x + residual
+    weight_ptr,  # [hidden]
+    out_ptr,  # [num_tokens, num_heads, hidden], contiguous
+    x_stride_token,
+    x_stride_head,
+    residual_stride_token,
+    residual_stride_head,
+    hidden,
+    inv_hidden,  # fp32 1 / hidden: torch's mean multiplies the sum by it
+    eps,
+    HAS_RESIDUAL: tl.constexpr,
+    BLOCK: tl.constexpr,
+    LIBDEVICE: tl.constexpr,
+):
+    token_idx = tl.program_id(0).to(tl.int64)
+    head_idx = tl.program_id(1).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    mask = offs < hidden
+    summed = tl.load(x_ptr + token_idx * x_stride_token + head_idx * x_stride_head + offs,
+                     mask=mask, other=0.0)  # fmt: skip
+    if HAS_RESIDUAL:
+        residual_row = residual_ptr + token_idx * residual_stride_token
+        residual_row += head_idx * residual_stride_head
+        residual = tl.load(residual_row + offs, mask=mask, other=0.0)
+        summed = (summed.to(tl.float32) + residual.to(tl.float32)).to(x_ptr.dtype.element_ty)
+        tl.store(residual_row + offs, summed, mask=mask)
+    h = summed.to(tl.float32)
+    variance = tl.sum(h * h, axis=0) * inv_hidden
+    normed = (h * rsqrt_f32(variance + eps, LIBDEVICE)).to(x_ptr.dtype.element_ty)
+    weight = tl.load(weight_ptr + offs, mask=mask, other=0.0)
+    out = weight.to(tl.float32) * normed.to(tl.float32)
+    out_row = out_ptr + (token_idx * tl.num_programs(1) + head_idx) * hidden
+    tl.store(out_row + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _check(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None) -> None:
+    if x.dim() not in (2, 3) or x.dtype not in DTYPES:
+        raise ValueError(
+            f"x must be a float32/float16/bfloat16 [num_tokens, hidden] or [num_tokens, "
+            f"num_heads, head_dim] tensor, got {x.dtype} {list(x.shape)}"
+        )
+    hidden = x.shape[-1]
+    if weight.shape != (hidden,) or weight.dtype not in DTYPES or weight.stride(0) != 1:
+        raise ValueError(
+            f"weight must be a contiguous float [{hidden}] tensor, got {weight.dtype} "
+            f"{list(weight.shape)} strides {weight.stride()}"
+        )
+    if hidden > MAX_HIDDEN:
+        raise ValueError(f"rows of {hidden} elements exceed the kernel's {MAX_HIDDEN}")
+    if x.stride(-1) != 1:
+        raise ValueError(f"x must be contiguous in its last dim, got strides {x.stride()}")
+    if weight.device != x.device:
+        raise ValueError(f"weight is on {weight.device} but x is on {x.device}")
+    if residual is None:
+        return
+    if residual.shape != x.shape or residual.dtype != x.dtype or residual.device != x.device:
+        raise ValueError(
+            f"residual must match x ({x.dtype} {list(x.shape)} on {x.device}), got "
+            f"{residual.dtype} {list(residual.shape)} on {residual.device}"
+        )
+    if residual.stride(-1) != 1:
+        raise ValueError(f"residual must be contiguous in its last dim, got {residual.stride()}")
+
+
+def rms_norm(
+    x: torch.Tensor,  # [num_tokens, hidden] or [num_tokens, num_heads, head_dim]
+    weight: torch.Tensor,  # [hidden] (or [head_dim])
+    eps: float,
+    residual: torch.Tensor | None = None,  # shaped as x; overwritten with x + residual
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same contract as `kernels.reference.rms_norm`: returns (normed, new_residual).
+
+    normed is a new contiguous tensor in the dtype torch promotes x and weight to. The new
+    residual is x + residual written into `residual` in place (saves an allocation: callers pass
+    each residual once), or x itself without one. Token and head strides of x and residual are
+    free (a strided q/k view of the fused qkv output works); the last dim must be contiguous.
+    """
+    _check(x, weight, residual)
+    rows = x if x.dim() == 3 else x.unsqueeze(1)  # [num_tokens, num_heads, hidden]
+    res_rows = rows  # unread without a residual
+    if residual is not None:
+        res_rows = residual if residual.dim() == 3 else residual.unsqueeze(1)
+    out = torch.empty(x.shape, dtype=torch.promote_types(x.dtype, weight.dtype), device=x.device)
+    num_tokens, num_heads, hidden = rows.shape
+    if num_tokens > 0 and num_heads > 0:
+        block = triton.next_power_of_2(hidden)
+        _rms_norm_kernel[(num_tokens, num_heads)](
+            x_ptr=rows,
+            residual_ptr=res_rows,
+            weight_ptr=weight,
+            out_ptr=out,
+            x_stride_token=rows.stride(0),
+            x_stride_head=rows.stride(1),
+            residual_stride_token=res_rows.stride(0),
+            residual_stride_head=res_rows.stride(1),
+            hidden=hidden,
+            inv_hidden=1.0 / hidden,
+            eps=eps,
+            HAS_RESIDUAL=residual is not None,
+            BLOCK=block,
+            LIBDEVICE=use_libdevice(x),
+            num_warps=min(max(block // 512, 1), 16),
+            enable_fp_fusion=False,
+        )
+    return out, (x if residual is None else residual)

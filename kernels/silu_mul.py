@@ -1,0 +1,63 @@
+"""silu(gate) * up from the fused gate|up projection output, in one launch (Triton).
+
+Rounds as `kernels.reference.silu_and_mul` does on CUDA: silu in fp32 (libdevice exp, IEEE
+division, as torch's kernel), rounded to the input dtype, then the product rounded again.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.torch_math import exp_f32, use_libdevice
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+BLOCK = 1024
+
+
+@triton.jit
+def _silu_and_mul_kernel(
+    gate_up_ptr,  # [num_tokens, 2 * intermediate], last dim contiguous: gate | up
+    out_ptr,  # [num_tokens, intermediate], contiguous
+    gate_up_stride_token,
+    intermediate,
+    BLOCK: tl.constexpr,
+    LIBDEVICE: tl.constexpr,
+):
+    token_idx = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < intermediate
+    gate_row = gate_up_ptr + token_idx * gate_up_stride_token
+    gate = tl.load(gate_row + offs, mask=mask, other=0.0).to(tl.float32)
+    up = tl.load(gate_row + intermediate + offs, mask=mask, other=0.0)
+    silu = tl.math.div_rn(gate, 1.0 + exp_f32(-gate, LIBDEVICE)).to(up.dtype)
+    out = silu.to(tl.float32) * up.to(tl.float32)
+    out_row = out_ptr + token_idx * intermediate
+    tl.store(out_row + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def silu_and_mul(
+    gate_up: torch.Tensor,  # [num_tokens, 2 * intermediate]: gate in the first half, up after
+) -> torch.Tensor:  # [num_tokens, intermediate], contiguous
+    """Same contract as `kernels.reference.silu_and_mul`; the row stride is free."""
+    if gate_up.dim() != 2 or gate_up.shape[1] % 2 or gate_up.dtype not in DTYPES:
+        raise ValueError(
+            f"gate_up must be a float32/float16/bfloat16 [num_tokens, 2 * intermediate] tensor, "
+            f"got {gate_up.dtype} {list(gate_up.shape)}"
+        )
+    if gate_up.stride(1) != 1:
+        raise ValueError(f"gate_up must be contiguous in its last dim, got {gate_up.stride()}")
+    num_tokens, intermediate = gate_up.shape[0], gate_up.shape[1] // 2
+    out = torch.empty(num_tokens, intermediate, dtype=gate_up.dtype, device=gate_up.device)
+    if num_tokens == 0 or intermediate == 0:
+        return out
+    _silu_and_mul_kernel[(num_tokens, triton.cdiv(intermediate, BLOCK))](
+        gate_up_ptr=gate_up,
+        out_ptr=out,
+        gate_up_stride_token=gate_up.stride(0),
+        intermediate=intermediate,
+        BLOCK=BLOCK,
+        LIBDEVICE=use_libdevice(gate_up),
+        num_warps=4,
+        enable_fp_fusion=False,
+    )
+    return out
