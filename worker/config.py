@@ -34,6 +34,9 @@ class EngineSettings(BaseSettings):
     attention_backend: Literal["auto", "torch", "triton"] = Field(
         "auto", description="auto: triton on CUDA, torch elsewhere"
     )
+    fused_ops: bool = Field(
+        True, description="triton backend: RMSNorm, rotary and SiLU*mul as fused Triton kernels"
+    )
     block_size: int = Field(16, ge=1, le=256, description="tokens per KV-cache block")
     gpu_memory_utilization: float = Field(
         0.9, gt=0.0, le=1.0, description="fraction of GPU memory for weights, activations and KV"

@@ -117,7 +117,7 @@ def build_engine(settings: EngineSettings) -> LLMEngine:
             max_model_len,
             model_cfg.max_position_embeddings,
         )
-    backend = get_backend(settings.attention_backend, device)
+    backend = get_backend(settings.attention_backend, device, settings.fused_ops)
     model = load_model(
         source,
         backend,

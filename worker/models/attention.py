@@ -75,8 +75,9 @@ TORCH_BACKEND = AttentionBackend(
 )
 
 
-def get_backend(name: str, device: torch.device) -> AttentionBackend:
-    """`auto` picks triton on CUDA and torch elsewhere."""
+def get_backend(name: str, device: torch.device, fused_ops: bool = True) -> AttentionBackend:
+    """`auto` picks triton on CUDA and torch elsewhere; `fused_ops` False keeps the triton
+    backend's norms, rotary and SiLU*mul in plain torch (to measure what fusing buys)."""
     if name == "auto":
         name = "triton" if device.type == "cuda" else "torch"
     if name == "torch":
@@ -89,6 +90,6 @@ def get_backend(name: str, device: torch.device) -> AttentionBackend:
             store_kv=triton_backend.store_kv,
             paged_attention=triton_backend.paged_attention,
             graph_capturable=True,
-            ops=triton_ops(),
+            ops=triton_ops() if fused_ops else TORCH_OPS,
         )
     raise ValueError(f"unknown attention backend {name!r}; choose auto, torch or triton")
