@@ -53,6 +53,11 @@ class EngineSettings(BaseSettings):
     enforce_eager: bool = Field(
         False, description="run decode steps eagerly instead of replaying CUDA graphs"
     )
+    prefill_graphs: bool = Field(
+        True,
+        description="also replay CUDA graphs for steps that prefill (token counts rounded up "
+        "to 128, 256, ... --max-num-batched-tokens); without, those steps run eagerly",
+    )
     async_scheduling: bool | None = Field(
         None,
         description="queue step n+1 on the GPU before reading step n's tokens back, so host "

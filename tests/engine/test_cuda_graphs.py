@@ -102,3 +102,22 @@ def test_verification_and_draft_graphs_give_the_eager_tokens(spec: dict[str, obj
     assert got == want
     stats = graphs.stats().spec
     assert stats is not None and stats.num_draft_tokens > 0
+
+
+@pytest.mark.gpu
+def test_prefill_graphs_give_the_eager_tokens_with_chunks_and_prefix_hits() -> None:
+    common = dict(model="tiny-llama", device="cuda", dtype="float32", max_num_seqs=16,
+                  max_model_len=512, kv_cache_memory_gb=0.05,
+                  max_num_batched_tokens=200)  # fmt: skip
+    graphs = engine(**common)
+    eager = engine(**common, enforce_eager=True)
+    assert graphs.runner.prefill_graphs is not None and eager.runner.prefill_graphs is None
+    assert graphs.runner.prefill_graphs.shapes == [(16, 128), (16, 200)]
+    shared = [(3 * j) % 400 + 10 for j in range(48)]  # three full blocks, hit by later prompts
+    prompts = [shared + [(7 * i + j) % 400 + 10 for j in range(20 * i + 1)] for i in range(12)]
+    params = [SamplingParams(temperature=0, ignore_eos=True, max_tokens=6 + 2 * i)
+              for i in range(12)]  # fmt: skip
+    want = [o.output_token_ids for o in eager.generate(prompts, params)]
+    got = [o.output_token_ids for o in graphs.generate(prompts, params)]
+    assert got == want
+    assert graphs.stats().prefix_cache.hits > 0

@@ -10,7 +10,7 @@ import torch
 from schemas import SamplingParams
 from tests.oracle import engine_for, greedy, make_tiny_checkpoint
 from worker.engine.block_manager import cdiv
-from worker.engine.cuda_graphs import graph_batch_sizes
+from worker.engine.cuda_graphs import graph_batch_sizes, prefill_token_buckets
 from worker.engine.scheduler import ScheduledSequence
 from worker.engine.sequence import Sequence, SequenceMetrics
 from worker.engine.step_inputs import (
@@ -147,3 +147,32 @@ def test_padded_verification_step_keeps_the_real_rows(tmp_path: Path) -> None:
     got = runner.model.compute_logits(hidden[inputs.sample_idx])
     assert want.shape == (1 + 3 + 5, runner.model.config.vocab_size)
     torch.testing.assert_close(got, want)
+
+
+def test_padded_prefill_step_keeps_the_real_rows(tmp_path: Path) -> None:
+    """A prefill-graph step: a prompt chunk mixed with decodes, padded to 8 sequences (the
+    padding ones hold no token) and a 128-token bucket, gives the unpadded step's logits."""
+    engine = engine_for(make_tiny_checkpoint(tmp_path, "llama", 4, 2, 64), max_num_seqs=8,
+                        max_num_batched_tokens=40)  # fmt: skip
+    for i in range(3):
+        prompt = [(5 * i + j) % 900 + 5 for j in range(30 + 20 * i)]
+        engine.add_request(str(i), prompt, greedy(8, ignore_eos=True))
+    plan = engine.scheduler.schedule()  # one prompt and a chunk of the next
+    assert [s.num_new_tokens for s in plan.scheduled] == [30, 10]
+    runner = engine.runner
+    want = runner.logits(plan.scheduled)
+    host = build_host_inputs(plan.scheduled, runner.block_size, table_width=8)
+    padded = pad_inputs(host, 8, 128, 40, 8 * runner.block_size, pad_seq_tokens=0)
+    assert padded.cu_seqlens_q.tolist() == [0, 30, 40, 40, 40, 40, 40, 40, 40]
+    assert padded.slot_mapping[40:].tolist() == [-1] * 88
+    inputs = InputUploader(runner.device).upload(padded)
+    hidden = runner.model(inputs.input_ids, inputs.positions, runner.kv_caches, inputs.meta)
+    got = runner.model.compute_logits(hidden[inputs.sample_idx])
+    assert want.shape == (1, runner.model.config.vocab_size)  # the chunk samples nothing
+    torch.testing.assert_close(got, want)
+
+
+def test_prefill_token_buckets() -> None:
+    assert prefill_token_buckets(100) == [100]
+    assert prefill_token_buckets(512) == [128, 256, 512]
+    assert prefill_token_buckets(2000) == [128, 256, 512, 1024, 2000]

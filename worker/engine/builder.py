@@ -87,7 +87,10 @@ def _size_kv_cache(
         if runner.device.type == "cuda" and not settings.enforce_eager and capturable:
             spec = settings.speculative_method is not None
             verify_tokens = settings.num_speculative_tokens + 1 if spec else 0
-            pool = runner.capture_graphs(settings.max_num_seqs, max_model_len, verify_tokens)
+            prefill_tokens = settings.max_num_batched_tokens if settings.prefill_graphs else 0
+            pool = runner.capture_graphs(
+                settings.max_num_seqs, max_model_len, verify_tokens, prefill_tokens
+            )
             if draft is not None:
                 draft.capture_graphs(settings.max_num_seqs, max_model_len, pool)
     except torch.cuda.OutOfMemoryError as exc:

@@ -52,8 +52,23 @@ def _template(table_width: int) -> HostInputs:
     )
 
 
+def prefill_token_buckets(max_num_batched_tokens: int) -> list[int]:
+    """128, 256, 512, ... up to and including the token budget."""
+    sizes = [t for t in (128 << i for i in range(20)) if t < max_num_batched_tokens]
+    return [*sizes, max_num_batched_tokens]
+
+
 class StepGraphs:
-    """Captured graphs over shared static inputs; `run` replays the smallest that fits."""
+    """One family of captured graphs over shared static inputs; `run` replays the smallest
+    that fits. Each graph has a fixed number of sequences and of tokens:
+
+    - decode / verification (`tokens_per_seq` 1 or k + 1): for each batch bucket b, b sequences
+      and b * tokens_per_seq tokens; a padding sequence holds one token;
+    - prefill (`token_buckets` given; tokens_per_seq = the token budget): steps that prefill,
+      mixed with decodes or not. Every graph has max_num_seqs sequences (padding sequences
+      hold no token) and one of the token buckets, so a step pays for its own token count
+      rounded up to a bucket, not for a batch shape.
+    """
 
     def __init__(
         self,
@@ -64,40 +79,47 @@ class StepGraphs:
         block_size: int,
         tokens_per_seq: int = 1,
         pool: Any = None,
+        token_buckets: list[int] | None = None,
     ) -> None:
         device = next(model.parameters()).device
         self.block_size = block_size
         self.max_model_len = max_model_len
         self.tokens_per_seq = tokens_per_seq
         self.table_width = cdiv(max_model_len, block_size)
-        self.batch_sizes = graph_batch_sizes(max_num_seqs)
-        max_tokens = max_num_seqs * tokens_per_seq
+        if token_buckets is None:
+            self.pad_seq_tokens = 1
+            self.shapes = [(b, b * tokens_per_seq) for b in graph_batch_sizes(max_num_seqs)]
+        else:
+            self.pad_seq_tokens = 0
+            self.shapes = [(max_num_seqs, t) for t in token_buckets]
+        max_tokens = max(t for _, t in self.shapes)
         # int64: ids, positions, slots, sample_idx; int32: lens, cu_q, tables
         self.static64 = torch.zeros(4 * max_tokens, dtype=torch.int64, device=device)
         self.static32 = torch.zeros(
             (2 + self.table_width) * max_num_seqs + 1, dtype=torch.int32, device=device
         )
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        for batch_size in reversed(self.batch_sizes):  # the largest first: the rest reuse its pool
-            graph, hidden = self._capture(model, kv_caches, batch_size, pool)
+        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        for shape in reversed(self.shapes):  # the largest first: the rest reuse its pool
+            graph, hidden = self._capture(model, kv_caches, shape, pool)
             pool = graph.pool()
-            self.graphs[batch_size] = (graph, hidden)
+            self.graphs[shape] = (graph, hidden)
         self.pool = pool
-        log.info("captured %d CUDA graphs of up to %d tokens a sequence, batch sizes %s",
-                 len(self.graphs), tokens_per_seq, self.batch_sizes)  # fmt: skip
+        log.info("captured %d CUDA graphs of up to %d tokens a sequence, (sequences, tokens) "
+                 "%s", len(self.graphs), tokens_per_seq, self.shapes)  # fmt: skip
 
-    def padded_inputs(self, host: HostInputs, batch_size: int) -> HostInputs:
-        return pad_inputs(host, batch_size, batch_size * self.tokens_per_seq,
-                          self.tokens_per_seq, self.max_model_len)  # fmt: skip
+    def padded_inputs(self, host: HostInputs, shape: tuple[int, int]) -> HostInputs:
+        num_seqs, num_tokens = shape
+        return pad_inputs(host, num_seqs, num_tokens, self.tokens_per_seq, self.max_model_len,
+                          self.pad_seq_tokens)  # fmt: skip
 
     def _capture(
         self,
         model: CausalLM,
         kv_caches: list[KVCache],
-        batch_size: int,
+        shape: tuple[int, int],
         pool: Any,
     ) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-        host = self.padded_inputs(_template(self.table_width), batch_size)
+        host = self.padded_inputs(_template(self.table_width), shape)
         uploader = InputUploader(self.static64.device)
         inputs = uploader.upload(host, self.static64, self.static32)
         torch.cuda.synchronize()
@@ -112,12 +134,18 @@ class StepGraphs:
             hidden = forward()
         return graph, hidden
 
-    def bucket(self, scheduled: list[ScheduledSequence]) -> int | None:
+    def bucket(self, scheduled: list[ScheduledSequence]) -> tuple[int, int] | None:
         """The graph for a step of at most tokens_per_seq tokens per sequence (a decode, a
-        verification, a short chunk); None when the step must run eagerly."""
+        verification, a prefill chunk); None when the step must run eagerly."""
         if any(s.num_new_tokens > self.tokens_per_seq for s in scheduled):
             return None
-        return next((b for b in self.batch_sizes if b >= len(scheduled)), None)
+        num_seqs = len(scheduled)
+        num_tokens = sum(s.num_new_tokens for s in scheduled)
+        for shape in self.shapes:
+            padding = (shape[0] - num_seqs) * self.pad_seq_tokens
+            if shape[0] >= num_seqs and shape[1] >= num_tokens + padding:
+                return shape
+        return None
 
     def run(
         self,
@@ -127,14 +155,14 @@ class StepGraphs:
     ) -> torch.Tensor:
         """Hidden states of the step's sampled positions (`bucket` must have accepted it);
         `fill` may overwrite input ids on the device before the replay."""
-        batch_size = self.bucket(scheduled)
-        assert batch_size is not None
+        shape = self.bucket(scheduled)
+        assert shape is not None
         host = build_host_inputs(scheduled, self.block_size, self.table_width)
-        padded = self.padded_inputs(host, batch_size)
+        padded = self.padded_inputs(host, shape)
         inputs = uploader.upload(padded, self.static64, self.static32)
         if fill is not None:
             fill(inputs.input_ids)
-        graph, hidden = self.graphs[batch_size]
+        graph, hidden = self.graphs[shape]
         graph.replay()
         num_rows = host.sample_idx.shape[0]
         if num_rows == len(scheduled) == host.input_ids.shape[0]:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from worker.engine.block_manager import cdiv
-from worker.engine.cuda_graphs import StepGraphs
+from worker.engine.cuda_graphs import StepGraphs, prefill_token_buckets
 from worker.engine.sampler import SampledToken, SamplingRow, sample, sample_ids
 from worker.engine.scheduler import ScheduledSequence
 from worker.engine.step_inputs import InputUploader, StepInputs, build_host_inputs
@@ -92,37 +92,50 @@ class ModelRunner:
         self.num_blocks = 0
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.uploader = InputUploader(self.device)
-        # Decode steps replay `graphs`; with speculation, verification steps `verify_graphs`.
+        # Decode steps replay `graphs`; with speculation, verification steps `verify_graphs`;
+        # steps that prefill `prefill_graphs` (--prefill-graphs).
         self.graphs: StepGraphs | None = None
         self.verify_graphs: StepGraphs | None = None
+        self.prefill_graphs: StepGraphs | None = None  # steps that prefill (chunks, mixed)
         self.allocate_kv_cache(1)
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
-        self.graphs = self.verify_graphs = None  # graphs hold the old cache's addresses
+        # graphs hold the old cache's addresses
+        self.graphs = self.verify_graphs = self.prefill_graphs = None
         self.kv_caches = []  # drop the old cache before the new one is allocated
         self.kv_caches = make_kv_caches(
             self.model, num_blocks, self.block_size, self.dtype, self.device
         )
         self.num_blocks = num_blocks
 
-    def capture_graphs(self, max_num_seqs: int, max_model_len: int, verify_tokens: int = 0) -> Any:
-        """Capture decode graphs over the current KV cache (call after its last allocation),
-        and verification graphs of `verify_tokens` tokens a sequence if that is over 1.
-        Returns the graphs' memory pool, which other captures may share."""
+    def capture_graphs(
+        self,
+        max_num_seqs: int,
+        max_model_len: int,
+        verify_tokens: int = 0,
+        prefill_tokens: int = 0,
+    ) -> Any:
+        """Capture graphs over the current KV cache (call after its last allocation): decode
+        steps; verification steps of `verify_tokens` tokens a sequence if that is over 1; steps
+        that prefill, up to `prefill_tokens` tokens, if that is over 0. Returns the graphs'
+        memory pool, which other captures may share."""
         assert self.device.type == "cuda"
+        torch.cuda.empty_cache()  # the profiling run's activations: the pool takes their place
         with torch.inference_mode():
-            self.graphs = StepGraphs(
-                self.model, self.kv_caches, max_num_seqs, max_model_len, self.block_size
-            )
+            args = (self.model, self.kv_caches, max_num_seqs, max_model_len, self.block_size)
+            self.graphs = StepGraphs(*args)
+            pool = self.graphs.pool
             if verify_tokens > 1:
-                self.verify_graphs = StepGraphs(self.model, self.kv_caches, max_num_seqs,
-                                                max_model_len, self.block_size, verify_tokens,
-                                                self.graphs.pool)  # fmt: skip
-                return self.verify_graphs.pool
-        return self.graphs.pool
+                self.verify_graphs = StepGraphs(*args, verify_tokens, pool)
+                pool = self.verify_graphs.pool
+            if prefill_tokens > 0:
+                buckets = prefill_token_buckets(prefill_tokens)
+                self.prefill_graphs = StepGraphs(*args, prefill_tokens, pool, buckets)
+                pool = self.prefill_graphs.pool
+        return pool
 
     def graphs_for(self, scheduled: list[ScheduledSequence]) -> StepGraphs | None:
-        for graphs in (self.graphs, self.verify_graphs):
+        for graphs in (self.graphs, self.verify_graphs, self.prefill_graphs):
             if graphs is not None and graphs.bucket(scheduled) is not None:
                 return graphs
         return None

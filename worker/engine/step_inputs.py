@@ -98,23 +98,29 @@ def build_host_inputs(
 
 
 def pad_inputs(
-    host: HostInputs, batch_size: int, num_tokens: int, max_seqlen_q: int, max_seqlen_k: int
+    host: HostInputs,
+    batch_size: int,
+    num_tokens: int,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    pad_seq_tokens: int = 1,
 ) -> HostInputs:
     """Pad a step to `batch_size` sequences and `num_tokens` tokens for a CUDA graph.
 
-    Each padding sequence gets one token; tokens past the last sequence belong to none, so
-    attention never reads them. Padding tokens write nowhere (slot -1) and attend to one key of
-    block 0, which is harmless whatever it holds; their outputs are never read.
+    Each padding sequence gets `pad_seq_tokens` tokens (1 or 0); tokens past the last sequence
+    belong to none, so attention never reads them. Padding tokens write nowhere (slot -1) and
+    attend to one key of block 0, which is harmless whatever it holds; their outputs are never
+    read.
     """
     num_seqs, width = host.block_tables.shape
     real_tokens = host.input_ids.shape[0]
     extra_seqs, extra_tokens = batch_size - num_seqs, num_tokens - real_tokens
-    assert extra_seqs >= 0 and extra_tokens >= extra_seqs
+    assert extra_seqs >= 0 and extra_tokens >= extra_seqs * pad_seq_tokens
 
     def pad(values: np.ndarray, fill: int, extra: int) -> np.ndarray:
         return np.concatenate([values, np.full(extra, fill, values.dtype)])
 
-    pad_starts = real_tokens + np.arange(1, extra_seqs + 1, dtype=np.int32)
+    pad_starts = real_tokens + pad_seq_tokens * np.arange(1, extra_seqs + 1, dtype=np.int32)
     return HostInputs(
         input_ids=pad(host.input_ids, 0, extra_tokens),
         positions=pad(host.positions, 0, extra_tokens),
