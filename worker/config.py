@@ -55,8 +55,8 @@ class EngineSettings(BaseSettings):
     )
     prefill_graphs: bool = Field(
         True,
-        description="also replay CUDA graphs for steps that prefill (token counts rounded up "
-        "to 128, 256, ... --max-num-batched-tokens); without, those steps run eagerly",
+        description="also replay CUDA graphs for steps that prefill (token count rounded up to "
+        "128 or a multiple of 256, up to --max-num-batched-tokens); without, they run eagerly",
     )
     async_scheduling: bool | None = Field(
         None,

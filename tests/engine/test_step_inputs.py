@@ -175,4 +175,5 @@ def test_padded_prefill_step_keeps_the_real_rows(tmp_path: Path) -> None:
 def test_prefill_token_buckets() -> None:
     assert prefill_token_buckets(100) == [100]
     assert prefill_token_buckets(512) == [128, 256, 512]
-    assert prefill_token_buckets(2000) == [128, 256, 512, 1024, 2000]
+    assert prefill_token_buckets(1000) == [128, 256, 512, 768, 1000]
+    assert prefill_token_buckets(2048) == [128, *range(256, 2049, 256)]

@@ -53,9 +53,10 @@ def _template(table_width: int) -> HostInputs:
 
 
 def prefill_token_buckets(max_num_batched_tokens: int) -> list[int]:
-    """128, 256, 512, ... up to and including the token budget."""
-    sizes = [t for t in (128 << i for i in range(20)) if t < max_num_batched_tokens]
-    return [*sizes, max_num_batched_tokens]
+    """128, then every multiple of 256, up to and including the token budget: a step computes
+    at most 255 padding tokens (a 600-token prefill runs as 768, not 1024)."""
+    sizes = [t for t in (128, *range(256, max_num_batched_tokens, 256))]
+    return [t for t in sizes if t < max_num_batched_tokens] + [max_num_batched_tokens]
 
 
 class StepGraphs:
@@ -66,8 +67,8 @@ class StepGraphs:
       and b * tokens_per_seq tokens; a padding sequence holds one token;
     - prefill (`token_buckets` given; tokens_per_seq = the token budget): steps that prefill,
       mixed with decodes or not. Every graph has max_num_seqs sequences (padding sequences
-      hold no token) and one of the token buckets, so a step pays for its own token count
-      rounded up to a bucket, not for a batch shape.
+      hold no token) and one of the token buckets (128, then multiples of 256), so a step
+      pays for its own token count rounded up, not for a batch shape.
     """
 
     def __init__(
