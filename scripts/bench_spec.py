@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import datetime
 import json
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,6 +62,10 @@ class Figures:
     tokens_per_draft: float | None = None  # tokens a verified sequence emits per step
     acceptance_by_position: list[float] = field(default_factory=list)  # [k]: kept at j / drafts
     speculating_step_share: float | None = None  # pure decode steps that speculated
+    rates: list[float] = field(default_factory=list)  # output tokens/s of each timed repeat
+    # Adaptive runs: per batch bucket, the controller's learned output tokens/s with and
+    # without speculation and how many steps taught each, at the end of the timed part.
+    controller: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -121,12 +126,33 @@ def with_spec(fig: Figures, spec: SpecStats | None) -> Figures:
     return fig
 
 
-def measure(name: str, settings: EngineSettings, work: Workload) -> tuple[Figures, list[list[int]]]:
+def controller_rates(engine: LLMEngine) -> dict[str, dict[str, float]]:
+    spec = engine.speculator
+    if spec is None or not spec.controller.adaptive:
+        return {}
+    return {
+        str(bucket): {"spec_tok_s": b.rate.get(True, 0.0), "plain_tok_s": b.rate.get(False, 0.0),
+                      "spec_steps": b.count[True], "plain_steps": b.count[False]}
+        for bucket, b in sorted(spec.controller._buckets.items())
+    }  # fmt: skip
+
+
+def measure(
+    name: str, settings: EngineSettings, work: Workload, repeats: int = 1
+) -> tuple[Figures, list[list[int]]]:
+    """The timed run `repeats` times on one engine: the median rate, the first run's outputs
+    (every repeat must give the same), acceptance over all of them."""
     engine = LLMEngine.from_settings(settings)
     (work.warmup_run or work.run)(engine, work.warmup)
     before = copy.deepcopy(engine.stats().spec)
-    num_output, rate, outputs = work.run(engine, work.prompts)
-    figures = with_spec(Figures(name, num_output, rate), spec_delta(engine.stats().spec, before))
+    runs = [work.run(engine, work.prompts) for _ in range(repeats)]
+    num_output, _, outputs = runs[0]
+    rates = [rate for _, rate, _ in runs]
+    figures = Figures(name, num_output, statistics.median(rates), rates=rates)
+    figures = with_spec(figures, spec_delta(engine.stats().spec, before))
+    figures.controller = controller_rates(engine)
+    if any(out != outputs for _, _, out in runs[1:]):
+        print(f"  note: {name}: the repeats' outputs differ", flush=True)
     del engine
     release_gpu_memory()
     return figures, outputs
@@ -145,7 +171,9 @@ def row(f: Figures) -> str:
     )
 
 
-def part(title: str, configs: list[tuple[str, EngineSettings]], work: Workload) -> list[Figures]:
+def part(
+    title: str, configs: list[tuple[str, EngineSettings]], work: Workload, repeats: int = 1
+) -> list[Figures]:
     """Measure each configuration; the first runs without speculation and is the baseline."""
     print(f"\n{title}", flush=True)
     print(f"{'config':<28} {'out tok':>7} {'tok/s':>9} {'vs plain':>7} {'accept':>6} "
@@ -153,7 +181,7 @@ def part(title: str, configs: list[tuple[str, EngineSettings]], work: Workload) 
     results: list[Figures] = []
     plain: list[list[int]] = []
     for name, settings in configs:
-        fig, outputs = measure(name, settings, work)
+        fig, outputs = measure(name, settings, work, repeats)
         if results:
             fig.speedup = fig.output_tokens_per_s / results[0].output_tokens_per_s
             fig.identical_to_plain = outputs == plain
@@ -161,6 +189,12 @@ def part(title: str, configs: list[tuple[str, EngineSettings]], work: Workload) 
             plain = outputs
         results.append(fig)
         print(row(fig), flush=True)
+        if len(fig.rates) > 1:
+            print(f"  {name}: tok/s of each repeat " + ", ".join(f"{r:.1f}" for r in fig.rates))
+        for bucket, c in fig.controller.items():
+            print(f"  {name}: controller at batch bucket {bucket}: with speculation "
+                  f"{c['spec_tok_s']:.1f} tok/s ({c['spec_steps']:.0f} steps), without "
+                  f"{c['plain_tok_s']:.1f} tok/s ({c['plain_steps']:.0f} steps)")  # fmt: skip
     return results
 
 
@@ -249,7 +283,7 @@ def batch_parts(
             warmup_run=all_at_once(min(16, args.batch_output_len)),
         )
         title = f"(c) batch {n}, {workload} prompts, {args.batch_output_len} tokens each"
-        figures = part(title, configs, work)
+        figures = part(title, configs, work, args.batch_repeats)
         print(f"ngram adaptive / plain output tokens/s: {figures[1].speedup:.3f}", flush=True)
         out[workload] = figures
     return out
@@ -276,6 +310,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dummy-output-len", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=128, help="(c) requests at once")
     p.add_argument("--batch-output-len", type=int, default=256)
+    p.add_argument("--batch-repeats", type=int, default=3,
+                   help="(c) timed runs per configuration on one engine; median shown")  # fmt: skip
     p.add_argument("--json-out", type=Path, default=None, help="write every figure here")
     p.add_argument("--quick", action="store_true",
                    help=f"CPU functional check; defaults become {QUICK}")  # fmt: skip
