@@ -234,3 +234,45 @@ async def test_a_speculating_worker_serves_the_same_tokens_and_cancels_cleanly(e
     assert stats.spec is not None and stats.spec.num_accepted_tokens > 0
     spec_engine.block_manager.check_invariants([])
     assert spec_engine.block_manager.num_free_blocks == spec_engine.block_manager.num_blocks
+
+
+async def test_an_async_scheduling_worker_serves_the_same_tokens_and_cancels_cleanly(
+    engine,
+) -> None:
+    """The service over an engine that queues each step before reading the last one's tokens
+    (the CUDA default, forced on here): the synchronous engine's tokens and texts, stop strings
+    and max_tokens included, and a cancel while a step is in flight leaves no placeholder."""
+    from tests.service.jobs import TEST_ENGINE_SETTINGS
+    from worker.engine.llm_engine import PLACEHOLDER, LLMEngine
+
+    async_engine = LLMEngine.from_settings(
+        TEST_ENGINE_SETTINGS.model_copy(update={"async_scheduling": True})
+    )
+    assert async_engine.async_scheduling and not engine.async_scheduling
+    jobs = [
+        Job(id=f"j{i}", prompt=f"List three colours, then the number {i}:",
+            sampling=SamplingParams(temperature=0.0, max_tokens=4 + 3 * i,
+                                    stop=[","] if i % 2 else []))
+        for i in range(8)
+    ]  # fmt: skip
+    endless = Job(id="endless", prompt="Count: 1, 2, 3,",
+                  sampling=SamplingParams(temperature=0.0, max_tokens=3000, ignore_eos=True))
+    broker = MemoryBroker()
+    _put(broker, [*jobs, endless])
+    service = _service(async_engine, broker)
+    runner = asyncio.create_task(service.run())
+    async with asyncio.timeout(240):
+        while len(broker.results) < len(jobs):
+            await asyncio.sleep(0.02)
+        broker.cancel_requests.add("endless")
+        while "endless" not in broker.results:
+            await asyncio.sleep(0.02)
+    service.stop()
+    await runner
+    cancelled = broker.results["endless"]
+    assert cancelled.status == JobStatus.CANCELLED
+    assert cancelled.token_ids and PLACEHOLDER not in cancelled.token_ids
+    assert_matches_generate(engine, jobs, {j.id: broker.results[j.id] for j in jobs})
+    assert any(broker.results[j.id].finish_reason == "stop" for j in jobs)
+    async_engine.block_manager.check_invariants([])
+    assert async_engine.block_manager.num_free_blocks == async_engine.block_manager.num_blocks
