@@ -4,7 +4,9 @@
 (a) Batch 1, input copying: the model repeats a passage of bench_spec_passages.json (asked through
     its chat template), each alone; decode tokens/s without speculation and with n-gram.
 (b) The same with drafts: the target's first N layers (--draft-layers), and a dummy pair
-    (--dummy-target with --dummy-draft, and with its first --dummy-draft-layers) on random prompts.
+    (--dummy-target with --dummy-draft, and with its first --dummy-draft-layers) on random prompts;
+    then that target with its later layers damped (--agreeing-scale) so its first layers agree
+    with it: what a draft model buys when it is right, on the target's real shape.
 (c) --batch-size requests at once, --batch-output-len tokens each: output tokens/s without
     speculation and with n-gram, adaptive on, and their ratio; on copy and on random prompts.
 
@@ -74,6 +76,7 @@ class Workload:
     prompts: list[list[int]]
     run: Run
     warmup_run: Run | None = None  # None: `run`
+    prepare: Callable[[LLMEngine], None] | None = None  # applied to each engine before warm-up
 
 
 def one_by_one(max_tokens: int, ignore_eos: bool) -> Run:
@@ -143,6 +146,8 @@ def measure(
     """The timed run `repeats` times on one engine: the median rate, the first run's outputs
     (every repeat must give the same), acceptance over all of them."""
     engine = LLMEngine.from_settings(settings)
+    if work.prepare is not None:
+        work.prepare(engine)
     (work.warmup_run or work.run)(engine, work.warmup)
     before = copy.deepcopy(engine.stats().spec)
     runs = [work.run(engine, work.prompts) for _ in range(repeats)]
@@ -256,7 +261,27 @@ def dummy_part(args: argparse.Namespace) -> list[Figures]:
     vocab = ModelConfig.from_hf(resolve(target, Path()).hf_config).vocab_size
     prompts = random_prompts(3, args.dummy_input_len, vocab, 0)
     work = Workload(prompts[:1], prompts[1:], one_by_one(args.dummy_output_len, ignore_eos=True))
-    return part(f"(b) batch 1, dummy {target}, random prompts, EOS ignored", configs, work)
+    figures = part(f"(b) batch 1, dummy {target}, random prompts, EOS ignored", configs, work)
+    if args.agreeing_scale <= 0:
+        return figures
+    # A draft that agrees with its target, which random weights never give: the same dummy
+    # target with every layer past the draft's writing its residual update scaled by
+    # --agreeing-scale, so those layers barely move the hidden state and the first N layers
+    # predict what all of them do. An upper bound on what a good draft buys, not a real pair.
+    n = args.dummy_draft_layers
+    agreeing = [configs[0], configs[2]]
+    work = dataclasses.replace(work, prepare=lambda e: damp_layers(e, n, args.agreeing_scale))
+    title = (f"(b) batch 1, dummy {target} with layers {n}.. damped x{args.agreeing_scale} "
+             "(a draft that agrees), random prompts, EOS ignored")  # fmt: skip
+    return figures + part(title, agreeing, work)
+
+
+@torch.inference_mode()
+def damp_layers(engine: LLMEngine, first: int, scale: float) -> None:
+    """Scale what layers `first`.. add to the residual stream (attention and MLP outputs)."""
+    for layer in engine.runner.model.model.layers[first:]:
+        layer.self_attn.o_proj.weight.mul_(scale)  # type: ignore[union-attr,operator]
+        layer.mlp.down_proj.weight.mul_(scale)  # type: ignore[union-attr,operator]
 
 
 def batch_parts(
@@ -308,6 +333,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dummy-draft-layers", type=int, default=4)
     p.add_argument("--dummy-input-len", type=int, default=256)
     p.add_argument("--dummy-output-len", type=int, default=256)
+    p.add_argument("--agreeing-scale", type=float, default=1e-3,
+                   help="(b) also a target whose layers past the draft's are damped by this "
+                        "(a draft that agrees); 0: skip")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=128, help="(c) requests at once")
     p.add_argument("--batch-output-len", type=int, default=256)
     p.add_argument("--batch-repeats", type=int, default=3,
