@@ -5,6 +5,7 @@ must be the same, whatever stops, aborts, preemptions, prefix hits and arrivals 
 step is in flight, and the block pool must end as it started.
 """
 
+import time
 from pathlib import Path
 
 import pytest
@@ -200,3 +201,29 @@ def test_speculation_waits_for_the_step_in_flight(
     assert stats.num_steps_speculating > 0 and stats.num_steps_plain > 0
     assert stats.num_draft_tokens > 0 and launches[0] > 0
     _assert_drained(engine)
+
+
+def test_controller_times_async_steps_by_device_intervals(checkpoint: Path) -> None:
+    """With async steps, each pure decode step is timed once, from its launch or the previous
+    step's arrival (whichever is later) to its own arrival: disjoint intervals, all positive,
+    one per step counted in the stats."""
+    engine = _engine(checkpoint, True, speculative_method="ngram")
+    assert engine.speculator is not None
+    observed: list[tuple[bool, float]] = []
+    observe = engine.speculator.controller.observe
+
+    def record(num: int, speculated: bool, emitted: int, seconds: float) -> None:
+        observed.append((speculated, seconds))
+        observe(num, speculated, emitted, seconds)
+
+    engine.speculator.controller.observe = record  # type: ignore[method-assign]
+    prompts = [[(5 * i + j % 6) % 400 + 10 for j in range(14 + 5 * i)] for i in range(8)]
+    start = time.monotonic()
+    engine.generate(prompts, SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True))
+    wall = time.monotonic() - start
+    stats = engine.stats().spec
+    assert stats is not None
+    assert sum(not s for s, _ in observed) == stats.num_steps_plain > 0
+    assert sum(s for s, _ in observed) == stats.num_steps_speculating > 0
+    assert all(seconds > 0 for _, seconds in observed)
+    assert sum(seconds for _, seconds in observed) <= wall

@@ -60,6 +60,10 @@ class _InFlight:
 
     tokens: AsyncTokens
     slots: list[tuple[Sequence, int]]
+    launched_at: float = 0.0
+    # A pure decode step of a speculating engine reports its time to the controller when its
+    # tokens arrive: how many sequences it decoded, or None.
+    num_decoding: int | None = None
 
     def pending_inputs(self, scheduled: list[ScheduledSequence]) -> PendingTokens | None:
         """The next step's input rows that are this step's tokens."""
@@ -103,6 +107,7 @@ class LLMEngine:
         # proposed from the host's tokens.
         self.async_scheduling = async_scheduling
         self._in_flight: _InFlight | None = None
+        self._last_arrival = 0.0  # when the last step's tokens reached the host (monotonic)
         self.scheduler = scheduler
         self.block_manager = scheduler.block_manager
         self.tokenizer = tokenizer
@@ -234,10 +239,11 @@ class LLMEngine:
         if spec is None or not any(item.num_spec for item in plan.scheduled):
             self._step_plain(plan.scheduled, in_flight, finished)
             if spec is not None and pure_decode:
-                # Async, this is the time to queue the step behind the one running: in a
-                # steady state, the device's time per step.
-                num_tokens = len(plan.scheduled)
-                spec.end_step(num_tokens, num_tokens, time.monotonic() - started)
+                if self._in_flight is not None:  # queued: timed when its tokens arrive
+                    self._in_flight.num_decoding = len(plan.scheduled)
+                else:
+                    num_tokens = len(plan.scheduled)
+                    spec.end_step(num_tokens, num_tokens, time.monotonic() - started, False)
             return finished
         assert in_flight is None
         scheduled, emitted = spec.execute(plan.scheduled, self.runner, self._verify_rows)
@@ -247,7 +253,8 @@ class LLMEngine:
             for item, tokens in zip(scheduled, emitted, strict=True)
         )
         if pure_decode:
-            spec.end_step(len(scheduled), num_emitted, now - started)
+            spec.end_step(len(scheduled), num_emitted, now - started, True)
+        self._last_arrival = now
         return finished
 
     def _step_plain(
@@ -261,8 +268,10 @@ class LLMEngine:
         rows = [self._sampling_row(item.seq) for item in sampling]
         pending = in_flight.pending_inputs(scheduled) if in_flight is not None else None
         if self.async_scheduling and rows and not any(map(needs_host_history, rows)):
+            launched_at = time.monotonic()
             queued = self.runner.launch(scheduled, rows, pending)
-            launched = _InFlight(queued, [(item.seq, item.seq.num_tokens) for item in sampling])
+            slots = [(item.seq, item.seq.num_tokens) for item in sampling]
+            launched = _InFlight(queued, slots, launched_at)
             for item in scheduled:
                 item.seq.num_computed_tokens += item.num_new_tokens
                 if not item.samples:  # a prefill chunk: its blocks hold no placeholder
@@ -277,7 +286,7 @@ class LLMEngine:
         self._in_flight = None
         if in_flight is not None:  # the device is past it: this step read its tokens back
             self._resolve(in_flight, finished)
-        now = time.monotonic()
+        now = self._last_arrival = time.monotonic()
         for item in scheduled:
             tokens = [next(emitted)] if item.samples else []
             if not item.seq.is_finished:  # it may have stopped on the token resolved above
@@ -295,6 +304,14 @@ class LLMEngine:
         """Put an async step's tokens in place of their placeholders and apply them."""
         token_ids = in_flight.tokens.tolist()
         now = time.monotonic()
+        if in_flight.num_decoding is not None and self.speculator is not None:
+            # The device ran this step from its launch or the previous step's end, whichever
+            # came later, to now: timing the step() call instead would credit the first step
+            # after a synchronous one with no device time at all.
+            seconds = now - max(in_flight.launched_at, self._last_arrival)
+            n = in_flight.num_decoding
+            self.speculator.end_step(n, n, seconds, False)
+        self._last_arrival = now
         for (seq, index), token_id in zip(in_flight.slots, token_ids, strict=True):
             request = self.requests.get(seq.request_id)
             if request is None or request.seq is not seq or seq.is_finished:

@@ -267,13 +267,18 @@ class Speculator:
         for j in range(num_kept):
             s.accepted_by_position[j] += 1
 
-    def end_step(self, num_decoding: int, num_emitted: int, seconds: float) -> None:
-        """A pure decode step is over: feed the controller."""
-        if self.speculating:
+    def end_step(
+        self, num_decoding: int, num_emitted: int, seconds: float, speculated: bool | None = None
+    ) -> None:
+        """A pure decode step is over: feed the controller. `speculated` defaults to this
+        step's decision (an async step may be timed after the next step has decided)."""
+        if speculated is None:
+            speculated = self.speculating
+        if speculated:
             self.stats.num_steps_speculating += 1
         else:
             self.stats.num_steps_plain += 1
-        self.controller.observe(num_decoding, self.speculating, num_emitted, seconds)
+        self.controller.observe(num_decoding, speculated, num_emitted, seconds)
 
     def snapshot(self) -> SpecStats:
         return dataclasses.replace(
