@@ -67,6 +67,21 @@ def _run_to_end(engine: LLMEngine) -> dict[str, RequestOutput]:
     return done
 
 
+def test_nothing_stays_in_flight_once_every_request_is_done(checkpoint: Path) -> None:
+    """Requests that end on a stop token had one more step queued for them; once the last
+    one ends, that step is collected at once (its timing would otherwise span the idle gap)."""
+    prompts = _prompts(4)
+    first = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    plain = _engine(checkpoint, False).generate(prompts, first)
+    stops = [out.output_token_ids[3] for out in plain]
+    params = [SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True,
+                             stop_token_ids=[stop]) for stop in stops]  # fmt: skip
+    engine = _engine(checkpoint, True)
+    outputs = engine.generate(prompts, params)
+    assert all(out.finish_reason == "stop" for out in outputs)
+    assert engine._in_flight is None
+
+
 def test_stops_match_sync(checkpoint: Path) -> None:
     prompts = _prompts()
     first = SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True)

@@ -238,6 +238,12 @@ class LLMEngine:
         pure_decode = plan.is_pure_decode
         if spec is None or not any(item.num_spec for item in plan.scheduled):
             self._step_plain(plan.scheduled, in_flight, finished)
+            if not self.requests and self._in_flight is not None:
+                # Every request ended on the tokens just applied: what is in flight is for
+                # none of them, so collect it now rather than whenever work comes next.
+                in_flight, self._in_flight = self._in_flight, None
+                self._resolve(in_flight, finished)
+                return finished
             if spec is not None and pure_decode:
                 if self._in_flight is not None:  # queued: timed when its tokens arrive
                     self._in_flight.num_decoding = len(plan.scheduled)
