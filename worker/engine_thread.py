@@ -74,12 +74,21 @@ class EngineThread:
     def _emit(self, event: EngineEvent) -> None:
         self._loop.call_soon_threadsafe(self._events.put_nowait, event)
 
+    def _emit_all(self, events: list[EngineEvent]) -> None:
+        """One callback for a step's events: the loop takes them in one turn, so the results
+        of jobs that finished together are settled together (one publish, one ack)."""
+        if events:
+            self._loop.call_soon_threadsafe(self._put_all, events)
+
+    def _put_all(self, events: list[EngineEvent]) -> None:
+        for event in events:
+            self._events.put_nowait(event)
+
     def _run(self) -> None:
         try:
             while self._apply_commands():
                 if self._engine.has_unfinished_requests():
-                    for output in self._engine.step():
-                        self._emit(Finished(output))
+                    self._emit_all([Finished(output) for output in self._engine.step()])
         except BaseException as exc:  # the service must learn that nothing will finish now
             log.exception("engine thread crashed")
             self._emit(Crashed(exc))
