@@ -1,4 +1,4 @@
-"""CUDA graphs for decode and verification steps: one per batch-size bucket, captured at start-up.
+"""CUDA graphs for decode, verification and prefill steps, captured at start-up.
 
 A decode step of a small batch launches hundreds of small kernels; replaying a graph turns that
 into one launch, so the GPU no longer waits for Python. Every graph of a family reads its inputs
@@ -55,7 +55,7 @@ def _template(table_width: int) -> HostInputs:
 def prefill_token_buckets(max_num_batched_tokens: int) -> list[int]:
     """128, then every multiple of 256, up to and including the token budget: a step computes
     at most 255 padding tokens (a 600-token prefill runs as 768, not 1024)."""
-    sizes = [t for t in (128, *range(256, max_num_batched_tokens, 256))]
+    sizes = (128, *range(256, max_num_batched_tokens, 256))
     return [t for t in sizes if t < max_num_batched_tokens] + [max_num_batched_tokens]
 
 
@@ -151,13 +151,12 @@ class StepGraphs:
     def run(
         self,
         scheduled: list[ScheduledSequence],
+        shape: tuple[int, int],
         uploader: InputUploader,
         fill: Callable[[torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
-        """Hidden states of the step's sampled positions (`bucket` must have accepted it);
-        `fill` may overwrite input ids on the device before the replay."""
-        shape = self.bucket(scheduled)
-        assert shape is not None
+        """Hidden states of the step's sampled positions on the graph `shape` (what `bucket`
+        chose for it); `fill` may overwrite input ids on the device before the replay."""
         host = build_host_inputs(scheduled, self.block_size, self.table_width)
         padded = self.padded_inputs(host, shape)
         inputs = uploader.upload(padded, self.static64, self.static32)

@@ -129,8 +129,9 @@ class DraftProposer:
                                      self.block_size, 1, pool)  # fmt: skip
 
     def _logits(self, batch: list[ScheduledSequence]) -> torch.Tensor:
-        if self.graphs is not None and self.graphs.bucket(batch) is not None:
-            hidden = self.graphs.run(batch, self.uploader)
+        shape = self.graphs.bucket(batch) if self.graphs is not None else None
+        if self.graphs is not None and shape is not None:
+            hidden = self.graphs.run(batch, shape, self.uploader)
         else:
             inputs = self.uploader.upload(build_host_inputs(batch, self.block_size))
             hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta)

@@ -210,25 +210,20 @@ class LLMEngine:
         """
         finished, self._aborted = self._aborted, []
         started = time.monotonic()
-        spec, in_flight = self.speculator, self._in_flight
+        spec = self.speculator
         if spec is not None:
             sched = self.scheduler
             if spec.decide(sched.running, sched.num_waiting, self.max_num_seqs):
-                if in_flight is not None:  # drafts are proposed from every token
-                    self._in_flight = None
-                    self._resolve(in_flight, finished)
-                    in_flight, started = None, time.monotonic()
+                if self._in_flight is not None:  # drafts are proposed from every token
+                    self._drain(finished)
+                    started = time.monotonic()
                 spec.propose(sched.running, self.max_model_len)
-        if in_flight is not None and self._may_preempt():
+        if self._in_flight is not None and self._may_preempt():
             # Preemption recomputes a sequence from its tokens: they must all be on the host.
-            self._in_flight = None
-            self._resolve(in_flight, finished)
-            in_flight = None
+            self._drain(finished)
         plan = self.scheduler.schedule()
         if plan.is_empty:
-            if in_flight is not None:
-                self._in_flight = None
-                self._resolve(in_flight, finished)
+            self._drain(finished)
             return finished
         for item in plan.scheduled:
             if item.seq.metrics.first_scheduled_time is None:
@@ -237,12 +232,11 @@ class LLMEngine:
         self.num_computed_tokens += plan.num_batched_tokens
         pure_decode = plan.is_pure_decode
         if spec is None or not any(item.num_spec for item in plan.scheduled):
-            self._step_plain(plan.scheduled, in_flight, finished)
+            self._step_plain(plan.scheduled, finished)
             if not self.requests and self._in_flight is not None:
                 # Every request ended on the tokens just applied: what is in flight is for
                 # none of them, so collect it now rather than whenever work comes next.
-                in_flight, self._in_flight = self._in_flight, None
-                self._resolve(in_flight, finished)
+                self._drain(finished)
                 return finished
             if spec is not None and pure_decode:
                 if self._in_flight is not None:  # queued: timed when its tokens arrive
@@ -251,7 +245,7 @@ class LLMEngine:
                     num_tokens = len(plan.scheduled)
                     spec.end_step(num_tokens, num_tokens, time.monotonic() - started, False)
             return finished
-        assert in_flight is None
+        assert self._in_flight is None
         scheduled, emitted = spec.execute(plan.scheduled, self.runner, self._verify_rows)
         now = time.monotonic()
         num_emitted = sum(
@@ -264,12 +258,11 @@ class LLMEngine:
         return finished
 
     def _step_plain(
-        self,
-        scheduled: list[ScheduledSequence],
-        in_flight: _InFlight | None,
-        finished: list[RequestOutput],
+        self, scheduled: list[ScheduledSequence], finished: list[RequestOutput]
     ) -> None:
-        """A step without speculation: launched async when allowed, else run to its tokens."""
+        """A step without speculation: launched async when allowed, else run to its tokens.
+        Either way the step in flight before it is applied after it is queued."""
+        in_flight = self._in_flight
         sampling = [item for item in scheduled if item.samples]
         rows = [self._sampling_row(item.seq) for item in sampling]
         pending = in_flight.pending_inputs(scheduled) if in_flight is not None else None
@@ -289,9 +282,7 @@ class LLMEngine:
                 self._resolve(in_flight, finished)
             return
         emitted = iter(self.runner.execute(scheduled, rows, pending))
-        self._in_flight = None
-        if in_flight is not None:  # the device is past it: this step read its tokens back
-            self._resolve(in_flight, finished)
+        self._drain(finished)  # the device is past it: this step read its tokens back
         now = self._last_arrival = time.monotonic()
         for item in scheduled:
             tokens = [next(emitted)] if item.samples else []
@@ -305,6 +296,12 @@ class LLMEngine:
             max(cdiv(s.num_tokens, bs) - len(s.block_table), 0) for s in self.scheduler.running
         )
         return needed > self.block_manager.num_free_blocks
+
+    def _drain(self, finished: list[RequestOutput]) -> None:
+        """Wait for the step in flight, if any, and apply its tokens."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None:
+            self._resolve(in_flight, finished)
 
     def _resolve(self, in_flight: _InFlight, finished: list[RequestOutput]) -> None:
         """Put an async step's tokens in place of their placeholders and apply them."""

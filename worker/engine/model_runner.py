@@ -9,7 +9,7 @@ import torch
 
 from worker.engine.block_manager import cdiv
 from worker.engine.cuda_graphs import StepGraphs, prefill_token_buckets
-from worker.engine.sampler import SampledToken, SamplingRow, sample, sample_ids
+from worker.engine.sampler import SampledToken, SamplingRow, device_tensor, sample, sample_ids
 from worker.engine.scheduler import ScheduledSequence
 from worker.engine.step_inputs import InputUploader, StepInputs, build_host_inputs
 from worker.models.attention import AttentionMetadata
@@ -37,13 +37,6 @@ def make_kv_caches(
         )
         for _ in range(cfg.num_layers)
     ]
-
-
-def _to_device(values: np.ndarray, device: torch.device) -> torch.Tensor:
-    host = torch.from_numpy(values)
-    if device.type != "cuda":
-        return host
-    return host.pin_memory().to(device, non_blocking=True)
 
 
 class AsyncTokens:
@@ -78,8 +71,8 @@ class PendingTokens:
 
     def fill(self, input_ids: torch.Tensor) -> None:
         device = input_ids.device
-        tokens = self.source.device_ids.index_select(0, _to_device(self.source_idx, device))
-        input_ids.index_copy_(0, _to_device(self.rows, device), tokens)
+        tokens = self.source.device_ids.index_select(0, device_tensor(self.source_idx, device))
+        input_ids.index_copy_(0, device_tensor(self.rows, device), tokens)
 
 
 class ModelRunner:
@@ -134,10 +127,16 @@ class ModelRunner:
                 pool = self.prefill_graphs.pool
         return pool
 
-    def graphs_for(self, scheduled: list[ScheduledSequence]) -> StepGraphs | None:
+    def graphs_for(
+        self, scheduled: list[ScheduledSequence]
+    ) -> tuple[StepGraphs, tuple[int, int]] | None:
+        """The first family with a graph for this step, and that graph's shape."""
         for graphs in (self.graphs, self.verify_graphs, self.prefill_graphs):
-            if graphs is not None and graphs.bucket(scheduled) is not None:
-                return graphs
+            if graphs is None:
+                continue
+            shape = graphs.bucket(scheduled)
+            if shape is not None:
+                return graphs, shape
         return None
 
     def prepare(self, scheduled: list[ScheduledSequence]) -> StepInputs:
@@ -147,13 +146,14 @@ class ModelRunner:
     def _forward(
         self, scheduled: list[ScheduledSequence], pending: PendingTokens | None
     ) -> torch.Tensor:
-        """Hidden states of the sampled positions. Decode-only steps replay a CUDA graph;
-        prefill and mixed steps run eagerly. `pending` fills in input tokens that the previous
-        step sampled and that have not reached the host yet."""
+        """Hidden states of the sampled positions: replayed from a CUDA graph where a family
+        has one for the step, else run eagerly. `pending` fills in input tokens that the
+        previous step sampled and that have not reached the host yet."""
         fill = pending.fill if pending is not None else None
-        graphs = self.graphs_for(scheduled)
-        if graphs is not None:
-            return graphs.run(scheduled, self.uploader, fill)
+        found = self.graphs_for(scheduled)
+        if found is not None:
+            graphs, shape = found
+            return graphs.run(scheduled, shape, self.uploader, fill)
         inputs = self.prepare(scheduled)
         if fill is not None:
             fill(inputs.input_ids)

@@ -8,6 +8,7 @@ depend on what else shares the batch).
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from schemas import SamplingParams
@@ -77,10 +78,11 @@ def _plain_greedy(row: SamplingRow) -> bool:
 
 
 def device_tensor(
-    values: list[Any], device: torch.device, dtype: torch.dtype | None = None
+    values: list[Any] | np.ndarray, device: torch.device, dtype: torch.dtype | None = None
 ) -> torch.Tensor:
-    """A small host list on the device without a stream sync: a plain `torch.tensor(...,
-    device=cuda)` waits for every kernel queued before it, which would stall async scheduling."""
+    """A small host list or array on the device without a stream sync: a plain
+    `torch.tensor(..., device=cuda)` waits for every kernel queued before it, which would stall
+    async scheduling."""
     host = torch.tensor(values, dtype=dtype)
     if device.type != "cuda":
         return host
