@@ -35,6 +35,24 @@ def _put(broker: MemoryBroker, jobs: list[Job]) -> None:
         broker.put(job.model_dump_json().encode(), key=job.id)
 
 
+async def _finish_then_cancel(engine, jobs: list[Job], endless: Job) -> MemoryBroker:
+    """Serve `jobs` and `endless`; once every job has a result, cancel `endless` (still
+    running) and stop when its result is in."""
+    broker = MemoryBroker()
+    _put(broker, [*jobs, endless])
+    service = _service(engine, broker)
+    runner = asyncio.create_task(service.run())
+    async with asyncio.timeout(240):
+        while len(broker.results) < len(jobs):
+            await asyncio.sleep(0.02)
+        broker.cancel_requests.add(endless.id)
+        while endless.id not in broker.results:
+            await asyncio.sleep(0.02)
+    service.stop()
+    await runner
+    return broker
+
+
 async def test_outputs_equal_direct_generate_and_cap_holds(engine) -> None:
     broker = MemoryBroker()
     jobs = numbered_jobs(40)
@@ -216,18 +234,7 @@ async def test_a_speculating_worker_serves_the_same_tokens_and_cancels_cleanly(e
                     sampling=repeat.model_copy(update={"speculative": False})))  # fmt: skip
     endless = Job(id="endless", prompt="Count: 1, 2, 3,",
                   sampling=SamplingParams(temperature=0.0, max_tokens=3000, ignore_eos=True))
-    broker = MemoryBroker()
-    _put(broker, [*jobs, endless])
-    service = _service(spec_engine, broker)
-    runner = asyncio.create_task(service.run())
-    async with asyncio.timeout(240):
-        while len(broker.results) < len(jobs):
-            await asyncio.sleep(0.02)
-        broker.cancel_requests.add("endless")
-        while "endless" not in broker.results:
-            await asyncio.sleep(0.02)
-    service.stop()
-    await runner
+    broker = await _finish_then_cancel(spec_engine, jobs, endless)
     assert broker.results["endless"].status == JobStatus.CANCELLED
     assert_matches_generate(engine, jobs, {j.id: broker.results[j.id] for j in jobs})
     stats = spec_engine.stats()
@@ -257,18 +264,7 @@ async def test_an_async_scheduling_worker_serves_the_same_tokens_and_cancels_cle
     ]  # fmt: skip
     endless = Job(id="endless", prompt="Count: 1, 2, 3,",
                   sampling=SamplingParams(temperature=0.0, max_tokens=3000, ignore_eos=True))
-    broker = MemoryBroker()
-    _put(broker, [*jobs, endless])
-    service = _service(async_engine, broker)
-    runner = asyncio.create_task(service.run())
-    async with asyncio.timeout(240):
-        while len(broker.results) < len(jobs):
-            await asyncio.sleep(0.02)
-        broker.cancel_requests.add("endless")
-        while "endless" not in broker.results:
-            await asyncio.sleep(0.02)
-    service.stop()
-    await runner
+    broker = await _finish_then_cancel(async_engine, jobs, endless)
     cancelled = broker.results["endless"]
     assert cancelled.status == JobStatus.CANCELLED
     assert cancelled.token_ids and PLACEHOLDER not in cancelled.token_ids
