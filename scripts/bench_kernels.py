@@ -2,7 +2,10 @@
 
 - copy: device-to-device copy bandwidth (bytes read + written), the ceiling for decode.
 - decode: paged attention, one query token per sequence, bandwidth = K/V bytes read / time, and
-  its ratio to the copy bandwidth. Target: >= 0.7 at context >= 4k.
+  its ratio to the copy bandwidth. Target: >= 0.7 at context >= 4k. Timed twice: one layer's
+  launch replayed alone, and --graph-layers launches (one per layer, each over its own blocks
+  and queries) replayed from one graph as a decode step replays a model's layers, per layer. The
+  first carries the whole graph launch's fixed cost; the second only each kernel's own.
 - prefill: causal paged attention TFLOP/s against torch scaled_dot_product_attention on the same
   shapes (K/V expanded to all heads for SDPA, not timed). Target: >= 0.8x SDPA. Both are timed
   replayed from a CUDA graph (kernel time: the ratio) and called eagerly (kernel time or host
@@ -103,14 +106,26 @@ def auto_config(layer: Layer, num_seqs: int, max_q: int, max_k: int) -> Attentio
     )
 
 
-def decode_row(cache: PagedCache, batch: int, ctx: int, config: AttentionConfig | None) -> dict:
+def decode_row(
+    cache: PagedCache, batch: int, ctx: int, config: AttentionConfig | None, layers: int = 1
+) -> dict:
+    """One layer's decode attention (and, with layers > 1, per layer in a graph of that many)."""
     layer = cache.layer
-    args = cache.batch([1] * batch, [ctx] * batch)
+    calls = [cache.batch([1] * batch, [ctx] * batch) for _ in range(layers)]
     config = config or auto_config(layer, batch, 1, ctx)
     scale = layer.head_dim**-0.5
-    ms = graph_ms(lambda: paged_attention_with_config(*args, scale, 1, config))
+    ms = graph_ms(lambda: paged_attention_with_config(*calls[0], scale, 1, config))
     kv_bytes = 2 * batch * ctx * layer.num_kv_heads * layer.head_dim * layer.dtype.itemsize
-    return {"batch": batch, "context": ctx, "ms": ms, "gbs": kv_bytes / ms / 1e6, **asdict(config)}
+    row = {"batch": batch, "context": ctx, "ms": ms, "gbs": kv_bytes / ms / 1e6, **asdict(config)}
+    if layers > 1:
+
+        def step() -> None:
+            for args in calls:  # each layer its own blocks: the L2 cannot serve one to the next
+                paged_attention_with_config(*args, scale, 1, config)
+
+        row["layer_ms"] = layer_ms = graph_ms(step) / layers
+        row["layer_gbs"] = kv_bytes / layer_ms / 1e6
+    return row
 
 
 def sdpa_ms(layer: Layer, batch: int, seq: int) -> tuple[float, float]:
@@ -162,6 +177,8 @@ CONFIG_COLUMNS = [("block_m", "d"), ("block_n", "d"), ("num_splits", "d"), ("num
 
 DECODE_COLUMNS = [("batch", "d"), ("context", "d"), ("ms", ".4f"), ("gbs", ".0f"),
                   ("of_copy", ".2f"), *CONFIG_COLUMNS]  # fmt: skip
+LAYERED_COLUMNS = [*DECODE_COLUMNS[:5], ("layer_ms", ".4f"), ("layer_gbs", ".0f"),
+                   ("layer_of_copy", ".2f"), *CONFIG_COLUMNS]  # fmt: skip
 
 
 def run_decode(cache: PagedCache, args: argparse.Namespace, copy_gbs: float) -> list[dict]:
@@ -169,9 +186,14 @@ def run_decode(cache: PagedCache, args: argparse.Namespace, copy_gbs: float) -> 
     for batch in args.batches:
         for ctx in args.contexts:
             if batch * ctx <= args.max_cache_tokens:
-                rows.append(decode_row(cache, batch, ctx, None))
+                rows.append(decode_row(cache, batch, ctx, None, args.graph_layers))
                 rows[-1]["of_copy"] = rows[-1]["gbs"] / copy_gbs
-    print_table(f"decode (copy bandwidth {copy_gbs:.0f} GB/s)", rows, DECODE_COLUMNS)
+                if "layer_gbs" in rows[-1]:
+                    rows[-1]["layer_of_copy"] = rows[-1]["layer_gbs"] / copy_gbs
+    title = f"decode (copy bandwidth {copy_gbs:.0f} GB/s)"
+    if args.graph_layers > 1:
+        title += f"; layer_*: per layer, {args.graph_layers} layers replayed from one graph"
+    print_table(title, rows, LAYERED_COLUMNS if args.graph_layers > 1 else DECODE_COLUMNS)
     return rows
 
 
@@ -241,6 +263,12 @@ def parse_args() -> argparse.Namespace:
                         help="BATCHxSEQ,... causal prefill shapes")  # fmt: skip
     parser.add_argument("--max-cache-tokens", type=int, default=256 * 32768,
                         help="skip decode cases with more cached tokens (memory)")  # fmt: skip
+    parser.add_argument(
+        "--graph-layers",
+        type=int,
+        default=32,
+        help="decode also timed per layer in a graph of this many (1: not)",
+    )
     parser.add_argument("--sweep", action="store_true", help="also time other configurations")
     parser.add_argument("--sweep-only", action="store_true", help="only the configuration sweep")
     parser.add_argument("--json", type=Path, help="write every row here")

@@ -146,6 +146,7 @@ def release_gpu_memory() -> None:
 
     import torch
 
+    gc.unfreeze()  # a frozen reference cycle would keep a dropped engine's tensors alive
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

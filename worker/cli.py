@@ -9,10 +9,13 @@ from worker.config import EngineSettings, add_settings_arguments, settings_from_
 
 
 def _engine(args: argparse.Namespace):  # -> LLMEngine, imported late so --help stays fast
+    from worker.engine.builder import freeze_startup_heap
     from worker.engine.llm_engine import LLMEngine
 
     settings: EngineSettings = settings_from_args(EngineSettings, args)
-    return LLMEngine.from_settings(settings), settings
+    engine = LLMEngine.from_settings(settings)
+    freeze_startup_heap()  # one engine for the life of the command
+    return engine, settings
 
 
 def cmd_run_batch(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@ SIGTERM / SIGINT. The CLI's `serve` and `python -m worker.service` both come her
 
 import asyncio
 import concurrent.futures
+import gc
 import logging
 import os
 import signal
@@ -71,18 +72,22 @@ async def serve(service_settings: ServiceSettings, engine_settings: Any) -> None
             endpoints.stop()
         if telemetry is not None:
             telemetry.shutdown()
+        gc.unfreeze()  # what start-up froze may be collected again once the engine is gone
 
 
 async def _load_engine(engine_settings: Any, stop_requested: asyncio.Event) -> Any:
     """The engine, or None when a stop came first. Loading runs on a daemon thread: a stopped
     worker exits without waiting minutes for a large model it will never use."""
+    from worker.engine.builder import freeze_startup_heap
     from worker.engine.llm_engine import LLMEngine
 
     loaded: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
     def load() -> None:
         try:
-            loaded.set_result(LLMEngine.from_settings(engine_settings))
+            engine = LLMEngine.from_settings(engine_settings)
+            freeze_startup_heap()  # the worker serves this engine until it exits
+            loaded.set_result(engine)
         except BaseException as exc:  # raised in the loop by the wrapped future
             loaded.set_exception(exc)
 
