@@ -19,9 +19,16 @@ PROGRAMS_PER_SM = 4
 # A split shorter than this spends more on its partial write and the merge than it saves.
 MIN_KEYS_PER_SPLIT = 128
 MAX_SPLITS = 64
-# Split-K only for decode and verification tiles: a prefill tile's partials cost more to write
-# and merge than the idle multiprocessors are worth.
+# Split-K for decode and verification tiles (up to this many rows) by the rule above. Prefill
+# tiles split only as a chunk over a long cached context: a step of a few hundred new tokens
+# beside decodes (chunked prefill) fills a few dozen row tiles, each walking thousands of keys
+# while most multiprocessors idle. With at least CHUNK_SPLIT_MIN_KEYS keys and four times as
+# many keys as query tokens, the keys split over what the token tiles leave idle, at least
+# MIN_KEYS_PER_CHUNK_SPLIT keys a split; a prefill without much context keeps one pass (its
+# partials would cost more to write and merge than the idle multiprocessors are worth).
 MAX_SPLIT_ROWS = 64
+CHUNK_SPLIT_MIN_KEYS = 2048
+MIN_KEYS_PER_CHUNK_SPLIT = 1024
 # Prefill runs 128-row tiles on 8 warps (two warpgroups of 64 rows) and takes the first of
 # these (keys per tile, pipeline stages) whose buffers fit the shared memory. H200 sweep: 64-key
 # tiles three stages deep (128 KiB) beat 128-key tiles (224 KiB, 254 registers a thread) by 2-18%
@@ -77,8 +84,11 @@ def choose_config(
     max_seqlen_k: int,
     dtype: torch.dtype,
     device: torch.device,
+    num_tokens: int | None = None,
 ) -> AttentionConfig:
-    """Decode-like launches get small row tiles and split-K; prefill gets big row tiles."""
+    """Decode-like launches get small row tiles and split-K; prefill gets big row tiles, split
+    too when a few of them (`num_tokens` query tokens in all, padding included) face a long
+    context."""
     rows = max(1, max_seqlen_q) * group
     wide = dtype == torch.float32 or head_dim > 128  # register and shared-memory budget
     block_m = min(triton.next_power_of_2(max(rows, 16)), 64 if wide else 128)
@@ -100,6 +110,16 @@ def choose_config(
             triton.cdiv(PROGRAMS_PER_SM * num_sms, tiles),
             max(1, max_seqlen_k // MIN_KEYS_PER_SPLIT),
             MAX_SPLITS,
+        )
+    elif (
+        rows > MAX_SPLIT_ROWS
+        and num_tokens is not None
+        and max_seqlen_k >= max(CHUNK_SPLIT_MIN_KEYS, 4 * max_seqlen_q)
+    ):
+        token_tiles = triton.cdiv(num_tokens * group, block_m) * num_kv_heads
+        num_splits = max(
+            1,
+            min(num_sms // token_tiles, max_seqlen_k // MIN_KEYS_PER_CHUNK_SPLIT, MAX_SPLITS),
         )
     deep = 1 < num_splits <= DECODE_DEEP_MAX_SPLITS and max_seqlen_k >= DECODE_DEEP_MIN_KEYS
     if deep and not wide and fits(block_n, 3):

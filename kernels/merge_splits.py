@@ -11,16 +11,20 @@ def _merge_splits_kernel(
     part_acc_ptr,  # [num_splits, num_tokens, num_heads, head_dim] fp32
     part_max_ptr,  # [num_splits, num_tokens, num_heads] fp32
     part_sum_ptr,  # [num_splits, num_tokens, num_heads] fp32
+    num_real_tokens_ptr,  # [1] int32: tokens past it are padding (cu_seqlens_q[num_seqs])
     num_rows,  # num_tokens * num_heads
     num_splits,
+    NUM_HEADS: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_SPLITS: tl.constexpr,
 ):
-    """out[row] = sum_s 2^(m_s - m) acc_s / sum_s 2^(m_s - m) l_s, with m = max_s m_s."""
+    """out[row] = sum_s 2^(m_s - m) acc_s / sum_s 2^(m_s - m) l_s, with m = max_s m_s.
+    Padding rows, which no split wrote, come out as zeros without reading their partials."""
     row = tl.program_id(0).to(tl.int64)
     offs_s = tl.arange(0, BLOCK_SPLITS)
     offs_d = tl.arange(0, HEAD_DIM)
-    split_valid = offs_s < num_splits
+    is_real = (row // NUM_HEADS < tl.load(num_real_tokens_ptr)).to(tl.int32)
+    split_valid = offs_s < num_splits * is_real  # a padding row reads no split
     part_rows = offs_s.to(tl.int64) * num_rows + row
     m_s = tl.load(part_max_ptr + part_rows, mask=split_valid, other=float("-inf"))
     l_s = tl.load(part_sum_ptr + part_rows, mask=split_valid, other=0.0)
@@ -41,8 +45,9 @@ def merge_splits(
     part_acc: torch.Tensor,  # [num_splits, num_tokens, num_heads, head_dim] fp32
     part_max: torch.Tensor,  # [num_splits, num_tokens, num_heads] fp32, log2 domain
     part_sum: torch.Tensor,  # [num_splits, num_tokens, num_heads] fp32
+    num_real_tokens: torch.Tensor,  # [1] int32 on the device, e.g. cu_seqlens_q[-1:]
 ) -> None:
-    """Writes every row of `out` from its splits; rows no split wrote come out as garbage."""
+    """Writes every row of `out`: the real tokens' from their splits, the padding's as zeros."""
     num_splits, num_tokens, num_heads, head_dim = part_acc.shape
     assert out.is_contiguous() and out.shape == (num_tokens, num_heads, head_dim)
     assert part_max.shape == part_sum.shape == (num_splits, num_tokens, num_heads)
@@ -54,8 +59,10 @@ def merge_splits(
         part_acc_ptr=part_acc,
         part_max_ptr=part_max,
         part_sum_ptr=part_sum,
+        num_real_tokens_ptr=num_real_tokens,
         num_rows=num_rows,
         num_splits=num_splits,
+        NUM_HEADS=num_heads,
         HEAD_DIM=head_dim,
         BLOCK_SPLITS=triton.next_power_of_2(num_splits),
     )

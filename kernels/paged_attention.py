@@ -157,6 +157,7 @@ def paged_attention(
         max_seqlen_k=max_seqlen_k,
         dtype=query.dtype,
         device=query.device,
+        num_tokens=query.shape[0],
     )
     args = (query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q)
     return _launch(*args, scale=scale, max_seqlen_q=max_seqlen_q, config=config)
@@ -240,5 +241,5 @@ def _launch(
         num_stages=config.num_stages,
     )
     if split:
-        merge_splits(out, part_acc, part_max, part_sum)
+        merge_splits(out, part_acc, part_max, part_sum, cu_seqlens_q[num_seqs:])
     return out

@@ -215,7 +215,8 @@ def merge_row(cache: PagedCache, batch: int, ctx: int) -> dict:
     out = torch.empty(batch, layer.num_heads, layer.head_dim, device="cuda", dtype=layer.dtype)
     part_acc = torch.randn(splits, *out.shape, device="cuda")
     part_max, part_sum = torch.randn(2, splits, batch, layer.num_heads, device="cuda")
-    ms = graph_ms(lambda: merge_splits(out, part_acc, part_max, part_sum))
+    num_real = torch.tensor([batch], dtype=torch.int32, device="cuda")
+    ms = graph_ms(lambda: merge_splits(out, part_acc, part_max, part_sum, num_real))
     return {"batch": batch, "context": ctx, "num_splits": splits, "merge_ms": ms}
 
 
@@ -253,6 +254,36 @@ def run_sweep(cache: PagedCache, args: argparse.Namespace, copy_gbs: float, sdpa
     return rows + merges
 
 
+def chunk_row(cache: PagedCache, chunk: int, ctx: int, decodes: int, split: bool) -> dict:
+    """One chunked-prefill step's attention: `decodes` sequences decoding at context 512 beside
+    a `chunk`-token piece of a prompt whose context (the chunk included) is `ctx`."""
+    layer = cache.layer
+    q_lens, ctx_lens = [1] * decodes + [chunk], [512] * decodes + [ctx]
+    args = cache.batch(q_lens, ctx_lens)
+    tokens = sum(q_lens)
+    auto = choose_config(decodes + 1, layer.num_kv_heads, layer.num_heads // layer.num_kv_heads,
+                         layer.head_dim, chunk, ctx, layer.dtype, torch.device("cuda"),
+                         num_tokens=tokens)  # fmt: skip
+    config = auto if split else replace(auto, num_splits=1)
+    scale = layer.head_dim**-0.5
+    ms = graph_ms(lambda: paged_attention_with_config(*args, scale, chunk, config))
+    return {"decodes": decodes, "chunk": chunk, "context": ctx, "ms": ms, **asdict(config)}
+
+
+def run_chunks(cache: PagedCache, args: argparse.Namespace) -> list[dict]:
+    """Chunked prefill's attention with the split the heuristic picks, and without a split."""
+    rows = []
+    for chunk in args.chunks:
+        for split in (False, True):
+            rows.append(chunk_row(cache, chunk, args.chunk_context, args.chunk_decodes, split))
+        rows[-1]["speedup"] = rows[-2]["ms"] / rows[-1]["ms"]
+        rows[-2]["speedup"] = 1.0
+    columns = [("decodes", "d"), ("chunk", "d"), ("context", "d"), ("ms", ".4f"),
+               ("speedup", ".2f"), *CONFIG_COLUMNS]  # fmt: skip
+    print_table("chunked prefill step (CUDA graph; one pass, then the chosen split)", rows, columns)
+    return rows
+
+
 def parse_args() -> argparse.Namespace:
     ints = lambda s: [int(x) for x in s.split(",")]  # noqa: E731
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -269,6 +300,14 @@ def parse_args() -> argparse.Namespace:
         default=32,
         help="decode also timed per layer in a graph of this many (1: not)",
     )
+    parser.add_argument(
+        "--chunks",
+        type=ints,
+        default=[96, 224, 480],
+        help="chunked prefill: chunk sizes timed beside --chunk-decodes decodes",
+    )
+    parser.add_argument("--chunk-context", type=int, default=8192)
+    parser.add_argument("--chunk-decodes", type=int, default=32)
     parser.add_argument("--sweep", action="store_true", help="also time other configurations")
     parser.add_argument("--sweep-only", action="store_true", help="only the configuration sweep")
     parser.add_argument("--json", type=Path, help="write every row here")
@@ -291,6 +330,7 @@ def main() -> None:
     if not args.sweep_only:
         results["decode"] = run_decode(cache, args, copy_gbs)
         results["prefill"] = run_prefill(cache, args.shapes, sdpa)
+        results["chunks"] = run_chunks(cache, args)
     if args.sweep or args.sweep_only:
         results["sweep"] = run_sweep(cache, args, copy_gbs, sdpa)
     if args.json:

@@ -10,9 +10,28 @@ HOPPER = (132, 232_448)  # multiprocessors, opt-in shared memory per program (22
 ADA = (128, 101_376)  # 99 KiB
 
 
-def _choose(monkeypatch, limits, *, seqs=1, q=4096, k=4096, head_dim=128, group=4):
+def _choose(monkeypatch, limits, *, seqs=1, q=4096, k=4096, head_dim=128, group=4, tokens=None):
     monkeypatch.setattr(attention_config, "device_limits", lambda device: limits)
-    return choose_config(seqs, 8, group, head_dim, q, k, torch.bfloat16, torch.device("cuda"))
+    return choose_config(seqs, 8, group, head_dim, q, k, torch.bfloat16, torch.device("cuda"),
+                         num_tokens=tokens)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("seqs", "q", "k", "tokens", "splits"),
+    [
+        (33, 96, 8192, 128, 4),  # budget 128 beside 32 decodes: 32 row tiles over 8k keys
+        (33, 224, 8192, 256, 2),  # budget 256: 64 row tiles
+        (40, 512, 8448, 512, 1),  # a 512-token graph bucket: 128 tiles nearly fill the GPU
+        (1, 4096, 4096, 4096, 1),  # a prompt without cached context: one pass
+        (1, 1024, 3000, 1024, 1),  # context under 4x the query
+        (33, 96, 8192, None, 1),  # no token count: the decode-only rule
+    ],
+)
+def test_prefill_tiles_split_only_for_a_few_tiles_over_a_long_context(
+    monkeypatch, seqs: int, q: int, k: int, tokens: int | None, splits: int
+) -> None:
+    config = _choose(monkeypatch, HOPPER, seqs=seqs, q=q, k=k, tokens=tokens)
+    assert (config.block_m, config.num_splits) == (128, splits)
 
 
 @pytest.mark.parametrize(("limits", "num_stages"), [(HOPPER, 3), (ADA, 2)])

@@ -69,6 +69,18 @@ def test_long_decode_picks_split_k_and_matches_reference() -> None:
     _assert_matches_reference(batch, out)
 
 
+def test_chunk_over_long_context_splits_keys_and_matches_reference() -> None:
+    """Chunked prefill beside decodes: a few row tiles facing thousands of cached keys split
+    those keys; the partial states of multi-row tiles, causal within the chunk, merge exactly."""
+    seqs = [(2100, 40), (300, 1), (65, 1)]
+    batch = make_paged_batch(seqs, 2, 1, 32, 16, device=DEVICE)
+    config = choose_config(3, 1, 2, 32, 40, 2100, torch.float32, torch.device(DEVICE),
+                           num_tokens=42)  # fmt: skip
+    assert config.block_m == 64 and config.num_splits > 1
+    out = paged_attention(*batch.tensors(), SCALE, batch.max_seqlen_q, batch.max_seqlen_k)
+    _assert_matches_reference(batch, out)
+
+
 def test_overestimated_hints_and_padding_tokens() -> None:
     """CUDA graphs replay with fixed upper-bound hints and padded token rows."""
     batch = make_paged_batch([(40, 1), (17, 1), (90, 2)], 4, 2, 32, 16, device=DEVICE)
@@ -76,6 +88,8 @@ def test_overestimated_hints_and_padding_tokens() -> None:
     args = (padded, *batch.tensors()[1:])
     out = paged_attention(*args, SCALE, 256, 8192)
     _assert_matches_reference(batch, out)
+    # These hints split the keys (a few tiles, a long context): the merge writes padding as 0.
+    assert torch.all(out[batch.num_real_tokens() :] == 0)
 
 
 @pytest.mark.parametrize(
