@@ -66,11 +66,12 @@ def _paged_attention_kernel(
     ONE_TILE_PER_SEQ: tl.constexpr,  # max_seqlen_q * GROUP <= BLOCK_M: one tile slot per sequence
     DOT_PRECISION: tl.constexpr,
 ):
-    # Grid dim 0 is (tile slot, KV head) with the head fastest: the KV heads of one query tile
-    # start together, so the longest causal tiles of every head run first, not head by head.
-    kv_head = tl.program_id(0) % num_kv_heads
-    tile_slot = tl.program_id(0) // num_kv_heads
-    split_idx = tl.program_id(1)
+    # The grid is (tile slot, KV head, split) with the split fastest, then the head: the splits
+    # and KV heads of one query tile start together, so the longest tiles run first with all of
+    # their splits at once (a chunk over a long context), not one split after every tile's first.
+    split_idx = tl.program_id(0) % num_splits
+    kv_head = tl.program_id(0) // num_splits % num_kv_heads
+    tile_slot = tl.program_id(0) // num_splits // num_kv_heads
     num_heads = num_kv_heads * GROUP
     if ONE_TILE_PER_SEQ:
         seq_idx = tile_slot
@@ -80,7 +81,7 @@ def _paged_attention_kernel(
     else:
         # Last tiles first: under causal masking they hold the most keys, and starting them
         # early keeps the tail of the launch short.
-        tile_idx = tl.num_programs(0) // num_kv_heads - 1 - tile_slot
+        tile_idx = tl.num_programs(0) // num_splits // num_kv_heads - 1 - tile_slot
         seq_idx = find_sequence(cu_seqlens_q_ptr, num_seqs, tile_idx, GROUP, BLOCK_M, 256)
         q_start = tl.load(cu_seqlens_q_ptr + seq_idx)
         q_len = tl.load(cu_seqlens_q_ptr + seq_idx + 1) - q_start
@@ -207,7 +208,7 @@ def _launch(
     part_sum = query.new_empty(part_shape, dtype=torch.float32)
     one_tile_per_seq = max_seqlen_q * group <= config.block_m
     num_tiles = num_seqs if one_tile_per_seq else num_tokens * group // config.block_m + num_seqs
-    grid = (num_tiles * num_kv_heads, config.num_splits)
+    grid = (num_tiles * num_kv_heads * config.num_splits,)
     _paged_attention_kernel[grid](
         out_ptr=out,
         part_acc_ptr=part_acc,
