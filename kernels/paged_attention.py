@@ -66,12 +66,13 @@ def _paged_attention_kernel(
     ONE_TILE_PER_SEQ: tl.constexpr,  # max_seqlen_q * GROUP <= BLOCK_M: one tile slot per sequence
     DOT_PRECISION: tl.constexpr,
 ):
-    # The grid is (tile slot, KV head, split) with the split fastest, then the head: the splits
-    # and KV heads of one query tile start together, so the longest tiles run first with all of
-    # their splits at once (a chunk over a long context), not one split after every tile's first.
-    split_idx = tl.program_id(0) % num_splits
-    kv_head = tl.program_id(0) // num_splits % num_kv_heads
-    tile_slot = tl.program_id(0) // num_splits // num_kv_heads
+    # The grid is (tile slot, split, KV head), the head fastest: the KV heads of one key range
+    # run side by side (they read neighbouring slices of the same cache blocks), and all splits
+    # of one query tile start together, so the longest tiles run first with every split at once
+    # (a chunk over a long context), not one split after the first split of every tile.
+    kv_head = tl.program_id(0) % num_kv_heads
+    split_idx = tl.program_id(0) // num_kv_heads % num_splits
+    tile_slot = tl.program_id(0) // num_kv_heads // num_splits
     num_heads = num_kv_heads * GROUP
     if ONE_TILE_PER_SEQ:
         seq_idx = tile_slot
