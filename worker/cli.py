@@ -1,6 +1,7 @@
 """`llm-worker`: run-batch, bench, and the worker commands. `llm-worker COMMAND --help`."""
 
 import argparse
+import gc
 import logging
 import sys
 from pathlib import Path
@@ -125,7 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    finally:
+        gc.unfreeze()  # what _engine froze is collectable again (main() called in-process)
 
 
 if __name__ == "__main__":
