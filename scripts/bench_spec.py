@@ -9,6 +9,9 @@
     with it: what a draft model buys when it is right, on the target's real shape.
 (c) --batch-size requests at once, --batch-output-len tokens each: output tokens/s without
     speculation and with n-gram, adaptive on, and their ratio; on copy and on random prompts.
+    With a named shape as --model (dummy weights, no tokenizer), random prompts only: e.g.
+    `--parts c --model tiny-llama --async-scheduling on` puts the host in charge on a CPU, as
+    it is on a GPU with a small model and a large batch.
 
 (a) and (b) run with the adaptive controller off. Every configuration gets its own engine, warmed
 up on other prompts; acceptance is engine.stats().spec over the timed part; greedy outputs are
@@ -47,7 +50,7 @@ QUICK = {
 }  # fmt: skip
 
 ENGINE_ARGS = ("dtype", "device", "max_model_len", "kv_cache_memory_gb", "num_speculative_tokens",
-               "prompt_lookup_min", "prompt_lookup_max")  # fmt: skip
+               "prompt_lookup_min", "prompt_lookup_max", "async_scheduling")  # fmt: skip
 
 # (engine, prompts) -> (output tokens, output tokens/s, each prompt's output token ids)
 Run = Callable[[LLMEngine, list[list[int]]], tuple[int, float, list[list[int]]]]
@@ -134,9 +137,9 @@ def controller_rates(engine: LLMEngine) -> dict[str, dict[str, float]]:
     if spec is None or not spec.controller.adaptive:
         return {}
     return {
-        str(bucket): {"spec_tok_s": b.rate.get(True, 0.0), "plain_tok_s": b.rate.get(False, 0.0),
-                      "spec_steps": b.count[True], "plain_steps": b.count[False]}
-        for bucket, b in sorted(spec.controller._buckets.items())
+        str(bucket): {"spec_tok_s": r[True][0], "plain_tok_s": r[False][0],
+                      "spec_steps": r[True][1], "plain_steps": r[False][1]}
+        for bucket, r in spec.controller.learned().items()
     }  # fmt: skip
 
 
@@ -222,6 +225,8 @@ def copy_prompts(tokenizer: Any, texts: list[str], count: int, shift: int) -> li
 
 def engine_settings(args: argparse.Namespace, model: str, **knobs: Any) -> EngineSettings:
     common = {name: getattr(args, name) for name in ENGINE_ARGS}
+    if resolve(model, Path()).folder is None:  # a named shape: random weights
+        knobs.setdefault("load_format", "dummy")
     return EngineSettings(model=model, **common, **knobs)
 
 
@@ -285,7 +290,7 @@ def damp_layers(engine: LLMEngine, first: int, scale: float) -> None:
 
 
 def batch_parts(
-    args: argparse.Namespace, tokenizer: Any, texts: list[str]
+    args: argparse.Namespace, tokenizer: Any | None, texts: list[str]
 ) -> dict[str, list[Figures]]:
     """(c) many requests at once: plain vs n-gram with the adaptive controller on."""
     n = args.batch_size
@@ -294,13 +299,17 @@ def batch_parts(
         ("ngram, adaptive", engine_settings(
             args, args.model, max_num_seqs=n, speculative_method="ngram")),
     ]  # fmt: skip
-    copies = copy_prompts(tokenizer, texts, 2 * n, 7)
-    mean_len = sum(len(p) for p in copies) // len(copies)
+    workloads = []
+    if tokenizer is None:  # a named shape: its vocabulary, the copy prompts' usual length
+        vocab = ModelConfig.from_hf(resolve(args.model, Path()).hf_config).vocab_size
+        workloads.append(("random", random_prompts(2 * n, args.random_input_len, vocab, 1)))
+    else:
+        copies = copy_prompts(tokenizer, texts, 2 * n, 7)
+        mean_len = sum(len(p) for p in copies) // len(copies)
+        workloads.append(("copy", copies))
+        workloads.append(("random", random_prompts(2 * n, mean_len, len(tokenizer), 1)))
     out = {}
-    for workload, prompts in (
-        ("copy", copies),
-        ("random", random_prompts(2 * n, mean_len, len(tokenizer), 1)),
-    ):
+    for workload, prompts in workloads:
         work = Workload(
             warmup=prompts[n:],
             prompts=prompts[:n],
@@ -338,6 +347,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(a draft that agrees); 0: skip")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=128, help="(c) requests at once")
     p.add_argument("--batch-output-len", type=int, default=256)
+    p.add_argument("--random-input-len", type=int, default=100,
+                   help="(c) prompt length for a named-shape --model (no tokenizer)")  # fmt: skip
+    p.add_argument("--async-scheduling", type=lambda v: {"on": True, "off": False}.get(v),
+                   default=None, metavar="on|off", help="default: on with CUDA, off on CPU")
     p.add_argument("--batch-repeats", type=int, default=3,
                    help="(c) timed runs per configuration on one engine; median shown")  # fmt: skip
     p.add_argument("--json-out", type=Path, default=None, help="write every figure here")
@@ -353,9 +366,10 @@ def main() -> None:
     args = parse_args()
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(
-        resolve(args.model, EngineSettings().cache_dir).folder
-    )
+    folder = resolve(args.model, EngineSettings().cache_dir).folder
+    tokenizer = None if folder is None else AutoTokenizer.from_pretrained(folder)
+    if tokenizer is None and args.parts != "c":
+        raise SystemExit(f"--model {args.model} has no tokenizer: only --parts c runs on it")
     texts = [p["text"] for p in json.loads(PASSAGES.read_text())]
     if args.passage_words:
         texts = [" ".join(t.split(" ")[: args.passage_words]) for t in texts]

@@ -5,7 +5,6 @@ must be the same, whatever stops, aborts, preemptions, prefix hits and arrivals 
 step is in flight, and the block pool must end as it started.
 """
 
-import time
 from pathlib import Path
 
 import pytest
@@ -218,27 +217,36 @@ def test_speculation_waits_for_the_step_in_flight(
     _assert_drained(engine)
 
 
-def test_controller_times_async_steps_by_device_intervals(checkpoint: Path) -> None:
-    """With async steps, each pure decode step is timed once, from its launch or the previous
-    step's arrival (whichever is later) to its own arrival: disjoint intervals, all positive,
-    one per step counted in the stats."""
+def test_controller_charges_each_step_its_call_to_the_next(
+    checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pure decode step costs the wall time from its step() call to the next call, whatever
+    mode ran it: a speculating step also pays for the drain before it and for the plain step
+    after it refilling the pipeline. The engine's clock is stood still within a call and moved
+    between calls by a different amount each time, so each charge must be exactly its call's."""
     engine = _engine(checkpoint, True, speculative_method="ngram")
     assert engine.speculator is not None
-    observed: list[tuple[bool, float]] = []
+    clock = [0.0]
+    monkeypatch.setattr("worker.engine.llm_engine.time.monotonic", lambda: clock[0])
+    gaps: list[float] = []  # gaps[i]: from call i to call i + 1
+    observed: list[tuple[int, bool, float]] = []  # (the call reporting it, mode, seconds)
     observe = engine.speculator.controller.observe
 
     def record(num: int, speculated: bool, emitted: int, seconds: float) -> None:
-        observed.append((speculated, seconds))
+        observed.append((len(gaps), speculated, seconds))
         observe(num, speculated, emitted, seconds)
 
     engine.speculator.controller.observe = record  # type: ignore[method-assign]
     prompts = [[(5 * i + j % 6) % 400 + 10 for j in range(14 + 5 * i)] for i in range(8)]
-    start = time.monotonic()
-    engine.generate(prompts, SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True))
-    wall = time.monotonic() - start
+    params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
+    for i, prompt in enumerate(prompts):
+        engine.add_request(str(i), prompt, params)
+    while engine.has_unfinished_requests():
+        engine.step()
+        gaps.append(1.0 + len(gaps) % 7)
+        clock[0] += gaps[-1]
     stats = engine.stats().spec
     assert stats is not None
-    assert sum(not s for s, _ in observed) == stats.num_steps_plain > 0
-    assert sum(s for s, _ in observed) == stats.num_steps_speculating > 0
-    assert all(seconds > 0 for _, seconds in observed)
-    assert sum(seconds for _, seconds in observed) <= wall
+    assert sum(not s for _, s, _ in observed) == stats.num_steps_plain > 0
+    assert sum(s for _, s, _ in observed) == stats.num_steps_speculating > 0
+    assert [seconds for _, _, seconds in observed] == [gaps[call - 1] for call, _, _ in observed]

@@ -140,20 +140,21 @@ def test_greedy_verification_is_prefix_matching() -> None:
 
 def test_controller_keeps_the_faster_mode_per_batch_bucket_and_reprobes() -> None:
     ctl = SpecController(adaptive=True, disable_by_batch_size=None, warmup_steps=2,
-                         reprobe_every=10)  # fmt: skip
+                         window_steps=4, reprobe_every=12)  # fmt: skip
     rates = {(1, True): 300.0, (1, False): 100.0, (128, True): 4000.0, (128, False): 9000.0}
     picks: dict[int, list[bool]] = {1: [], 128: []}
-    for _ in range(40):
+    for _ in range(60):
         for batch in (1, 128):
             mode = ctl.decide(batch)
             picks[batch].append(mode)
             ctl.observe(batch, mode, int(rates[batch, mode]), 1.0)
     assert picks[1][:4] == [True, True, False, False]  # warm-up measures both
-    assert picks[1][4:].count(True) >= 32 and picks[128][4:].count(False) >= 32
-    assert False in picks[1][4:] and True in picks[128][4:]  # re-probes
-    # Probes that confirm the choice come further apart: decisions 10, 30, 70, ...
+    assert picks[1][4:].count(True) >= 48 and picks[128][4:].count(False) >= 48
+    # A probe runs the slower mode for a whole window; probes that confirm the choice come
+    # further apart: the first 12 steps after warm-up began, the next 24 steps after that.
     probes = [i for i, mode in enumerate(picks[1][4:]) if not mode]
-    assert probes[:2] == [9, 29]
+    assert probes == [8, 9, 10, 11, 32, 33, 34, 35]
+    assert [i for i, mode in enumerate(picks[128][4:]) if mode] == probes
     # A bucket whose workload changes switches mode, and probes often again.
     for _ in range(60):
         mode = ctl.decide(1)
@@ -167,9 +168,33 @@ def test_controller_keeps_the_faster_mode_per_batch_bucket_and_reprobes() -> Non
     assert fresh.decide(4, measurable=False) is False
     for mode in (True, True, False, False):
         fresh.observe(4, mode, 400 if mode else 100, 1.0)
+    assert fresh.decide(4, measurable=True) is True  # closes the warm-up window
     assert fresh.decide(4, measurable=False) is True
     capped = SpecController(adaptive=False, disable_by_batch_size=8)
     assert capped.decide(7) and not capped.decide(8)
+
+
+def test_controller_weighs_every_second_alike() -> None:
+    """Throughput is tokens over seconds, not a mean of per-step rates: a plain step cut short
+    (one a speculating step drained, timed in a fraction of a millisecond) must not make the
+    plain mode look faster than it is. Here speculation emits 420 tokens per 16 ms, plain 128
+    per 8 ms with one step in four timed at 0.2 ms: a mean of per-step rates puts plain six
+    times ahead, tokens over seconds put speculation 1.24x ahead."""
+    ctl = SpecController(adaptive=True, disable_by_batch_size=None, warmup_steps=3,
+                         window_steps=4, reprobe_every=8)  # fmt: skip
+    picks = []
+    for _ in range(80):
+        mode = ctl.decide(128)
+        picks.append(mode)
+        if mode:
+            ctl.observe(128, True, 420, 0.016)
+        else:
+            seconds = 0.0002 if len(picks) % 4 == 0 else 0.008
+            ctl.observe(128, False, 128, seconds)
+    assert picks[40:].count(True) >= 30
+    (spec_rate, _), (plain_rate, _) = ctl.learned()[128][True], ctl.learned()[128][False]
+    assert spec_rate == pytest.approx(420 / 0.016)
+    assert plain_rate < spec_rate
 
 
 # ---- the engine: greedy tokens identical to HF with speculation on ----

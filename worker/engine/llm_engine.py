@@ -60,10 +60,6 @@ class _InFlight:
 
     tokens: AsyncTokens
     slots: list[tuple[Sequence, int]]
-    launched_at: float = 0.0
-    # A pure decode step of a speculating engine reports its time to the controller when its
-    # tokens arrive: how many sequences it decoded, or None.
-    num_decoding: int | None = None
 
     def pending_inputs(self, scheduled: list[ScheduledSequence]) -> PendingTokens | None:
         """The next step's input rows that are this step's tokens."""
@@ -80,6 +76,19 @@ class _InFlight:
         return PendingTokens(
             np.array(rows, np.int64), self.tokens, np.array(source_idx, np.int64)
         )
+
+
+@dataclass(frozen=True)
+class _DecodeStep:
+    """A pure decode step of a speculating engine, reported to the controller when the next
+    step() call starts: a step costs its call's start to the next call's, so a drain, the
+    device work a synchronous step leaves in the open and the pipeline refilled after it are
+    all charged to a mode, and the steps' times add up to the run's."""
+
+    num_decoding: int
+    num_emitted: int
+    speculated: bool  # the controller's decision for it
+    started: float  # monotonic, when its step() call began
 
 
 @dataclass
@@ -107,7 +116,7 @@ class LLMEngine:
         # proposed from the host's tokens.
         self.async_scheduling = async_scheduling
         self._in_flight: _InFlight | None = None
-        self._last_arrival = 0.0  # when the last step's tokens reached the host (monotonic)
+        self._last_decode: _DecodeStep | None = None  # not yet reported to the controller
         self.scheduler = scheduler
         self.block_manager = scheduler.block_manager
         self.tokenizer = tokenizer
@@ -208,15 +217,24 @@ class LLMEngine:
         overlaps the device's step n. Sequences then finish one call later. Steps that
         speculate (and the scheduling that could preempt) first wait for the step in flight.
         """
-        finished, self._aborted = self._aborted, []
         started = time.monotonic()
+        last, self._last_decode = self._last_decode, None
+        if last is not None and self.speculator is not None:
+            seconds = started - last.started
+            self.speculator.end_step(last.num_decoding, last.num_emitted, seconds, last.speculated)
+        finished = self._step(started)
+        if not self.requests:  # the next call may come after an idle spell: nothing to time
+            self._last_decode = None
+        return finished
+
+    def _step(self, started: float) -> list[RequestOutput]:
+        finished, self._aborted = self._aborted, []
         spec = self.speculator
         if spec is not None:
             sched = self.scheduler
             if spec.decide(sched.running, sched.num_waiting, self.max_num_seqs):
                 if self._in_flight is not None:  # drafts are proposed from every token
                     self._drain(finished)
-                    started = time.monotonic()
                 spec.propose(sched.running, self.max_model_len)
         if self._in_flight is not None and self._may_preempt():
             # Preemption recomputes a sequence from its tokens: they must all be on the host.
@@ -239,11 +257,8 @@ class LLMEngine:
                 self._drain(finished)
                 return finished
             if spec is not None and pure_decode:
-                if self._in_flight is not None:  # queued: timed when its tokens arrive
-                    self._in_flight.num_decoding = len(plan.scheduled)
-                else:
-                    num_tokens = len(plan.scheduled)
-                    spec.end_step(num_tokens, num_tokens, time.monotonic() - started, False)
+                n = len(plan.scheduled)  # each sequence samples one token, now or in flight
+                self._last_decode = _DecodeStep(n, n, spec.speculating, started)
             return finished
         assert self._in_flight is None
         scheduled, emitted = spec.execute(plan.scheduled, self.runner, self._verify_rows)
@@ -253,8 +268,7 @@ class LLMEngine:
             for item, tokens in zip(scheduled, emitted, strict=True)
         )
         if pure_decode:
-            spec.end_step(len(scheduled), num_emitted, now - started, True)
-        self._last_arrival = now
+            self._last_decode = _DecodeStep(len(scheduled), num_emitted, True, started)
         return finished
 
     def _step_plain(
@@ -267,10 +281,9 @@ class LLMEngine:
         rows = [self._sampling_row(item.seq) for item in sampling]
         pending = in_flight.pending_inputs(scheduled) if in_flight is not None else None
         if self.async_scheduling and rows and not any(map(needs_host_history, rows)):
-            launched_at = time.monotonic()
             queued = self.runner.launch(scheduled, rows, pending)
             slots = [(item.seq, item.seq.num_tokens) for item in sampling]
-            launched = _InFlight(queued, slots, launched_at)
+            launched = _InFlight(queued, slots)
             for item in scheduled:
                 item.seq.num_computed_tokens += item.num_new_tokens
                 if not item.samples:  # a prefill chunk: its blocks hold no placeholder
@@ -283,7 +296,7 @@ class LLMEngine:
             return
         emitted = iter(self.runner.execute(scheduled, rows, pending))
         self._drain(finished)  # the device is past it: this step read its tokens back
-        now = self._last_arrival = time.monotonic()
+        now = time.monotonic()
         for item in scheduled:
             tokens = [next(emitted)] if item.samples else []
             if not item.seq.is_finished:  # it may have stopped on the token resolved above
@@ -307,14 +320,6 @@ class LLMEngine:
         """Put an async step's tokens in place of their placeholders and apply them."""
         token_ids = in_flight.tokens.tolist()
         now = time.monotonic()
-        if in_flight.num_decoding is not None and self.speculator is not None:
-            # The device ran this step from its launch or the previous step's end, whichever
-            # came later, to now: timing the step() call instead would credit the first step
-            # after a synchronous one with no device time at all.
-            seconds = now - max(in_flight.launched_at, self._last_arrival)
-            n = in_flight.num_decoding
-            self.speculator.end_step(n, n, seconds, False)
-        self._last_arrival = now
         for (seq, index), token_id in zip(in_flight.slots, token_ids, strict=True):
             request = self.requests.get(seq.request_id)
             if request is None or request.seq is not seq or seq.is_finished:

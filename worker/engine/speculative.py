@@ -3,10 +3,10 @@
 Before scheduling, each decoding sequence gets up to k drafts (n-gram) or k draft slots (draft
 model, filled once the scheduler has given it blocks). The scheduler verifies them with the pending
 token in one target pass; rejection.verify keeps the target's distribution; the engine rolls the
-rest back. A controller measures decode throughput with and without speculation per batch-size
-bucket and keeps whichever is faster, so speculation turns itself off where verifying k extra
-tokens per sequence costs more than it saves (large batches are compute-bound) and back on
-where it pays.
+rest back. A controller (spec_controller) measures decode throughput with and without speculation
+per batch-size bucket and keeps whichever is faster, so speculation turns itself off where
+verifying k extra tokens per sequence and giving up async scheduling cost more than they save,
+and back on where it pays.
 """
 
 import dataclasses
@@ -23,6 +23,7 @@ from worker.engine.rejection import VerifyItem, verify
 from worker.engine.sampler import SampledToken, SamplingRow, sample
 from worker.engine.scheduler import ScheduledSequence
 from worker.engine.sequence import Sequence
+from worker.engine.spec_controller import SpecController
 
 
 @dataclass(frozen=True)
@@ -52,92 +53,6 @@ class SpecStats:
     def mean_tokens_per_draft(self) -> float:
         """Tokens a verified sequence emits per step: kept drafts plus the one sampled."""
         return 1 + self.num_accepted_tokens / self.num_drafts if self.num_drafts else 0.0
-
-
-@dataclass
-class _Bucket:
-    interval: int  # decisions between two probes of the slower mode
-    rate: dict[bool, float] = field(default_factory=dict)  # EWMA output tokens/s, by mode
-    count: dict[bool, int] = field(default_factory=lambda: {True: 0, False: 0})
-    since_probe: int = 0
-    probing: bool = False
-
-
-class SpecController:
-    """Per batch-size bucket (powers of two), the EWMA of output tokens per second of pure decode
-    steps with speculation and without; picks the faster (steps that also prefill follow what
-    pure decode steps taught, and do not speculate before that). It probes the other mode once every
-    `reprobe_every` decisions so a change of workload (acceptance) is noticed; each probe that
-    confirms the choice doubles that interval (up to `max_reprobe_every`), so a settled bucket
-    pays for probing less and less, and one that changes its mind starts over."""
-
-    def __init__(
-        self,
-        adaptive: bool,
-        disable_by_batch_size: int | None,
-        warmup_steps: int = 3,
-        reprobe_every: int = 50,
-        max_reprobe_every: int = 1600,
-        smoothing: float = 0.3,
-    ) -> None:
-        self.adaptive = adaptive
-        self.disable_by_batch_size = disable_by_batch_size
-        self.warmup_steps = warmup_steps
-        self.reprobe_every = reprobe_every
-        self.max_reprobe_every = max_reprobe_every
-        self.smoothing = smoothing
-        self._buckets: dict[int, _Bucket] = {}
-
-    def _bucket_of(self, num_decoding: int) -> _Bucket:
-        key = self.bucket(num_decoding)
-        b = self._buckets.get(key)
-        if b is None:
-            b = self._buckets[key] = _Bucket(interval=self.reprobe_every)
-        return b
-
-    @staticmethod
-    def bucket(num_decoding: int) -> int:
-        return 1 << max(num_decoding - 1, 0).bit_length()
-
-    def decide(self, num_decoding: int, measurable: bool = True) -> bool:
-        """Speculate this step? `measurable`: the step will be pure decode, so it can teach the
-        controller something; others only apply what was learned, and do not speculate in a
-        bucket that has not learned yet (the safe side: never slower than no speculation)."""
-        cap = self.disable_by_batch_size
-        if cap is not None and num_decoding >= cap:
-            return False
-        if not self.adaptive:
-            return True
-        b = self._bucket_of(num_decoding)
-        warm = all(b.count[mode] >= self.warmup_steps for mode in (True, False))
-        if not measurable:
-            return warm and b.rate[True] >= b.rate[False]
-        for mode in (True, False):
-            if b.count[mode] < self.warmup_steps:
-                return mode
-        best = b.rate[True] >= b.rate[False]
-        b.since_probe += 1
-        if b.since_probe >= b.interval:
-            b.since_probe, b.probing = 0, True
-            return not best
-        return best
-
-    def observe(
-        self, num_decoding: int, speculated: bool, num_emitted: int, seconds: float
-    ) -> None:
-        if seconds <= 0 or not self.adaptive:
-            return
-        b = self._bucket_of(num_decoding)
-        rate = num_emitted / seconds
-        old = b.rate.get(speculated)
-        b.rate[speculated] = rate if old is None else old + self.smoothing * (rate - old)
-        b.count[speculated] += 1
-        if b.probing:
-            b.probing = False
-            switched = (b.rate[True] >= b.rate.get(False, 0.0)) == speculated
-            b.interval = (
-                self.reprobe_every if switched else min(2 * b.interval, self.max_reprobe_every)
-            )
 
 
 class Speculator:
@@ -268,12 +183,11 @@ class Speculator:
             s.accepted_by_position[j] += 1
 
     def end_step(
-        self, num_decoding: int, num_emitted: int, seconds: float, speculated: bool | None = None
+        self, num_decoding: int, num_emitted: int, seconds: float, speculated: bool
     ) -> None:
-        """A pure decode step is over: feed the controller. `speculated` defaults to this
-        step's decision (an async step may be timed after the next step has decided)."""
-        if speculated is None:
-            speculated = self.speculating
+        """A pure decode step is over: feed the controller. `speculated`: the mode the
+        controller chose for it (a step in speculating mode that found no drafts counts as
+        one: it is what that mode cost); `seconds`: its step() call's start to the next's."""
         if speculated:
             self.stats.num_steps_speculating += 1
         else:
