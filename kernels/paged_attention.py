@@ -66,13 +66,21 @@ def _paged_attention_kernel(
     ONE_TILE_PER_SEQ: tl.constexpr,  # max_seqlen_q * GROUP <= BLOCK_M: one tile slot per sequence
     DOT_PRECISION: tl.constexpr,
 ):
-    # The grid is (tile slot, split, KV head), the head fastest: the KV heads of one key range
-    # run side by side (they read neighbouring slices of the same cache blocks), and all splits
-    # of one query tile start together, so the longest tiles run first with every split at once
-    # (a chunk over a long context), not one split after the first split of every tile.
+    # One flat grid, the KV head fastest: the heads of one key range run side by side (they
+    # read neighbouring slices of the same cache blocks). Decode and verification (one tile per
+    # sequence, all alike) run every tile's first split, then every second, ...: on the H100
+    # that order read batch 4 x 32k at 0.90 of copy bandwidth, splits next to each other 0.83.
+    # Prefill tiles run all the splits of one tile together, so a chunk's long tiles, which go
+    # first, have every split at once (a 96-token chunk over 8k keys: 1.60x over one pass, 1.37x
+    # with that tile's later splits dispatched behind every tile's first).
     kv_head = tl.program_id(0) % num_kv_heads
-    split_idx = tl.program_id(0) // num_kv_heads % num_splits
-    tile_slot = tl.program_id(0) // num_kv_heads // num_splits
+    if ONE_TILE_PER_SEQ:
+        per_split = tl.num_programs(0) // num_splits
+        split_idx = tl.program_id(0) // per_split
+        tile_slot = tl.program_id(0) % per_split // num_kv_heads
+    else:
+        split_idx = tl.program_id(0) // num_kv_heads % num_splits
+        tile_slot = tl.program_id(0) // num_kv_heads // num_splits
     num_heads = num_kv_heads * GROUP
     if ONE_TILE_PER_SEQ:
         seq_idx = tile_slot
