@@ -7,8 +7,9 @@
     (--dummy-target with --dummy-draft, and with its first --dummy-draft-layers) on random prompts;
     then that target with its later layers damped (--agreeing-scale) so its first layers agree
     with it: what a draft model buys when it is right, on the target's real shape.
-(c) --batch-size requests at once, --batch-output-len tokens each: output tokens/s without
-    speculation and with n-gram, adaptive on, and their ratio; on copy and on random prompts.
+(c) --batch-prompts requests (4x --batch-size by default), at most --batch-size at once,
+    --batch-output-len tokens each: output tokens/s without speculation and with n-gram,
+    adaptive on, and their ratio; on copy and on random prompts.
     With a named shape as --model (dummy weights, no tokenizer), random prompts only: e.g.
     `--parts c --model tiny-llama --async-scheduling on` puts the host in charge on a CPU, as
     it is on a GPU with a small model and a large batch.
@@ -299,24 +300,26 @@ def batch_parts(
         ("ngram, adaptive", engine_settings(
             args, args.model, max_num_seqs=n, speculative_method="ngram")),
     ]  # fmt: skip
+    m = args.batch_prompts or 4 * n  # more than fit at once: the batch stays full until the end
     workloads = []
     if tokenizer is None:  # a named shape: its vocabulary, the copy prompts' usual length
         vocab = ModelConfig.from_hf(resolve(args.model, Path()).hf_config).vocab_size
-        workloads.append(("random", random_prompts(2 * n, args.random_input_len, vocab, 1)))
+        workloads.append(("random", random_prompts(m + n, args.random_input_len, vocab, 1)))
     else:
-        copies = copy_prompts(tokenizer, texts, 2 * n, 7)
+        copies = copy_prompts(tokenizer, texts, m + n, 7)
         mean_len = sum(len(p) for p in copies) // len(copies)
         workloads.append(("copy", copies))
-        workloads.append(("random", random_prompts(2 * n, mean_len, len(tokenizer), 1)))
+        workloads.append(("random", random_prompts(m + n, mean_len, len(tokenizer), 1)))
     out = {}
     for workload, prompts in workloads:
         work = Workload(
-            warmup=prompts[n:],
-            prompts=prompts[:n],
+            warmup=prompts[m:],
+            prompts=prompts[:m],
             run=all_at_once(args.batch_output_len),
             warmup_run=all_at_once(min(16, args.batch_output_len)),
         )
-        title = f"(c) batch {n}, {workload} prompts, {args.batch_output_len} tokens each"
+        title = (f"(c) batch {n}: {m} {workload} prompts, at most {n} at once, "
+                 f"{args.batch_output_len} tokens each")  # fmt: skip
         figures = part(title, configs, work, args.batch_repeats)
         print(f"ngram adaptive / plain output tokens/s: {figures[1].speedup:.3f}", flush=True)
         out[workload] = figures
@@ -347,10 +350,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(a draft that agrees); 0: skip")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=128, help="(c) requests at once")
     p.add_argument("--batch-output-len", type=int, default=256)
+    p.add_argument(
+        "--batch-prompts",
+        type=int,
+        default=None,
+        help="(c) requests in all, at most --batch-size at once (default 4x, so the "
+        "batch stays full; equal to --batch-size: one closed batch, whose "
+        "speculating sequences finish unevenly and leave a tail of small steps)",
+    )
     p.add_argument("--random-input-len", type=int, default=100,
                    help="(c) prompt length for a named-shape --model (no tokenizer)")  # fmt: skip
-    p.add_argument("--async-scheduling", type=lambda v: {"on": True, "off": False}.get(v),
-                   default=None, metavar="on|off", help="default: on with CUDA, off on CPU")
+    p.add_argument(
+        "--async-scheduling",
+        type=lambda v: {"on": True, "off": False}.get(v),
+        default=None,
+        metavar="on|off",
+        help="default: on with CUDA, off on CPU",
+    )
     p.add_argument("--batch-repeats", type=int, default=3,
                    help="(c) timed runs per configuration on one engine; median shown")  # fmt: skip
     p.add_argument("--json-out", type=Path, default=None, help="write every figure here")
