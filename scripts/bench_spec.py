@@ -39,7 +39,7 @@ from worker.config import EngineSettings
 from worker.engine.llm_engine import LLMEngine
 from worker.engine.speculative import SpecStats
 from worker.jobs import chat_prompt_ids
-from worker.models.config import ModelConfig
+from worker.models.config import NAMED_SHAPES, ModelConfig
 from worker.models.loader import resolve
 
 PASSAGES = Path(__file__).with_name("bench_spec_passages.json")
@@ -226,7 +226,7 @@ def copy_prompts(tokenizer: Any, texts: list[str], count: int, shift: int) -> li
 
 def engine_settings(args: argparse.Namespace, model: str, **knobs: Any) -> EngineSettings:
     common = {name: getattr(args, name) for name in ENGINE_ARGS}
-    if resolve(model, Path()).folder is None:  # a named shape: random weights
+    if model in NAMED_SHAPES:  # random weights
         knobs.setdefault("load_format", "dummy")
     return EngineSettings(model=model, **common, **knobs)
 
