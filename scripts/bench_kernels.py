@@ -284,6 +284,32 @@ def run_chunks(cache: PagedCache, args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def run_split_rules(cache: PagedCache, args: argparse.Namespace, copy_gbs: float) -> list:
+    """Decode per layer (in a graph of --graph-layers) under other split-K rules: for each
+    PROGRAMS_PER_SM:MIN_KEYS_PER_SPLIT pair, the configuration choose_config then picks."""
+    from kernels import attention_config
+
+    saved = attention_config.PROGRAMS_PER_SM, attention_config.MIN_KEYS_PER_SPLIT
+    rows = []
+    try:
+        for rule in args.split_rules:
+            programs, min_keys = map(int, rule.split(":"))
+            attention_config.PROGRAMS_PER_SM = programs
+            attention_config.MIN_KEYS_PER_SPLIT = min_keys
+            for batch in [b for b in args.batches if b <= 16]:
+                for ctx in [c for c in args.contexts if c >= 4096]:
+                    row = decode_row(cache, batch, ctx, None, args.graph_layers)
+                    row["rule"] = rule
+                    row["of_copy"] = row["gbs"] / copy_gbs
+                    row["layer_of_copy"] = row["layer_gbs"] / copy_gbs
+                    rows.append(row)
+    finally:
+        attention_config.PROGRAMS_PER_SM, attention_config.MIN_KEYS_PER_SPLIT = saved
+    columns = [("rule", ""), *LAYERED_COLUMNS]
+    print_table("decode under split rules (PROGRAMS_PER_SM:MIN_KEYS_PER_SPLIT)", rows, columns)
+    return rows
+
+
 def parse_args() -> argparse.Namespace:
     ints = lambda s: [int(x) for x in s.split(",")]  # noqa: E731
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -308,6 +334,13 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--chunk-context", type=int, default=8192)
     parser.add_argument("--chunk-decodes", type=int, default=32)
+    parser.add_argument(
+        "--split-rules",
+        type=lambda s: s.split(","),
+        default=None,
+        help="only time decode (batch <= 16, context >= 4k) under these "
+        "PROGRAMS_PER_SM:MIN_KEYS_PER_SPLIT split-K rules, e.g. 4:128,2:256",
+    )
     parser.add_argument("--sweep", action="store_true", help="also time other configurations")
     parser.add_argument("--sweep-only", action="store_true", help="only the configuration sweep")
     parser.add_argument("--json", type=Path, help="write every row here")
@@ -322,6 +355,12 @@ def main() -> None:
           f"triton {triton.__version__}")  # fmt: skip
     copy_gbs = copy_bandwidth_gbs()
     print(f"copy bandwidth: {copy_gbs:.0f} GB/s (read + write)")
+    if args.split_rules:
+        cache = PagedCache(Layer(), args.max_cache_tokens)
+        rows = run_split_rules(cache, args, copy_gbs)
+        if args.json:
+            args.json.write_text(json.dumps({"copy_gbs": copy_gbs, "split_rules": rows}, indent=1))
+        return
     max_prefill = max(math.prod(map(int, s.split("x"))) for s in args.prefill)
     cache = PagedCache(Layer(), max(args.max_cache_tokens, max_prefill))
     results = {"device": torch.cuda.get_device_name(), "copy_gbs": copy_gbs}
