@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from schemas import SamplingParams
+from tests.engine.spec_methods import each_spec_method
 from tests.oracle import TINY_VOCAB, engine_for, make_tiny_checkpoint
 from worker.engine.llm_engine import PLACEHOLDER, LLMEngine, RequestOutput
 
@@ -193,12 +194,7 @@ def test_rows_that_need_history_run_synchronously(checkpoint: Path) -> None:
     _assert_drained(engine)
 
 
-@pytest.mark.parametrize(
-    "spec",
-    [{"speculative_method": "ngram"},
-     {"speculative_method": "draft", "speculative_draft_layers": 1}],
-    ids=["ngram", "draft"],
-)  # fmt: skip
+@each_spec_method
 def test_speculation_waits_for_the_step_in_flight(
     checkpoint: Path, spec: dict[str, object]
 ) -> None:

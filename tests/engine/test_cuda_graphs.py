@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from schemas import SamplingParams
+from tests.engine.spec_methods import each_spec_method
 from worker.config import EngineSettings
 from worker.engine.builder import EngineConfigError
 from worker.engine.llm_engine import LLMEngine
@@ -76,12 +77,7 @@ def test_cuda_out_of_memory_at_start_up_becomes_a_config_error(
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize(
-    "spec",
-    [{"speculative_method": "ngram"},
-     {"speculative_method": "draft", "speculative_draft_layers": 1}],
-    ids=["ngram", "draft"],
-)  # fmt: skip
+@each_spec_method
 def test_verification_and_draft_graphs_give_the_eager_tokens(spec: dict[str, object]) -> None:
     common = dict(model="tiny-llama", device="cuda", dtype="float32", max_num_seqs=16,
                   max_model_len=256, kv_cache_memory_gb=0.05, speculative_adaptive=False,
