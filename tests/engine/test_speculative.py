@@ -505,7 +505,8 @@ def test_plan_explores_on_pure_decode_steps_even_with_a_backlog() -> None:
 
     spec = Speculator(SpecConfig("ngram", 3), ngram=NgramProposer(1, 3))
     running = [decoding("a"), decoding("b")]
-    spec.plan(running, 64, num_waiting=5, max_num_seqs=4)  # room to admit: a prefill step
+    assert not spec.decide(running, num_waiting=5, max_num_seqs=4)  # room to admit: prefill
     assert not spec.speculating  # nothing learned yet, and this step cannot teach
-    spec.plan(running, 64, num_waiting=5, max_num_seqs=2)  # full batch: pure decode
+    assert spec.decide(running, num_waiting=5, max_num_seqs=2)  # full batch: pure decode
+    spec.propose(running, 64)
     assert spec.speculating and running[0].spec_token_ids == [13, 11, 12]

@@ -70,14 +70,6 @@ class Speculator:
         self.stats = SpecStats(accepted_by_position=[0] * config.num_speculative_tokens)
         self.speculating = False  # this step's decision
 
-    def plan(
-        self, running: list[Sequence], max_model_len: int, num_waiting: int = 0,
-        max_num_seqs: int | None = None,
-    ) -> None:
-        """Give decoding sequences their drafts (n-gram) or draft slots (draft model)."""
-        if self.decide(running, num_waiting, max_num_seqs):
-            self.propose(running, max_model_len)
-
     def decide(
         self, running: list[Sequence], num_waiting: int = 0, max_num_seqs: int | None = None
     ) -> bool:
