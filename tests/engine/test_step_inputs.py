@@ -16,7 +16,6 @@ from worker.engine.sequence import Sequence, SequenceMetrics
 from worker.engine.step_inputs import (
     InputUploader,
     build_host_inputs,
-    pad_decode_inputs,
     pad_inputs,
 )
 
@@ -105,7 +104,7 @@ def test_uploads_into_given_buffers_do_not_alias_the_host_arrays() -> None:
 def test_decode_padding_writes_nowhere_and_keeps_real_rows() -> None:
     scheduled = random_step(random.Random(3), 3, decode=True)
     host = build_host_inputs(scheduled, BLOCK_SIZE, table_width=12)
-    padded = pad_decode_inputs(host, 8, max_seqlen_k=48)
+    padded = pad_inputs(host, 8, 8, max_seqlen_q=1, max_seqlen_k=48)  # as decode graphs pad
     assert padded.slot_mapping[:3].tolist() == host.slot_mapping.tolist()
     assert padded.slot_mapping[3:].tolist() == [-1] * 5
     assert padded.seq_lens[3:].tolist() == [1] * 5

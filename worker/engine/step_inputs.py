@@ -134,12 +134,6 @@ def pad_inputs(
     )
 
 
-def pad_decode_inputs(host: HostInputs, batch_size: int, max_seqlen_k: int) -> HostInputs:
-    """Pad a decode step (one token per sequence) to `batch_size` rows for a CUDA graph."""
-    assert host.input_ids.shape[0] == host.seq_lens.shape[0]
-    return pad_inputs(host, batch_size, batch_size, 1, max_seqlen_k)
-
-
 def device_views(flat64: torch.Tensor, flat32: torch.Tensor, host: HostInputs) -> StepInputs:
     """Tensors of `host`'s shapes over packed int64 and int32 buffers (the packing order)."""
     parts64 = torch.split(flat64[: sum(p.size for p in host.int64_parts)],
