@@ -34,6 +34,18 @@ MIN_KEYS_PER_CHUNK_SPLIT = 1024
 # tiles three stages deep (128 KiB) beat 128-key tiles (224 KiB, 254 registers a thread) by 2-18%
 # at four of five prefill shapes and lost 1% at 1 x 8192; a fourth stage changed nothing.
 PREFILL_TILES = ((64, 3), (64, 2))
+# When this step's keys come from its own K/V by TMA (`step_kv`), the H100 sweep of 2026-11-27
+# (bench_kernels.py --sweep-only) ranks differently: from 2,048 keys 128-key tiles three stages
+# deep win (1 x 8192: 0.90 of SDPA against 0.89 for 64 keys; 4 x 2048: 0.81 against 0.79), and
+# up to 512 keys 64-row tiles on 4 warps, two stages of 64 keys (80 KiB, two programs a
+# multiprocessor) hide each short program's start-up (16 x 512: 0.68 against 0.64).
+STEP_KV_LONG_KEYS = 2048
+STEP_KV_LONG_TILES = ((128, 3), *PREFILL_TILES)
+STEP_KV_SHORT_KEYS = 512
+# Step K/V by TMA only where new keys are a good part of the range: with a long cached prefix
+# (a chunk over 8k keys) the launch is mostly the block-table gather, which ran 8-13% slower in
+# the kernel variant that also reads by TMA (H100, chunks of 96-480 tokens).
+STEP_KV_MAX_KEYS_PER_QUERY = 2
 # Decode and verification tiles stream K/V with two pipeline stages (H200 sweep, batch 64 x 4k:
 # 1.00 of copy bandwidth against 0.87 with three), except when a few splits each stream a long
 # key range: three stages took batch 16 (5 splits) at 4k-32k from 0.65-0.80 to 0.73-1.00 of copy
@@ -51,6 +63,9 @@ class AttentionConfig:
     num_splits: int  # split-K factor; 1 writes the output directly
     num_warps: int
     num_stages: int
+    # Prefill tiles read this step's keys from the step's K/V by TMA, when the caller passes them
+    # and the device has TMA; else (and always for decode tiles) every key from the cache.
+    step_kv: bool = True
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n"):
@@ -101,8 +116,14 @@ def choose_config(
     def fits(keys: int, stages: int) -> bool:
         return shared_memory_bytes(block_m, keys, head_dim, itemsize, stages) <= shared_memory
 
+    step_kv = max_seqlen_k <= STEP_KV_MAX_KEYS_PER_QUERY * max(1, max_seqlen_q)
     if block_m >= 128:
-        block_n, num_stages = next((t for t in PREFILL_TILES if fits(*t)), PREFILL_TILES[-1])
+        tiles = (
+            STEP_KV_LONG_TILES if step_kv and max_seqlen_k >= STEP_KV_LONG_KEYS else PREFILL_TILES
+        )
+        block_n, num_stages = next((t for t in tiles if fits(*t)), tiles[-1])
+        if step_kv and max_seqlen_k <= STEP_KV_SHORT_KEYS:
+            block_m, num_warps, block_n, num_stages = 64, 4, 64, 2
     tiles = num_seqs * num_kv_heads * triton.cdiv(rows, block_m)
     num_splits = 1
     if rows <= MAX_SPLIT_ROWS and tiles < num_sms:
@@ -124,7 +145,7 @@ def choose_config(
     deep = 1 < num_splits <= DECODE_DEEP_MAX_SPLITS and max_seqlen_k >= DECODE_DEEP_MIN_KEYS
     if deep and not wide and fits(block_n, 3):
         num_stages = 3
-    return AttentionConfig(block_m, block_n, num_splits, num_warps, num_stages)
+    return AttentionConfig(block_m, block_n, num_splits, num_warps, num_stages, step_kv)
 
 
 def shared_memory_bytes(

@@ -31,6 +31,75 @@ def find_sequence(
 
 
 @triton.jit
+def online_softmax_step(
+    acc,  # [BLOCK_M, HEAD_DIM] fp32, unnormalised output
+    m_i,  # [BLOCK_M] fp32, running max of the log2-scaled scores
+    l_i,  # [BLOCK_M] fp32, running sum of exp2(score - m_i)
+    q,  # [BLOCK_M, HEAD_DIM]
+    k,  # [BLOCK_N, HEAD_DIM], keys at positions kv_pos
+    v,  # [BLOCK_N, HEAD_DIM]; rows at kv_pos >= kv_hi must be finite (zero them if unsure)
+    kv_pos,  # [BLOCK_N] key positions
+    kv_hi,  # one past the last key position
+    key_limit,  # [BLOCK_M] row r sees keys < key_limit[r]; only read when MASKED
+    qk_scale,
+    MASKED: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """Fold one key tile into the running softmax state of the query rows."""
+    scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
+    # The scale (> 0) is applied inside exp2's argument, where it fuses into one FMA.
+    if MASKED:
+        visible = (kv_pos < kv_hi)[None, :] & (kv_pos[None, :] < key_limit[:, None])
+        scores = tl.where(visible, scores, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, 1) * qk_scale)
+        # A row with nothing visible yet keeps m = -inf; shift by 0 so exp2 gives 0, not NaN.
+        m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        # Every key of an unmasked tile is visible to every row, so m_new is finite.
+        m_new = tl.maximum(m_i, tl.max(scores, 1) * qk_scale)
+        m_shift = m_new
+    p = tl.exp2(scores * qk_scale - m_shift[:, None])
+    alpha = tl.exp2(m_i - m_shift)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def attend_new_keys(
+    acc,  # [BLOCK_M, HEAD_DIM] fp32
+    m_i,  # [BLOCK_M] fp32
+    l_i,  # [BLOCK_M] fp32
+    q,  # [BLOCK_M, HEAD_DIM]
+    k_desc,  # tensor descriptor over this step's keys [num_tokens, num_kv_heads * head_dim]
+    v_desc,  # same over the values; blocks of [BLOCK_N, HEAD_DIM]
+    desc_col,  # this KV head's first column: kv_head * HEAD_DIM
+    row_of_pos0,  # descriptor row that key position 0 would have: q_start - context_start
+    kv_lo,  # first key position (any, not a multiple of BLOCK_N)
+    kv_hi,  # one past the last key position of this sequence's range
+    key_limit,  # [BLOCK_M]; only read when MASKED
+    qk_scale,
+    BLOCK_N: tl.constexpr,
+    MASKED: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """The keys this step wrote, read from the step's own contiguous K/V by TMA (no block-table
+    gather). Rows past kv_hi belong to the next sequence, or lie past the tensor (zero-filled),
+    and are masked; their values are zeroed, since 0 * NaN would poison the accumulator."""
+    offs_n = tl.arange(0, BLOCK_N)
+    for start_n in range(kv_lo, kv_hi, BLOCK_N):
+        kv_pos = start_n + offs_n
+        k = k_desc.load([row_of_pos0 + start_n, desc_col])
+        v = v_desc.load([row_of_pos0 + start_n, desc_col])
+        if MASKED:
+            v = tl.where((kv_pos < kv_hi)[:, None], v, 0.0)
+        acc, m_i, l_i = online_softmax_step(
+            acc, m_i, l_i, q, k, v, kv_pos, kv_hi, key_limit, qk_scale, MASKED, DOT_PRECISION
+        )
+    return acc, m_i, l_i
+
+
+@triton.jit
 def attend_kv_range(
     acc,  # [BLOCK_M, HEAD_DIM] fp32, unnormalised output
     m_i,  # [BLOCK_M] fp32, running max of the log2-scaled scores
@@ -76,23 +145,9 @@ def attend_kv_range(
         else:
             k = tl.load(k_head_ptr + kv_offs)
             v = tl.load(v_head_ptr + kv_offs)
-        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
-        # The scale (> 0) is applied inside exp2's argument, where it fuses into one FMA.
-        if MASKED:
-            visible = kv_valid[None, :] & (kv_pos[None, :] < key_limit[:, None])
-            scores = tl.where(visible, scores, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(scores, 1) * qk_scale)
-            # A row with nothing visible yet keeps m = -inf; shift by 0 so exp2 gives 0, not NaN.
-            m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-        else:
-            # Every key of an unmasked tile is visible to every row, so m_new is finite.
-            m_new = tl.maximum(m_i, tl.max(scores, 1) * qk_scale)
-            m_shift = m_new
-        p = tl.exp2(scores * qk_scale - m_shift[:, None])
-        alpha = tl.exp2(m_i - m_shift)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
-        m_i = m_new
+        acc, m_i, l_i = online_softmax_step(
+            acc, m_i, l_i, q, k, v, kv_pos, kv_hi, key_limit, qk_scale, MASKED, DOT_PRECISION
+        )
     return acc, m_i, l_i
 
 

@@ -25,14 +25,24 @@ All offsets into the cache are int64, so caches over 2^31 elements work.
 """
 
 import math
+import os
 
 import torch
 import triton
 import triton.language as tl
 
 from kernels.attention_config import AttentionConfig, check_inputs, choose_config
-from kernels.attention_tile import attend_kv_range, find_sequence, store_tile
+from kernels.attention_tile import attend_kv_range, attend_new_keys, find_sequence, store_tile
 from kernels.merge_splits import merge_splits
+
+try:
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # triton < 3.4: every key comes from the cache
+    TensorDescriptor = None
+
+# Prefill tiles read this step's own keys by TMA when the caller passes them (Hopper and later;
+# the CPU interpreter too, so CI runs the path). False: every key through the block table.
+NEW_KV_TMA = True
 
 
 @triton.jit(do_not_specialize=["num_seqs", "num_tokens", "num_splits"])
@@ -42,6 +52,8 @@ def _paged_attention_kernel(
     part_max_ptr,  # [num_splits, num_tokens, num_heads] fp32 (written if SPLIT_K)
     part_sum_ptr,  # [num_splits, num_tokens, num_heads] fp32 (written if SPLIT_K)
     query_ptr,  # [num_tokens, num_heads, head_dim], last dim contiguous
+    k_new_desc,  # NEW_KV_TMA: over this step's keys [num_tokens, num_kv_heads * head_dim]
+    v_new_desc,  # NEW_KV_TMA: the same over its values (else None)
     k_cache_ptr,  # [num_blocks, block_size, num_kv_heads, head_dim], contiguous
     v_cache_ptr,  # [num_blocks, block_size, num_kv_heads, head_dim], contiguous
     block_tables_ptr,  # [num_seqs, max_blocks_per_seq] int32
@@ -64,6 +76,7 @@ def _paged_attention_kernel(
     BLOCK_N: tl.constexpr,
     SPLIT_K: tl.constexpr,
     ONE_TILE_PER_SEQ: tl.constexpr,  # max_seqlen_q * GROUP <= BLOCK_M: one tile slot per sequence
+    NEW_KV_TMA: tl.constexpr,  # keys of this step's tokens from k/v_new_desc, not the cache
     DOT_PRECISION: tl.constexpr,
 ):
     # One flat grid, the KV head fastest: the heads of one key range run side by side (they
@@ -111,7 +124,6 @@ def _paged_attention_kernel(
         key_limit = context_start + token_in_seq + 1
         last_token = tl.minimum((row_lo + BLOCK_M - 1) // GROUP, q_len - 1)
         kv_end = context_start + last_token + 1
-        unmasked_end = (context_start + row_lo // GROUP + 1) // BLOCK_N * BLOCK_N
         tiles_per_split = tl.cdiv(tl.cdiv(kv_end, BLOCK_N), num_splits)
         split_lo = split_idx * tiles_per_split * BLOCK_N
         split_hi = tl.minimum(split_lo + tiles_per_split * BLOCK_N, kv_end)
@@ -122,18 +134,52 @@ def _paged_attention_kernel(
         k_head_ptr = k_cache_ptr + kv_head * HEAD_DIM
         v_head_ptr = v_cache_ptr + kv_head * HEAD_DIM
         block_table_ptr = block_tables_ptr + seq_idx.to(tl.int64) * block_table_stride
-        acc, m_i, l_i = attend_kv_range(
-            acc, m_i, l_i, q, k_head_ptr, v_head_ptr, block_table_ptr,
-            split_lo, tl.minimum(split_hi, unmasked_end), key_limit, qk_scale,
-            cache_stride_block, cache_stride_slot,
-            BLOCK_SIZE, BLOCK_N, HEAD_DIM, False, DOT_PRECISION,
-        )  # fmt: skip
-        acc, m_i, l_i = attend_kv_range(
-            acc, m_i, l_i, q, k_head_ptr, v_head_ptr, block_table_ptr,
-            tl.maximum(split_lo, unmasked_end), split_hi, key_limit, qk_scale,
-            cache_stride_block, cache_stride_slot,
-            BLOCK_SIZE, BLOCK_N, HEAD_DIM, True, DOT_PRECISION,
-        )  # fmt: skip
+        if NEW_KV_TMA:
+            # The cached context [0, context_start), which every row sees (only the tile past
+            # its end masks), by block-table gather; this step's own keys, causal among the
+            # rows, from the step's contiguous K/V.
+            cached_hi = tl.minimum(split_hi, context_start)
+            if split_lo < cached_hi:
+                cached_full = tl.maximum(split_lo, cached_hi // BLOCK_N * BLOCK_N)
+                acc, m_i, l_i = attend_kv_range(
+                    acc, m_i, l_i, q, k_head_ptr, v_head_ptr, block_table_ptr,
+                    split_lo, cached_full, key_limit, qk_scale,
+                    cache_stride_block, cache_stride_slot,
+                    BLOCK_SIZE, BLOCK_N, HEAD_DIM, False, DOT_PRECISION,
+                )  # fmt: skip
+                acc, m_i, l_i = attend_kv_range(
+                    acc, m_i, l_i, q, k_head_ptr, v_head_ptr, block_table_ptr,
+                    cached_full, cached_hi, key_limit, qk_scale,
+                    cache_stride_block, cache_stride_slot,
+                    BLOCK_SIZE, BLOCK_N, HEAD_DIM, True, DOT_PRECISION,
+                )  # fmt: skip
+            new_lo = tl.maximum(split_lo, context_start)
+            seen_by_all = context_start + row_lo // GROUP + 1
+            full_keys = tl.maximum(tl.minimum(seen_by_all, split_hi) - new_lo, 0)
+            new_full = new_lo + full_keys // BLOCK_N * BLOCK_N
+            row_of_pos0 = q_start - context_start
+            acc, m_i, l_i = attend_new_keys(
+                acc, m_i, l_i, q, k_new_desc, v_new_desc, kv_head * HEAD_DIM, row_of_pos0,
+                new_lo, new_full, key_limit, qk_scale, BLOCK_N, False, DOT_PRECISION,
+            )  # fmt: skip
+            acc, m_i, l_i = attend_new_keys(
+                acc, m_i, l_i, q, k_new_desc, v_new_desc, kv_head * HEAD_DIM, row_of_pos0,
+                new_full, split_hi, key_limit, qk_scale, BLOCK_N, True, DOT_PRECISION,
+            )  # fmt: skip
+        else:
+            unmasked_end = (context_start + row_lo // GROUP + 1) // BLOCK_N * BLOCK_N
+            acc, m_i, l_i = attend_kv_range(
+                acc, m_i, l_i, q, k_head_ptr, v_head_ptr, block_table_ptr,
+                split_lo, tl.minimum(split_hi, unmasked_end), key_limit, qk_scale,
+                cache_stride_block, cache_stride_slot,
+                BLOCK_SIZE, BLOCK_N, HEAD_DIM, False, DOT_PRECISION,
+            )  # fmt: skip
+            acc, m_i, l_i = attend_kv_range(
+                acc, m_i, l_i, q, k_head_ptr, v_head_ptr, block_table_ptr,
+                tl.maximum(split_lo, unmasked_end), split_hi, key_limit, qk_scale,
+                cache_stride_block, cache_stride_slot,
+                BLOCK_SIZE, BLOCK_N, HEAD_DIM, True, DOT_PRECISION,
+            )  # fmt: skip
         store_tile(
             out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, acc, m_i, l_i,
             q_start + token_in_seq, head_idx, row_valid, split_idx, num_tokens, num_heads,
@@ -151,11 +197,16 @@ def paged_attention(
     scale: float,
     max_seqlen_q: int,  # upper bounds (never under-estimates): pick the grid, tiles and split-K
     max_seqlen_k: int,
+    key: torch.Tensor | None = None,  # [num_tokens, num_kv_heads, head_dim], as stored this step
+    value: torch.Tensor | None = None,
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
     """Same contract as `kernels.reference.paged_attention`, in one launch (two with split-K).
 
     When max_seqlen_q * (num_heads // num_kv_heads) fits one row tile, the grid has one program
     per sequence and KV head; an under-estimated max_seqlen_q would then drop query rows.
+    `key`/`value`, when given, must be exactly what `store_kv` wrote to the cache for these
+    tokens: prefill tiles then read this step's keys from them by TMA instead of gathering them
+    through the block table.
     """
     check_inputs(query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q)
     config = choose_config(
@@ -170,7 +221,7 @@ def paged_attention(
         num_tokens=query.shape[0],
     )
     args = (query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q)
-    return _launch(*args, scale=scale, max_seqlen_q=max_seqlen_q, config=config)
+    return _launch(*args, scale, max_seqlen_q, config, key, value)
 
 
 def paged_attention_with_config(
@@ -183,11 +234,13 @@ def paged_attention_with_config(
     scale: float,
     max_seqlen_q: int,
     config: AttentionConfig,
+    key: torch.Tensor | None = None,
+    value: torch.Tensor | None = None,
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
     """`paged_attention` with an explicit configuration (tests and benchmark sweeps)."""
     check_inputs(query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q)
     args = (query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q)
-    return _launch(*args, scale=scale, max_seqlen_q=max_seqlen_q, config=config)
+    return _launch(*args, scale, max_seqlen_q, config, key, value)
 
 
 def _launch(
@@ -200,6 +253,8 @@ def _launch(
     scale: float,
     max_seqlen_q: int,
     config: AttentionConfig,
+    key: torch.Tensor | None,
+    value: torch.Tensor | None,
 ) -> torch.Tensor:
     if not scale > 0:
         raise ValueError(f"scale must be positive, got {scale}")
@@ -218,12 +273,17 @@ def _launch(
     one_tile_per_seq = max_seqlen_q * group <= config.block_m
     num_tiles = num_seqs if one_tile_per_seq else num_tokens * group // config.block_m + num_seqs
     grid = (num_tiles * num_kv_heads * config.num_splits,)
+    new_kv = None
+    if config.step_kv and not one_tile_per_seq and key is not None and value is not None:
+        new_kv = new_kv_descriptors(key, value, query, k_cache, config.block_n)
     _paged_attention_kernel[grid](
         out_ptr=out,
         part_acc_ptr=part_acc,
         part_max_ptr=part_max,
         part_sum_ptr=part_sum,
         query_ptr=query,
+        k_new_desc=new_kv[0] if new_kv else None,
+        v_new_desc=new_kv[1] if new_kv else None,
         k_cache_ptr=k_cache,
         v_cache_ptr=v_cache,
         block_tables_ptr=block_tables,
@@ -246,6 +306,7 @@ def _launch(
         BLOCK_N=config.block_n,
         SPLIT_K=split,
         ONE_TILE_PER_SEQ=one_tile_per_seq,
+        NEW_KV_TMA=new_kv is not None,
         DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
         num_warps=config.num_warps,
         num_stages=config.num_stages,
@@ -253,3 +314,40 @@ def _launch(
     if split:
         merge_splits(out, part_acc, part_max, part_sum, cu_seqlens_q[num_seqs:])
     return out
+
+
+def new_kv_descriptors(
+    key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+    value: torch.Tensor,
+    query: torch.Tensor,
+    k_cache: torch.Tensor,
+    block_n: int,
+) -> tuple[TensorDescriptor, TensorDescriptor] | None:
+    """TMA descriptors over this step's K/V as [num_tokens, num_kv_heads * head_dim] matrices,
+    or None where TMA cannot read them (then the cache serves every key)."""
+    if not NEW_KV_TMA or TensorDescriptor is None or not _tma_device(query.device):
+        return None
+    num_tokens, num_kv_heads, head_dim = query.shape[0], k_cache.shape[2], k_cache.shape[3]
+    if query.device.type == "cuda" and query.dtype not in (torch.float16, torch.bfloat16):
+        return None  # fp32 rows are 512 bytes, past one TMA box; its speed is not the point
+    descriptors = []
+    for t in (key, value):
+        if (
+            t.shape != (num_tokens, num_kv_heads, head_dim)
+            or t.dtype != query.dtype
+            or t.device != query.device
+            or t.stride(2) != 1
+            or t.stride(1) != head_dim
+            or (t.stride(0) * t.element_size()) % 16
+            or t.data_ptr() % 16
+        ):
+            return None
+        shape = [num_tokens, num_kv_heads * head_dim]
+        descriptors.append(TensorDescriptor(t, shape, [t.stride(0), 1], [block_n, head_dim]))
+    return descriptors[0], descriptors[1]
+
+
+def _tma_device(device: torch.device) -> bool:
+    if device.type == "cpu":
+        return os.environ.get("TRITON_INTERPRET") == "1"
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9

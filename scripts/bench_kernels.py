@@ -92,6 +92,14 @@ class PagedCache:
         seq_lens = torch.tensor(ctx_lens, dtype=torch.int32, device="cuda")
         return query, self.k_cache, self.v_cache, block_tables, seq_lens, cu.cuda()
 
+    def step_kv(self, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This step's K and V as a model hands them over: views into one fused QKV output."""
+        layer = self.layer
+        heads = layer.num_heads + 2 * layer.num_kv_heads
+        qkv = torch.randn(num_tokens, heads, layer.head_dim, device="cuda").to(layer.dtype)
+        k = qkv[:, layer.num_heads : layer.num_heads + layer.num_kv_heads]
+        return k, qkv[:, layer.num_heads + layer.num_kv_heads :]
+
 
 def auto_config(layer: Layer, num_seqs: int, max_q: int, max_k: int) -> AttentionConfig:
     return choose_config(
@@ -138,18 +146,27 @@ def sdpa_ms(layer: Layer, batch: int, seq: int) -> tuple[float, float]:
 
 
 def prefill_row(
-    cache: PagedCache, batch: int, seq: int, config: AttentionConfig | None, sdpa: tuple
+    cache: PagedCache,
+    batch: int,
+    seq: int,
+    config: AttentionConfig | None,
+    sdpa: tuple,
+    step_kv: bool = True,
 ) -> dict:
+    """step_kv: the new keys come from the step's K/V (TMA), as the engine passes them; else
+    every key is gathered from the paged cache."""
     layer = cache.layer
     args = cache.batch([seq] * batch, [seq] * batch)
+    new_kv = cache.step_kv(batch * seq) if step_kv else (None, None)
     config = config or auto_config(layer, batch, seq, seq)
     scale = layer.head_dim**-0.5
-    fn = lambda: paged_attention_with_config(*args, scale, seq, config)  # noqa: E731
+    fn = lambda: paged_attention_with_config(*args, scale, seq, config, *new_kv)  # noqa: E731
     ms, eager_ms = graph_ms(fn), bench_ms(fn)
     flops = 2 * batch * layer.num_heads * seq * seq * layer.head_dim  # causal: half of 4*S^2*D
     return {
         "batch": batch,
         "seq": seq,
+        "keys": "step" if step_kv else "cache",
         "ms": ms,
         "tflops": flops / ms / 1e9,
         "sdpa_ms": sdpa[0],
@@ -197,13 +214,19 @@ def run_decode(cache: PagedCache, args: argparse.Namespace, copy_gbs: float) -> 
     return rows
 
 
-PREFILL_COLUMNS = [("batch", "d"), ("seq", "d"), ("ms", ".3f"), ("tflops", ".1f"),
+PREFILL_COLUMNS = [("batch", "d"), ("seq", "d"), ("keys", ""), ("ms", ".3f"), ("tflops", ".1f"),
                    ("sdpa_tflops", ".1f"), ("of_sdpa", ".2f"), ("eager_ms", ".3f"),
                    ("sdpa_eager_ms", ".3f"), ("eager_of_sdpa", ".2f"), *CONFIG_COLUMNS]  # fmt: skip
 
 
 def run_prefill(cache: PagedCache, shapes: list[tuple[int, int]], sdpa: dict) -> list[dict]:
-    rows = [prefill_row(cache, batch, seq, None, sdpa[batch, seq]) for batch, seq in shapes]
+    """Each shape twice: new keys from the step's K/V (the engine's path), then all from the
+    cache (the path without TMA)."""
+    rows = [
+        prefill_row(cache, batch, seq, None, sdpa[batch, seq], step_kv)
+        for batch, seq in shapes
+        for step_kv in (True, False)
+    ]
     print_table("prefill (causal, no cached prefix; ms = CUDA graph replay)", rows, PREFILL_COLUMNS)
     return rows
 
@@ -224,7 +247,11 @@ def merge_row(cache: PagedCache, batch: int, ctx: int) -> dict:
 DECODE_CANDIDATES = [  # (block_n, num_stages, split-K from batch 16)
     (64, 2, True), (64, 3, True), (128, 3, True), (64, 3, False), (128, 3, False)
 ]  # fmt: skip
-PREFILL_CANDIDATES = [(128, 64, 8, 4), (128, 128, 8, 3), (64, 64, 4, 3)]
+PREFILL_CANDIDATES = [  # (block_m, block_n, num_warps, num_stages)
+    (128, 64, 8, 2), (128, 64, 8, 4), (128, 128, 8, 2), (128, 128, 8, 3), (64, 64, 4, 2),
+    (64, 64, 4, 3), (64, 64, 4, 4), (64, 128, 4, 2), (64, 128, 4, 3), (64, 32, 4, 2),
+    (64, 32, 4, 3), (128, 32, 8, 3)
+]  # fmt: skip
 
 
 def run_sweep(cache: PagedCache, args: argparse.Namespace, copy_gbs: float, sdpa: dict) -> list:
@@ -254,9 +281,12 @@ def run_sweep(cache: PagedCache, args: argparse.Namespace, copy_gbs: float, sdpa
     return rows + merges
 
 
-def chunk_row(cache: PagedCache, chunk: int, ctx: int, decodes: int, split: bool) -> dict:
+def chunk_row(
+    cache: PagedCache, chunk: int, ctx: int, decodes: int, split: bool, step_kv: bool = True
+) -> dict:
     """One chunked-prefill step's attention: `decodes` sequences decoding at context 512 beside
-    a `chunk`-token piece of a prompt whose context (the chunk included) is `ctx`."""
+    a `chunk`-token piece of a prompt whose context (the chunk included) is `ctx`; step_kv as in
+    prefill_row."""
     layer = cache.layer
     q_lens, ctx_lens = [1] * decodes + [chunk], [512] * decodes + [ctx]
     args = cache.batch(q_lens, ctx_lens)
@@ -266,8 +296,11 @@ def chunk_row(cache: PagedCache, chunk: int, ctx: int, decodes: int, split: bool
                          num_tokens=tokens)  # fmt: skip
     config = auto if split else replace(auto, num_splits=1)
     scale = layer.head_dim**-0.5
-    ms = graph_ms(lambda: paged_attention_with_config(*args, scale, chunk, config))
-    return {"decodes": decodes, "chunk": chunk, "context": ctx, "ms": ms, **asdict(config)}
+    new_kv = cache.step_kv(tokens) if step_kv else (None, None)
+    ms = graph_ms(lambda: paged_attention_with_config(*args, scale, chunk, config, *new_kv))
+    keys = "step" if step_kv else "cache"
+    return {"decodes": decodes, "chunk": chunk, "context": ctx, "keys": keys, "ms": ms,
+            **asdict(config)}  # fmt: skip
 
 
 def run_chunks(cache: PagedCache, args: argparse.Namespace) -> list[dict]:
@@ -278,7 +311,7 @@ def run_chunks(cache: PagedCache, args: argparse.Namespace) -> list[dict]:
             rows.append(chunk_row(cache, chunk, args.chunk_context, args.chunk_decodes, split))
         rows[-1]["speedup"] = rows[-2]["ms"] / rows[-1]["ms"]
         rows[-2]["speedup"] = 1.0
-    columns = [("decodes", "d"), ("chunk", "d"), ("context", "d"), ("ms", ".4f"),
+    columns = [("decodes", "d"), ("chunk", "d"), ("context", "d"), ("keys", ""), ("ms", ".4f"),
                ("speedup", ".2f"), *CONFIG_COLUMNS]  # fmt: skip
     print_table("chunked prefill step (CUDA graph; one pass, then the chosen split)", rows, columns)
     return rows

@@ -15,6 +15,7 @@ class PagedBatch:
     cu_seqlens_q: torch.Tensor  # [num_seqs + 1] int32
     max_seqlen_q: int
     max_seqlen_k: int
+    new_slots: torch.Tensor | None = None  # [num_real_tokens] int64, each new token's slot
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
         return (
@@ -28,6 +29,24 @@ class PagedBatch:
 
     def num_real_tokens(self) -> int:
         return int(self.cu_seqlens_q[-1])
+
+    def new_kv(self, padding: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """This step's K and V as store_kv received them (copies of the new tokens' cache
+        rows), with `padding` NaN rows after the real tokens, as a CUDA graph pads a batch."""
+        assert self.new_slots is not None
+        out = []
+        for cache in (self.k_cache, self.v_cache):
+            rows = cache.flatten(0, 1)[self.new_slots]
+            pad = torch.full((padding, *rows.shape[1:]), float("nan"), dtype=rows.dtype,
+                             device=rows.device)  # fmt: skip
+            out.append(torch.cat([rows, pad]))
+        return out[0], out[1]
+
+    def poison_new_slots(self) -> None:
+        """NaN over the new tokens' cache rows: a kernel must then take them from new_kv()."""
+        assert self.new_slots is not None
+        for cache in (self.k_cache, self.v_cache):
+            cache.flatten(0, 1)[self.new_slots] = float("nan")
 
 
 def make_paged_batch(
@@ -51,12 +70,13 @@ def make_paged_batch(
     nan_block = num_blocks - 1
     width = max(blocks_per_seq, default=0) + 1
     block_tables = torch.full((len(seqs), width), nan_block, dtype=torch.int32)
-    slots = []
-    for i, (ctx, _) in enumerate(seqs):
+    slots, new_slots = [], []
+    for i, (ctx, q_len) in enumerate(seqs):
         ids = torch.tensor([order.pop() for _ in range(blocks_per_seq[i])], dtype=torch.int32)
         block_tables[i, : len(ids)] = ids
         positions = torch.arange(ctx)
         slots.append(ids[positions // block_size].long() * block_size + positions % block_size)
+        new_slots.append(slots[-1][ctx - q_len :])
     all_slots = torch.cat(slots).to(device) if slots else torch.zeros(0, dtype=torch.long)
     for cache in (k_cache, v_cache):
         rows = torch.randn(len(all_slots), num_kv_heads, head_dim, device=device)
@@ -73,4 +93,5 @@ def make_paged_batch(
         cu_seqlens_q=cu.to(device),
         max_seqlen_q=max(q_lens, default=0),
         max_seqlen_k=max((ctx for ctx, _ in seqs), default=0),
+        new_slots=torch.cat([torch.zeros(0, dtype=torch.long), *new_slots]).to(device),
     )

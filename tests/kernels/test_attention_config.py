@@ -23,6 +23,7 @@ def _choose(monkeypatch, limits, *, seqs=1, q=4096, k=4096, head_dim=128, group=
         (33, 224, 8192, 256, 2),  # budget 256: 64 row tiles
         (40, 512, 8448, 512, 1),  # a 512-token graph bucket: 128 tiles nearly fill the GPU
         (1, 4096, 4096, 4096, 1),  # a prompt without cached context: one pass
+        (1, 1024, 1024, 1024, 1),
         (1, 1024, 3000, 1024, 1),  # context under 4x the query
         (33, 96, 8192, None, 1),  # no token count: the decode-only rule
     ],
@@ -39,7 +40,7 @@ def test_prefill_tiles_split_only_for_a_few_tiles_over_a_long_context(
 def test_prefill_tiles_fit_shared_memory(
     monkeypatch, limits, num_stages: int, head_dim: int
 ) -> None:
-    config = _choose(monkeypatch, limits, head_dim=head_dim)
+    config = _choose(monkeypatch, limits, head_dim=head_dim, q=1024, k=1024)
     assert (config.block_m, config.num_warps, config.num_splits) == (128, 8, 1)
     need = shared_memory_bytes(config.block_m, config.block_n, head_dim, 2, config.num_stages)
     assert need <= limits[1]
@@ -59,5 +60,22 @@ def test_hints_map_to_few_compiled_variants_that_fit(monkeypatch, limits) -> Non
                 assert shared_memory_bytes(c.block_m, c.block_n, 128, 2, c.num_stages) <= limits[1]
                 one_tile_per_seq = q * 4 <= c.block_m
                 split_k = c.num_splits > 1
-                variants.add((c.block_m, c.block_n, c.num_stages, split_k, one_tile_per_seq))
-    assert len(variants) <= 12, variants
+                step_kv = c.step_kv and not one_tile_per_seq
+                variants.add((c.block_m, c.block_n, c.num_stages, split_k, one_tile_per_seq,
+                              step_kv))  # fmt: skip
+    assert len(variants) <= 16, variants
+
+
+@pytest.mark.parametrize(
+    ("q", "k", "expect"),
+    [
+        (8192, 8192, (128, 128, 8, 3, True)),  # a long prompt: 128-key tiles
+        (2048, 2100, (128, 128, 8, 3, True)),  # a prompt beside decodes
+        (1024, 1024, (128, 64, 8, 3, True)),
+        (512, 512, (64, 64, 4, 2, True)),  # short prompts: two programs a multiprocessor
+        (480, 8192, (128, 64, 8, 3, False)),  # a chunk over a long cached prefix: the cache
+    ],
+)
+def test_prefill_tiles_by_key_range_and_step_kv(monkeypatch, q: int, k: int, expect) -> None:
+    c = _choose(monkeypatch, HOPPER, q=q, k=k, tokens=q)
+    assert (c.block_m, c.block_n, c.num_warps, c.num_stages, c.step_kv) == expect

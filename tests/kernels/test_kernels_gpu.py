@@ -17,9 +17,13 @@ DECODE = [(4099, 1), (1234, 1), (16, 1), (31000, 1), (9000, 4)]
 SCALE = 0.09
 
 
-def _relative_error(out: torch.Tensor, batch: PagedBatch) -> float:
+def _reference(batch: PagedBatch) -> torch.Tensor:
     upcast = [t.float() if t.is_floating_point() else t for t in batch.tensors()]
-    ref = reference.paged_attention(*upcast, SCALE, batch.max_seqlen_q, batch.max_seqlen_k)
+    return reference.paged_attention(*upcast, SCALE, batch.max_seqlen_q, batch.max_seqlen_k)
+
+
+def _relative_error(out: torch.Tensor, batch: PagedBatch, ref: torch.Tensor | None = None) -> float:
+    ref = _reference(batch) if ref is None else ref
     n = batch.num_real_tokens()
     assert not out[:n].isnan().any()
     return float((out[:n].float() - ref[:n]).norm() / ref[:n].norm())
@@ -48,6 +52,31 @@ def test_explicit_configs_match_reference(config: AttentionConfig) -> None:
     batch = make_paged_batch(MIXED, 32, 8, 128, 16, torch.bfloat16, "cuda")
     out = paged_attention_with_config(*batch.tensors(), SCALE, batch.max_seqlen_q, config)
     assert _relative_error(out, batch) < 1e-2
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        AttentionConfig(block_m=128, block_n=128, num_splits=1, num_warps=8, num_stages=3),
+        AttentionConfig(block_m=128, block_n=64, num_splits=3, num_warps=8, num_stages=3),
+        AttentionConfig(block_m=64, block_n=64, num_splits=1, num_warps=4, num_stages=2),
+    ],
+)
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_new_keys_by_tma_match_reference(
+    dtype: torch.dtype, head_dim: int, config: AttentionConfig
+) -> None:
+    """Prefill tiles read this step's keys from its K/V by TMA: the new tokens' cache rows are
+    NaN, and so are 7 padding rows after the last token, and nothing of either may show."""
+    batch = make_paged_batch(MIXED, 32, 8, head_dim, 16, dtype, "cuda")
+    ref = _reference(batch)
+    key, value = batch.new_kv(padding=7)
+    query = torch.cat([batch.query, torch.randn_like(batch.query[:7])])
+    batch.poison_new_slots()
+    args = (query, *batch.tensors()[1:])
+    out = paged_attention_with_config(*args, SCALE, batch.max_seqlen_q, config, key, value)
+    assert _relative_error(out, batch, ref) < (1e-2 if dtype == torch.bfloat16 else 2e-3)
 
 
 def test_more_sequences_than_one_search_chunk() -> None:

@@ -17,6 +17,9 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # decode, verification of 3 draft tokens, a sequence with nothing scheduled, a block-aligned one.
 MIXED = [(37, 37), (53, 19), (70, 1), (45, 4), (20, 0), (32, 1)]
 SCALE = 0.37
+# On CUDA, fp32 keys always come from the cache (TMA serves 16-bit K/V): test_kernels_gpu.py
+# covers the step-K/V path there.
+interpreter_only = pytest.mark.skipif(DEVICE == "cuda", reason="fp32 on CUDA reads the cache")
 
 
 def _assert_matches_reference(batch: PagedBatch, out: torch.Tensor) -> None:
@@ -90,6 +93,56 @@ def test_overestimated_hints_and_padding_tokens() -> None:
     _assert_matches_reference(batch, out)
     # These hints split the keys (a few tiles, a long context): the merge writes padding as 0.
     assert torch.all(out[batch.num_real_tokens() :] == 0)
+
+
+@interpreter_only
+@pytest.mark.parametrize("block_size", [16, 32])
+@pytest.mark.parametrize("group", [4, 5])
+def test_prefill_tiles_read_new_keys_from_the_step_kv(group: int, block_size: int) -> None:
+    """With this step's K/V passed, prefill tiles take the new tokens' keys from them (TMA on
+    the GPU): poisoned cache rows for those tokens must not show, and NaN padding rows after
+    the last sequence, which its masked tile loads, must not leak into it."""
+    batch = make_paged_batch([*MIXED, (90, 80)], 2 * group, 2, 32, block_size, device=DEVICE)
+    ref = reference.paged_attention(*batch.tensors(), SCALE, batch.max_seqlen_q, 0)
+    key, value = batch.new_kv(padding=5)
+    query = torch.cat([batch.query, torch.randn_like(batch.query[:5])])
+    batch.poison_new_slots()
+    args = (query, *batch.tensors()[1:])
+    out = paged_attention(*args, SCALE, batch.max_seqlen_q, batch.max_seqlen_k, key, value)
+    n = batch.num_real_tokens()
+    torch.testing.assert_close(out[:n], ref[:n], atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        AttentionConfig(block_m=64, block_n=32, num_splits=3, num_warps=4, num_stages=2),
+        AttentionConfig(block_m=64, block_n=16, num_splits=9, num_warps=4, num_stages=2),
+    ],
+)
+@interpreter_only
+def test_split_prefill_over_cached_context_and_new_keys(config: AttentionConfig) -> None:
+    """Splits that straddle the end of the cached context and the start of the new keys."""
+    batch = make_paged_batch([(300, 45), (61, 61), (70, 1)], 8, 2, 32, 16, device=DEVICE)
+    ref = reference.paged_attention(*batch.tensors(), SCALE, batch.max_seqlen_q, 0)
+    key, value = batch.new_kv()
+    batch.poison_new_slots()
+    out = paged_attention_with_config(
+        *batch.tensors(), SCALE, batch.max_seqlen_q, config, key, value
+    )
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
+
+
+def test_new_kv_are_ignored_where_tma_cannot_read_them() -> None:
+    """Decode launches (one tile a sequence) and K/V with unusable strides read the cache."""
+    batch = make_paged_batch([(45, 3), (70, 1)], 8, 2, 32, 16, device=DEVICE)
+    garbage = torch.randn_like(batch.new_kv()[0])
+    out = paged_attention(*batch.tensors(), SCALE, 3, batch.max_seqlen_k, garbage, garbage)
+    _assert_matches_reference(batch, out)
+    batch = make_paged_batch([(90, 80)], 8, 2, 32, 16, device=DEVICE)
+    strided = torch.randn(80, 2, 64, device=DEVICE)[..., ::2]  # head_dim not contiguous
+    out = paged_attention(*batch.tensors(), SCALE, 80, 90, strided, strided)
+    _assert_matches_reference(batch, out)
 
 
 @pytest.mark.parametrize(

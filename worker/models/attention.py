@@ -67,6 +67,8 @@ class AttentionBackend:
             scale,
             meta.max_seqlen_q,
             meta.max_seqlen_k,
+            key,
+            value,
         )
 
 

@@ -62,6 +62,8 @@ def paged_attention(
     scale: float,
     max_seqlen_q: int,
     max_seqlen_k: int,
+    key: torch.Tensor | None = None,  # this step's K/V: the cache already holds them; unused
+    value: torch.Tensor | None = None,
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
     q_lens = (cu_seqlens_q[1:] - cu_seqlens_q[:-1]).long()
     is_short = (q_lens >= 1) & (q_lens <= SHORT_QUERY)
