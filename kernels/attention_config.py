@@ -18,6 +18,9 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 PROGRAMS_PER_SM = 4
 # A split shorter than this spends more on its partial write and the merge than it saves.
 MIN_KEYS_PER_SPLIT = 128
+# True: the split count rounds down, so the programs fit PROGRAMS_PER_SM a multiprocessor in one
+# wave; False: up, at least that many (bench_kernels.py --split-rules P:K:down measures it).
+SPLITS_ROUND_DOWN = False
 MAX_SPLITS = 64
 # Split-K for decode and verification tiles (up to this many rows) by the rule above. Prefill
 # tiles split only as a chunk over a long cached context: a step of a few hundred new tokens
@@ -127,8 +130,9 @@ def choose_config(
     tiles = num_seqs * num_kv_heads * triton.cdiv(rows, block_m)
     num_splits = 1
     if rows <= MAX_SPLIT_ROWS and tiles < num_sms:
+        slots = PROGRAMS_PER_SM * num_sms
         num_splits = min(
-            triton.cdiv(PROGRAMS_PER_SM * num_sms, tiles),
+            max(1, slots // tiles) if SPLITS_ROUND_DOWN else triton.cdiv(slots, tiles),
             max(1, max_seqlen_k // MIN_KEYS_PER_SPLIT),
             MAX_SPLITS,
         )

@@ -322,13 +322,15 @@ def run_split_rules(cache: PagedCache, args: argparse.Namespace, copy_gbs: float
     PROGRAMS_PER_SM:MIN_KEYS_PER_SPLIT pair, the configuration choose_config then picks."""
     from kernels import attention_config
 
-    saved = attention_config.PROGRAMS_PER_SM, attention_config.MIN_KEYS_PER_SPLIT
+    names = ("PROGRAMS_PER_SM", "MIN_KEYS_PER_SPLIT", "SPLITS_ROUND_DOWN")
+    saved = [getattr(attention_config, name) for name in names]
     rows = []
     try:
         for rule in args.split_rules:
-            programs, min_keys = map(int, rule.split(":"))
-            attention_config.PROGRAMS_PER_SM = programs
-            attention_config.MIN_KEYS_PER_SPLIT = min_keys
+            programs, min_keys, *rounding = rule.split(":")
+            attention_config.PROGRAMS_PER_SM = int(programs)
+            attention_config.MIN_KEYS_PER_SPLIT = int(min_keys)
+            attention_config.SPLITS_ROUND_DOWN = rounding == ["down"]
             for batch in [b for b in args.batches if b <= 16]:
                 for ctx in [c for c in args.contexts if c >= 4096]:
                     row = decode_row(cache, batch, ctx, None, args.graph_layers)
@@ -337,9 +339,11 @@ def run_split_rules(cache: PagedCache, args: argparse.Namespace, copy_gbs: float
                     row["layer_of_copy"] = row["layer_gbs"] / copy_gbs
                     rows.append(row)
     finally:
-        attention_config.PROGRAMS_PER_SM, attention_config.MIN_KEYS_PER_SPLIT = saved
+        for name, value in zip(names, saved, strict=True):
+            setattr(attention_config, name, value)
     columns = [("rule", ""), *LAYERED_COLUMNS]
-    print_table("decode under split rules (PROGRAMS_PER_SM:MIN_KEYS_PER_SPLIT)", rows, columns)
+    title = "decode under split rules (PROGRAMS_PER_SM:MIN_KEYS_PER_SPLIT[:down])"
+    print_table(title, rows, columns)
     return rows
 
 
@@ -372,7 +376,8 @@ def parse_args() -> argparse.Namespace:
         type=lambda s: s.split(","),
         default=None,
         help="only time decode (batch <= 16, context >= 4k) under these "
-        "PROGRAMS_PER_SM:MIN_KEYS_PER_SPLIT split-K rules, e.g. 4:128,2:256",
+        "PROGRAMS_PER_SM:MIN_KEYS_PER_SPLIT[:down] split-K rules, e.g. 4:128,2:256,3:128:down "
+        "(down: the split count rounds down, the programs fit one wave)",
     )
     parser.add_argument("--sweep", action="store_true", help="also time other configurations")
     parser.add_argument("--sweep-only", action="store_true", help="only the configuration sweep")

@@ -3,6 +3,10 @@
 Both runs see the same prompts (mixed lengths, some sharing a prefix so prefix caching and
 chunked prefill take part). Where the two token streams part, the torch run's log-probability
 gap between its top two tokens at that step is printed: bf16 rounding may only flip near-ties.
+bf16 logits of magnitude 16-32 are 0.125 apart, so a real model's bf16 gap can be one unit of
+rounding and still read over NEAR_TIE_NATS; for a model with real weights the parting step is then
+re-scored with the model in float32 (torch backend, prompt plus the common prefix), and the two
+tokens the runs chose must lie within FP32_NEAR_TIE_NATS there.
 
     python scripts/check_triton_vs_torch.py --models smollm2,qwen3-0.6b
     TRITON_INTERPRET=1 python scripts/check_triton_vs_torch.py --models tiny-llama --device cpu \
@@ -21,6 +25,7 @@ from worker.config import EngineSettings
 from worker.engine.llm_engine import LLMEngine, RequestOutput
 
 NEAR_TIE_NATS = 0.1  # top-2 log-probability gap under which bf16 rounding may flip the argmax
+FP32_NEAR_TIE_NATS = 0.25  # two bf16 rounding units of a logit between 16 and 32
 
 
 def make_prompts(vocab_size: int, num_prompts: int, seed: int) -> list[list[int]]:
@@ -33,19 +38,27 @@ def make_prompts(vocab_size: int, num_prompts: int, seed: int) -> list[list[int]
     return prompts
 
 
-def run(model: str, backend: str, args: argparse.Namespace) -> list[RequestOutput]:
+def real_weights(model: str) -> bool:
+    return model == "smollm2"
+
+
+def make_engine(model: str, backend: str, dtype: str, args: argparse.Namespace) -> LLMEngine:
     settings = EngineSettings(
         model=model,
-        load_format="auto" if model == "smollm2" else "dummy",
+        load_format="auto" if real_weights(model) else "dummy",
         attention_backend=backend,
         device=args.device,
-        dtype=args.dtype,
+        dtype=dtype,
         kv_cache_memory_gb=args.kv_cache_gb,
         max_model_len=1024,
         max_num_batched_tokens=args.max_num_batched_tokens,
         seed=args.seed,
     )
-    engine = LLMEngine.from_settings(settings)
+    return LLMEngine.from_settings(settings)
+
+
+def run(model: str, backend: str, args: argparse.Namespace) -> list[RequestOutput]:
+    engine = make_engine(model, backend, args.dtype, args)
     prompts = make_prompts(engine.runner.model.config.vocab_size, args.num_prompts, args.seed)
     params = SamplingParams(
         temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True, logprobs=2
@@ -59,10 +72,21 @@ def top2_gap(output: RequestOutput, step: int) -> float:
     return top[0] - top[1] if len(top) > 1 else float("inf")
 
 
+def fp32_gap(engine: LLMEngine, prompt: list[int], tokens: tuple[int, int]) -> float:
+    """|log p(a) - log p(b)| of the two parting tokens, the next token after `prompt` scored by a
+    float32 engine (inf if either is outside its top 20)."""
+    params = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True, logprobs=20)
+    out = engine.generate([prompt], params)[0]
+    assert out.logprobs is not None
+    top = out.logprobs[0].top_logprobs or {}
+    a, b = tokens
+    return abs(top[a] - top[b]) if a in top and b in top else float("inf")
+
+
 def compare(model: str, args: argparse.Namespace) -> bool:
     torch_out = run(model, "torch", args)
     triton_out = run(model, "triton", args)
-    num_same, ok = 0, True
+    num_same, ok, fp32_engine = 0, True, None
     for i, (a, b) in enumerate(zip(torch_out, triton_out, strict=True)):
         if a.output_token_ids == b.output_token_ids:
             num_same += 1
@@ -70,10 +94,19 @@ def compare(model: str, args: argparse.Namespace) -> bool:
         step = next(j for j, (x, y) in enumerate(zip(a.output_token_ids, b.output_token_ids,
                                                          strict=True)) if x != y)  # fmt: skip
         gap = top2_gap(a, step)
-        verdict = "near-tie" if gap < NEAR_TIE_NATS else "NOT a near-tie"
-        ok &= gap < NEAR_TIE_NATS
+        near = gap < NEAR_TIE_NATS
+        detail = ""
+        if not near and real_weights(model):
+            fp32_engine = fp32_engine or make_engine(model, "torch", "float32", args)
+            prefix = list(a.prompt_token_ids) + list(a.output_token_ids[:step])
+            tokens = (a.output_token_ids[step], b.output_token_ids[step])
+            gap32 = fp32_gap(fp32_engine, prefix, tokens)
+            near = gap32 < FP32_NEAR_TIE_NATS
+            detail = f", float32: the two tokens {gap32:.4f} nats apart"
+        ok &= near
         print(f"  {model} prompt {i} (len {len(a.prompt_token_ids)}): parts at step {step}, "
-              f"torch top-2 gap {gap:.4f} nats -> {verdict}")  # fmt: skip
+              f"torch top-2 gap {gap:.4f} nats{detail} -> "
+              f"{'near-tie' if near else 'NOT a near-tie'}")  # fmt: skip
     print(f"{model}: {num_same}/{len(torch_out)} prompts give identical greedy tokens "
           f"({args.max_tokens} tokens each, {args.dtype} on {args.device})")  # fmt: skip
     return ok
