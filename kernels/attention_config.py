@@ -55,6 +55,15 @@ STEP_KV_MAX_KEYS_PER_QUERY = 2
 # bandwidth. With 17 or more splits (batch 1 and 4) two stages won again.
 DECODE_DEEP_MAX_SPLITS = 8
 DECODE_DEEP_MIN_KEYS = 4096
+# Split decode tiles (one token a sequence, up to 16 rows) whose splits hold at least
+# SPLIT_DECODE_MIN_KEYS keys stream 32-key tiles two stages deep instead (H100, fifth session,
+# per layer in a 32-layer graph, of copy bandwidth: batch 16 x 4k/16k/32k 0.91/0.99/1.01 against
+# 0.87/0.96/0.97 for 64 keys three stages deep, batch 1 x 16k 0.69-0.70 against 0.68, batch
+# 4 x 4k 0.69 against 0.68). Splits of 128 keys lost 5-15% that way (batch 1 x 1k 0.12 against
+# 0.14), so they keep 64-key tiles. Verification tiles keep the rules above.
+SPLIT_DECODE_MAX_ROWS = 16
+SPLIT_DECODE_MIN_KEYS = 192
+SPLIT_DECODE_TILE = (32, 2)
 # The interpreter has no multiprocessors; a small number keeps split-K reachable in CPU tests.
 INTERPRETER_NUM_SMS = 4
 
@@ -147,7 +156,10 @@ def choose_config(
             min(num_sms // token_tiles, max_seqlen_k // MIN_KEYS_PER_CHUNK_SPLIT, MAX_SPLITS),
         )
     deep = 1 < num_splits <= DECODE_DEEP_MAX_SPLITS and max_seqlen_k >= DECODE_DEEP_MIN_KEYS
-    if deep and not wide and fits(block_n, 3):
+    long_splits = num_splits > 1 and max_seqlen_k // num_splits >= SPLIT_DECODE_MIN_KEYS
+    if long_splits and block_m <= SPLIT_DECODE_MAX_ROWS and not wide:
+        block_n, num_stages = SPLIT_DECODE_TILE
+    elif deep and not wide and fits(block_n, 3):
         num_stages = 3
     return AttentionConfig(block_m, block_n, num_splits, num_warps, num_stages, step_kv)
 

@@ -244,9 +244,17 @@ def merge_row(cache: PagedCache, batch: int, ctx: int) -> dict:
 
 
 # Launch configurations the sweep times in place of the heuristic's.
-DECODE_CANDIDATES = [  # (block_n, num_stages, split-K from batch 16)
-    (64, 2, True), (64, 3, True), (128, 3, True), (64, 3, False), (128, 3, False)
+DECODE_CANDIDATES = [  # (block_n, num_stages, split-K from batch 16, num_warps)
+    (64, 2, True, 4), (64, 3, True, 4), (128, 3, True, 4), (64, 3, False, 4), (128, 3, False, 4)
 ]  # fmt: skip
+
+
+def decode_candidate(text: str) -> tuple[int, int, bool, int]:
+    """BLOCK_N:STAGES[:WARPS], split-K as the heuristic picks it."""
+    block_n, stages, *warps = map(int, text.split(":"))
+    return block_n, stages, True, warps[0] if warps else 4
+
+
 PREFILL_CANDIDATES = [  # (block_m, block_n, num_warps, num_stages)
     (128, 64, 8, 2), (128, 64, 8, 4), (128, 128, 8, 2), (128, 128, 8, 3), (64, 64, 4, 2),
     (64, 64, 4, 3), (64, 64, 4, 4), (64, 128, 4, 2), (64, 128, 4, 3), (64, 32, 4, 2),
@@ -257,18 +265,23 @@ PREFILL_CANDIDATES = [  # (block_m, block_n, num_warps, num_stages)
 def run_sweep(cache: PagedCache, args: argparse.Namespace, copy_gbs: float, sdpa: dict) -> list:
     """Whole decode and prefill tables under other launch configurations."""
     layer, rows = cache.layer, []
-    for block_n, stages, split_from_16 in DECODE_CANDIDATES:
+    for block_n, stages, split_from_16, warps in args.decode_candidates or DECODE_CANDIDATES:
         table = []
         for batch in args.batches:
             for ctx in args.contexts:
                 if batch * ctx <= args.max_cache_tokens:
                     auto = auto_config(layer, batch, 1, ctx)
                     splits = auto.num_splits if batch < 16 or split_from_16 else 1
-                    config = replace(auto, block_n=block_n, num_stages=stages, num_splits=splits)
-                    table.append(decode_row(cache, batch, ctx, config))
-                    table[-1]["of_copy"] = table[-1]["gbs"] / copy_gbs
-        title = f"decode sweep: block_n {block_n}, {stages} stages, split-K from batch 16 "
-        print_table(title + str(split_from_16), table, DECODE_COLUMNS)
+                    config = replace(auto, block_n=block_n, num_stages=stages, num_splits=splits,
+                                     num_warps=warps)  # fmt: skip
+                    row = decode_row(cache, batch, ctx, config, args.graph_layers)
+                    row["of_copy"] = row["gbs"] / copy_gbs
+                    if "layer_gbs" in row:
+                        row["layer_of_copy"] = row["layer_gbs"] / copy_gbs
+                    table.append(row)
+        title = f"decode sweep: block_n {block_n}, {stages} stages, {warps} warps, split-K from "
+        columns = LAYERED_COLUMNS if args.graph_layers > 1 else DECODE_COLUMNS
+        print_table(title + f"batch 16 {split_from_16}", table, columns)
         rows += table
     merges = [merge_row(cache, batch, ctx) for batch, ctx in [(1, 4096), (1, 32768), (4, 4096)]]
     columns = [("batch", "d"), ("context", "d"), ("num_splits", "d"), ("merge_ms", ".4f")]
@@ -378,6 +391,13 @@ def parse_args() -> argparse.Namespace:
         help="only time decode (batch <= 16, context >= 4k) under these "
         "PROGRAMS_PER_SM:MIN_KEYS_PER_SPLIT[:down] split-K rules, e.g. 4:128,2:256,3:128:down "
         "(down: the split count rounds down, the programs fit one wave)",
+    )
+    parser.add_argument(
+        "--decode-candidates",
+        type=lambda s: [decode_candidate(c) for c in s.split(",")],
+        default=None,
+        help="decode configurations the sweep times, BLOCK_N:STAGES[:WARPS],... "
+        "(default: a fixed list)",
     )
     parser.add_argument("--sweep", action="store_true", help="also time other configurations")
     parser.add_argument("--sweep-only", action="store_true", help="only the configuration sweep")

@@ -79,3 +79,17 @@ def test_hints_map_to_few_compiled_variants_that_fit(monkeypatch, limits) -> Non
 def test_prefill_tiles_by_key_range_and_step_kv(monkeypatch, q: int, k: int, expect) -> None:
     c = _choose(monkeypatch, HOPPER, q=q, k=k, tokens=q)
     assert (c.block_m, c.block_n, c.num_warps, c.num_stages, c.step_kv) == expect
+
+
+@pytest.mark.parametrize(
+    ("seqs", "k", "expect"),
+    [
+        (1, 16384, (16, 32, 64, 2)),  # split decode: 32-key tiles, two stages
+        (16, 16384, (16, 32, 5, 2)),
+        (64, 16384, (16, 64, 1, 2)),  # no split: 64-key tiles
+        (1, 4096, (16, 64, 32, 2)),  # splits of 128 keys: 64-key tiles
+    ],
+)
+def test_decode_tiles_by_split(monkeypatch, seqs: int, k: int, expect) -> None:
+    c = _choose(monkeypatch, HOPPER, seqs=seqs, q=1, k=k)
+    assert (c.block_m, c.block_n, c.num_splits, c.num_stages) == expect
