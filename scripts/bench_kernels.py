@@ -166,7 +166,7 @@ def prefill_row(
     return {
         "batch": batch,
         "seq": seq,
-        "keys": "step" if step_kv else "cache",
+        "keys": "step" if step_kv and config.step_kv else "cache",  # the path the launch took
         "ms": ms,
         "tflops": flops / ms / 1e9,
         "sdpa_ms": sdpa[0],
@@ -311,7 +311,7 @@ def chunk_row(
     scale = layer.head_dim**-0.5
     new_kv = cache.step_kv(tokens) if step_kv else (None, None)
     ms = graph_ms(lambda: paged_attention_with_config(*args, scale, chunk, config, *new_kv))
-    keys = "step" if step_kv else "cache"
+    keys = "step" if step_kv and config.step_kv else "cache"  # the path the launch took
     return {"decodes": decodes, "chunk": chunk, "context": ctx, "keys": keys, "ms": ms,
             **asdict(config)}  # fmt: skip
 
