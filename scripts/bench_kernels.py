@@ -286,7 +286,7 @@ def run_sweep(cache: PagedCache, args: argparse.Namespace, copy_gbs: float, sdpa
     merges = [merge_row(cache, batch, ctx) for batch, ctx in [(1, 4096), (1, 32768), (4, 4096)]]
     columns = [("batch", "d"), ("context", "d"), ("num_splits", "d"), ("merge_ms", ".4f")]
     print_table("split-K merge launch alone (CUDA graph)", merges, columns)
-    for block_m, block_n, warps, stages in PREFILL_CANDIDATES:
+    for block_m, block_n, warps, stages in args.prefill_candidates or PREFILL_CANDIDATES:
         config = AttentionConfig(block_m, block_n, 1, warps, stages)
         table = [prefill_row(cache, b, s, config, sdpa[b, s]) for b, s in args.shapes]
         print_table("prefill sweep", table, PREFILL_COLUMNS)
@@ -397,6 +397,13 @@ def parse_args() -> argparse.Namespace:
         type=lambda s: [decode_candidate(c) for c in s.split(",")],
         default=None,
         help="decode configurations the sweep times, BLOCK_N:STAGES[:WARPS],... "
+        "(default: a fixed list)",
+    )
+    parser.add_argument(
+        "--prefill-candidates",
+        type=lambda s: [tuple(map(int, c.split(":"))) for c in s.split(",")],
+        default=None,
+        help="prefill configurations the sweep times, BLOCK_M:BLOCK_N:WARPS:STAGES,... "
         "(default: a fixed list)",
     )
     parser.add_argument("--sweep", action="store_true", help="also time other configurations")
