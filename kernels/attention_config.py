@@ -161,6 +161,11 @@ def choose_config(
         block_n, num_stages = SPLIT_DECODE_TILE
     elif deep and not wide and fits(block_n, 3):
         num_stages = 3
+    # The kernel gives each split cdiv(key tiles, num_splits) whole key tiles, so a count that
+    # does not divide the tiles leaves its last splits empty (batch 4 x 4k: 17 splits of 8 tiles
+    # of 128, the 17th with none): drop those, their programs and their partials.
+    key_tiles = triton.cdiv(max(1, max_seqlen_k), block_n)
+    num_splits = triton.cdiv(key_tiles, triton.cdiv(key_tiles, num_splits))
     return AttentionConfig(block_m, block_n, num_splits, num_warps, num_stages, step_kv)
 
 

@@ -93,3 +93,14 @@ def test_prefill_tiles_by_key_range_and_step_kv(monkeypatch, q: int, k: int, exp
 def test_decode_tiles_by_split(monkeypatch, seqs: int, k: int, expect) -> None:
     c = _choose(monkeypatch, HOPPER, seqs=seqs, q=1, k=k)
     assert (c.block_m, c.block_n, c.num_splits, c.num_stages) == expect
+
+
+def test_no_split_is_left_without_keys(monkeypatch) -> None:
+    """Each split gets cdiv(key tiles, splits) tiles: the count is trimmed to the splits that
+    have some (batch 4 x 4k would ask for 17 splits of 8 of its 128 tiles)."""
+    for seqs in [1, 2, 3, 4, 6, 16, 40]:
+        for k in [300, 1000, 4096, 5000, 16384, 32768]:
+            c = _choose(monkeypatch, HOPPER, seqs=seqs, q=1, k=k)
+            tiles = -(-k // c.block_n)
+            assert (c.num_splits - 1) * -(-tiles // c.num_splits) < tiles
+    assert _choose(monkeypatch, HOPPER, seqs=4, q=1, k=4096).num_splits == 16
