@@ -162,10 +162,17 @@ def _paged_attention_kernel(
                 acc, m_i, l_i, q, k_new_desc, v_new_desc, kv_head * HEAD_DIM, row_of_pos0,
                 new_lo, new_full, key_limit, qk_scale, BLOCK_N, False, DOT_PRECISION,
             )  # fmt: skip
-            acc, m_i, l_i = attend_new_keys(
-                acc, m_i, l_i, q, k_new_desc, v_new_desc, kv_head * HEAD_DIM, row_of_pos0,
-                new_full, split_hi, key_limit, qk_scale, BLOCK_N, True, DOT_PRECISION,
-            )  # fmt: skip
+            # Only tiles whose last key tile reaches past the real tokens can load padding rows.
+            if row_of_pos0 + split_hi + BLOCK_N > tl.load(cu_seqlens_q_ptr + num_seqs):
+                acc, m_i, l_i = attend_new_keys(
+                    acc, m_i, l_i, q, k_new_desc, v_new_desc, kv_head * HEAD_DIM, row_of_pos0,
+                    new_full, split_hi, key_limit, qk_scale, BLOCK_N, True, DOT_PRECISION, True,
+                )  # fmt: skip
+            else:
+                acc, m_i, l_i = attend_new_keys(
+                    acc, m_i, l_i, q, k_new_desc, v_new_desc, kv_head * HEAD_DIM, row_of_pos0,
+                    new_full, split_hi, key_limit, qk_scale, BLOCK_N, True, DOT_PRECISION,
+                )  # fmt: skip
         else:
             unmasked_end = (context_start + row_lo // GROUP + 1) // BLOCK_N * BLOCK_N
             acc, m_i, l_i = attend_kv_range(
