@@ -2,10 +2,12 @@
 
 - copy: device-to-device copy bandwidth (bytes read + written), the ceiling for decode.
 - decode: paged attention, one query token per sequence, bandwidth = K/V bytes read / time, and
-  its ratio to the copy bandwidth. Target: >= 0.7 at context >= 4k. Timed twice: one layer's
-  launch replayed alone, and --graph-layers launches (one per layer, each over its own blocks
-  and queries) replayed from one graph as a decode step replays a model's layers, per layer. The
-  first carries the whole graph launch's fixed cost; the second only each kernel's own.
+  its ratio to the copy bandwidth. Target: >= 0.7 at context >= 4k. Timed three ways: one
+  layer's launch replayed alone (it carries the whole graph launch's fixed cost), and per layer
+  in a graph of --graph-layers launches, as a decode step replays a model's layers: `layer_*`
+  with every layer reading its own K/V through one shared block table (the engine passes one
+  set of attention metadata to all layers), `own_layer_*` with every layer its own block table
+  over the whole cache (metadata from DRAM in every layer; the figure of earlier sessions).
 - prefill: causal paged attention TFLOP/s against torch scaled_dot_product_attention on the same
   shapes (K/V expanded to all heads for SDPA, not timed). Target: >= 0.8x SDPA. Both are timed
   replayed from a CUDA graph (kernel time: the ratio) and called eagerly (kernel time or host
@@ -80,10 +82,14 @@ class PagedCache:
         self.k_cache = torch.randn(shape, device="cuda", dtype=layer.dtype)
         self.v_cache = torch.randn(shape, device="cuda", dtype=layer.dtype)
 
-    def batch(self, q_lens: list[int], ctx_lens: list[int]) -> tuple[torch.Tensor, ...]:
-        """(query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q) for these sequences."""
+    def batch(
+        self, q_lens: list[int], ctx_lens: list[int], num_blocks: int | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """(query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q) for these sequences,
+        their blocks drawn at random from the first num_blocks (default: all) of the cache."""
         width = triton.cdiv(max(ctx_lens), self.layer.block_size)
-        order = torch.randperm(self.k_cache.shape[0], device="cuda")[: len(ctx_lens) * width]
+        pool = num_blocks or self.k_cache.shape[0]
+        order = torch.randperm(pool, device="cuda")[: len(ctx_lens) * width]
         block_tables = order.view(len(ctx_lens), width).to(torch.int32)
         cu = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32)
         query = torch.randn(
@@ -115,24 +121,53 @@ def auto_config(layer: Layer, num_seqs: int, max_q: int, max_k: int) -> Attentio
 
 
 def decode_row(
-    cache: PagedCache, batch: int, ctx: int, config: AttentionConfig | None, layers: int = 1
+    cache: PagedCache,
+    batch: int,
+    ctx: int,
+    config: AttentionConfig | None,
+    layers: int = 1,
+    copy_gbs: float | None = None,
 ) -> dict:
-    """One layer's decode attention (and, with layers > 1, per layer in a graph of that many)."""
+    """One layer's decode attention; with layers > 1 also per layer in a graph of that many,
+    timed two ways:
+
+    - layer_*: as a model's decode step runs. Every layer reads its own K/V, from its own
+      slab of the cache (a per-layer cache tensor, so the L2 cannot serve one layer's keys to
+      the next), and all layers share one set of block tables, lengths and query offsets, as
+      the engine passes one AttentionMetadata to every layer. When one slab a layer cannot
+      hold the case, fewer layers run (`layers` in the row).
+    - own_layer_*: every layer with its own block tables, over the whole cache (the figure
+      of earlier sessions): the metadata comes from DRAM in every layer."""
     layer = cache.layer
-    calls = [cache.batch([1] * batch, [ctx] * batch) for _ in range(layers)]
     config = config or auto_config(layer, batch, 1, ctx)
     scale = layer.head_dim**-0.5
-    ms = graph_ms(lambda: paged_attention_with_config(*calls[0], scale, 1, config))
+    first = cache.batch([1] * batch, [ctx] * batch)
+    ms = graph_ms(lambda: paged_attention_with_config(*first, scale, 1, config))
     kv_bytes = 2 * batch * ctx * layer.num_kv_heads * layer.head_dim * layer.dtype.itemsize
     row = {"batch": batch, "context": ctx, "ms": ms, "gbs": kv_bytes / ms / 1e6, **asdict(config)}
     if layers > 1:
+        total_blocks = cache.k_cache.shape[0]
+        slab = max(batch * triton.cdiv(ctx, layer.block_size), total_blocks // layers)
+        row["layers"] = n = min(layers, total_blocks // slab)
+        _, _, _, *meta = cache.batch([1] * batch, [ctx] * batch, num_blocks=slab)
+        shared = [
+            (torch.randn_like(first[0]), cache.k_cache[i * slab : (i + 1) * slab],
+             cache.v_cache[i * slab : (i + 1) * slab], *meta)
+            for i in range(n)
+        ]  # fmt: skip
+        own = [cache.batch([1] * batch, [ctx] * batch) for _ in range(layers)]
+        for key, calls in (("layer", shared), ("own_layer", own)):
 
-        def step() -> None:
-            for args in calls:  # each layer its own blocks: the L2 cannot serve one to the next
-                paged_attention_with_config(*args, scale, 1, config)
+            def step(calls: list = calls) -> None:
+                for args in calls:
+                    paged_attention_with_config(*args, scale, 1, config)
 
-        row["layer_ms"] = layer_ms = graph_ms(step) / layers
-        row["layer_gbs"] = kv_bytes / layer_ms / 1e6
+            row[f"{key}_ms"] = layer_ms = graph_ms(step) / len(calls)
+            row[f"{key}_gbs"] = kv_bytes / layer_ms / 1e6
+    if copy_gbs:
+        for key in ("", "layer_", "own_layer_"):
+            if f"{key}gbs" in row:
+                row[f"{key}of_copy"] = row[f"{key}gbs"] / copy_gbs
     return row
 
 
@@ -194,8 +229,9 @@ CONFIG_COLUMNS = [("block_m", "d"), ("block_n", "d"), ("num_splits", "d"), ("num
 
 DECODE_COLUMNS = [("batch", "d"), ("context", "d"), ("ms", ".4f"), ("gbs", ".0f"),
                   ("of_copy", ".2f"), *CONFIG_COLUMNS]  # fmt: skip
-LAYERED_COLUMNS = [*DECODE_COLUMNS[:5], ("layer_ms", ".4f"), ("layer_gbs", ".0f"),
-                   ("layer_of_copy", ".2f"), *CONFIG_COLUMNS]  # fmt: skip
+LAYERED_COLUMNS = [*DECODE_COLUMNS[:5], ("layers", "d"), ("layer_ms", ".4f"), ("layer_gbs", ".0f"),
+                   ("layer_of_copy", ".3f"), ("own_layer_of_copy", ".3f"),
+                   *CONFIG_COLUMNS]  # fmt: skip
 
 
 def run_decode(cache: PagedCache, args: argparse.Namespace, copy_gbs: float) -> list[dict]:
@@ -203,13 +239,14 @@ def run_decode(cache: PagedCache, args: argparse.Namespace, copy_gbs: float) -> 
     for batch in args.batches:
         for ctx in args.contexts:
             if batch * ctx <= args.max_cache_tokens:
-                rows.append(decode_row(cache, batch, ctx, None, args.graph_layers))
-                rows[-1]["of_copy"] = rows[-1]["gbs"] / copy_gbs
-                if "layer_gbs" in rows[-1]:
-                    rows[-1]["layer_of_copy"] = rows[-1]["layer_gbs"] / copy_gbs
+                rows.append(decode_row(cache, batch, ctx, None, args.graph_layers, copy_gbs))
     title = f"decode (copy bandwidth {copy_gbs:.0f} GB/s)"
     if args.graph_layers > 1:
-        title += f"; layer_*: per layer, {args.graph_layers} layers replayed from one graph"
+        title += (
+            f"; layer_*: per layer, `layers` layers replayed from one graph, each its own K/V,"
+            f" sharing one block table as the engine's do; own_layer_*: {args.graph_layers}"
+            f" layers each with its own block table"
+        )
     print_table(title, rows, LAYERED_COLUMNS if args.graph_layers > 1 else DECODE_COLUMNS)
     return rows
 
@@ -274,11 +311,8 @@ def run_sweep(cache: PagedCache, args: argparse.Namespace, copy_gbs: float, sdpa
                     splits = auto.num_splits if batch < 16 or split_from_16 else 1
                     config = replace(auto, block_n=block_n, num_stages=stages, num_splits=splits,
                                      num_warps=warps)  # fmt: skip
-                    row = decode_row(cache, batch, ctx, config, args.graph_layers)
-                    row["of_copy"] = row["gbs"] / copy_gbs
-                    if "layer_gbs" in row:
-                        row["layer_of_copy"] = row["layer_gbs"] / copy_gbs
-                    table.append(row)
+                    table.append(decode_row(cache, batch, ctx, config, args.graph_layers,
+                                            copy_gbs))  # fmt: skip
         title = f"decode sweep: block_n {block_n}, {stages} stages, {warps} warps, split-K from "
         columns = LAYERED_COLUMNS if args.graph_layers > 1 else DECODE_COLUMNS
         print_table(title + f"batch 16 {split_from_16}", table, columns)
@@ -346,11 +380,8 @@ def run_split_rules(cache: PagedCache, args: argparse.Namespace, copy_gbs: float
             attention_config.SPLITS_ROUND_DOWN = rounding == ["down"]
             for batch in [b for b in args.batches if b <= 16]:
                 for ctx in [c for c in args.contexts if c >= 4096]:
-                    row = decode_row(cache, batch, ctx, None, args.graph_layers)
-                    row["rule"] = rule
-                    row["of_copy"] = row["gbs"] / copy_gbs
-                    row["layer_of_copy"] = row["layer_gbs"] / copy_gbs
-                    rows.append(row)
+                    row = decode_row(cache, batch, ctx, None, args.graph_layers, copy_gbs)
+                    rows.append({"rule": rule, **row})
     finally:
         for name, value in zip(names, saved, strict=True):
             setattr(attention_config, name, value)
