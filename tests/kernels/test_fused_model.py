@@ -1,5 +1,6 @@
 """A tiny model with the fused elementwise kernels forced on gives the torch path's hidden states
-(fp32, CPU interpreter): a prefill of two sequences, then a decode step over their cache."""
+(fp32; the CPU interpreter, or the GPU where there is one): a prefill of two sequences, then a
+decode step over their cache."""
 
 import dataclasses
 
@@ -12,6 +13,7 @@ from worker.models.llama import CausalLM
 from worker.models.loader import ModelSource, load_model
 
 BLOCK_SIZE = 16
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _tiny(arch: str) -> ModelSource:
@@ -27,13 +29,13 @@ def _tiny(arch: str) -> ModelSource:
 
 def _model(source: ModelSource, fused: bool) -> CausalLM:
     backend = dataclasses.replace(TORCH_BACKEND, ops=triton_ops()) if fused else TORCH_BACKEND
-    model = load_model(source, backend, torch.float32, torch.device("cpu"), dummy=True, seed=3,
+    model = load_model(source, backend, torch.float32, DEVICE, dummy=True, seed=3,
                        max_position=64)  # fmt: skip
     gen = torch.Generator().manual_seed(5)
     with torch.no_grad():  # dummy norms are ones; random ones test the weight multiply too
         for name, param in model.named_parameters():
             if "norm" in name:
-                param.copy_(1 + 0.1 * torch.randn(param.shape, generator=gen))
+                param.copy_(1 + 0.1 * torch.randn(param.shape, generator=gen).to(DEVICE))
     return model
 
 
@@ -42,10 +44,12 @@ def _meta(q_lens: list[int], seq_lens: list[int]) -> AttentionMetadata:
     slots = [i * BLOCK_SIZE + p for i, (q, s) in enumerate(zip(q_lens, seq_lens, strict=True))
              for p in range(s - q, s)]  # fmt: skip
     return AttentionMetadata(
-        slot_mapping=torch.tensor(slots),
-        block_tables=torch.arange(len(q_lens), dtype=torch.int32)[:, None],
-        seq_lens=torch.tensor(seq_lens, dtype=torch.int32),
-        cu_seqlens_q=torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32),
+        slot_mapping=torch.tensor(slots, device=DEVICE),
+        block_tables=torch.arange(len(q_lens), dtype=torch.int32, device=DEVICE)[:, None],
+        seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE),
+        cu_seqlens_q=torch.tensor(
+            [0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32, device=DEVICE
+        ),
         max_seqlen_q=max(q_lens),
         max_seqlen_k=max(seq_lens),
     )
@@ -54,11 +58,13 @@ def _meta(q_lens: list[int], seq_lens: list[int]) -> AttentionMetadata:
 def _run(model: CausalLM) -> list[torch.Tensor]:
     cfg = model.config
     shape = (2, BLOCK_SIZE, cfg.num_kv_heads, cfg.head_dim)
-    kv = [(torch.zeros(shape), torch.zeros(shape)) for _ in range(cfg.num_layers)]
-    ids = torch.arange(9) * 7 % cfg.vocab_size
+    kv = [(torch.zeros(shape, device=DEVICE), torch.zeros(shape, device=DEVICE))
+          for _ in range(cfg.num_layers)]  # fmt: skip
+    ids = torch.arange(9, device=DEVICE) * 7 % cfg.vocab_size
+    positions = torch.tensor([0, 1, 2, 3, 4, 0, 1, 2, 3], device=DEVICE)
     with torch.inference_mode():
-        prefill = model(ids, torch.tensor([0, 1, 2, 3, 4, 0, 1, 2, 3]), kv, _meta([5, 4], [5, 4]))
-        decode = model(ids[:2], torch.tensor([5, 4]), kv, _meta([1, 1], [6, 5]))
+        prefill = model(ids, positions, kv, _meta([5, 4], [5, 4]))
+        decode = model(ids[:2], torch.tensor([5, 4], device=DEVICE), kv, _meta([1, 1], [6, 5]))
     return [prefill, decode]
 
 
