@@ -1,5 +1,6 @@
 """The split-K merge against a torch log-sum-exp merge of the same partial states."""
 
+import pytest
 import torch
 
 from kernels.merge_splits import merge_splits
@@ -7,11 +8,12 @@ from kernels.merge_splits import merge_splits
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def test_merge_matches_torch_and_zeroes_padding_whatever_its_partials_hold() -> None:
+@pytest.mark.parametrize("dim", [32, 128])  # 128: 8 rows, so four programs split each row
+def test_merge_matches_torch_and_zeroes_padding_whatever_its_partials_hold(dim: int) -> None:
     """Real rows are the exact softmax merge, empty splits (m = -inf, l = 0) included; padding
     rows, whose partials no split wrote, come out as zeros even when those hold NaN or inf."""
     gen = torch.Generator().manual_seed(3)
-    splits, tokens, real, heads, dim = 5, 4, 3, 2, 32
+    splits, tokens, real, heads = 5, 4, 3, 2
     acc = torch.randn(splits, tokens, heads, dim, generator=gen)
     m = torch.randn(splits, tokens, heads, generator=gen) * 4
     l_sum = torch.rand(splits, tokens, heads, generator=gen) + 0.5
