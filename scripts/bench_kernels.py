@@ -27,6 +27,7 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -55,14 +56,19 @@ def bench_ms(fn) -> float:
     return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
 
 
-def graph_ms(fn) -> float:
-    """Time fn replayed from a CUDA graph, as the engine runs decode: no host launch overhead."""
+def capture(fn) -> torch.cuda.CUDAGraph:
+    """fn run once (compiling what it launches), then captured in a CUDA graph."""
     fn()
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()
-    return bench_ms(graph.replay)
+    return graph
+
+
+def graph_ms(fn) -> float:
+    """Time fn replayed from a CUDA graph, as the engine runs decode: no host launch overhead."""
+    return bench_ms(capture(fn).replay)
 
 
 def copy_bandwidth_gbs(num_bytes: int = 2**30) -> float:
@@ -106,6 +112,29 @@ class PagedCache:
         k = qkv[:, layer.num_heads : layer.num_heads + layer.num_kv_heads]
         return k, qkv[:, layer.num_heads + layer.num_kv_heads :]
 
+    def layer_calls(self, batch: int, ctx: int, layers: int) -> list[tuple[torch.Tensor, ...]]:
+        """Decode arguments for up to `layers` layers, as a model's decode step passes them:
+        every layer its own query and its own slab of the cache (a per-layer cache tensor, so
+        the L2 cannot serve one layer's keys to the next), one block table, lengths and query
+        offsets shared by all (the engine's one AttentionMetadata). Fewer layers where one
+        slab a layer cannot hold the case."""
+        total_blocks = self.k_cache.shape[0]
+        slab = max(batch * triton.cdiv(ctx, self.layer.block_size), total_blocks // layers)
+        query, _, _, *meta = self.batch([1] * batch, [ctx] * batch, num_blocks=slab)
+        return [
+            (torch.randn_like(query), self.k_cache[i * slab : (i + 1) * slab],
+             self.v_cache[i * slab : (i + 1) * slab], *meta)
+            for i in range(min(layers, total_blocks // slab))
+        ]  # fmt: skip
+
+    def step_kv_or_cache(
+        self, num_tokens: int, step_kv: bool, config: AttentionConfig
+    ) -> tuple[tuple[torch.Tensor | None, torch.Tensor | None], str]:
+        """(key, value) to pass a prefill launch and the name of the path it takes: "step" where
+        the new keys come from the step's K/V (TMA), as the engine passes them, else "cache"."""
+        new_kv = self.step_kv(num_tokens) if step_kv else (None, None)
+        return new_kv, "step" if step_kv and config.step_kv else "cache"
+
 
 def auto_config(layer: Layer, num_seqs: int, max_q: int, max_k: int) -> AttentionConfig:
     return choose_config(
@@ -131,11 +160,8 @@ def decode_row(
     """One layer's decode attention; with layers > 1 also per layer in a graph of that many,
     timed two ways:
 
-    - layer_*: as a model's decode step runs. Every layer reads its own K/V, from its own
-      slab of the cache (a per-layer cache tensor, so the L2 cannot serve one layer's keys to
-      the next), and all layers share one set of block tables, lengths and query offsets, as
-      the engine passes one AttentionMetadata to every layer. When one slab a layer cannot
-      hold the case, fewer layers run (`layers` in the row).
+    - layer_*: as a model's decode step runs (`PagedCache.layer_calls`; `layers` in the row is
+      how many ran).
     - own_layer_*: every layer with its own block tables, over the whole cache (the figure
       of earlier sessions): the metadata comes from DRAM in every layer."""
     layer = cache.layer
@@ -146,15 +172,8 @@ def decode_row(
     kv_bytes = 2 * batch * ctx * layer.num_kv_heads * layer.head_dim * layer.dtype.itemsize
     row = {"batch": batch, "context": ctx, "ms": ms, "gbs": kv_bytes / ms / 1e6, **asdict(config)}
     if layers > 1:
-        total_blocks = cache.k_cache.shape[0]
-        slab = max(batch * triton.cdiv(ctx, layer.block_size), total_blocks // layers)
-        row["layers"] = n = min(layers, total_blocks // slab)
-        _, _, _, *meta = cache.batch([1] * batch, [ctx] * batch, num_blocks=slab)
-        shared = [
-            (torch.randn_like(first[0]), cache.k_cache[i * slab : (i + 1) * slab],
-             cache.v_cache[i * slab : (i + 1) * slab], *meta)
-            for i in range(n)
-        ]  # fmt: skip
+        shared = cache.layer_calls(batch, ctx, layers)
+        row["layers"] = len(shared)
         own = [cache.batch([1] * batch, [ctx] * batch) for _ in range(layers)]
         for key, calls in (("layer", shared), ("own_layer", own)):
 
@@ -171,12 +190,17 @@ def decode_row(
     return row
 
 
-def sdpa_ms(layer: Layer, batch: int, seq: int) -> tuple[float, float]:
-    """(graph, eager) ms of torch SDPA, causal, on contiguous [batch, heads, seq, head_dim] tensors
-    (K/V expanded to all query heads)."""
+def sdpa_call(layer: Layer, batch: int, seq: int) -> Callable[[], torch.Tensor]:
+    """torch SDPA, causal, on contiguous [batch, heads, seq, head_dim] tensors (K/V expanded to
+    all query heads)."""
     shape = (batch, layer.num_heads, seq, layer.head_dim)
     q, k, v = (torch.randn(shape, device="cuda", dtype=layer.dtype) for _ in range(3))
-    fn = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
+    return lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def sdpa_ms(layer: Layer, batch: int, seq: int) -> tuple[float, float]:
+    """(graph, eager) ms of `sdpa_call`."""
+    fn = sdpa_call(layer, batch, seq)
     return graph_ms(fn), bench_ms(fn)
 
 
@@ -192,8 +216,8 @@ def prefill_row(
     every key is gathered from the paged cache."""
     layer = cache.layer
     args = cache.batch([seq] * batch, [seq] * batch)
-    new_kv = cache.step_kv(batch * seq) if step_kv else (None, None)
     config = config or auto_config(layer, batch, seq, seq)
+    new_kv, keys = cache.step_kv_or_cache(batch * seq, step_kv, config)
     scale = layer.head_dim**-0.5
     fn = lambda: paged_attention_with_config(*args, scale, seq, config, *new_kv)  # noqa: E731
     ms, eager_ms = graph_ms(fn), bench_ms(fn)
@@ -201,7 +225,7 @@ def prefill_row(
     return {
         "batch": batch,
         "seq": seq,
-        "keys": "step" if step_kv and config.step_kv else "cache",  # the path the launch took
+        "keys": keys,
         "ms": ms,
         "tflops": flops / ms / 1e9,
         "sdpa_ms": sdpa[0],
@@ -343,9 +367,8 @@ def chunk_row(
                          num_tokens=tokens)  # fmt: skip
     config = auto if split else replace(auto, num_splits=1)
     scale = layer.head_dim**-0.5
-    new_kv = cache.step_kv(tokens) if step_kv else (None, None)
+    new_kv, keys = cache.step_kv_or_cache(tokens, step_kv, config)
     ms = graph_ms(lambda: paged_attention_with_config(*args, scale, chunk, config, *new_kv))
-    keys = "step" if step_kv and config.step_kv else "cache"  # the path the launch took
     return {"decodes": decodes, "chunk": chunk, "context": ctx, "keys": keys, "ms": ms,
             **asdict(config)}  # fmt: skip
 

@@ -24,7 +24,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch.profiler import ProfilerActivity, profile
@@ -45,11 +44,7 @@ def _one_value(src_ptr, dst_ptr):
 
 def kernel_times(fn: Callable[[], None], reps: int = 20) -> tuple[float, dict[str, float]]:
     """(ms of one graph replay by do_bench, {kernel name: mean GPU us per launch})."""
-    fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
+    graph = bk.capture(fn)
     ms = bk.bench_ms(graph.replay)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(reps):
@@ -80,15 +75,8 @@ def decode_split(cache: bk.PagedCache, batch: int, ctx: int, layers: int, copy_g
     layer = cache.layer
     config = bk.auto_config(layer, batch, 1, ctx)
     scale = layer.head_dim**-0.5
-    total_blocks = cache.k_cache.shape[0]
-    slab = max(batch * triton.cdiv(ctx, layer.block_size), total_blocks // layers)
-    n = min(layers, total_blocks // slab)
-    query, _, _, *meta = cache.batch([1] * batch, [ctx] * batch, num_blocks=slab)
-    calls = [
-        (torch.randn_like(query), cache.k_cache[i * slab : (i + 1) * slab],
-         cache.v_cache[i * slab : (i + 1) * slab], *meta)
-        for i in range(n)
-    ]  # fmt: skip
+    calls = cache.layer_calls(batch, ctx, layers)
+    n = len(calls)
 
     def step() -> None:
         for args in calls:
@@ -97,7 +85,7 @@ def decode_split(cache: bk.PagedCache, batch: int, ctx: int, layers: int, copy_g
     ms, times = kernel_times(step)
     layer_us = ms * 1e3 / n
     attention, merge = pick(times, "paged_attention"), pick(times, "merge_splits")
-    seq_lens = meta[1]
+    seq_lens = calls[0][4]  # shared by every layer
     full = seq_lens.clone()
     seq_lens.fill_(16)  # the same launch, 16 keys a sequence: no stream
     try:
@@ -124,9 +112,7 @@ def prefill_split(cache: bk.PagedCache, batch: int, seq: int) -> None:
     config = bk.auto_config(layer, batch, seq, seq)
     scale = layer.head_dim**-0.5
     _, times = kernel_times(lambda: paged_attention_with_config(*args, scale, seq, config, *new_kv))
-    shape = (batch, layer.num_heads, seq, layer.head_dim)
-    q, k, v = (torch.randn(shape, device="cuda", dtype=layer.dtype) for _ in range(3))
-    _, sdpa = kernel_times(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True))
+    _, sdpa = kernel_times(bk.sdpa_call(layer, batch, seq))
     ours = pick(times, "paged_attention")
     theirs = max(sdpa.items(), key=lambda item: item[1])
     print(f"prefill {batch} x {seq} ({config.block_m} x {config.block_n} tiles, "
