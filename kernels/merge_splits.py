@@ -39,7 +39,7 @@ def _merge_splits_kernel(
         mask=split_valid[:, None],
         other=0.0,
     )
-    m_s = tl.where(is_real & split_valid, m_s, float("-inf"))
+    m_s = tl.where(is_real, m_s, float("-inf"))  # splits past num_splits loaded as -inf
     l_s = tl.where(is_real, l_s, 0.0)
     acc_s = tl.where(is_real, acc_s, 0.0)
     m_max = tl.max(m_s, 0)
