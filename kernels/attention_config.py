@@ -64,6 +64,16 @@ DECODE_DEEP_MIN_KEYS = 4096
 SPLIT_DECODE_MAX_ROWS = 16
 SPLIT_DECODE_MIN_KEYS = 192
 SPLIT_DECODE_TILE = (32, 2)
+# From LONG_DECODE_MIN_KEYS keys on, split decode tiles aim at LONG_DECODE_PROGRAMS_PER_SM
+# programs a multiprocessor instead, each streaming 32-key tiles three stages deep: half the
+# programs, twice the keys in flight each (H100, seventh session, per layer in a 32-layer
+# graph, alternated twice in two runs, of copy bandwidth: 1 x 4k 0.43-0.45 against 0.40-0.42,
+# 2 x 4k 0.59 against 0.55, 1 x 16k 0.725-0.728 against 0.710-0.713, 4 x 4k 0.718-0.720 against
+# 0.710-0.713, batch 8 up to 0.007 higher, batch 16 (3 splits, not 5) 0.003-0.006 lower. At
+# these split counts two stages lost 5-15%; four stages, 64-key tiles, 2 or 8 warps lost 1-30%).
+LONG_DECODE_MIN_KEYS = 4096
+LONG_DECODE_PROGRAMS_PER_SM = 2
+LONG_DECODE_TILE = (32, 3)
 # The interpreter has no multiprocessors; a small number keeps split-K reachable in CPU tests.
 INTERPRETER_NUM_SMS = 4
 
@@ -138,8 +148,11 @@ def choose_config(
             block_m, num_warps, block_n, num_stages = 64, 4, 64, 2
     tiles = num_seqs * num_kv_heads * triton.cdiv(rows, block_m)
     num_splits = 1
+    long_decode = (
+        block_m <= SPLIT_DECODE_MAX_ROWS and not wide and max_seqlen_k >= LONG_DECODE_MIN_KEYS
+    )
     if rows <= MAX_SPLIT_ROWS and tiles < num_sms:
-        slots = PROGRAMS_PER_SM * num_sms
+        slots = (LONG_DECODE_PROGRAMS_PER_SM if long_decode else PROGRAMS_PER_SM) * num_sms
         num_splits = min(
             max(1, slots // tiles) if SPLITS_ROUND_DOWN else triton.cdiv(slots, tiles),
             max(1, max_seqlen_k // MIN_KEYS_PER_SPLIT),
@@ -157,7 +170,9 @@ def choose_config(
         )
     deep = 1 < num_splits <= DECODE_DEEP_MAX_SPLITS and max_seqlen_k >= DECODE_DEEP_MIN_KEYS
     long_splits = num_splits > 1 and max_seqlen_k // num_splits >= SPLIT_DECODE_MIN_KEYS
-    if long_splits and block_m <= SPLIT_DECODE_MAX_ROWS and not wide:
+    if long_decode and num_splits > 1:
+        block_n, num_stages = LONG_DECODE_TILE
+    elif long_splits and block_m <= SPLIT_DECODE_MAX_ROWS and not wide:
         block_n, num_stages = SPLIT_DECODE_TILE
     elif deep and not wide and fits(block_n, 3):
         num_stages = 3

@@ -19,6 +19,7 @@ which clears the L2 cache before every call; decode is replayed from a CUDA grap
 runs it. Needs CUDA.
 
     python scripts/bench_kernels.py                 # the full tables
+    python scripts/bench_kernels.py --references    # also copy, sum and SDPA on decode's bytes
     python scripts/bench_kernels.py --sweep         # also time other launch configurations
     python scripts/bench_kernels.py --sweep-only    # only those
 """
@@ -188,6 +189,103 @@ def decode_row(
             if f"{key}gbs" in row:
                 row[f"{key}of_copy"] = row[f"{key}gbs"] / copy_gbs
     return row
+
+
+# Per-layer buffers of the decode references stay under this many bytes (fewer layers if not).
+REFERENCE_BYTES = 4 << 30
+
+
+def per_layer_ms(calls: list[Callable[[], object]]) -> float:
+    """ms per call of `calls` replayed in order from one CUDA graph."""
+
+    def step() -> None:
+        for call in calls:
+            call()
+
+    return graph_ms(step) / len(calls)
+
+
+def sdpa_backends() -> dict[str, object]:
+    from torch.nn.attention import SDPBackend
+
+    return {
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+    }
+
+
+def reference_row(layer: Layer, batch: int, ctx: int, layers: int, copy_gbs: float) -> dict:
+    """What other kernels reach on one decode layer's bytes (batch x ctx keys and values), per
+    layer in a graph of up to `layers`, every layer its own tensors, as decode_row's layer_*:
+
+    - copy: a device copy moving the same bytes (half of them read, half written, the way
+      copy_gbs counts a copy): the copy bandwidth at this size rather than at 1 GiB.
+    - sum: torch.sum reading all of them (a read-only stream of that size).
+    - sdpa_<backend>: torch SDPA, one query token a sequence, over contiguous [batch, kv_heads,
+      ctx, head_dim] K/V with enable_gqa, under each backend that accepts the shape.
+
+    Every figure is K/V bytes / time, as a fraction of copy_gbs."""
+    kv_bytes = 2 * batch * ctx * layer.num_kv_heads * layer.head_dim * layer.dtype.itemsize
+    count = max(1, min(layers, REFERENCE_BYTES // kv_bytes))
+    row: dict = {"batch": batch, "context": ctx, "ref_layers": count}
+
+    def of_copy(ms: float) -> float:
+        return kv_bytes / ms / 1e6 / copy_gbs
+
+    elements = kv_bytes // layer.dtype.itemsize
+    slabs = [torch.randn(elements, device="cuda", dtype=layer.dtype) for _ in range(count)]
+    halves = [(slab[: elements // 2], slab[elements // 2 :]) for slab in slabs]
+    row["copy"] = of_copy(per_layer_ms([lambda h=h: h[1].copy_(h[0]) for h in halves]))
+    row["sum"] = of_copy(per_layer_ms([lambda s=s: s.sum() for s in slabs]))
+    del slabs, halves
+    kv_shape = (batch, layer.num_kv_heads, ctx, layer.head_dim)
+    tensors = [
+        (
+            torch.randn(batch, layer.num_heads, 1, layer.head_dim, device="cuda").to(layer.dtype),
+            torch.randn(kv_shape, device="cuda", dtype=layer.dtype),
+            torch.randn(kv_shape, device="cuda", dtype=layer.dtype),
+        )
+        for _ in range(count)
+    ]
+    from torch.nn.attention import sdpa_kernel
+
+    for name, backend in sdpa_backends().items():
+
+        def call(t: tuple = tensors[0]) -> torch.Tensor:
+            return F.scaled_dot_product_attention(*t, enable_gqa=True)
+
+        with sdpa_kernel(backend):
+            try:
+                call()
+            except RuntimeError:  # this backend does not take the shape
+                row[f"sdpa_{name}"] = float("nan")
+                continue
+            calls = [lambda t=t: call(t) for t in tensors]
+            row[f"sdpa_{name}"] = of_copy(per_layer_ms(calls))
+    return row
+
+
+def run_references(
+    layer: Layer, args: argparse.Namespace, copy_gbs: float, decode: list[dict]
+) -> list[dict]:
+    """reference_row for the decode cells of batch <= 16 at context >= 4k, beside our kernel's
+    layer_of_copy for the same cell where the decode table has it."""
+    ours = {(r["batch"], r["context"]): r.get("layer_of_copy", r["of_copy"]) for r in decode}
+    rows = []
+    for batch in [b for b in args.batches if b <= 16]:
+        for ctx in [c for c in args.contexts if c >= 4096]:
+            row = reference_row(layer, batch, ctx, args.graph_layers, copy_gbs)
+            row["ours"] = ours.get((batch, ctx), float("nan"))
+            rows.append(row)
+    columns = [("batch", "d"), ("context", "d"), ("ref_layers", "d"), ("ours", ".3f"),
+               ("copy", ".3f"), ("sum", ".3f"),
+               *((f"sdpa_{name}", ".3f") for name in sdpa_backends())]  # fmt: skip
+    title = ("decode references, per layer in one graph, K/V bytes / time of copy bandwidth: "
+             "ours (layer_of_copy), a copy and a sum of the same bytes, torch SDPA backends "
+             "(nan: backend refused the shape)")  # fmt: skip
+    print_table(title, rows, columns)
+    return rows
 
 
 def sdpa_call(layer: Layer, batch: int, seq: int) -> Callable[[], torch.Tensor]:
@@ -389,16 +487,18 @@ def run_chunks(cache: PagedCache, args: argparse.Namespace) -> list[dict]:
 
 def run_split_rules(cache: PagedCache, args: argparse.Namespace, copy_gbs: float) -> list:
     """Decode per layer (in a graph of --graph-layers) under other split-K rules: for each
-    PROGRAMS_PER_SM:MIN_KEYS_PER_SPLIT pair, the configuration choose_config then picks."""
+    PROGRAMS_PER_SM:MIN_KEYS_PER_SPLIT pair, the configuration choose_config then picks. The cells
+    timed (batch <= 16, context >= 4k) take their programs a multiprocessor from
+    LONG_DECODE_PROGRAMS_PER_SM, which the rule sets."""
     from kernels import attention_config
 
-    names = ("PROGRAMS_PER_SM", "MIN_KEYS_PER_SPLIT", "SPLITS_ROUND_DOWN")
+    names = ("LONG_DECODE_PROGRAMS_PER_SM", "MIN_KEYS_PER_SPLIT", "SPLITS_ROUND_DOWN")
     saved = [getattr(attention_config, name) for name in names]
     rows = []
     try:
         for rule in args.split_rules:
             programs, min_keys, *rounding = rule.split(":")
-            attention_config.PROGRAMS_PER_SM = int(programs)
+            attention_config.LONG_DECODE_PROGRAMS_PER_SM = int(programs)
             attention_config.MIN_KEYS_PER_SPLIT = int(min_keys)
             attention_config.SPLITS_ROUND_DOWN = rounding == ["down"]
             for batch in [b for b in args.batches if b <= 16]:
@@ -460,6 +560,12 @@ def parse_args() -> argparse.Namespace:
         help="prefill configurations the sweep times, BLOCK_M:BLOCK_N:WARPS:STAGES,... "
         "(default: a fixed list)",
     )
+    parser.add_argument(
+        "--references",
+        action="store_true",
+        help="also time what a copy, a sum and torch SDPA reach on the bytes of each decode "
+        "cell of batch <= 16 at context >= 4k (per layer, as layer_*)",
+    )
     parser.add_argument("--sweep", action="store_true", help="also time other configurations")
     parser.add_argument("--sweep-only", action="store_true", help="only the configuration sweep")
     parser.add_argument("--json", type=Path, help="write every row here")
@@ -489,6 +595,8 @@ def main() -> None:
         results["decode"] = run_decode(cache, args, copy_gbs)
         results["prefill"] = run_prefill(cache, args.shapes, sdpa)
         results["chunks"] = run_chunks(cache, args)
+        if args.references:
+            results["references"] = run_references(cache.layer, args, copy_gbs, results["decode"])
     if args.sweep or args.sweep_only:
         results["sweep"] = run_sweep(cache, args, copy_gbs, sdpa)
     if args.json:

@@ -84,10 +84,13 @@ def test_prefill_tiles_by_key_range_and_step_kv(monkeypatch, q: int, k: int, exp
 @pytest.mark.parametrize(
     ("seqs", "k", "expect"),
     [
-        (1, 16384, (16, 32, 64, 2)),  # split decode: 32-key tiles, two stages
-        (16, 16384, (16, 32, 5, 2)),
+        # From 4k keys: two programs a multiprocessor, 32-key tiles three stages deep
+        (1, 16384, (16, 32, 32, 3)),
+        (16, 16384, (16, 32, 3, 3)),
+        (1, 4096, (16, 32, 32, 3)),
         (64, 16384, (16, 64, 1, 2)),  # no split: 64-key tiles
-        (1, 4096, (16, 64, 32, 2)),  # splits of 128 keys: 64-key tiles
+        (16, 1024, (16, 32, 5, 2)),  # shorter: four programs, 32-key tiles two stages deep
+        (1, 1024, (16, 64, 8, 2)),  # splits of 128 keys: 64-key tiles
     ],
 )
 def test_decode_tiles_by_split(monkeypatch, seqs: int, k: int, expect) -> None:
@@ -97,10 +100,10 @@ def test_decode_tiles_by_split(monkeypatch, seqs: int, k: int, expect) -> None:
 
 def test_no_split_is_left_without_keys(monkeypatch) -> None:
     """Each split gets cdiv(key tiles, splits) tiles: the count is trimmed to the splits that
-    have some (batch 4 x 4k would ask for 17 splits of 8 of its 128 tiles)."""
+    have some (batch 2 x 4k would ask for 17 splits of 8 of its 128 tiles)."""
     for seqs in [1, 2, 3, 4, 6, 16, 40]:
         for k in [300, 1000, 4096, 5000, 16384, 32768]:
             c = _choose(monkeypatch, HOPPER, seqs=seqs, q=1, k=k)
             tiles = -(-k // c.block_n)
             assert (c.num_splits - 1) * -(-tiles // c.num_splits) < tiles
-    assert _choose(monkeypatch, HOPPER, seqs=4, q=1, k=4096).num_splits == 16
+    assert _choose(monkeypatch, HOPPER, seqs=2, q=1, k=4096).num_splits == 16
