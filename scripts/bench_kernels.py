@@ -487,20 +487,29 @@ def run_chunks(cache: PagedCache, args: argparse.Namespace) -> list[dict]:
 
 def run_split_rules(cache: PagedCache, args: argparse.Namespace, copy_gbs: float) -> list:
     """Decode per layer (in a graph of --graph-layers) under other split-K rules: for each
-    PROGRAMS_PER_SM:MIN_KEYS_PER_SPLIT pair, the configuration choose_config then picks. The cells
-    timed (batch <= 16, context >= 4k) take their programs a multiprocessor from
-    LONG_DECODE_PROGRAMS_PER_SM, which the rule sets."""
+    rule the configuration choose_config then picks. A rule is P:K[:BN:ST][:down]: the cells timed
+    (batch <= 16, context >= 4k) aim at P programs a multiprocessor (LONG_DECODE_PROGRAMS_PER_SM),
+    splits of at least K keys (MIN_KEYS_PER_SPLIT), BN-key tiles ST stages deep when given
+    (LONG_DECODE_TILE), and the split count rounded down with `down`."""
     from kernels import attention_config
 
-    names = ("LONG_DECODE_PROGRAMS_PER_SM", "MIN_KEYS_PER_SPLIT", "SPLITS_ROUND_DOWN")
+    names = (
+        "LONG_DECODE_PROGRAMS_PER_SM",
+        "MIN_KEYS_PER_SPLIT",
+        "SPLITS_ROUND_DOWN",
+        "LONG_DECODE_TILE",
+    )
     saved = [getattr(attention_config, name) for name in names]
     rows = []
     try:
         for rule in args.split_rules:
-            programs, min_keys, *rounding = rule.split(":")
-            attention_config.LONG_DECODE_PROGRAMS_PER_SM = int(programs)
-            attention_config.MIN_KEYS_PER_SPLIT = int(min_keys)
-            attention_config.SPLITS_ROUND_DOWN = rounding == ["down"]
+            parts = rule.split(":")
+            down = parts[-1] == "down"
+            programs, min_keys, *tile = map(int, parts[:-1] if down else parts)
+            attention_config.LONG_DECODE_PROGRAMS_PER_SM = programs
+            attention_config.MIN_KEYS_PER_SPLIT = min_keys
+            attention_config.SPLITS_ROUND_DOWN = down
+            attention_config.LONG_DECODE_TILE = (tile[0], tile[1]) if tile else saved[-1]
             for batch in [b for b in args.batches if b <= 16]:
                 for ctx in [c for c in args.contexts if c >= 4096]:
                     row = decode_row(cache, batch, ctx, None, args.graph_layers, copy_gbs)
@@ -509,7 +518,7 @@ def run_split_rules(cache: PagedCache, args: argparse.Namespace, copy_gbs: float
         for name, value in zip(names, saved, strict=True):
             setattr(attention_config, name, value)
     columns = [("rule", ""), *LAYERED_COLUMNS]
-    title = "decode under split rules (PROGRAMS_PER_SM:MIN_KEYS_PER_SPLIT[:down])"
+    title = "decode under split rules (PROGRAMS_PER_SM:MIN_KEYS_PER_SPLIT[:BLOCK_N:STAGES][:down])"
     print_table(title, rows, columns)
     return rows
 
@@ -543,8 +552,9 @@ def parse_args() -> argparse.Namespace:
         type=lambda s: s.split(","),
         default=None,
         help="only time decode (batch <= 16, context >= 4k) under these "
-        "PROGRAMS_PER_SM:MIN_KEYS_PER_SPLIT[:down] split-K rules, e.g. 4:128,2:256,3:128:down "
-        "(down: the split count rounds down, the programs fit one wave)",
+        "PROGRAMS_PER_SM:MIN_KEYS_PER_SPLIT[:BLOCK_N:STAGES][:down] split-K rules, e.g. "
+        "2:128,4:128:32:2,3:128:down (the tile defaults to the rule's; down: the split count "
+        "rounds down, the programs fit one wave)",
     )
     parser.add_argument(
         "--decode-candidates",
