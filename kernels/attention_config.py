@@ -69,8 +69,9 @@ SPLIT_DECODE_TILE = (32, 2)
 # programs, twice the keys in flight each (H100, seventh session, per layer in a 32-layer
 # graph, alternated twice in two runs, of copy bandwidth: 1 x 4k 0.43-0.45 against 0.40-0.42,
 # 2 x 4k 0.59 against 0.55, 1 x 16k 0.725-0.728 against 0.710-0.713, 4 x 4k 0.718-0.720 against
-# 0.710-0.713, batch 8 up to 0.007 higher, batch 16 (3 splits, not 5) 0.003-0.006 lower. At
-# these split counts two stages lost 5-15%; four stages, 64-key tiles, 2 or 8 warps lost 1-30%).
+# 0.710-0.713, batch 8 up to 0.007 higher, batch 16 (3 splits, not 5) 0.002-0.006 lower. At
+# these split counts two stages lost 5-15%; four stages, 64-key tiles, 2 or 8 warps lost
+# 0.3-30%).
 LONG_DECODE_MIN_KEYS = 4096
 LONG_DECODE_PROGRAMS_PER_SM = 2
 LONG_DECODE_TILE = (32, 3)
