@@ -149,9 +149,8 @@ def choose_config(
             block_m, num_warps, block_n, num_stages = 64, 4, 64, 2
     tiles = num_seqs * num_kv_heads * triton.cdiv(rows, block_m)
     num_splits = 1
-    long_decode = (
-        block_m <= SPLIT_DECODE_MAX_ROWS and not wide and max_seqlen_k >= LONG_DECODE_MIN_KEYS
-    )
+    decode_tile = block_m <= SPLIT_DECODE_MAX_ROWS and not wide
+    long_decode = decode_tile and max_seqlen_k >= LONG_DECODE_MIN_KEYS
     if rows <= MAX_SPLIT_ROWS and tiles < num_sms:
         slots = (LONG_DECODE_PROGRAMS_PER_SM if long_decode else PROGRAMS_PER_SM) * num_sms
         num_splits = min(
@@ -173,7 +172,7 @@ def choose_config(
     long_splits = num_splits > 1 and max_seqlen_k // num_splits >= SPLIT_DECODE_MIN_KEYS
     if long_decode and num_splits > 1:
         block_n, num_stages = LONG_DECODE_TILE
-    elif long_splits and block_m <= SPLIT_DECODE_MAX_ROWS and not wide:
+    elif long_splits and decode_tile:
         block_n, num_stages = SPLIT_DECODE_TILE
     elif deep and not wide and fits(block_n, 3):
         num_stages = 3

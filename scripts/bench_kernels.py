@@ -52,6 +52,10 @@ class Layer:
     block_size: int = 16
     dtype: torch.dtype = torch.bfloat16
 
+    def kv_bytes(self, batch: int, ctx: int) -> int:
+        """Bytes of keys and values that batch sequences of ctx tokens hold in one layer."""
+        return 2 * batch * ctx * self.num_kv_heads * self.head_dim * self.dtype.itemsize
+
 
 def bench_ms(fn) -> float:
     return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
@@ -150,6 +154,16 @@ def auto_config(layer: Layer, num_seqs: int, max_q: int, max_k: int) -> Attentio
     )
 
 
+def per_layer_ms(calls: list[Callable[[], object]]) -> float:
+    """ms per call of `calls` replayed in order from one CUDA graph."""
+
+    def step() -> None:
+        for call in calls:
+            call()
+
+    return graph_ms(step) / len(calls)
+
+
 def decode_row(
     cache: PagedCache,
     batch: int,
@@ -170,19 +184,16 @@ def decode_row(
     scale = layer.head_dim**-0.5
     first = cache.batch([1] * batch, [ctx] * batch)
     ms = graph_ms(lambda: paged_attention_with_config(*first, scale, 1, config))
-    kv_bytes = 2 * batch * ctx * layer.num_kv_heads * layer.head_dim * layer.dtype.itemsize
+    kv_bytes = layer.kv_bytes(batch, ctx)
     row = {"batch": batch, "context": ctx, "ms": ms, "gbs": kv_bytes / ms / 1e6, **asdict(config)}
     if layers > 1:
         shared = cache.layer_calls(batch, ctx, layers)
         row["layers"] = len(shared)
         own = [cache.batch([1] * batch, [ctx] * batch) for _ in range(layers)]
         for key, calls in (("layer", shared), ("own_layer", own)):
-
-            def step(calls: list = calls) -> None:
-                for args in calls:
-                    paged_attention_with_config(*args, scale, 1, config)
-
-            row[f"{key}_ms"] = layer_ms = graph_ms(step) / len(calls)
+            row[f"{key}_ms"] = layer_ms = per_layer_ms(
+                [lambda a=args: paged_attention_with_config(*a, scale, 1, config) for args in calls]
+            )
             row[f"{key}_gbs"] = kv_bytes / layer_ms / 1e6
     if copy_gbs:
         for key in ("", "layer_", "own_layer_"):
@@ -193,16 +204,6 @@ def decode_row(
 
 # Per-layer buffers of the decode references stay under this many bytes (fewer layers if not).
 REFERENCE_BYTES = 4 << 30
-
-
-def per_layer_ms(calls: list[Callable[[], object]]) -> float:
-    """ms per call of `calls` replayed in order from one CUDA graph."""
-
-    def step() -> None:
-        for call in calls:
-            call()
-
-    return graph_ms(step) / len(calls)
 
 
 def sdpa_backends() -> dict[str, object]:
@@ -226,7 +227,7 @@ def reference_row(layer: Layer, batch: int, ctx: int, layers: int, copy_gbs: flo
       ctx, head_dim] K/V with enable_gqa, under each backend that accepts the shape.
 
     Every figure is K/V bytes / time, as a fraction of copy_gbs."""
-    kv_bytes = 2 * batch * ctx * layer.num_kv_heads * layer.head_dim * layer.dtype.itemsize
+    kv_bytes = layer.kv_bytes(batch, ctx)
     count = max(1, min(layers, REFERENCE_BYTES // kv_bytes))
     row: dict = {"batch": batch, "context": ctx, "ref_layers": count}
 
@@ -500,6 +501,7 @@ def run_split_rules(cache: PagedCache, args: argparse.Namespace, copy_gbs: float
         "LONG_DECODE_TILE",
     )
     saved = [getattr(attention_config, name) for name in names]
+    rule_tile = attention_config.LONG_DECODE_TILE
     rows = []
     try:
         for rule in args.split_rules:
@@ -509,7 +511,7 @@ def run_split_rules(cache: PagedCache, args: argparse.Namespace, copy_gbs: float
             attention_config.LONG_DECODE_PROGRAMS_PER_SM = programs
             attention_config.MIN_KEYS_PER_SPLIT = min_keys
             attention_config.SPLITS_ROUND_DOWN = down
-            attention_config.LONG_DECODE_TILE = (tile[0], tile[1]) if tile else saved[-1]
+            attention_config.LONG_DECODE_TILE = (tile[0], tile[1]) if tile else rule_tile
             for batch in [b for b in args.batches if b <= 16]:
                 for ctx in [c for c in args.contexts if c >= 4096]:
                     row = decode_row(cache, batch, ctx, None, args.graph_layers, copy_gbs)

@@ -93,7 +93,7 @@ def decode_split(cache: bk.PagedCache, batch: int, ctx: int, layers: int, copy_g
     finally:
         seq_lens.copy_(full)
     fixed = pick(short_times, "paged_attention")
-    kv_bytes = 2 * batch * ctx * layer.num_kv_heads * layer.head_dim * layer.dtype.itemsize
+    kv_bytes = layer.kv_bytes(batch, ctx)
     stream_gbs = kv_bytes / (attention - fixed) / 1e3
     of_copy = kv_bytes / layer_us / 1e3 / copy_gbs
     print(
