@@ -39,12 +39,18 @@ MIN_KEYS_PER_CHUNK_SPLIT = 1024
 PREFILL_TILES = ((64, 3), (64, 2))
 # When this step's keys come from its own K/V by TMA (`step_kv`), the H100 sweep of 2026-11-27
 # (bench_kernels.py --sweep-only) ranks differently: from 2,048 keys 128-key tiles three stages
-# deep win (1 x 8192: 0.90 of SDPA against 0.89 for 64 keys; 4 x 2048: 0.81 against 0.79), and
-# up to 512 keys 64-row tiles on 4 warps, two stages of 64 keys (80 KiB, two programs a
-# multiprocessor) hide each short program's start-up (16 x 512: 0.68 against 0.64).
+# deep win (1 x 8192: 0.90 of SDPA against 0.89 for 64 keys; 4 x 2048: 0.81 against 0.79).
+# Up to 512 keys, short programs whose start-up wants hiding, 64-row tiles on 4 warps stream
+# 32-key tiles three stages deep (65 KiB) under a cap of 168 registers a thread, which fits three
+# programs a multiprocessor (uncapped, ptxas takes 250 and two fit). H100, eighth session, the
+# sweep alternated twice: 16 x 512 0.82 / 0.82 of SDPA against 0.71 / 0.71 for the tile before
+# (64 keys two stages deep, uncapped); the same tile uncapped 0.70, capped to 128 registers with
+# two stages (four programs, spilling) 0.78.
 STEP_KV_LONG_KEYS = 2048
 STEP_KV_LONG_TILES = ((128, 3), *PREFILL_TILES)
 STEP_KV_SHORT_KEYS = 512
+STEP_KV_SHORT_TILE = (64, 4, 32, 3)  # block_m, num_warps, block_n, num_stages
+STEP_KV_SHORT_MAX_REGISTERS = 168
 # Step K/V by TMA only where new keys are a good part of the range: with a long cached prefix
 # (a chunk over 8k keys) the launch is mostly the block-table gather, which ran 8-13% slower in
 # the kernel variant that also reads by TMA (H100, chunks of 96-480 tokens).
@@ -89,6 +95,10 @@ class AttentionConfig:
     # Prefill tiles read this step's keys from the step's K/V by TMA, when the caller passes them
     # and the device has TMA; else (and always for decode tiles) every key from the cache.
     step_kv: bool = True
+    # Registers a thread may use (ptxas .maxnreg), None: as many as ptxas likes. Uncapped, a
+    # 64-row prefill tile takes 250 of them, which allows two programs a multiprocessor whatever
+    # its shared memory; capped, more programs fit.
+    max_registers: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n"):
@@ -97,6 +107,8 @@ class AttentionConfig:
                 raise ValueError(f"{name} must be a power of two >= 16, got {value}")
         if not 1 <= self.num_splits <= 1024:
             raise ValueError(f"num_splits must be in [1, 1024], got {self.num_splits}")
+        if self.max_registers is not None and not 24 <= self.max_registers <= 255:
+            raise ValueError(f"max_registers must be in [24, 255], got {self.max_registers}")
 
 
 @functools.cache
@@ -134,6 +146,7 @@ def choose_config(
     block_n = 32 if wide else 64
     num_warps = 8 if block_m >= 128 else 4
     num_stages = 2
+    max_registers = None
     itemsize = torch.finfo(dtype).bits // 8
 
     def fits(keys: int, stages: int) -> bool:
@@ -146,7 +159,8 @@ def choose_config(
         )
         block_n, num_stages = next((t for t in tiles if fits(*t)), tiles[-1])
         if step_kv and max_seqlen_k <= STEP_KV_SHORT_KEYS:
-            block_m, num_warps, block_n, num_stages = 64, 4, 64, 2
+            block_m, num_warps, block_n, num_stages = STEP_KV_SHORT_TILE
+            max_registers = STEP_KV_SHORT_MAX_REGISTERS
     tiles = num_seqs * num_kv_heads * triton.cdiv(rows, block_m)
     num_splits = 1
     decode_tile = block_m <= SPLIT_DECODE_MAX_ROWS and not wide
@@ -181,7 +195,9 @@ def choose_config(
     # of 128, the 17th with none): drop those, their programs and their partials.
     key_tiles = triton.cdiv(max(1, max_seqlen_k), block_n)
     num_splits = triton.cdiv(key_tiles, triton.cdiv(key_tiles, num_splits))
-    return AttentionConfig(block_m, block_n, num_splits, num_warps, num_stages, step_kv)
+    return AttentionConfig(
+        block_m, block_n, num_splits, num_warps, num_stages, step_kv, max_registers
+    )
 
 
 def shared_memory_bytes(

@@ -317,6 +317,7 @@ def _launch(
         DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
         num_warps=config.num_warps,
         num_stages=config.num_stages,
+        **({"maxnreg": config.max_registers} if config.max_registers else {}),
     )
     if split:
         merge_splits(out, part_acc, part_max, part_sum, cu_seqlens_q[num_seqs:])

@@ -347,7 +347,7 @@ def print_table(title: str, rows: list[dict], columns: list[tuple[str, str]]) ->
 
 
 CONFIG_COLUMNS = [("block_m", "d"), ("block_n", "d"), ("num_splits", "d"), ("num_warps", "d"),
-                  ("num_stages", "d")]  # fmt: skip
+                  ("num_stages", "d"), ("max_registers", "")]  # fmt: skip
 
 
 DECODE_COLUMNS = [("batch", "d"), ("context", "d"), ("ms", ".4f"), ("gbs", ".0f"),
@@ -443,8 +443,10 @@ def run_sweep(cache: PagedCache, args: argparse.Namespace, copy_gbs: float, sdpa
     merges = [merge_row(cache, batch, ctx) for batch, ctx in [(1, 4096), (1, 32768), (4, 4096)]]
     columns = [("batch", "d"), ("context", "d"), ("num_splits", "d"), ("merge_ms", ".4f")]
     print_table("split-K merge launch alone (CUDA graph)", merges, columns)
-    for block_m, block_n, warps, stages in args.prefill_candidates or PREFILL_CANDIDATES:
-        config = AttentionConfig(block_m, block_n, 1, warps, stages)
+    for block_m, block_n, warps, stages, *regs in args.prefill_candidates or PREFILL_CANDIDATES:
+        config = AttentionConfig(
+            block_m, block_n, 1, warps, stages, max_registers=regs[0] if regs else None
+        )
         table = [prefill_row(cache, b, s, config, sdpa[b, s]) for b, s in args.shapes]
         print_table("prefill sweep", table, PREFILL_COLUMNS)
         rows += table
@@ -569,8 +571,8 @@ def parse_args() -> argparse.Namespace:
         "--prefill-candidates",
         type=lambda s: [tuple(map(int, c.split(":"))) for c in s.split(",")],
         default=None,
-        help="prefill configurations the sweep times, BLOCK_M:BLOCK_N:WARPS:STAGES,... "
-        "(default: a fixed list)",
+        help="prefill configurations the sweep times, BLOCK_M:BLOCK_N:WARPS:STAGES[:MAXNREG],... "
+        "(MAXNREG caps the registers a thread; default: a fixed list)",
     )
     parser.add_argument(
         "--references",

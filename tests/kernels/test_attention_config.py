@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from kernels import attention_config
-from kernels.attention_config import choose_config, shared_memory_bytes
+from kernels.attention_config import AttentionConfig, choose_config, shared_memory_bytes
 
 HOPPER = (132, 232_448)  # multiprocessors, opt-in shared memory per program (227 KiB)
 ADA = (128, 101_376)  # 99 KiB
@@ -69,16 +69,23 @@ def test_hints_map_to_few_compiled_variants_that_fit(monkeypatch, limits) -> Non
 @pytest.mark.parametrize(
     ("q", "k", "expect"),
     [
-        (8192, 8192, (128, 128, 8, 3, True)),  # a long prompt: 128-key tiles
-        (2048, 2100, (128, 128, 8, 3, True)),  # a prompt beside decodes
-        (1024, 1024, (128, 64, 8, 3, True)),
-        (512, 512, (64, 64, 4, 2, True)),  # short prompts: two programs a multiprocessor
-        (480, 8192, (128, 64, 8, 3, False)),  # a chunk over a long cached prefix: the cache
+        (8192, 8192, (128, 128, 8, 3, True, None)),  # a long prompt: 128-key tiles
+        (2048, 2100, (128, 128, 8, 3, True, None)),  # a prompt beside decodes
+        (1024, 1024, (128, 64, 8, 3, True, None)),
+        # short prompts: registers capped so that three programs fit a multiprocessor
+        (512, 512, (64, 32, 4, 3, True, 168)),
+        (480, 8192, (128, 64, 8, 3, False, None)),  # a chunk over a long cached prefix: the cache
     ],
 )
 def test_prefill_tiles_by_key_range_and_step_kv(monkeypatch, q: int, k: int, expect) -> None:
     c = _choose(monkeypatch, HOPPER, q=q, k=k, tokens=q)
-    assert (c.block_m, c.block_n, c.num_warps, c.num_stages, c.step_kv) == expect
+    assert (c.block_m, c.block_n, c.num_warps, c.num_stages, c.step_kv, c.max_registers) == expect
+
+
+@pytest.mark.parametrize("regs", [0, 23, 256])
+def test_register_cap_out_of_range_is_refused(regs: int) -> None:
+    with pytest.raises(ValueError, match="max_registers"):
+        AttentionConfig(64, 32, 1, 4, 3, max_registers=regs)
 
 
 @pytest.mark.parametrize(

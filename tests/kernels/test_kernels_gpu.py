@@ -46,6 +46,9 @@ def test_matrix_matches_reference(dtype: torch.dtype, head_dim: int, group: int)
         AttentionConfig(block_m=16, block_n=64, num_splits=7, num_warps=4, num_stages=3),
         AttentionConfig(block_m=128, block_n=64, num_splits=3, num_warps=8, num_stages=3),
         AttentionConfig(block_m=64, block_n=128, num_splits=1, num_warps=4, num_stages=2),
+        # Register caps (ptxas .maxnreg) that fit three and two programs a multiprocessor.
+        AttentionConfig(64, 32, 1, 4, 3, max_registers=168),
+        AttentionConfig(128, 32, 3, 8, 3, max_registers=128),
     ],
 )
 def test_explicit_configs_match_reference(config: AttentionConfig) -> None:
@@ -60,6 +63,7 @@ def test_explicit_configs_match_reference(config: AttentionConfig) -> None:
         AttentionConfig(block_m=128, block_n=128, num_splits=1, num_warps=8, num_stages=3),
         AttentionConfig(block_m=128, block_n=64, num_splits=3, num_warps=8, num_stages=3),
         AttentionConfig(block_m=64, block_n=64, num_splits=1, num_warps=4, num_stages=2),
+        AttentionConfig(64, 32, 1, 4, 3, max_registers=168),
     ],
 )
 @pytest.mark.parametrize("head_dim", [64, 128])
