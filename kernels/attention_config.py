@@ -40,15 +40,20 @@ PREFILL_TILES = ((64, 3), (64, 2))
 # When this step's keys come from its own K/V by TMA (`step_kv`), the H100 sweep of 2026-11-27
 # (bench_kernels.py --sweep-only) ranks differently: from 2,048 keys 128-key tiles three stages
 # deep win (1 x 8192: 0.90 of SDPA against 0.89 for 64 keys; 4 x 2048: 0.81 against 0.79).
-# Up to 512 keys, short programs whose start-up wants hiding, 64-row tiles on 4 warps stream
+# Up to 1,024 keys, short programs whose start-up wants hiding, 64-row tiles on 4 warps stream
 # 32-key tiles three stages deep (65 KiB) under a cap of 168 registers a thread, which fits three
-# programs a multiprocessor (uncapped, ptxas takes 250 and two fit). H100, eighth session, the
-# sweep alternated twice: 16 x 512 0.82 / 0.82 of SDPA against 0.71 / 0.71 for the tile before
-# (64 keys two stages deep, uncapped); the same tile uncapped 0.70, capped to 128 registers with
-# two stages (four programs, spilling) 0.78.
+# programs a multiprocessor (uncapped, ptxas takes 250 and two fit). H100, eighth session, of
+# SDPA, each sweep alternated twice (graph replay):
+# - 512 keys or fewer, against the tile before (64 keys two stages deep, uncapped): 16 x 512
+#   0.82-0.83 against 0.71, 4 x 512 0.93 against 0.85, 32 x 256 1.04 against 0.85, 64 x 128 1.16
+#   against 0.99. At 16 x 512 the same tile uncapped read 0.70, and a cap of 128 registers at two
+#   stages (four programs, spilling) 0.78.
+# - 1,024 keys, against 128-row tiles of 64 keys three stages deep: 2 x 1024 0.91 against 0.85,
+#   8 x 1024 0.81 against 0.73, 16 x 1024 0.80 against 0.75, 3 x 700 0.97 against 0.88; one
+#   sequence alone loses, 1 x 1024 1.00 against 1.04.
 STEP_KV_LONG_KEYS = 2048
 STEP_KV_LONG_TILES = ((128, 3), *PREFILL_TILES)
-STEP_KV_SHORT_KEYS = 512
+STEP_KV_SHORT_KEYS = 1024
 STEP_KV_SHORT_TILE = (64, 4, 32, 3)  # block_m, num_warps, block_n, num_stages
 STEP_KV_SHORT_MAX_REGISTERS = 168
 # Step K/V by TMA only where new keys are a good part of the range: with a long cached prefix

@@ -317,11 +317,18 @@ def _launch(
         DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
         num_warps=config.num_warps,
         num_stages=config.num_stages,
-        **({"maxnreg": config.max_registers} if config.max_registers else {}),
+        **_register_cap(config),
     )
     if split:
         merge_splits(out, part_acc, part_max, part_sum, cu_seqlens_q[num_seqs:])
     return out
+
+
+def _register_cap(config: AttentionConfig) -> dict[str, int]:
+    """The launch option that caps registers a thread (ptxas .maxnreg; NVIDIA only)."""
+    if config.max_registers is None or torch.version.hip is not None:
+        return {}
+    return {"maxnreg": config.max_registers}
 
 
 def new_kv_descriptors(

@@ -23,7 +23,7 @@ def _choose(monkeypatch, limits, *, seqs=1, q=4096, k=4096, head_dim=128, group=
         (33, 224, 8192, 256, 2),  # budget 256: 64 row tiles
         (40, 512, 8448, 512, 1),  # a 512-token graph bucket: 128 tiles nearly fill the GPU
         (1, 4096, 4096, 4096, 1),  # a prompt without cached context: one pass
-        (1, 1024, 1024, 1024, 1),
+        (1, 1500, 1500, 1500, 1),
         (1, 1024, 3000, 1024, 1),  # context under 4x the query
         (33, 96, 8192, None, 1),  # no token count: the decode-only rule
     ],
@@ -40,7 +40,7 @@ def test_prefill_tiles_split_only_for_a_few_tiles_over_a_long_context(
 def test_prefill_tiles_fit_shared_memory(
     monkeypatch, limits, num_stages: int, head_dim: int
 ) -> None:
-    config = _choose(monkeypatch, limits, head_dim=head_dim, q=1024, k=1024)
+    config = _choose(monkeypatch, limits, head_dim=head_dim, q=1500, k=1500)
     assert (config.block_m, config.num_warps, config.num_splits) == (128, 8, 1)
     need = shared_memory_bytes(config.block_m, config.block_n, head_dim, 2, config.num_stages)
     assert need <= limits[1]
@@ -71,8 +71,9 @@ def test_hints_map_to_few_compiled_variants_that_fit(monkeypatch, limits) -> Non
     [
         (8192, 8192, (128, 128, 8, 3, True, None)),  # a long prompt: 128-key tiles
         (2048, 2100, (128, 128, 8, 3, True, None)),  # a prompt beside decodes
-        (1024, 1024, (128, 64, 8, 3, True, None)),
+        (1500, 1500, (128, 64, 8, 3, True, None)),
         # short prompts: registers capped so that three programs fit a multiprocessor
+        (1024, 1024, (64, 32, 4, 3, True, 168)),
         (512, 512, (64, 32, 4, 3, True, 168)),
         (480, 8192, (128, 64, 8, 3, False, None)),  # a chunk over a long cached prefix: the cache
     ],
