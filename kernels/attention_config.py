@@ -42,7 +42,7 @@ PREFILL_TILES = ((64, 3), (64, 2))
 # deep win (1 x 8192: 0.90 of SDPA against 0.89 for 64 keys; 4 x 2048: 0.81 against 0.79).
 # Up to 1,024 keys, short programs whose start-up wants hiding, 64-row tiles on 4 warps stream
 # 32-key tiles three stages deep (65 KiB) under a cap of 168 registers a thread, which fits three
-# programs a multiprocessor (uncapped, ptxas takes 250 and two fit). H100, eighth session, of
+# programs a multiprocessor (uncapped, ptxas takes 176 and two fit). H100, eighth session, of
 # SDPA, each sweep alternated twice (graph replay):
 # - 512 keys or fewer, against the tile before (64 keys two stages deep, uncapped): 16 x 512
 #   0.82-0.83 against 0.71, 4 x 512 0.93 against 0.85, 32 x 256 1.04 against 0.85, 64 x 128 1.16
@@ -100,9 +100,9 @@ class AttentionConfig:
     # Prefill tiles read this step's keys from the step's K/V by TMA, when the caller passes them
     # and the device has TMA; else (and always for decode tiles) every key from the cache.
     step_kv: bool = True
-    # Registers a thread may use (ptxas .maxnreg), None: as many as ptxas likes. Uncapped, a
-    # 64-row prefill tile takes 250 of them, which allows two programs a multiprocessor whatever
-    # its shared memory; capped, more programs fit.
+    # Registers a thread may use (ptxas .maxnreg), None: as many as ptxas likes. Uncapped, ptxas
+    # can take a few more than another program a multiprocessor would leave (a 64-row prefill
+    # tile of 32 keys: 176, where three programs fit at 170); capped, that program fits.
     max_registers: int | None = None
 
     def __post_init__(self) -> None:
