@@ -56,6 +56,18 @@ STEP_KV_LONG_TILES = ((128, 3), *PREFILL_TILES)
 STEP_KV_SHORT_KEYS = 1024
 STEP_KV_SHORT_TILE = (64, 4, 32, 3)  # block_m, num_warps, block_n, num_stages
 STEP_KV_SHORT_MAX_REGISTERS = 168
+# Prefill tiles that gather every key through the block table (prompts over a prefix-cache hit)
+# over at most GATHER_SHORT_KEYS keys, enough of them to fill the GPU once, stream 32-key tiles
+# three stages deep under a cap of 128 registers: 80 KiB, two programs of 8 warps a
+# multiprocessor, where the 64-key tiles' 128 KiB fit one. H100, eighth session, prompts over a
+# cached prefix (BATCHxNEW+PREFIX), alternated twice, speed-up over 64-key tiles: 128x64+192
+# 1.31-1.33, 32x100+300 1.21-1.23, 16x100+500 1.14-1.15, 64x100+500 1.15; 16x200+800,
+# 4x300+700 0.99-1.02. With fewer tiles than multiprocessors it lost (8x50+200: 0.80), and over
+# longer ranges it ties or loses (16x256+1792 1.01, 1x2000+6000 0.97, a 480-token chunk over 8k
+# keys 0.80), so those keep 64-key tiles.
+GATHER_SHORT_KEYS = 1024
+GATHER_SHORT_TILE = (32, 3)  # block_n, num_stages
+GATHER_SHORT_MAX_REGISTERS = 128
 # Step K/V by TMA only where new keys are a good part of the range: with a long cached prefix
 # (a chunk over 8k keys) the launch is mostly the block-table gather, which ran 8-13% slower in
 # the kernel variant that also reads by TMA (H100, chunks of 96-480 tokens).
@@ -140,10 +152,12 @@ def choose_config(
     dtype: torch.dtype,
     device: torch.device,
     num_tokens: int | None = None,
+    prefill_tile: tuple[int, int, int, int, int | None] | None = None,
 ) -> AttentionConfig:
     """Decode-like launches get small row tiles and split-K; prefill gets big row tiles, split
     too when a few of them (`num_tokens` query tokens in all, padding included) face a long
-    context."""
+    context. `prefill_tile` (block_m, num_warps, block_n, num_stages, max_registers) replaces
+    the rules' tile for prefill launches, the split count then following from it (sweeps)."""
     rows = max(1, max_seqlen_q) * group
     wide = dtype == torch.float32 or head_dim > 128  # register and shared-memory budget
     block_m = min(triton.next_power_of_2(max(rows, 16)), 64 if wide else 128)
@@ -166,6 +180,15 @@ def choose_config(
         if step_kv and max_seqlen_k <= STEP_KV_SHORT_KEYS:
             block_m, num_warps, block_n, num_stages = STEP_KV_SHORT_TILE
             max_registers = STEP_KV_SHORT_MAX_REGISTERS
+        elif (
+            not step_kv
+            and max_seqlen_k <= GATHER_SHORT_KEYS
+            and num_seqs * num_kv_heads * triton.cdiv(rows, block_m) >= num_sms
+        ):
+            block_n, num_stages = GATHER_SHORT_TILE
+            max_registers = GATHER_SHORT_MAX_REGISTERS
+        if prefill_tile is not None:
+            block_m, num_warps, block_n, num_stages, max_registers = prefill_tile
     tiles = num_seqs * num_kv_heads * triton.cdiv(rows, block_m)
     num_splits = 1
     decode_tile = block_m <= SPLIT_DECODE_MAX_ROWS and not wide

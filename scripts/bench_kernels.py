@@ -453,25 +453,46 @@ def run_sweep(cache: PagedCache, args: argparse.Namespace, copy_gbs: float, sdpa
     return rows + merges
 
 
+PrefillTile = tuple[int, int, int, int, int | None]  # choose_config's prefill_tile
+
+
+def mixed_row(
+    cache: PagedCache,
+    q_lens: list[int],
+    ctx_lens: list[int],
+    split: bool = True,
+    step_kv: bool = True,
+    tile: PrefillTile | None = None,
+) -> dict:
+    """One attention launch over sequences of q_lens new tokens whose contexts (the new tokens
+    included) are ctx_lens, this step's K/V passed as the engine passes them (step_kv as in
+    prefill_row), under the rules' configuration, or `tile` in place of the rules' prefill tile;
+    split=False: without split-K."""
+    layer = cache.layer
+    args = cache.batch(q_lens, ctx_lens)
+    tokens, max_q = sum(q_lens), max(q_lens)
+    config = choose_config(len(q_lens), layer.num_kv_heads, layer.num_heads // layer.num_kv_heads,
+                           layer.head_dim, max_q, max(ctx_lens), layer.dtype,
+                           torch.device("cuda"), num_tokens=tokens, prefill_tile=tile)  # fmt: skip
+    config = config if split else replace(config, num_splits=1)
+    scale = layer.head_dim**-0.5
+    new_kv, keys = cache.step_kv_or_cache(tokens, step_kv, config)
+    ms = graph_ms(lambda: paged_attention_with_config(*args, scale, max_q, config, *new_kv))
+    return {"keys": keys, "ms": ms, **asdict(config)}
+
+
+def chunk_lens(chunk: int, ctx: int, decodes: int) -> tuple[list[int], list[int]]:
+    """(q_lens, ctx_lens) of a chunked-prefill step: `decodes` sequences decoding at context 512
+    beside a `chunk`-token piece of a prompt whose context (the chunk included) is `ctx`."""
+    return [1] * decodes + [chunk], [512] * decodes + [ctx]
+
+
 def chunk_row(
     cache: PagedCache, chunk: int, ctx: int, decodes: int, split: bool, step_kv: bool = True
 ) -> dict:
-    """One chunked-prefill step's attention: `decodes` sequences decoding at context 512 beside
-    a `chunk`-token piece of a prompt whose context (the chunk included) is `ctx`; step_kv as in
-    prefill_row."""
-    layer = cache.layer
-    q_lens, ctx_lens = [1] * decodes + [chunk], [512] * decodes + [ctx]
-    args = cache.batch(q_lens, ctx_lens)
-    tokens = sum(q_lens)
-    auto = choose_config(decodes + 1, layer.num_kv_heads, layer.num_heads // layer.num_kv_heads,
-                         layer.head_dim, chunk, ctx, layer.dtype, torch.device("cuda"),
-                         num_tokens=tokens)  # fmt: skip
-    config = auto if split else replace(auto, num_splits=1)
-    scale = layer.head_dim**-0.5
-    new_kv, keys = cache.step_kv_or_cache(tokens, step_kv, config)
-    ms = graph_ms(lambda: paged_attention_with_config(*args, scale, chunk, config, *new_kv))
-    return {"decodes": decodes, "chunk": chunk, "context": ctx, "keys": keys, "ms": ms,
-            **asdict(config)}  # fmt: skip
+    """One chunked-prefill step's attention (`chunk_lens`)."""
+    row = mixed_row(cache, *chunk_lens(chunk, ctx, decodes), split, step_kv)
+    return {"decodes": decodes, "chunk": chunk, "context": ctx, **row}
 
 
 def run_chunks(cache: PagedCache, args: argparse.Namespace) -> list[dict]:
@@ -485,6 +506,44 @@ def run_chunks(cache: PagedCache, args: argparse.Namespace) -> list[dict]:
     columns = [("decodes", "d"), ("chunk", "d"), ("context", "d"), ("keys", ""), ("ms", ".4f"),
                ("speedup", ".2f"), *CONFIG_COLUMNS]  # fmt: skip
     print_table("chunked prefill step (CUDA graph; one pass, then the chosen split)", rows, columns)
+    return rows
+
+
+def prefix_hit_lens(text: str) -> tuple[list[int], list[int]]:
+    """BATCHxNEW+PREFIX: BATCH prompts of NEW tokens each over a cached prefix of PREFIX."""
+    batch, rest = text.split("x")
+    new, prefix = map(int, rest.split("+"))
+    return [new] * int(batch), [new + prefix] * int(batch)
+
+
+def prefill_tile(text: str) -> PrefillTile:
+    """BLOCK_M:BLOCK_N:WARPS:STAGES[:MAXNREG] as choose_config's prefill_tile."""
+    block_m, block_n, warps, stages, *regs = map(int, text.split(":"))
+    return block_m, warps, block_n, stages, regs[0] if regs else None
+
+
+def run_tile_candidates(cache: PagedCache, args: argparse.Namespace) -> list[dict]:
+    """Prefill launches over a cached context (chunked prefill beside decodes, prompts over a
+    prefix-cache hit) under the rules' tile, then under each --tile-candidates tile (list one
+    twice to alternate), each with the split count the rules give that tile."""
+    shapes = [
+        (
+            f"chunk {c} over {args.chunk_context} + {args.chunk_decodes} decodes",
+            chunk_lens(c, args.chunk_context, args.chunk_decodes),
+        )
+        for c in args.chunks
+    ]
+    shapes += [(f"prefix hit {text}", prefix_hit_lens(text)) for text in args.prefix_hits]
+    rows = []
+    for name, (q_lens, ctx_lens) in shapes:
+        rules = mixed_row(cache, q_lens, ctx_lens)
+        rows.append({"shape": name, "tile": "rules", "speedup": 1.0, **rules})
+        for text, tile in zip(args.tile_candidates_text, args.tile_candidates, strict=True):
+            row = mixed_row(cache, q_lens, ctx_lens, tile=tile)
+            rows.append({"shape": name, "tile": text, "speedup": rules["ms"] / row["ms"], **row})
+    columns = [("shape", ""), ("tile", ""), ("keys", ""), ("ms", ".4f"), ("speedup", ".2f"),
+               *CONFIG_COLUMNS]  # fmt: skip
+    print_table("prefill over a cached context under other tiles (CUDA graph)", rows, columns)
     return rows
 
 
@@ -575,6 +634,21 @@ def parse_args() -> argparse.Namespace:
         "(MAXNREG caps the registers a thread; default: a fixed list)",
     )
     parser.add_argument(
+        "--tile-candidates",
+        type=lambda s: s.split(","),
+        default=None,
+        help="only time prefill over a cached context (--chunks beside --chunk-decodes decodes, "
+        "and --prefix-hits) under the rules' tile and under these BLOCK_M:BLOCK_N:WARPS:STAGES"
+        "[:MAXNREG] tiles, e.g. 128:64:8:3,64:32:4:3:168",
+    )
+    parser.add_argument(
+        "--prefix-hits",
+        type=lambda s: s.split(","),
+        default=["16x100+500", "64x100+500", "4x512+1536", "1x2000+6000"],
+        help="with --tile-candidates: BATCHxNEW+PREFIX,... prompts of NEW tokens over a cached "
+        "prefix of PREFIX tokens",
+    )
+    parser.add_argument(
         "--references",
         action="store_true",
         help="also time what a copy, a sum and torch SDPA reach on the bytes of each decode "
@@ -594,6 +668,14 @@ def main() -> None:
           f"triton {triton.__version__}")  # fmt: skip
     copy_gbs = copy_bandwidth_gbs()
     print(f"copy bandwidth: {copy_gbs:.0f} GB/s (read + write)")
+    if args.tile_candidates:
+        args.tile_candidates_text = args.tile_candidates
+        args.tile_candidates = [prefill_tile(text) for text in args.tile_candidates]
+        cache = PagedCache(Layer(), args.max_cache_tokens)
+        rows = run_tile_candidates(cache, args)
+        if args.json:
+            args.json.write_text(json.dumps({"copy_gbs": copy_gbs, "tiles": rows}, indent=1))
+        return
     if args.split_rules:
         cache = PagedCache(Layer(), args.max_cache_tokens)
         rows = run_split_rules(cache, args, copy_gbs)

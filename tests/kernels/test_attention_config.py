@@ -83,6 +83,23 @@ def test_prefill_tiles_by_key_range_and_step_kv(monkeypatch, q: int, k: int, exp
     assert (c.block_m, c.block_n, c.num_warps, c.num_stages, c.step_kv, c.max_registers) == expect
 
 
+@pytest.mark.parametrize(
+    ("seqs", "q", "k", "expect"),
+    [
+        # prompts over a prefix-cache hit: every key gathered; short ranges that fill the GPU
+        # take 32-key tiles capped at 128 registers, two programs a multiprocessor
+        (16, 100, 600, (128, 32, 8, 3, 128)),
+        (128, 64, 256, (128, 32, 8, 3, 128)),
+        (8, 50, 250, (128, 64, 8, 3, None)),  # 128 tiles: fewer than the multiprocessors
+        (16, 256, 2048, (128, 64, 8, 3, None)),  # a longer range
+    ],
+)
+def test_prefix_hit_tiles(monkeypatch, seqs: int, q: int, k: int, expect) -> None:
+    c = _choose(monkeypatch, HOPPER, seqs=seqs, q=q, k=k, tokens=seqs * q)
+    assert not c.step_kv
+    assert (c.block_m, c.block_n, c.num_warps, c.num_stages, c.max_registers) == expect
+
+
 @pytest.mark.parametrize("regs", [0, 23, 256])
 def test_register_cap_out_of_range_is_refused(regs: int) -> None:
     with pytest.raises(ValueError, match="max_registers"):
@@ -115,3 +132,15 @@ def test_no_split_is_left_without_keys(monkeypatch) -> None:
             tiles = -(-k // c.block_n)
             assert (c.num_splits - 1) * -(-tiles // c.num_splits) < tiles
     assert _choose(monkeypatch, HOPPER, seqs=2, q=1, k=4096).num_splits == 16
+
+
+def test_a_given_prefill_tile_replaces_the_rules_and_sets_the_split(monkeypatch) -> None:
+    """A chunk of 96 tokens beside 32 decodes over 8k keys: 128-row tiles split 4 ways (the
+    token tiles fill 32 of 132 multiprocessors); 64-row tiles are twice as many, so 2 ways."""
+    monkeypatch.setattr(attention_config, "device_limits", lambda device: HOPPER)
+    args = (33, 8, 4, 128, 96, 8192, torch.bfloat16, torch.device("cuda"))
+    rules = choose_config(*args, num_tokens=128)
+    given = choose_config(*args, num_tokens=128, prefill_tile=(64, 4, 32, 3, 168))
+    assert (rules.block_m, rules.num_splits, rules.max_registers) == (128, 4, None)
+    assert (given.block_m, given.num_warps, given.block_n, given.num_stages) == (64, 4, 32, 3)
+    assert (given.num_splits, given.max_registers) == (2, 168)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from kernels import reference
-from kernels.attention_config import AttentionConfig
+from kernels.attention_config import GATHER_SHORT_MAX_REGISTERS, AttentionConfig, choose_config
 from kernels.paged_attention import paged_attention, paged_attention_with_config
 from kernels.store_kv import store_kv
 from tests.kernels.paged_cases import PagedBatch, make_paged_batch
@@ -87,6 +87,19 @@ def test_more_sequences_than_one_search_chunk() -> None:
     """300 short prefills (tile slots past the 256 sequences one vector load covers)."""
     seqs = [(40 + i % 7, 20 + i % 5) for i in range(300)]
     batch = make_paged_batch(seqs, 8, 2, 64, 16, torch.bfloat16, "cuda")
+    out = paged_attention(*batch.tensors(), SCALE, batch.max_seqlen_q, batch.max_seqlen_k)
+    assert _relative_error(out, batch) < 1e-2
+
+
+def test_prefix_hits_on_the_rules_tile_match_reference() -> None:
+    """Prompts over a prefix-cache hit with enough tiles to fill the GPU: the rules pick the
+    register-capped 32-key tile for them (two programs a multiprocessor), and it stays exact."""
+    seqs = [(300 + 37 * (i % 5), 60 + 7 * (i % 3)) for i in range(48)]
+    batch = make_paged_batch(seqs, 32, 8, 128, 16, torch.bfloat16, "cuda")
+    hints = (batch.max_seqlen_q, batch.max_seqlen_k, torch.bfloat16, torch.device("cuda"))
+    config = choose_config(len(seqs), 8, 4, 128, *hints, num_tokens=batch.query.shape[0])
+    tile = (config.block_m, config.block_n, config.max_registers, config.step_kv)
+    assert tile == (128, 32, GATHER_SHORT_MAX_REGISTERS, False)
     out = paged_attention(*batch.tensors(), SCALE, batch.max_seqlen_q, batch.max_seqlen_k)
     assert _relative_error(out, batch) < 1e-2
 
