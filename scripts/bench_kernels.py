@@ -538,7 +538,7 @@ def run_tile_candidates(cache: PagedCache, args: argparse.Namespace) -> list[dic
     for name, (q_lens, ctx_lens) in shapes:
         rules = mixed_row(cache, q_lens, ctx_lens)
         rows.append({"shape": name, "tile": "rules", "speedup": 1.0, **rules})
-        for text, tile in zip(args.tile_candidates_text, args.tile_candidates, strict=True):
+        for text, tile in args.tile_candidates:
             row = mixed_row(cache, q_lens, ctx_lens, tile=tile)
             rows.append({"shape": name, "tile": text, "speedup": rules["ms"] / row["ms"], **row})
     columns = [("shape", ""), ("tile", ""), ("keys", ""), ("ms", ".4f"), ("speedup", ".2f"),
@@ -635,7 +635,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--tile-candidates",
-        type=lambda s: s.split(","),
+        type=lambda s: [(text, prefill_tile(text)) for text in s.split(",")],
         default=None,
         help="only time prefill over a cached context (--chunks beside --chunk-decodes decodes, "
         "and --prefix-hits) under the rules' tile and under these BLOCK_M:BLOCK_N:WARPS:STAGES"
@@ -668,19 +668,14 @@ def main() -> None:
           f"triton {triton.__version__}")  # fmt: skip
     copy_gbs = copy_bandwidth_gbs()
     print(f"copy bandwidth: {copy_gbs:.0f} GB/s (read + write)")
-    if args.tile_candidates:
-        args.tile_candidates_text = args.tile_candidates
-        args.tile_candidates = [prefill_tile(text) for text in args.tile_candidates]
+    if args.tile_candidates or args.split_rules:  # modes that time one table only
         cache = PagedCache(Layer(), args.max_cache_tokens)
-        rows = run_tile_candidates(cache, args)
+        if args.tile_candidates:
+            key, rows = "tiles", run_tile_candidates(cache, args)
+        else:
+            key, rows = "split_rules", run_split_rules(cache, args, copy_gbs)
         if args.json:
-            args.json.write_text(json.dumps({"copy_gbs": copy_gbs, "tiles": rows}, indent=1))
-        return
-    if args.split_rules:
-        cache = PagedCache(Layer(), args.max_cache_tokens)
-        rows = run_split_rules(cache, args, copy_gbs)
-        if args.json:
-            args.json.write_text(json.dumps({"copy_gbs": copy_gbs, "split_rules": rows}, indent=1))
+            args.json.write_text(json.dumps({"copy_gbs": copy_gbs, key: rows}, indent=1))
         return
     max_prefill = max(math.prod(map(int, s.split("x"))) for s in args.prefill)
     cache = PagedCache(Layer(), max(args.max_cache_tokens, max_prefill))
