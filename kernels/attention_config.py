@@ -114,7 +114,7 @@ class AttentionConfig:
     step_kv: bool = True
     # Registers a thread may use (ptxas .maxnreg), None: as many as ptxas likes. Uncapped, ptxas
     # can take a few more than another program a multiprocessor would leave (a 64-row prefill
-    # tile of 32 keys: 176, where three programs fit at 170); capped, that program fits.
+    # tile of 32 keys: 176, where three programs fit at 168); capped, that program fits.
     max_registers: int | None = None
 
     def __post_init__(self) -> None:
@@ -157,7 +157,8 @@ def choose_config(
     """Decode-like launches get small row tiles and split-K; prefill gets big row tiles, split
     too when a few of them (`num_tokens` query tokens in all, padding included) face a long
     context. `prefill_tile` (block_m, num_warps, block_n, num_stages, max_registers) replaces
-    the rules' tile for prefill launches, the split count then following from it (sweeps)."""
+    the tile of launches the rules give prefill tiles (128 rows), the split count then following
+    from it (sweeps)."""
     rows = max(1, max_seqlen_q) * group
     wide = dtype == torch.float32 or head_dim > 128  # register and shared-memory budget
     block_m = min(triton.next_power_of_2(max(rows, 16)), 64 if wide else 128)
