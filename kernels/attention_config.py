@@ -37,6 +37,9 @@ MIN_KEYS_PER_CHUNK_SPLIT = 1024
 # tiles three stages deep (128 KiB) beat 128-key tiles (224 KiB, 254 registers a thread) by 2-18%
 # at four of five prefill shapes and lost 1% at 1 x 8192; a fourth stage changed nothing.
 PREFILL_TILES = ((64, 3), (64, 2))
+# A whole prefill launch shape, as the rules below and choose_config's prefill_tile give it:
+# (block_m, num_warps, block_n, num_stages, max_registers).
+PrefillTile = tuple[int, int, int, int, int | None]
 # When this step's keys come from its own K/V by TMA (`step_kv`), the H100 sweep of 2026-11-27
 # (bench_kernels.py --sweep-only) ranks differently: from 2,048 keys 128-key tiles three stages
 # deep win (1 x 8192: 0.90 of SDPA against 0.89 for 64 keys; 4 x 2048: 0.81 against 0.79).
@@ -54,8 +57,7 @@ PREFILL_TILES = ((64, 3), (64, 2))
 STEP_KV_LONG_KEYS = 2048
 STEP_KV_LONG_TILES = ((128, 3), *PREFILL_TILES)
 STEP_KV_SHORT_KEYS = 1024
-STEP_KV_SHORT_TILE = (64, 4, 32, 3)  # block_m, num_warps, block_n, num_stages
-STEP_KV_SHORT_MAX_REGISTERS = 168
+STEP_KV_SHORT_TILE: PrefillTile = (64, 4, 32, 3, 168)
 # Prefill tiles that gather every key through the block table (prompts over a prefix-cache hit)
 # over at most GATHER_SHORT_KEYS keys, enough of them to fill the GPU once, stream 32-key tiles
 # three stages deep under a cap of 128 registers: 80 KiB, two programs of 8 warps a
@@ -66,8 +68,7 @@ STEP_KV_SHORT_MAX_REGISTERS = 168
 # longer ranges it ties or loses (16x256+1792 1.01, 1x2000+6000 0.97, a 480-token chunk over 8k
 # keys 0.80), so those keep 64-key tiles.
 GATHER_SHORT_KEYS = 1024
-GATHER_SHORT_TILE = (32, 3)  # block_n, num_stages
-GATHER_SHORT_MAX_REGISTERS = 128
+GATHER_SHORT_TILE: PrefillTile = (128, 8, 32, 3, 128)
 # Step K/V by TMA only where new keys are a good part of the range: with a long cached prefix
 # (a chunk over 8k keys) the launch is mostly the block-table gather, which ran 8-13% slower in
 # the kernel variant that also reads by TMA (H100, chunks of 96-480 tokens).
@@ -152,13 +153,12 @@ def choose_config(
     dtype: torch.dtype,
     device: torch.device,
     num_tokens: int | None = None,
-    prefill_tile: tuple[int, int, int, int, int | None] | None = None,
+    prefill_tile: PrefillTile | None = None,
 ) -> AttentionConfig:
     """Decode-like launches get small row tiles and split-K; prefill gets big row tiles, split
     too when a few of them (`num_tokens` query tokens in all, padding included) face a long
-    context. `prefill_tile` (block_m, num_warps, block_n, num_stages, max_registers) replaces
-    the tile of launches the rules give prefill tiles (128 rows), the split count then following
-    from it (sweeps)."""
+    context. `prefill_tile` replaces the tile of launches the rules give prefill tiles (128
+    rows), the split count then following from it (sweeps)."""
     rows = max(1, max_seqlen_q) * group
     wide = dtype == torch.float32 or head_dim > 128  # register and shared-memory budget
     block_m = min(triton.next_power_of_2(max(rows, 16)), 64 if wide else 128)
@@ -172,25 +172,24 @@ def choose_config(
     def fits(keys: int, stages: int) -> bool:
         return shared_memory_bytes(block_m, keys, head_dim, itemsize, stages) <= shared_memory
 
+    def row_tiles(rows_per_tile: int) -> int:
+        return num_seqs * num_kv_heads * triton.cdiv(rows, rows_per_tile)
+
     step_kv = max_seqlen_k <= STEP_KV_MAX_KEYS_PER_QUERY * max(1, max_seqlen_q)
     if block_m >= 128:
-        tiles = (
+        candidates = (
             STEP_KV_LONG_TILES if step_kv and max_seqlen_k >= STEP_KV_LONG_KEYS else PREFILL_TILES
         )
-        block_n, num_stages = next((t for t in tiles if fits(*t)), tiles[-1])
+        block_n, num_stages = next((t for t in candidates if fits(*t)), candidates[-1])
+        rule_tile = None
         if step_kv and max_seqlen_k <= STEP_KV_SHORT_KEYS:
-            block_m, num_warps, block_n, num_stages = STEP_KV_SHORT_TILE
-            max_registers = STEP_KV_SHORT_MAX_REGISTERS
-        elif (
-            not step_kv
-            and max_seqlen_k <= GATHER_SHORT_KEYS
-            and num_seqs * num_kv_heads * triton.cdiv(rows, block_m) >= num_sms
-        ):
-            block_n, num_stages = GATHER_SHORT_TILE
-            max_registers = GATHER_SHORT_MAX_REGISTERS
-        if prefill_tile is not None:
-            block_m, num_warps, block_n, num_stages, max_registers = prefill_tile
-    tiles = num_seqs * num_kv_heads * triton.cdiv(rows, block_m)
+            rule_tile = STEP_KV_SHORT_TILE
+        elif not step_kv and max_seqlen_k <= GATHER_SHORT_KEYS and row_tiles(block_m) >= num_sms:
+            rule_tile = GATHER_SHORT_TILE
+        tile = prefill_tile or rule_tile
+        if tile is not None:
+            block_m, num_warps, block_n, num_stages, max_registers = tile
+    tiles = row_tiles(block_m)
     num_splits = 1
     decode_tile = block_m <= SPLIT_DECODE_MAX_ROWS and not wide
     long_decode = decode_tile and max_seqlen_k >= LONG_DECODE_MIN_KEYS

@@ -39,7 +39,7 @@ import triton.testing
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernels.attention_config import AttentionConfig, choose_config
+from kernels.attention_config import AttentionConfig, PrefillTile, choose_config
 from kernels.merge_splits import merge_splits
 from kernels.paged_attention import paged_attention_with_config
 
@@ -451,9 +451,6 @@ def run_sweep(cache: PagedCache, args: argparse.Namespace, copy_gbs: float, sdpa
         print_table("prefill sweep", table, PREFILL_COLUMNS)
         rows += table
     return rows + merges
-
-
-PrefillTile = tuple[int, int, int, int, int | None]  # choose_config's prefill_tile
 
 
 def mixed_row(

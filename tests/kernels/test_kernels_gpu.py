@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from kernels import reference
-from kernels.attention_config import GATHER_SHORT_MAX_REGISTERS, AttentionConfig, choose_config
+from kernels.attention_config import GATHER_SHORT_TILE, AttentionConfig, choose_config
 from kernels.paged_attention import paged_attention, paged_attention_with_config
 from kernels.store_kv import store_kv
 from tests.kernels.paged_cases import PagedBatch, make_paged_batch
@@ -99,7 +99,7 @@ def test_prefix_hits_on_the_rules_tile_match_reference() -> None:
     hints = (batch.max_seqlen_q, batch.max_seqlen_k, torch.bfloat16, torch.device("cuda"))
     config = choose_config(len(seqs), 8, 4, 128, *hints, num_tokens=batch.query.shape[0])
     tile = (config.block_m, config.block_n, config.max_registers, config.step_kv)
-    assert tile == (128, 32, GATHER_SHORT_MAX_REGISTERS, False)
+    assert tile == (128, 32, GATHER_SHORT_TILE[4], False)
     out = paged_attention(*batch.tensors(), SCALE, batch.max_seqlen_q, batch.max_seqlen_k)
     assert _relative_error(out, batch) < 1e-2
 
