@@ -107,6 +107,13 @@ def attend_new_keys(
 
 
 @triton.jit
+def tile_block_ids(block_table_ptr, kv_lo, kv_hi, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr):
+    """[BLOCK_N] block ids of the keys kv_lo + [0, BLOCK_N) (0 past kv_hi)."""
+    pos = kv_lo + tl.arange(0, BLOCK_N)
+    return tl.load(block_table_ptr + pos // BLOCK_SIZE, mask=pos < kv_hi, other=0)
+
+
+@triton.jit
 def attend_kv_range(
     acc,  # [BLOCK_M, HEAD_DIM] fp32, unnormalised output
     m_i,  # [BLOCK_M] fp32, running max of the log2-scaled scores
@@ -115,6 +122,7 @@ def attend_kv_range(
     k_head_ptr,  # k_cache at this KV head: [num_blocks, block_size, (head), head_dim]
     v_head_ptr,  # v_cache at this KV head
     block_table_ptr,  # [max_blocks_per_seq] int32, this sequence's row
+    next_ids,  # [BLOCK_N] block ids of the first key tile: tile_block_ids(..., kv_lo, kv_hi)
     kv_lo,  # first key position, a multiple of BLOCK_N
     kv_hi,  # one past the last key position
     key_limit,  # [BLOCK_M] row r sees keys < key_limit[r]; only read when MASKED
@@ -133,8 +141,7 @@ def attend_kv_range(
     # addresses then come from a loop-carried value, not from a load of the same iteration, so
     # the software pipeline keeps num_stages - 1 K/V tiles in flight. (Gathered in the same
     # iteration, the index load took a pipeline stage of its own and left one tile in flight.)
-    next_pos = kv_lo + offs_n
-    next_ids = tl.load(block_table_ptr + next_pos // BLOCK_SIZE, mask=next_pos < kv_hi, other=0)
+    # The caller loads the first tile's, so that it can do so before it waits on another kernel.
     for start_n in range(kv_lo, kv_hi, BLOCK_N):
         kv_pos = start_n + offs_n
         block_ids = next_ids

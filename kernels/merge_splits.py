@@ -4,6 +4,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.pdl import launch_options, pdl_device
+
 MERGE_MIN_PROGRAMS = 128
 
 
@@ -20,6 +22,7 @@ def _merge_splits_kernel(
     HEAD_DIM: tl.constexpr,
     BLOCK_SPLITS: tl.constexpr,
     DIM_BLOCK: tl.constexpr,  # head_dim columns a program merges
+    PDL: tl.constexpr,  # launched as a programmatic dependent of the attention launch
 ):
     """out[row] = sum_s 2^(m_s - m) acc_s / sum_s 2^(m_s - m) l_s, with m = max_s m_s.
     Padding rows, which no split wrote, come out as zeros whatever their partials hold."""
@@ -30,6 +33,8 @@ def _merge_splits_kernel(
     # (never written) are discarded by select, which saved a dependent round trip (H100, per
     # layer in a 32-layer decode graph: the merge 2.4-2.7 -> 2.2-2.5 us).
     is_real = row // NUM_HEADS < tl.load(num_real_tokens_ptr)
+    if PDL:
+        tl.extra.cuda.gdc_wait()  # the partials are the attention launch's output
     split_valid = offs_s < num_splits
     part_rows = offs_s.to(tl.int64) * num_rows + row
     m_s = tl.load(part_max_ptr + part_rows, mask=split_valid, other=float("-inf"))
@@ -55,6 +60,7 @@ def merge_splits(
     part_max: torch.Tensor,  # [num_splits, num_tokens, num_heads] fp32, log2 domain
     part_sum: torch.Tensor,  # [num_splits, num_tokens, num_heads] fp32
     num_real_tokens: torch.Tensor,  # [1] int32 on the device, e.g. cu_seqlens_q[-1:]
+    pdl: bool = False,  # a programmatic dependent of the launch that wrote the partials
 ) -> None:
     """Writes every row of `out`: the real tokens' from their splits, the padding's as zeros."""
     num_splits, num_tokens, num_heads, head_dim = part_acc.shape
@@ -63,6 +69,7 @@ def merge_splits(
     num_rows = num_tokens * num_heads
     if num_rows == 0:
         return
+    pdl = pdl and pdl_device(out.device)
     # Few rows (batch 1: 32 heads) leave each program a long [splits, head_dim] read: the head
     # dimension is split (down to 32 columns) until the launch has MERGE_MIN_PROGRAMS programs.
     # H100, per layer in a 32-layer graph: 64 splits at batch 1 x 16k, 2.63 -> 2.15 us; at batch
@@ -82,4 +89,6 @@ def merge_splits(
         HEAD_DIM=head_dim,
         BLOCK_SPLITS=triton.next_power_of_2(num_splits),
         DIM_BLOCK=dim_block,
+        PDL=pdl,
+        **launch_options(pdl),
     )

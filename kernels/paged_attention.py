@@ -21,6 +21,11 @@ split of the key range:
   block ids are loaded an iteration ahead so Triton's software pipeline keeps num_stages - 1
   K/V tiles in flight (`kernels.attention_tile.attend_kv_range`).
 
+- Programmatic dependent launch (`pdl`, `kernels.pdl`): the program reads the step's metadata
+  and its first key tile's block ids, then waits for the kernel before it (store_kv in the
+  engine) and only then reads the query and the cache. The merge launches as soon as every
+  attention program has started and waits for them to finish before it reads their partials.
+
 All offsets into the cache are int64, so caches over 2^31 elements work.
 """
 
@@ -32,8 +37,15 @@ import triton
 import triton.language as tl
 
 from kernels.attention_config import AttentionConfig, check_inputs, choose_config
-from kernels.attention_tile import attend_kv_range, attend_new_keys, find_sequence, store_tile
+from kernels.attention_tile import (
+    attend_kv_range,
+    attend_new_keys,
+    find_sequence,
+    store_tile,
+    tile_block_ids,
+)
 from kernels.merge_splits import merge_splits
+from kernels.pdl import launch_options, pdl_device
 
 try:
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -78,6 +90,7 @@ def _paged_attention_kernel(
     ONE_TILE_PER_SEQ: tl.constexpr,  # max_seqlen_q * GROUP <= BLOCK_M: one tile slot per sequence
     NEW_KV_TMA: tl.constexpr,  # keys of this step's tokens from k/v_new_desc, not the cache
     DOT_PRECISION: tl.constexpr,
+    PDL: tl.constexpr,  # launched as a programmatic dependent of the kernel before (sm_90+)
 ):
     # One flat grid, the KV head fastest: the heads of one key range run side by side (they
     # read neighbouring slices of the same cache blocks). Decode and verification (one tile per
@@ -95,8 +108,13 @@ def _paged_attention_kernel(
         split_idx = tl.program_id(0) // num_kv_heads % num_splits
         tile_slot = tl.program_id(0) // num_kv_heads // num_splits
     num_heads = num_kv_heads * GROUP
+    if PDL:
+        # The merge (or whatever follows) may take its place on the multiprocessors now; it
+        # waits for this launch to finish before it reads anything.
+        tl.extra.cuda.gdc_launch_dependents()
     if ONE_TILE_PER_SEQ:
         seq_idx = tile_slot
+        seq_len = tl.load(seq_lens_ptr + seq_idx)
         q_start = tl.load(cu_seqlens_q_ptr + seq_idx)
         q_len = tl.load(cu_seqlens_q_ptr + seq_idx + 1) - q_start
         row_lo = seq_idx * 0
@@ -105,6 +123,7 @@ def _paged_attention_kernel(
         # early keeps the tail of the launch short.
         tile_idx = tl.num_programs(0) // num_splits // num_kv_heads - 1 - tile_slot
         seq_idx = find_sequence(cu_seqlens_q_ptr, num_seqs, tile_idx, GROUP, BLOCK_M, 256)
+        seq_len = tl.load(seq_lens_ptr + seq_idx)
         q_start = tl.load(cu_seqlens_q_ptr + seq_idx)
         q_len = tl.load(cu_seqlens_q_ptr + seq_idx + 1) - q_start
         row_lo = (tile_idx - (q_start * GROUP // BLOCK_M + seq_idx)) * BLOCK_M
@@ -114,42 +133,54 @@ def _paged_attention_kernel(
         token_in_seq = rows // GROUP
         head_idx = kv_head * GROUP + rows % GROUP
         row_valid = token_in_seq < q_len
-        q_offs = (q_start + token_in_seq).to(tl.int64) * query_stride_token
-        q_offs += head_idx * query_stride_head
-        q = tl.load(
-            query_ptr + q_offs[:, None] + offs_d[None, :], mask=row_valid[:, None], other=0.0
-        )
         # New token j sits at position context_start + j and sees keys up to there.
-        context_start = tl.load(seq_lens_ptr + seq_idx) - q_len
+        context_start = seq_len - q_len
         key_limit = context_start + token_in_seq + 1
         last_token = tl.minimum((row_lo + BLOCK_M - 1) // GROUP, q_len - 1)
         kv_end = context_start + last_token + 1
         tiles_per_split = tl.cdiv(tl.cdiv(kv_end, BLOCK_N), num_splits)
         split_lo = split_idx * tiles_per_split * BLOCK_N
         split_hi = tl.minimum(split_lo + tiles_per_split * BLOCK_N, kv_end)
-
-        acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         k_head_ptr = k_cache_ptr + kv_head * HEAD_DIM
         v_head_ptr = v_cache_ptr + kv_head * HEAD_DIM
         block_table_ptr = block_tables_ptr + seq_idx.to(tl.int64) * block_table_stride
+        # The keys every row sees in full (no mask) come first; their first tile's block ids.
         if NEW_KV_TMA:
             # The cached context [0, context_start), which every row sees (only the tile past
             # its end masks), by block-table gather; this step's own keys, causal among the
             # rows, from the step's contiguous K/V.
             cached_hi = tl.minimum(split_hi, context_start)
+            full_hi = tl.maximum(split_lo, cached_hi // BLOCK_N * BLOCK_N)
+        else:
+            unmasked_end = (context_start + row_lo // GROUP + 1) // BLOCK_N * BLOCK_N
+            full_hi = tl.minimum(split_hi, unmasked_end)
+        first_ids = tile_block_ids(block_table_ptr, split_lo, full_hi, BLOCK_SIZE, BLOCK_N)
+        if PDL:
+            # Everything above comes from the step's metadata, which the host wrote before the
+            # step. The query, this step's keys and the cache (the kernel before may be writing
+            # this step's rows) are read after the wait.
+            tl.extra.cuda.gdc_wait()
+        q_offs = (q_start + token_in_seq).to(tl.int64) * query_stride_token
+        q_offs += head_idx * query_stride_head
+        q = tl.load(
+            query_ptr + q_offs[:, None] + offs_d[None, :], mask=row_valid[:, None], other=0.0
+        )
+
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        if NEW_KV_TMA:
             if split_lo < cached_hi:
-                cached_full = tl.maximum(split_lo, cached_hi // BLOCK_N * BLOCK_N)
                 acc, m_i, l_i = attend_kv_range(
-                    acc, m_i, l_i, q, k_head_ptr, v_head_ptr, block_table_ptr,
-                    split_lo, cached_full, key_limit, qk_scale,
+                    acc, m_i, l_i, q, k_head_ptr, v_head_ptr, block_table_ptr, first_ids,
+                    split_lo, full_hi, key_limit, qk_scale,
                     cache_stride_block, cache_stride_slot,
                     BLOCK_SIZE, BLOCK_N, HEAD_DIM, False, DOT_PRECISION,
                 )  # fmt: skip
+                tail_ids = tile_block_ids(block_table_ptr, full_hi, cached_hi, BLOCK_SIZE, BLOCK_N)
                 acc, m_i, l_i = attend_kv_range(
-                    acc, m_i, l_i, q, k_head_ptr, v_head_ptr, block_table_ptr,
-                    cached_full, cached_hi, key_limit, qk_scale,
+                    acc, m_i, l_i, q, k_head_ptr, v_head_ptr, block_table_ptr, tail_ids,
+                    full_hi, cached_hi, key_limit, qk_scale,
                     cache_stride_block, cache_stride_slot,
                     BLOCK_SIZE, BLOCK_N, HEAD_DIM, True, DOT_PRECISION,
                 )  # fmt: skip
@@ -174,16 +205,17 @@ def _paged_attention_kernel(
                     new_full, split_hi, key_limit, qk_scale, BLOCK_N, True, DOT_PRECISION,
                 )  # fmt: skip
         else:
-            unmasked_end = (context_start + row_lo // GROUP + 1) // BLOCK_N * BLOCK_N
             acc, m_i, l_i = attend_kv_range(
-                acc, m_i, l_i, q, k_head_ptr, v_head_ptr, block_table_ptr,
-                split_lo, tl.minimum(split_hi, unmasked_end), key_limit, qk_scale,
+                acc, m_i, l_i, q, k_head_ptr, v_head_ptr, block_table_ptr, first_ids,
+                split_lo, full_hi, key_limit, qk_scale,
                 cache_stride_block, cache_stride_slot,
                 BLOCK_SIZE, BLOCK_N, HEAD_DIM, False, DOT_PRECISION,
             )  # fmt: skip
+            tail_lo = tl.maximum(split_lo, unmasked_end)
+            tail_ids = tile_block_ids(block_table_ptr, tail_lo, split_hi, BLOCK_SIZE, BLOCK_N)
             acc, m_i, l_i = attend_kv_range(
-                acc, m_i, l_i, q, k_head_ptr, v_head_ptr, block_table_ptr,
-                tl.maximum(split_lo, unmasked_end), split_hi, key_limit, qk_scale,
+                acc, m_i, l_i, q, k_head_ptr, v_head_ptr, block_table_ptr, tail_ids,
+                tail_lo, split_hi, key_limit, qk_scale,
                 cache_stride_block, cache_stride_slot,
                 BLOCK_SIZE, BLOCK_N, HEAD_DIM, True, DOT_PRECISION,
             )  # fmt: skip
@@ -192,6 +224,10 @@ def _paged_attention_kernel(
             q_start + token_in_seq, head_idx, row_valid, split_idx, num_tokens, num_heads,
             HEAD_DIM, SPLIT_K,
         )  # fmt: skip
+    elif PDL:
+        # A spare slot reads nothing, but waits too: the launch must not finish before the one
+        # it depends on, or what follows it could overtake that one.
+        tl.extra.cuda.gdc_wait()
 
 
 def paged_attention(
@@ -206,6 +242,7 @@ def paged_attention(
     max_seqlen_k: int,
     key: torch.Tensor | None = None,  # [num_tokens, num_kv_heads, head_dim], as stored this step
     value: torch.Tensor | None = None,
+    pdl: bool = False,
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
     """Same contract as `kernels.reference.paged_attention`, in one launch (two with split-K).
 
@@ -214,6 +251,12 @@ def paged_attention(
     `key`/`value`, when given, must be exactly what `store_kv` wrote to the cache for these
     tokens: prefill tiles then read this step's keys from them by TMA instead of gathering them
     through the block table.
+
+    `pdl` launches the kernels as programmatic dependents (Hopper and later; elsewhere it does
+    nothing): this launch starts while the kernel before it finishes and waits for it only
+    before reading the query, `key`/`value` and the cache. The caller promises that the kernel
+    right before it writes none of block_tables, seq_lens and cu_seqlens_q (the engine copies
+    them from the host before the step; the kernel before attention is `store_kv`).
     """
     check_inputs(query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q)
     config = choose_config(
@@ -228,7 +271,7 @@ def paged_attention(
         num_tokens=query.shape[0],
     )
     args = (query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q)
-    return _launch(*args, scale, max_seqlen_q, config, key, value)
+    return _launch(*args, scale, max_seqlen_q, config, key, value, pdl)
 
 
 def paged_attention_with_config(
@@ -243,11 +286,12 @@ def paged_attention_with_config(
     config: AttentionConfig,
     key: torch.Tensor | None = None,
     value: torch.Tensor | None = None,
+    pdl: bool = False,
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
     """`paged_attention` with an explicit configuration (tests and benchmark sweeps)."""
     check_inputs(query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q)
     args = (query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q)
-    return _launch(*args, scale, max_seqlen_q, config, key, value)
+    return _launch(*args, scale, max_seqlen_q, config, key, value, pdl)
 
 
 def _launch(
@@ -262,6 +306,7 @@ def _launch(
     config: AttentionConfig,
     key: torch.Tensor | None,
     value: torch.Tensor | None,
+    pdl: bool,
 ) -> torch.Tensor:
     if not scale > 0:
         raise ValueError(f"scale must be positive, got {scale}")
@@ -283,6 +328,7 @@ def _launch(
     new_kv = None
     if config.step_kv and not one_tile_per_seq and key is not None and value is not None:
         new_kv = new_kv_descriptors(key, value, query, k_cache, config.block_n)
+    pdl = pdl and pdl_device(query.device)
     _paged_attention_kernel[grid](
         out_ptr=out,
         part_acc_ptr=part_acc,
@@ -315,12 +361,14 @@ def _launch(
         ONE_TILE_PER_SEQ=one_tile_per_seq,
         NEW_KV_TMA=new_kv is not None,
         DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
+        PDL=pdl,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
         **_register_cap(config),
+        **launch_options(pdl),
     )
     if split:
-        merge_splits(out, part_acc, part_max, part_sum, cu_seqlens_q[num_seqs:])
+        merge_splits(out, part_acc, part_max, part_sum, cu_seqlens_q[num_seqs:], pdl)
     return out
 
 

@@ -11,6 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.pdl import launch_options, pdl_device
 from kernels.torch_math import rsqrt_f32, use_libdevice
 
 MAX_HIDDEN = 65536  # one row is held in registers; wider rows would spill
@@ -33,11 +34,15 @@ def _rms_norm_kernel(
     HAS_RESIDUAL: tl.constexpr,
     BLOCK: tl.constexpr,
     LIBDEVICE: tl.constexpr,
+    PDL: tl.constexpr,  # a programmatic dependent: the weight is read before the wait
 ):
     token_idx = tl.program_id(0).to(tl.int64)
     head_idx = tl.program_id(1).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < hidden
+    weight = tl.load(weight_ptr + offs, mask=mask, other=0.0)
+    if PDL:
+        tl.extra.cuda.gdc_wait()
     summed = tl.load(x_ptr + token_idx * x_stride_token + head_idx * x_stride_head + offs,
                      mask=mask, other=0.0)  # fmt: skip
     if HAS_RESIDUAL:
@@ -49,7 +54,6 @@ def _rms_norm_kernel(
     h = summed.to(tl.float32)
     variance = tl.sum(h * h, axis=0) * inv_hidden
     normed = (h * rsqrt_f32(variance + eps, LIBDEVICE)).to(x_ptr.dtype.element_ty)
-    weight = tl.load(weight_ptr + offs, mask=mask, other=0.0)
     out = weight.to(tl.float32) * normed.to(tl.float32)
     out_row = out_ptr + (token_idx * tl.num_programs(1) + head_idx) * hidden
     tl.store(out_row + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
@@ -89,6 +93,7 @@ def rms_norm(
     weight: torch.Tensor,  # [hidden] (or [head_dim])
     eps: float,
     residual: torch.Tensor | None = None,  # shaped as x; overwritten with x + residual
+    pdl: bool = False,  # a programmatic dependent of a kernel that does not write weight
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as `kernels.reference.rms_norm`: returns (normed, new_residual).
 
@@ -106,6 +111,7 @@ def rms_norm(
     num_tokens, num_heads, hidden = rows.shape
     if num_tokens > 0 and num_heads > 0:
         block = triton.next_power_of_2(hidden)
+        pdl = pdl and pdl_device(x.device)
         _rms_norm_kernel[(num_tokens, num_heads)](
             x_ptr=rows,
             residual_ptr=res_rows,
@@ -121,7 +127,9 @@ def rms_norm(
             HAS_RESIDUAL=residual is not None,
             BLOCK=block,
             LIBDEVICE=use_libdevice(x),
+            PDL=pdl,
             num_warps=min(max(block // 512, 1), 16),
             enable_fp_fusion=False,
+            **launch_options(pdl),
         )
     return out, (x if residual is None else residual)

@@ -10,6 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.pdl import launch_options, pdl_device
+
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -54,6 +56,7 @@ def _rotary_kernel(
     BLOCK_HALF: tl.constexpr,
     BLOCK_HEADS: tl.constexpr,
     BLOCK_KV_HEADS: tl.constexpr,
+    PDL: tl.constexpr,  # a programmatic dependent: positions and cos/sin read before the wait
 ):
     token_idx = tl.program_id(0).to(tl.int64)
     position = tl.load(positions_ptr + token_idx)
@@ -61,6 +64,8 @@ def _rotary_kernel(
     cos_row = cos_sin_ptr + position * cos_sin_stride + offs
     cos = tl.load(cos_row, mask=offs < HALF, other=0.0)[None, :]
     sin = tl.load(cos_row + HALF, mask=offs < HALF, other=0.0)[None, :]
+    if PDL:
+        tl.extra.cuda.gdc_wait()
     _rotate_heads(
         query_ptr, token_idx, query_stride_token, query_stride_head, num_heads, cos, sin,
         HALF, BLOCK_HALF, BLOCK_HEADS,
@@ -114,6 +119,8 @@ def rotary_embedding(
     query: torch.Tensor,  # [num_tokens, num_heads, head_dim]; rotated in place
     key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]; rotated in place
     cos_sin_cache: torch.Tensor,  # [max_position, head_dim] fp32: cos in [:half], sin in [half:]
+    pdl: bool = False,  # a programmatic dependent of a kernel that writes neither positions
+    # nor cos_sin_cache (`kernels.pdl`)
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as `kernels.reference.rotary_embedding`, but rotates query and key in place
     and returns them. Positions are not range-checked (that would read them back to the host,
@@ -125,6 +132,7 @@ def rotary_embedding(
     half = head_dim // 2
     block_heads = triton.next_power_of_2(num_heads)
     block_half = triton.next_power_of_2(half)
+    pdl = pdl and pdl_device(query.device)
     _rotary_kernel[(num_tokens,)](
         query_ptr=query,
         key_ptr=key,
@@ -141,7 +149,9 @@ def rotary_embedding(
         BLOCK_HALF=block_half,
         BLOCK_HEADS=block_heads,
         BLOCK_KV_HEADS=triton.next_power_of_2(key.shape[1]),
+        PDL=pdl,
         num_warps=8 if block_heads * block_half > 2048 else 4,
         enable_fp_fusion=False,
+        **launch_options(pdl),
     )
     return query, key

@@ -8,6 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.pdl import launch_options, pdl_device
 from kernels.torch_math import exp_f32, use_libdevice
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -22,7 +23,10 @@ def _silu_and_mul_kernel(
     intermediate,
     BLOCK: tl.constexpr,
     LIBDEVICE: tl.constexpr,
+    PDL: tl.constexpr,  # a programmatic dependent: everything it reads comes after the wait
 ):
+    if PDL:
+        tl.extra.cuda.gdc_wait()
     token_idx = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < intermediate
@@ -37,6 +41,7 @@ def _silu_and_mul_kernel(
 
 def silu_and_mul(
     gate_up: torch.Tensor,  # [num_tokens, 2 * intermediate]: gate in the first half, up after
+    pdl: bool = False,  # launched as a programmatic dependent (`kernels.pdl`)
 ) -> torch.Tensor:  # [num_tokens, intermediate], contiguous
     """Same contract as `kernels.reference.silu_and_mul`; the row stride is free."""
     if gate_up.dim() != 2 or gate_up.shape[1] % 2 or gate_up.dtype not in DTYPES:
@@ -50,6 +55,7 @@ def silu_and_mul(
     out = torch.empty(num_tokens, intermediate, dtype=gate_up.dtype, device=gate_up.device)
     if num_tokens == 0 or intermediate == 0:
         return out
+    pdl = pdl and pdl_device(gate_up.device)
     _silu_and_mul_kernel[(num_tokens, triton.cdiv(intermediate, BLOCK))](
         gate_up_ptr=gate_up,
         out_ptr=out,
@@ -57,7 +63,9 @@ def silu_and_mul(
         intermediate=intermediate,
         BLOCK=BLOCK,
         LIBDEVICE=use_libdevice(gate_up),
+        PDL=pdl,
         num_warps=4,
         enable_fp_fusion=False,
+        **launch_options(pdl),
     )
     return out

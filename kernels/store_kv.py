@@ -8,6 +8,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.pdl import launch_options, pdl_device
+
 
 @triton.jit
 def _copy_token_rows(
@@ -52,9 +54,12 @@ def _store_kv_kernel(
     num_kv_heads,
     HEAD_DIM: tl.constexpr,
     BLOCK_HEADS: tl.constexpr,
+    PDL: tl.constexpr,  # a programmatic dependent: the slot is read before the wait
 ):
     token_idx = tl.program_id(0)
     slot = tl.load(slot_mapping_ptr + token_idx).to(tl.int64)
+    if PDL:
+        tl.extra.cuda.gdc_wait()
     _copy_token_rows(
         key_ptr, k_cache_ptr, token_idx, slot, key_stride_token, key_stride_head,
         cache_stride_slot, num_kv_heads, HEAD_DIM, BLOCK_HEADS,
@@ -83,6 +88,7 @@ def store_kv(
     k_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
     v_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
     slot_mapping: torch.Tensor,  # [num_tokens] int64, -1 = skip
+    pdl: bool = False,  # a programmatic dependent of a kernel that does not write slot_mapping
 ) -> None:
     """Same contract as `kernels.reference.store_kv`; rows are cast to the cache dtype."""
     if k_cache.shape != v_cache.shape or k_cache.dtype != v_cache.dtype or k_cache.dim() != 4:
@@ -111,6 +117,7 @@ def store_kv(
         raise ValueError(f"head_dim must be a power of two, got {head_dim}")
     if num_tokens == 0:
         return
+    pdl = pdl and pdl_device(key.device)
     _store_kv_kernel[(num_tokens,)](
         key_ptr=key,
         value_ptr=value,
@@ -125,4 +132,6 @@ def store_kv(
         num_kv_heads=num_kv_heads,
         HEAD_DIM=head_dim,
         BLOCK_HEADS=triton.next_power_of_2(num_kv_heads),
+        PDL=pdl,
+        **launch_options(pdl),
     )

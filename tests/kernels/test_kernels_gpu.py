@@ -6,7 +6,7 @@ import torch
 
 from kernels import reference
 from kernels.attention_config import GATHER_SHORT_TILE, AttentionConfig, choose_config
-from kernels.paged_attention import paged_attention, paged_attention_with_config
+from kernels.paged_attention import paged_attention, paged_attention_with_config, pdl_device
 from kernels.store_kv import store_kv
 from tests.kernels.paged_cases import PagedBatch, make_paged_batch
 
@@ -122,6 +122,40 @@ def test_cuda_graph_replay_with_fixed_hints() -> None:
     batch.query.normal_()
     graph.replay()
     assert _relative_error(out, batch) < 1e-2
+
+
+@pytest.mark.parametrize("seqs", [DECODE, MIXED, [(4096, 1)]], ids=["decode", "mixed", "1x4k"])
+def test_programmatic_dependent_launch_sees_the_kernel_before(seqs: list) -> None:
+    """Attention launched as a programmatic dependent of `store_kv` starts before the store
+    ends: each layer's new rows, NaN in the cache until the store, must show in its output
+    (split-K merges too), replayed from a graph as the engine runs decode."""
+    if not pdl_device(torch.device("cuda")):
+        pytest.skip("programmatic dependent launch needs Hopper or later")
+    layers = [make_paged_batch(seqs, 32, 8, 128, 16, torch.bfloat16, "cuda") for _ in range(4)]
+    refs = [_reference(batch) for batch in layers]
+    new_kv = [batch.new_kv() for batch in layers]
+    hints = (layers[0].max_seqlen_q, max(batch.max_seqlen_k for batch in layers))
+
+    def step() -> list[torch.Tensor]:
+        outs = []
+        for batch, (key, value) in zip(layers, new_kv, strict=True):
+            _, k_cache, v_cache, *_ = batch.tensors()
+            store_kv(key, value, k_cache, v_cache, batch.new_slots)
+            outs.append(paged_attention(*batch.tensors(), SCALE, *hints, key, value, pdl=True))
+        return outs
+
+    step()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = step()
+    for _ in range(3):
+        for batch in layers:
+            batch.poison_new_slots()
+        graph.replay()
+        torch.cuda.synchronize()
+        for batch, out, ref in zip(layers, outs, refs, strict=True):
+            assert _relative_error(out, batch, ref) < 1e-2
 
 
 def test_cache_past_int32_offsets() -> None:

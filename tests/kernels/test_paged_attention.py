@@ -145,6 +145,14 @@ def test_new_kv_are_ignored_where_tma_cannot_read_them() -> None:
     _assert_matches_reference(batch, out)
 
 
+def test_pdl_changes_no_output() -> None:
+    """`pdl=True` changes when the kernels start (Hopper on; elsewhere, the CPU interpreter
+    included, nothing at all), never what they compute: split-K decode, a prefill, padding."""
+    batch = make_paged_batch([(300, 1), (77, 20), (40, 0)], 8, 2, 32, 16, device=DEVICE)
+    args = (*batch.tensors(), SCALE, batch.max_seqlen_q, batch.max_seqlen_k)
+    assert torch.equal(paged_attention(*args, pdl=True), paged_attention(*args))
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
