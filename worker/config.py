@@ -37,6 +37,11 @@ class EngineSettings(BaseSettings):
     fused_ops: bool = Field(
         True, description="triton backend: RMSNorm, rotary and SiLU*mul as fused Triton kernels"
     )
+    pdl: bool = Field(
+        True,
+        description="triton backend on Hopper and later: launch its kernels as programmatic "
+        "dependents, each starting while the kernel before it ends",
+    )
     block_size: int = Field(16, ge=1, le=256, description="tokens per KV-cache block")
     gpu_memory_utilization: float = Field(
         0.9, gt=0.0, le=1.0, description="fraction of GPU memory for weights, activations and KV"

@@ -117,3 +117,25 @@ def test_prefill_graphs_give_the_eager_tokens_with_chunks_and_prefix_hits() -> N
     got = [o.output_token_ids for o in graphs.generate(prompts, params)]
     assert got == want
     assert graphs.stats().prefix_cache.hits > 0
+
+
+@pytest.mark.gpu
+def test_programmatic_dependent_launch_gives_the_plain_launch_tokens() -> None:
+    """Launching the triton kernels as programmatic dependents changes when they start, never
+    what they compute: bf16 graphs for decode and prefill, chunks and prefix hits, token for
+    token the same as plain launches."""
+    from kernels.pdl import pdl_device
+
+    if not pdl_device(torch.device("cuda")):
+        pytest.skip("programmatic dependent launch needs Hopper or later")
+    common = dict(model="tiny-llama", device="cuda", dtype="bfloat16", max_num_seqs=16,
+                  max_model_len=512, kv_cache_memory_gb=0.05,
+                  max_num_batched_tokens=200)  # fmt: skip
+    shared = [(5 * j) % 400 + 10 for j in range(48)]
+    prompts = [shared + [(11 * i + j) % 400 + 10 for j in range(25 * i + 1)] for i in range(12)]
+    params = [SamplingParams(temperature=0, ignore_eos=True, max_tokens=8 + 3 * i)
+              for i in range(12)]  # fmt: skip
+    plain = [o.output_token_ids for o in engine(**common, pdl=False).generate(prompts, params)]
+    dependent = engine(**common, pdl=True)
+    assert [o.output_token_ids for o in dependent.generate(prompts, params)] == plain
+    assert dependent.stats().prefix_cache.hits > 0

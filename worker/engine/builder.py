@@ -131,7 +131,7 @@ def build_engine(settings: EngineSettings) -> LLMEngine:
             max_model_len,
             model_cfg.max_position_embeddings,
         )
-    backend = get_backend(settings.attention_backend, device, settings.fused_ops)
+    backend = get_backend(settings.attention_backend, device, settings.fused_ops, settings.pdl)
     model = load_model(
         source,
         backend,

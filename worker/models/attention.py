@@ -1,5 +1,6 @@
 """Attention backends: the same paged layout served by torch (CPU, oracle) or Triton (CUDA)."""
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -77,9 +78,18 @@ TORCH_BACKEND = AttentionBackend(
 )
 
 
-def get_backend(name: str, device: torch.device, fused_ops: bool = True) -> AttentionBackend:
+def get_backend(
+    name: str, device: torch.device, fused_ops: bool = True, pdl: bool = True
+) -> AttentionBackend:
     """`auto` picks triton on CUDA and torch elsewhere; `fused_ops` False keeps the triton
-    backend's norms, rotary and SiLU*mul in plain torch (to measure what fusing buys)."""
+    backend's norms, rotary and SiLU*mul in plain torch (to measure what fusing buys). `pdl`:
+    the triton backend's kernels launch as programmatic dependents on Hopper and later
+    (`kernels.pdl`): each may start while the kernel before it ends.
+
+    That is safe here because of what runs right before each: attention follows `store_kv`,
+    which writes cache rows only (the block tables, lengths and slot mapping are copied from the
+    host before the step), and each elementwise kernel follows a matmul, the embedding or another
+    of them."""
     if name == "auto":
         name = "triton" if device.type == "cuda" else "torch"
     if name == "torch":
@@ -89,9 +99,9 @@ def get_backend(name: str, device: torch.device, fused_ops: bool = True) -> Atte
 
         return AttentionBackend(
             name="triton",
-            store_kv=triton_backend.store_kv,
-            paged_attention=triton_backend.paged_attention,
+            store_kv=functools.partial(triton_backend.store_kv, pdl=pdl),
+            paged_attention=functools.partial(triton_backend.paged_attention, pdl=pdl),
             graph_capturable=True,
-            ops=triton_ops() if fused_ops else TORCH_OPS,
+            ops=triton_ops(pdl) if fused_ops else TORCH_OPS,
         )
     raise ValueError(f"unknown attention backend {name!r}; choose auto, torch or triton")

@@ -5,6 +5,7 @@ kernel for each: unfused, they are about 30 small launches a layer, 2.9 ms of a 
 Llama-3-8B decode step at batch 256 on the GPU profile of issue 5.
 """
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,14 +41,15 @@ TORCH_OPS = ElementwiseOps(
 )
 
 
-def triton_ops() -> ElementwiseOps:
+def triton_ops(pdl: bool = False) -> ElementwiseOps:
     """The fused kernels; imports triton, so only where the triton backend runs (CUDA, or the
-    CPU interpreter in tests)."""
+    CPU interpreter in tests). `pdl`: launched as programmatic dependents where the GPU can
+    (`kernels.pdl`); a layer's kernel before each writes none of weights, positions or cos/sin."""
     from kernels import triton_backend
 
     return ElementwiseOps(
         name="triton",
-        rms_norm=triton_backend.rms_norm,
-        rotary_embedding=triton_backend.rotary_embedding,
-        silu_and_mul=triton_backend.silu_and_mul,
+        rms_norm=functools.partial(triton_backend.rms_norm, pdl=pdl),
+        rotary_embedding=functools.partial(triton_backend.rotary_embedding, pdl=pdl),
+        silu_and_mul=functools.partial(triton_backend.silu_and_mul, pdl=pdl),
     )
