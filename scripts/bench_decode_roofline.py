@@ -5,7 +5,8 @@ At batch 1 every step reads every matmul weight once, so no step can beat
 weight bytes / copy bandwidth (the 1 GiB device copy, read + write counted, measured here).
 Time per output token = (finish - first token) / (output tokens - 1) of one request run alone,
 with decode CUDA graphs and async scheduling, with graphs alone, and eagerly (--enforce-eager),
-on the same weights seed.
+on the same weights seed; also with the triton kernels launched plainly, not as programmatic
+dependents (--no-pdl; the default launches them so on Hopper and later).
 """
 
 import argparse
@@ -40,8 +41,13 @@ def measure(settings: EngineSettings, prompts: list[list[int]], output_len: int)
     return statistics.median(times[1:])
 
 
-# (name, enforce_eager, async_scheduling)
-MODES = (("graphs_async", False, True), ("graphs_sync", False, False), ("eager_sync", True, False))
+# (name, enforce_eager, async_scheduling, pdl)
+MODES = (
+    ("graphs_async", False, True, True),
+    ("graphs_async_no_pdl", False, True, False),
+    ("graphs_sync", False, False, True),
+    ("eager_sync", True, False, True),
+)
 
 
 def main() -> None:
@@ -52,7 +58,16 @@ def main() -> None:
     p.add_argument("--num-requests", type=int, default=4, help="run one after another")
     p.add_argument("--kv-cache-memory-gb", type=float, default=4.0)
     p.add_argument("--output-json", type=Path, default=None)
+    p.add_argument(
+        "--modes",
+        type=lambda s: s.split(","),
+        default=[m[0] for m in MODES],
+        help=f"which of {', '.join(m[0] for m in MODES)} to time (default: all)",
+    )
     args = p.parse_args()
+    modes = [m for m in MODES if m[0] in args.modes]
+    if len(modes) != len(args.modes):
+        p.error(f"--modes takes names from {[m[0] for m in MODES]}, got {args.modes}")
 
     limits = measure_gpu_limits()
     common = dict(model=args.model, load_format="dummy", dtype="bfloat16", max_num_seqs=8,
@@ -61,8 +76,8 @@ def main() -> None:
     figures: dict[str, float | str] = {"gpu": torch.cuda.get_device_name(), **limits}
     cfg = ModelConfig.from_hf(resolve(args.model, Path(".")).hf_config)
     prompts = random_prompts(args.num_requests + 1, args.input_len, cfg.vocab_size, 0)
-    for name, eager, overlap in MODES:
-        settings = EngineSettings(**common, enforce_eager=eager, async_scheduling=overlap)
+    for name, eager, overlap, pdl in modes:
+        settings = EngineSettings(**common, enforce_eager=eager, async_scheduling=overlap, pdl=pdl)
         figures[f"tpot_{name}_s"] = measure(settings, prompts, args.output_len)
     weight_bytes = cfg.num_matmul_params * 2  # bf16
     roofline_s = weight_bytes / limits["copy_bytes_per_s"]
@@ -70,7 +85,7 @@ def main() -> None:
     print(f"GPU {figures['gpu']}: copy {limits['copy_bytes_per_s'] / 1e12:.2f} TB/s; "
           f"{args.model} weights {weight_bytes / 1e9:.2f} GB -> roofline "
           f"{roofline_s * 1e3:.3f} ms/token")  # fmt: skip
-    for name, _, _ in MODES:
+    for name, *_ in modes:
         tpot = float(figures[f"tpot_{name}_s"])
         figures[f"ratio_{name}"] = tpot / roofline_s
         print(f"batch 1 decode ({name}): {tpot * 1e3:.3f} ms/token = "

@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kernels.attention_config import AttentionConfig, PrefillTile, choose_config
 from kernels.merge_splits import merge_splits
-from kernels.paged_attention import paged_attention_with_config
+from kernels.paged_attention import paged_attention_with_config, pdl_device
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,16 @@ class Layer:
     def kv_bytes(self, batch: int, ctx: int) -> int:
         """Bytes of keys and values that batch sequences of ctx tokens hold in one layer."""
         return 2 * batch * ctx * self.num_kv_heads * self.head_dim * self.dtype.itemsize
+
+
+# Attention launches as programmatic dependents where the GPU can (Hopper on), as the engine's
+# triton backend launches them; --no-pdl turns it off.
+PDL = True
+
+
+def attention(*args, **kwargs) -> torch.Tensor:
+    """`paged_attention_with_config`, launched the way the bench was asked to (`PDL`)."""
+    return paged_attention_with_config(*args, pdl=PDL, **kwargs)
 
 
 def bench_ms(fn) -> float:
@@ -183,7 +193,7 @@ def decode_row(
     config = config or auto_config(layer, batch, 1, ctx)
     scale = layer.head_dim**-0.5
     first = cache.batch([1] * batch, [ctx] * batch)
-    ms = graph_ms(lambda: paged_attention_with_config(*first, scale, 1, config))
+    ms = graph_ms(lambda: attention(*first, scale, 1, config))
     kv_bytes = layer.kv_bytes(batch, ctx)
     row = {"batch": batch, "context": ctx, "ms": ms, "gbs": kv_bytes / ms / 1e6, **asdict(config)}
     if layers > 1:
@@ -192,7 +202,7 @@ def decode_row(
         own = [cache.batch([1] * batch, [ctx] * batch) for _ in range(layers)]
         for key, calls in (("layer", shared), ("own_layer", own)):
             row[f"{key}_ms"] = layer_ms = per_layer_ms(
-                [lambda a=args: paged_attention_with_config(*a, scale, 1, config) for args in calls]
+                [lambda a=args: attention(*a, scale, 1, config) for args in calls]
             )
             row[f"{key}_gbs"] = kv_bytes / layer_ms / 1e6
     if copy_gbs:
@@ -318,7 +328,7 @@ def prefill_row(
     config = config or auto_config(layer, batch, seq, seq)
     new_kv, keys = cache.step_kv_or_cache(batch * seq, step_kv, config)
     scale = layer.head_dim**-0.5
-    fn = lambda: paged_attention_with_config(*args, scale, seq, config, *new_kv)  # noqa: E731
+    fn = lambda: attention(*args, scale, seq, config, *new_kv)  # noqa: E731
     ms, eager_ms = graph_ms(fn), bench_ms(fn)
     flops = 2 * batch * layer.num_heads * seq * seq * layer.head_dim  # causal: half of 4*S^2*D
     return {
@@ -474,7 +484,7 @@ def mixed_row(
     config = config if split else replace(config, num_splits=1)
     scale = layer.head_dim**-0.5
     new_kv, keys = cache.step_kv_or_cache(tokens, step_kv, config)
-    ms = graph_ms(lambda: paged_attention_with_config(*args, scale, max_q, config, *new_kv))
+    ms = graph_ms(lambda: attention(*args, scale, max_q, config, *new_kv))
     return {"keys": keys, "ms": ms, **asdict(config)}
 
 
@@ -651,6 +661,12 @@ def parse_args() -> argparse.Namespace:
         help="also time what a copy, a sum and torch SDPA reach on the bytes of each decode "
         "cell of batch <= 16 at context >= 4k (per layer, as layer_*)",
     )
+    parser.add_argument(
+        "--no-pdl",
+        action="store_true",
+        help="launch attention as a plain launch, not as a programmatic dependent of the kernel "
+        "before it (the engine's default on Hopper and later)",
+    )
     parser.add_argument("--sweep", action="store_true", help="also time other configurations")
     parser.add_argument("--sweep-only", action="store_true", help="only the configuration sweep")
     parser.add_argument("--json", type=Path, help="write every row here")
@@ -658,11 +674,13 @@ def parse_args() -> argparse.Namespace:
 
 
 def main() -> None:
+    global PDL
     args = parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_kernels.py needs a CUDA GPU")
+    PDL = not args.no_pdl and pdl_device(torch.device("cuda"))
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  "
-          f"triton {triton.__version__}")  # fmt: skip
+          f"triton {triton.__version__}  programmatic dependent launch: {PDL}")  # fmt: skip
     copy_gbs = copy_bandwidth_gbs()
     print(f"copy bandwidth: {copy_gbs:.0f} GB/s (read + write)")
     if args.tile_candidates or args.split_rules:  # modes that time one table only
@@ -676,7 +694,7 @@ def main() -> None:
         return
     max_prefill = max(math.prod(map(int, s.split("x"))) for s in args.prefill)
     cache = PagedCache(Layer(), max(args.max_cache_tokens, max_prefill))
-    results = {"device": torch.cuda.get_device_name(), "copy_gbs": copy_gbs}
+    results = {"device": torch.cuda.get_device_name(), "copy_gbs": copy_gbs, "pdl": PDL}
     args.shapes = [tuple(map(int, s.split("x"))) for s in args.prefill]
     sdpa = {(batch, seq): sdpa_ms(cache.layer, batch, seq) for batch, seq in args.shapes}
     if not args.sweep_only:

@@ -12,7 +12,9 @@ targets:
   stream, given as a bandwidth.
 - prefill: the kernel's GPU time against SDPA's own kernel, one launch replayed from a graph.
 
-Shapes are bench_kernels.py's (Llama-3-8B attention, bf16, block size 16). Needs CUDA.
+Shapes are bench_kernels.py's (Llama-3-8B attention, bf16, block size 16). Launches are plain,
+not programmatic dependents (bench_kernels.py --no-pdl): as one, a kernel's GPU time would count
+its wait for the kernel before it. Needs CUDA.
 
     python scripts/profile_attention.py
     python scripts/profile_attention.py --decode 1x16384,4x4096 --prefill 16x512
