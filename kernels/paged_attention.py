@@ -23,8 +23,9 @@ split of the key range:
 
 - Programmatic dependent launch (`pdl`, `kernels.pdl`): the program reads the step's metadata
   and its first key tile's block ids, then waits for the kernel before it (store_kv in the
-  engine) and only then reads the query and the cache. The merge launches as soon as every
-  attention program has started and waits for them to finish before it reads their partials.
+  engine) and only then reads the query and the cache. With split-K the merge launches as soon
+  as every attention program has started and waits for them to finish before it reads their
+  partials.
 
 All offsets into the cache are int64, so caches over 2^31 elements work.
 """
@@ -108,9 +109,10 @@ def _paged_attention_kernel(
         split_idx = tl.program_id(0) // num_kv_heads % num_splits
         tile_slot = tl.program_id(0) // num_kv_heads // num_splits
     num_heads = num_kv_heads * GROUP
-    if PDL:
-        # The merge (or whatever follows) may take its place on the multiprocessors now; it
-        # waits for this launch to finish before it reads anything.
+    if PDL and SPLIT_K:
+        # The merge may take its place on the multiprocessors now; it waits for this launch to
+        # finish before it reads the partials. (Without a merge, whatever follows launches as
+        # the programs end: in the engine that is a matmul, which waits for this launch anyway.)
         tl.extra.cuda.gdc_launch_dependents()
     if ONE_TILE_PER_SEQ:
         seq_idx = tile_slot
