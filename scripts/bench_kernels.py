@@ -41,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kernels.attention_config import AttentionConfig, PrefillTile, choose_config
 from kernels.merge_splits import merge_splits
-from kernels.paged_attention import paged_attention_with_config, pdl_device
+from kernels.paged_attention import paged_attention_with_config
+from kernels.pdl import pdl_device
 
 
 @dataclass(frozen=True)
@@ -425,11 +426,11 @@ def decode_candidate(text: str) -> tuple[int, int, bool, int]:
     return block_n, stages, True, warps[0] if warps else 4
 
 
-PREFILL_CANDIDATES = [  # (block_m, block_n, num_warps, num_stages)
-    (128, 64, 8, 2), (128, 64, 8, 4), (128, 128, 8, 2), (128, 128, 8, 3), (64, 64, 4, 2),
-    (64, 64, 4, 3), (64, 64, 4, 4), (64, 128, 4, 2), (64, 128, 4, 3), (64, 32, 4, 2),
-    (64, 32, 4, 3), (128, 32, 8, 3)
-]  # fmt: skip
+# BLOCK_M:BLOCK_N:WARPS:STAGES, as --prefill-candidates takes them (its default).
+PREFILL_CANDIDATES = (
+    "128:64:8:2,128:64:8:4,128:128:8:2,128:128:8:3,64:64:4:2,64:64:4:3,64:64:4:4,64:128:4:2,"
+    "64:128:4:3,64:32:4:2,64:32:4:3,128:32:8:3"
+)
 
 
 def run_sweep(cache: PagedCache, args: argparse.Namespace, copy_gbs: float, sdpa: dict) -> list:
@@ -453,10 +454,8 @@ def run_sweep(cache: PagedCache, args: argparse.Namespace, copy_gbs: float, sdpa
     merges = [merge_row(cache, batch, ctx) for batch, ctx in [(1, 4096), (1, 32768), (4, 4096)]]
     columns = [("batch", "d"), ("context", "d"), ("num_splits", "d"), ("merge_ms", ".4f")]
     print_table("split-K merge launch alone (CUDA graph)", merges, columns)
-    for block_m, block_n, warps, stages, *regs in args.prefill_candidates or PREFILL_CANDIDATES:
-        config = AttentionConfig(
-            block_m, block_n, 1, warps, stages, max_registers=regs[0] if regs else None
-        )
+    for block_m, warps, block_n, stages, max_registers in args.prefill_candidates:
+        config = AttentionConfig(block_m, block_n, 1, warps, stages, max_registers=max_registers)
         table = [prefill_row(cache, b, s, config, sdpa[b, s]) for b, s in args.shapes]
         print_table("prefill sweep", table, PREFILL_COLUMNS)
         rows += table
@@ -635,8 +634,8 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--prefill-candidates",
-        type=lambda s: [tuple(map(int, c.split(":"))) for c in s.split(",")],
-        default=None,
+        type=lambda s: [prefill_tile(c) for c in s.split(",")],
+        default=PREFILL_CANDIDATES,
         help="prefill configurations the sweep times, BLOCK_M:BLOCK_N:WARPS:STAGES[:MAXNREG],... "
         "(MAXNREG caps the registers a thread; default: a fixed list)",
     )
