@@ -1,14 +1,19 @@
 """The full matrix on CUDA: 16-bit dtypes, head_dim 64/128, long contexts, split-K, CUDA graphs and
 a cache past 2^31 elements. The reference runs in fp32 on upcast copies of the same inputs."""
 
+from collections.abc import Callable
+
 import pytest
 import torch
 
 from kernels import reference
 from kernels.attention_config import GATHER_SHORT_TILE, AttentionConfig, choose_config
-from kernels.paged_attention import paged_attention, paged_attention_with_config, pdl_device
+from kernels.paged_attention import paged_attention, paged_attention_with_config
+from kernels.pdl import pdl_device
+from kernels.rotary import rotary_embedding
 from kernels.store_kv import store_kv
 from tests.kernels.paged_cases import PagedBatch, make_paged_batch
+from worker.models.layers import rotary_cos_sin_cache
 
 pytestmark = pytest.mark.gpu
 
@@ -144,18 +149,87 @@ def test_programmatic_dependent_launch_sees_the_kernel_before(seqs: list) -> Non
             outs.append(paged_attention(*batch.tensors(), SCALE, *hints, key, value, pdl=True))
         return outs
 
+    def poison() -> None:
+        for batch in layers:
+            batch.poison_new_slots()
+
+    _replay_and_check(step, poison, layers, refs)
+
+
+def _replay_and_check(
+    step: Callable[[], list[torch.Tensor]],
+    prepare: Callable[[], None],
+    layers: list[PagedBatch],
+    refs: list[torch.Tensor],
+) -> None:
+    """`step` captured in a CUDA graph, then three times: `prepare` (outside the graph), a
+    replay, and each layer's output against its reference."""
     step()
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         outs = step()
     for _ in range(3):
-        for batch in layers:
-            batch.poison_new_slots()
+        prepare()
         graph.replay()
         torch.cuda.synchronize()
         for batch, out, ref in zip(layers, outs, refs, strict=True):
             assert _relative_error(out, batch, ref) < 1e-2
+
+
+@pytest.mark.parametrize(
+    "seqs",
+    [[(4096, 1)], [(4099, 1), (1234, 1)], DECODE, MIXED],
+    ids=["1x4k", "2_decodes", "decode", "mixed"],
+)
+def test_programmatic_dependent_chain_from_rotary(seqs: list) -> None:
+    """rotary -> store_kv -> attention, each a programmatic dependent of the one before, as a
+    decoder layer launches them, four layers replayed from a graph: attention must see the query
+    and the key rotated in place and the new rows stored, which the cache holds as NaN until the
+    store."""
+    if not pdl_device(torch.device("cuda")):
+        pytest.skip("programmatic dependent launch needs Hopper or later")
+    num_heads, num_kv_heads, head_dim = 32, 8, 128
+    layers = [
+        make_paged_batch(seqs, num_heads, num_kv_heads, head_dim, 16, torch.bfloat16, "cuda")
+        for _ in range(4)
+    ]
+    num_tokens = layers[0].query.shape[0]
+    positions = torch.cat([torch.arange(ctx - q, ctx) for ctx, q in seqs]).cuda()
+    cos_sin = rotary_cos_sin_cache(head_dim, 32768, 500000.0, None, torch.device("cuda"))
+    k_end, width = num_heads + num_kv_heads, num_heads + 2 * num_kv_heads
+    fresh = [torch.randn(num_tokens, width, head_dim, device="cuda").to(torch.bfloat16)
+             for _ in layers]  # fmt: skip
+    refs = []
+    for batch, qkv in zip(layers, fresh, strict=True):
+        query, key = reference.rotary_embedding(
+            positions, qkv[:, :num_heads], qkv[:, num_heads:k_end], cos_sin
+        )
+        k_cache, v_cache = batch.k_cache.clone(), batch.v_cache.clone()
+        reference.store_kv(key, qkv[:, k_end:], k_cache, v_cache, batch.new_slots)
+        tensors = (query, k_cache, v_cache, *batch.tensors()[3:])
+        upcast = [t.float() if t.is_floating_point() else t for t in tensors]
+        own_hints = (batch.max_seqlen_q, batch.max_seqlen_k)
+        refs.append(reference.paged_attention(*upcast, SCALE, *own_hints))
+    buffers = [qkv.clone() for qkv in fresh]
+    hints = (layers[0].max_seqlen_q, max(batch.max_seqlen_k for batch in layers))
+
+    def step() -> list[torch.Tensor]:
+        outs = []
+        for batch, qkv in zip(layers, buffers, strict=True):
+            query, key, value = qkv[:, :num_heads], qkv[:, num_heads:k_end], qkv[:, k_end:]
+            rotary_embedding(positions, query, key, cos_sin, pdl=True)
+            store_kv(key, value, batch.k_cache, batch.v_cache, batch.new_slots, pdl=True)
+            args = (query, *batch.tensors()[1:])
+            outs.append(paged_attention(*args, SCALE, *hints, key, value, pdl=True))
+        return outs
+
+    def reset() -> None:
+        for batch, qkv, qkv0 in zip(layers, buffers, fresh, strict=True):
+            qkv.copy_(qkv0)  # rotary rotates in place: each replay starts from the same rows
+            batch.poison_new_slots()
+
+    _replay_and_check(step, reset, layers, refs)
 
 
 def test_cache_past_int32_offsets() -> None:
