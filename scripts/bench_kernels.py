@@ -20,6 +20,7 @@ runs it. Needs CUDA.
 
     python scripts/bench_kernels.py                 # the full tables
     python scripts/bench_kernels.py --references    # also copy, sum and SDPA on decode's bytes
+    python scripts/bench_kernels.py --decoder-chain # decode inside a decoder layer's launches
     python scripts/bench_kernels.py --sweep         # also time other launch configurations
     python scripts/bench_kernels.py --sweep-only    # only those
 """
@@ -592,6 +593,75 @@ def run_split_rules(cache: PagedCache, args: argparse.Namespace, copy_gbs: float
     return rows
 
 
+def chain_row(cache: PagedCache, batch: int, ctx: int, layers: int, copy_gbs: float) -> dict:
+    """Decode attention timed inside the launches a decoder layer puts before it: per layer in
+    a graph of `layers`, each its own QKV weight and K/V, the QKV matmul (cuBLAS), rotary in
+    place, store_kv of the new rows, then attention, all but the matmul launched as `attention`
+    is (PDL). `attention_us` is what attention adds to that chain: the chain's time less the
+    same chain without it. Programmatic dependents overlap their start with the kernels before
+    them, so this is the cost a model's decode step pays, which the attention-only graph of
+    decode_row (`layer_us`) does not see."""
+    from kernels.rotary import rotary_embedding
+    from kernels.store_kv import store_kv
+
+    layer = cache.layer
+    heads, kv_heads, dim = layer.num_heads, layer.num_kv_heads, layer.head_dim
+    calls = cache.layer_calls(batch, ctx, layers)
+    block_tables, seq_lens = calls[0][3], calls[0][4]
+    positions = (seq_lens - 1).long()  # the new token of each sequence, its slot in the cache
+    rows = torch.arange(batch, device="cuda")
+    slots = block_tables[rows, positions // layer.block_size].long() * layer.block_size
+    slots += positions % layer.block_size
+    hidden = torch.randn(batch, heads * dim, device="cuda", dtype=layer.dtype)
+    width = (heads + 2 * kv_heads) * dim
+    weights = [torch.randn(heads * dim, width, device="cuda", dtype=layer.dtype) / 64
+               for _ in calls]  # fmt: skip
+    cos_sin = torch.randn(max(ctx, 4096), dim, device="cuda")
+    config = auto_config(layer, batch, 1, ctx)
+    scale = dim**-0.5
+
+    def decoder_layer(i: int, with_attention: bool) -> None:
+        qkv = torch.mm(hidden, weights[i]).view(batch, heads + 2 * kv_heads, dim)
+        query, key, value = (
+            qkv[:, :heads],
+            qkv[:, heads : heads + kv_heads],
+            qkv[:, heads + kv_heads :],
+        )
+        rotary_embedding(positions, query, key, cos_sin, pdl=PDL)
+        store_kv(key, value, calls[i][1], calls[i][2], slots, pdl=PDL)
+        if with_attention:
+            attention(query, *calls[i][1:], scale, 1, config)
+
+    ms = {
+        name: per_layer_ms(
+            [lambda i=i, a=with_attention: decoder_layer(i, a) for i in range(len(calls))]
+        )
+        for name, with_attention in (("chain", True), ("no_attention", False))
+    }
+    alone = per_layer_ms([lambda a=args: attention(*a, scale, 1, config) for args in calls])
+    kv_bytes = layer.kv_bytes(batch, ctx)
+    attention_ms = ms["chain"] - ms["no_attention"]
+    of_copy = kv_bytes / 1e6 / copy_gbs  # divided by ms
+    return {"batch": batch, "context": ctx, "layers": len(calls), "splits": config.num_splits,
+            "chain_us": ms["chain"] * 1e3, "no_attention_us": ms["no_attention"] * 1e3,
+            "attention_us": attention_ms * 1e3, "of_copy": of_copy / attention_ms,
+            "layer_us": alone * 1e3, "layer_of_copy": of_copy / alone}  # fmt: skip
+
+
+def run_chain(cache: PagedCache, args: argparse.Namespace, copy_gbs: float) -> list[dict]:
+    rows = [chain_row(cache, batch, ctx, args.graph_layers, copy_gbs)
+            for batch in args.batches for ctx in args.contexts
+            if batch * ctx <= args.max_cache_tokens]  # fmt: skip
+    columns = [("batch", "d"), ("context", "d"), ("layers", "d"), ("splits", "d"),
+               ("chain_us", ".2f"), ("no_attention_us", ".2f"), ("attention_us", ".2f"),
+               ("of_copy", ".3f"), ("layer_us", ".2f"), ("layer_of_copy", ".3f")]  # fmt: skip
+    title = (f"decode attention in a decoder layer's launches (QKV matmul, rotary, store_kv, "
+             f"attention), per layer in a graph of {args.graph_layers}; copy {copy_gbs:.0f} "
+             f"GB/s")  # fmt: skip
+    print_table(title, rows, columns)
+    return rows
+
+
 def parse_args() -> argparse.Namespace:
     ints = lambda s: [int(x) for x in s.split(",")]  # noqa: E731
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -666,6 +736,12 @@ def parse_args() -> argparse.Namespace:
         help="launch attention as a plain launch, not as a programmatic dependent of the kernel "
         "before it (the engine's default on Hopper and later)",
     )
+    parser.add_argument(
+        "--decoder-chain",
+        action="store_true",
+        help="only time decode attention inside a decoder layer's launches (QKV matmul, rotary, "
+        "store_kv, attention), per layer in a graph of --graph-layers: what it adds there",
+    )
     parser.add_argument("--sweep", action="store_true", help="also time other configurations")
     parser.add_argument("--sweep-only", action="store_true", help="only the configuration sweep")
     parser.add_argument("--json", type=Path, help="write every row here")
@@ -682,10 +758,12 @@ def main() -> None:
           f"triton {triton.__version__}  programmatic dependent launch: {PDL}")  # fmt: skip
     copy_gbs = copy_bandwidth_gbs()
     print(f"copy bandwidth: {copy_gbs:.0f} GB/s (read + write)")
-    if args.tile_candidates or args.split_rules:  # modes that time one table only
+    if args.tile_candidates or args.split_rules or args.decoder_chain:  # one table only
         cache = PagedCache(Layer(), args.max_cache_tokens)
         if args.tile_candidates:
             key, rows = "tiles", run_tile_candidates(cache, args)
+        elif args.decoder_chain:
+            key, rows = "decoder_chain", run_chain(cache, args, copy_gbs)
         else:
             key, rows = "split_rules", run_split_rules(cache, args, copy_gbs)
         if args.json:
