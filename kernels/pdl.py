@@ -14,6 +14,11 @@ Rules every kernel here keeps with `PDL` on:
   it depends on, or a plain launch after it could overtake that one.
 Under these rules a chain of such launches, with plain launches (cuBLAS, torch) between them,
 orders every read after the write it depends on.
+
+When the next launch may start is up to the kernel before it: as that kernel's programs exit,
+by default, or as soon as all of them have called `griddepcontrol.launch_dependents`
+(`tl.extra.cuda.gdc_launch_dependents`). That changes only speed, never what is read: every
+dependent waits for the whole launch before it all the same.
 """
 
 import functools
@@ -40,6 +45,24 @@ def pdl_device(device: torch.device) -> bool:
         return False
     index = device.index if device.index is not None else torch.cuda.current_device()
     return _capability_major(index) >= 9
+
+
+# Rotary and store_kv, the launches right before attention in a decoder layer, run one program
+# a token. In a step of at most this many tokens they let their dependents launch as they start,
+# so store_kv and attention are placed while the QKV matmul and rotary still run. H100,
+# Llama-3-8B shape, decode at 4k context (tenth session, docs/benchmarks.md): batch 1 end to end
+# 6.51-6.55 -> 6.39-6.41 ms/token on three machines of four (the fourth read 6.41-6.42 either
+# way); per layer of QKV matmul, rotary, store_kv and attention, batch 1 and 2 -1.0 to -1.6 us,
+# batch 4 -0.2 to -0.35 us. Larger steps keep the default: there attention launched that early
+# ran slower (per layer, batch 16 x 4k +1.7 to +3.1 us and 16 x 16k +16 us; end to end, batch
+# 16 x 4k, +1% a step).
+EARLY_DEPENDENTS_MAX_TOKENS = 4
+
+
+def dependents_at_start(num_tokens: int) -> bool:
+    """Whether a per-token launch before attention (rotary, store_kv) lets the next launch
+    start as it starts, rather than as its programs exit (EARLY_DEPENDENTS_MAX_TOKENS)."""
+    return num_tokens <= EARLY_DEPENDENTS_MAX_TOKENS
 
 
 def launch_options(pdl: bool) -> dict[str, bool]:

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.pdl import launch_options, pdl_device
+from kernels.pdl import dependents_at_start, launch_options, pdl_device
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -57,7 +57,10 @@ def _rotary_kernel(
     BLOCK_HEADS: tl.constexpr,
     BLOCK_KV_HEADS: tl.constexpr,
     PDL: tl.constexpr,  # a programmatic dependent: positions and cos/sin read before the wait
+    EARLY: tl.constexpr,  # with PDL: store_kv may launch as this starts (`dependents_at_start`)
 ):
+    if PDL and EARLY:
+        tl.extra.cuda.gdc_launch_dependents()
     token_idx = tl.program_id(0).to(tl.int64)
     position = tl.load(positions_ptr + token_idx)
     offs = tl.arange(0, BLOCK_HALF)
@@ -150,6 +153,7 @@ def rotary_embedding(
         BLOCK_HEADS=block_heads,
         BLOCK_KV_HEADS=triton.next_power_of_2(key.shape[1]),
         PDL=pdl,
+        EARLY=dependents_at_start(num_tokens),
         num_warps=8 if block_heads * block_half > 2048 else 4,
         enable_fp_fusion=False,
         **launch_options(pdl),

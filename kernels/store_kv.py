@@ -8,7 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.pdl import launch_options, pdl_device
+from kernels.pdl import dependents_at_start, launch_options, pdl_device
 
 
 @triton.jit
@@ -55,7 +55,10 @@ def _store_kv_kernel(
     HEAD_DIM: tl.constexpr,
     BLOCK_HEADS: tl.constexpr,
     PDL: tl.constexpr,  # a programmatic dependent: the slot is read before the wait
+    EARLY: tl.constexpr,  # with PDL: attention may launch as this starts (`dependents_at_start`)
 ):
+    if PDL and EARLY:
+        tl.extra.cuda.gdc_launch_dependents()
     token_idx = tl.program_id(0)
     slot = tl.load(slot_mapping_ptr + token_idx).to(tl.int64)
     if PDL:
@@ -133,5 +136,6 @@ def store_kv(
         HEAD_DIM=head_dim,
         BLOCK_HEADS=triton.next_power_of_2(num_kv_heads),
         PDL=pdl,
+        EARLY=dependents_at_start(num_tokens),
         **launch_options(pdl),
     )
