@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.pdl import launch_options, pdl_device
+from kernels.pdl import dependents_at_start, launch_options, pdl_device
 from kernels.torch_math import rsqrt_f32, use_libdevice
 
 MAX_HIDDEN = 65536  # one row is held in registers; wider rows would spill
@@ -35,7 +35,10 @@ def _rms_norm_kernel(
     BLOCK: tl.constexpr,
     LIBDEVICE: tl.constexpr,
     PDL: tl.constexpr,  # a programmatic dependent: the weight is read before the wait
+    EARLY: tl.constexpr,  # with PDL: the next launch may start as this starts
 ):
+    if PDL and EARLY:
+        tl.extra.cuda.gdc_launch_dependents()
     token_idx = tl.program_id(0).to(tl.int64)
     head_idx = tl.program_id(1).to(tl.int64)
     offs = tl.arange(0, BLOCK)
@@ -128,6 +131,7 @@ def rms_norm(
             BLOCK=block,
             LIBDEVICE=use_libdevice(x),
             PDL=pdl,
+            EARLY=dependents_at_start(num_tokens),
             num_warps=min(max(block // 512, 1), 16),
             enable_fp_fusion=False,
             **launch_options(pdl),
