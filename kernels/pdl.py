@@ -61,10 +61,11 @@ def pdl_device(device: torch.device) -> bool:
 EARLY_DEPENDENTS_MAX_TOKENS = 4
 
 
-def dependents_at_start(num_tokens: int) -> bool:
+def dependents_at_start(pdl: bool, num_tokens: int) -> bool:
     """Whether a per-token launch (RMSNorm, rotary, store_kv) lets the next launch start as it
-    starts, rather than as its programs exit (EARLY_DEPENDENTS_MAX_TOKENS)."""
-    return num_tokens <= EARLY_DEPENDENTS_MAX_TOKENS
+    starts, rather than as its programs exit (EARLY_DEPENDENTS_MAX_TOKENS): only a programmatic
+    dependent launch (`pdl`, already checked with pdl_device) has a next launch to let start."""
+    return pdl and num_tokens <= EARLY_DEPENDENTS_MAX_TOKENS
 
 
 def launch_options(pdl: bool) -> dict[str, bool]:

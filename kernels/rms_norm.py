@@ -131,7 +131,7 @@ def rms_norm(
             BLOCK=block,
             LIBDEVICE=use_libdevice(x),
             PDL=pdl,
-            EARLY=pdl and dependents_at_start(num_tokens),
+            EARLY=dependents_at_start(pdl, num_tokens),
             num_warps=min(max(block // 512, 1), 16),
             enable_fp_fusion=False,
             **launch_options(pdl),

@@ -153,7 +153,7 @@ def rotary_embedding(
         BLOCK_HEADS=block_heads,
         BLOCK_KV_HEADS=triton.next_power_of_2(key.shape[1]),
         PDL=pdl,
-        EARLY=pdl and dependents_at_start(num_tokens),
+        EARLY=dependents_at_start(pdl, num_tokens),
         num_warps=8 if block_heads * block_half > 2048 else 4,
         enable_fp_fusion=False,
         **launch_options(pdl),

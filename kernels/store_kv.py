@@ -136,6 +136,6 @@ def store_kv(
         HEAD_DIM=head_dim,
         BLOCK_HEADS=triton.next_power_of_2(num_kv_heads),
         PDL=pdl,
-        EARLY=pdl and dependents_at_start(num_tokens),
+        EARLY=dependents_at_start(pdl, num_tokens),
         **launch_options(pdl),
     )
