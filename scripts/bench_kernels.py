@@ -641,11 +641,11 @@ def chain_row(cache: PagedCache, batch: int, ctx: int, layers: int, copy_gbs: fl
     alone = per_layer_ms([lambda a=args: attention(*a, scale, 1, config) for args in calls])
     kv_bytes = layer.kv_bytes(batch, ctx)
     attention_ms = ms["chain"] - ms["no_attention"]
-    of_copy = kv_bytes / 1e6 / copy_gbs  # divided by ms
+    copy_ms = kv_bytes / 1e6 / copy_gbs  # these bytes at the copy bandwidth
     return {"batch": batch, "context": ctx, "layers": len(calls), "splits": config.num_splits,
             "chain_us": ms["chain"] * 1e3, "no_attention_us": ms["no_attention"] * 1e3,
-            "attention_us": attention_ms * 1e3, "of_copy": of_copy / attention_ms,
-            "layer_us": alone * 1e3, "layer_of_copy": of_copy / alone}  # fmt: skip
+            "attention_us": attention_ms * 1e3, "of_copy": copy_ms / attention_ms,
+            "layer_us": alone * 1e3, "layer_of_copy": copy_ms / alone}  # fmt: skip
 
 
 def run_chain(cache: PagedCache, args: argparse.Namespace, copy_gbs: float) -> list[dict]:
