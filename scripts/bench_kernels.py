@@ -614,14 +614,16 @@ def chain_row(cache: PagedCache, batch: int, ctx: int, layers: int, copy_gbs: fl
     slots += positions % layer.block_size
     hidden = torch.randn(batch, heads * dim, device="cuda", dtype=layer.dtype)
     width = (heads + 2 * kv_heads) * dim
-    weights = [torch.randn(heads * dim, width, device="cuda", dtype=layer.dtype) / 64
+    # [out, in], applied by F.linear as the model's nn.Linear applies it (cuBLAS picks its kernel
+    # by the weight's layout: torch.mm on an [in, out] weight can run another one).
+    weights = [torch.randn(width, heads * dim, device="cuda", dtype=layer.dtype) / 64
                for _ in calls]  # fmt: skip
     cos_sin = torch.randn(max(ctx, 4096), dim, device="cuda")
     config = auto_config(layer, batch, 1, ctx)
     scale = dim**-0.5
 
     def decoder_layer(i: int, with_attention: bool) -> None:
-        qkv = torch.mm(hidden, weights[i]).view(batch, heads + 2 * kv_heads, dim)
+        qkv = F.linear(hidden, weights[i]).view(batch, heads + 2 * kv_heads, dim)
         query, key, value = (
             qkv[:, :heads],
             qkv[:, heads : heads + kv_heads],
