@@ -35,7 +35,7 @@ def _relative_error(out: torch.Tensor, batch: PagedBatch, ref: torch.Tensor | No
 
 
 @pytest.mark.parametrize("group", [1, 4, 5, 8])
-@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_matrix_matches_reference(dtype: torch.dtype, head_dim: int, group: int) -> None:
     block_size = 16 if group % 2 else 32

@@ -36,6 +36,15 @@ def test_mixed_batch_matches_reference(group: int, block_size: int) -> None:
     _assert_matches_reference(batch, out)
 
 
+@pytest.mark.parametrize("head_dim", [16, 64, 256])
+def test_head_dims_the_launcher_accepts_match_reference(head_dim: int) -> None:
+    """check_inputs takes any power-of-two head_dim in [16, 256]; the ends of that range too (256
+    takes the narrower tiles of the register budget)."""
+    batch = make_paged_batch(MIXED, 8, 2, head_dim, 16, device=DEVICE)
+    out = paged_attention(*batch.tensors(), SCALE, batch.max_seqlen_q, batch.max_seqlen_k)
+    _assert_matches_reference(batch, out)
+
+
 @pytest.mark.parametrize(
     ("group", "config"),
     [
