@@ -1,5 +1,6 @@
-"""The full matrix on CUDA: 16-bit dtypes, head_dim 64/128, long contexts, split-K, CUDA graphs and
-a cache past 2^31 elements. The reference runs in fp32 on upcast copies of the same inputs."""
+"""The full matrix on CUDA: 16-bit dtypes, head_dim 64/128/256, long contexts, split-K, CUDA
+graphs, programmatic dependent launch and a cache past 2^31 elements. The reference runs in fp32
+on upcast copies of the same inputs."""
 
 from collections.abc import Callable
 
