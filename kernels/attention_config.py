@@ -99,6 +99,20 @@ SPLIT_DECODE_TILE = (32, 2)
 LONG_DECODE_MIN_KEYS = 4096
 LONG_DECODE_PROGRAMS_PER_SM = 2
 LONG_DECODE_TILE = (32, 3)
+# Split decode tiles whose splits hold ONE_PASS_MIN_TILES key tiles or more, and at most
+# ONE_PASS_MAX_SPLIT_KEYS keys, walk them in one loop with every key tile masked
+# (`AttentionConfig.one_pass`). With two loops (the unmasked tiles, then the masked tail) the
+# split that holds the sequence's last keys, the last program to finish, waits for its tail
+# tile's block ids and then its K/V after the first loop drains. H200, twelfth session, per layer
+# in a 32-layer graph, of copy bandwidth, two loops -> one (run 5, each alternated twice):
+# 1 x 4k 0.363 -> 0.382, 1 x 6k 0.458 -> 0.472, 1 x 8k 0.520 -> 0.532, 1 x 12k 0.600 -> 0.610,
+# 1 x 16k (512 keys a split) 0.660 -> 0.664, 2 x 4k 0.525 -> 0.538, 2 x 6k 0.604 -> 0.615,
+# 16 x 1k 0.601 -> 0.608; batch 3 and 4 at 4k unchanged. Longer splits lose to the mask in
+# every iteration (runs 3-4: 1 x 32k, 1,024 keys a split, 0.781 -> 0.774; batch 3 and 4 at
+# 8k-16k, 745-1,820 keys, 1-2%); so do splits of two 64-key tiles (16 x 512 0.399 -> 0.393;
+# batch 1 at 512 and 1k and 4 x 1k unchanged).
+ONE_PASS_MIN_TILES = 3
+ONE_PASS_MAX_SPLIT_KEYS = 512
 # The interpreter has no multiprocessors; a small number keeps split-K reachable in CPU tests.
 INTERPRETER_NUM_SMS = 4
 
@@ -117,6 +131,9 @@ class AttentionConfig:
     # can take a few more than another program a multiprocessor would leave (a 64-row prefill
     # tile of 32 keys: 176, where three programs fit at 168); capped, that program fits.
     max_registers: int | None = None
+    # Decode over short splits: every key tile of a split in one masked loop, not the unmasked
+    # tiles and then the masked tail in a second (ignored by tiles that read step K/V by TMA).
+    one_pass: bool = False
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n"):
@@ -223,8 +240,15 @@ def choose_config(
     # of 128, the 17th with none): drop those, their programs and their partials.
     key_tiles = triton.cdiv(max(1, max_seqlen_k), block_n)
     num_splits = triton.cdiv(key_tiles, triton.cdiv(key_tiles, num_splits))
+    split_tiles = triton.cdiv(key_tiles, num_splits)
+    one_pass = (
+        decode_tile
+        and num_splits > 1
+        and split_tiles >= ONE_PASS_MIN_TILES
+        and split_tiles * block_n <= ONE_PASS_MAX_SPLIT_KEYS
+    )
     return AttentionConfig(
-        block_m, block_n, num_splits, num_warps, num_stages, step_kv, max_registers
+        block_m, block_n, num_splits, num_warps, num_stages, step_kv, max_registers, one_pass
     )
 
 

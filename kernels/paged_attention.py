@@ -16,7 +16,10 @@ split of the key range:
   num_splits contiguous ranges (sized at run time from the actual length) whose partial softmax
   states are merged by `_merge_splits_kernel`.
 - Causality: key tiles that every row of the tile may see run without masks; only the tail
-  tiles pay for the causal and length masks.
+  tiles pay for the causal and length masks, in a second loop. Decode tiles over short splits
+  (`AttentionConfig.one_pass`) walk their keys in one loop with every tile masked instead: the
+  split that holds the sequence's last keys then streams its tail tile in the same pipeline,
+  where a second loop would start with its own block-id and K/V round trips.
 - K/V tiles are gathered key by key through the block table (any block size); the next tile's
   block ids are loaded an iteration ahead so Triton's software pipeline keeps num_stages - 1
   K/V tiles in flight (`kernels.attention_tile.attend_kv_range`).
@@ -90,6 +93,7 @@ def _paged_attention_kernel(
     SPLIT_K: tl.constexpr,
     ONE_TILE_PER_SEQ: tl.constexpr,  # max_seqlen_q * GROUP <= BLOCK_M: one tile slot per sequence
     NEW_KV_TMA: tl.constexpr,  # keys of this step's tokens from k/v_new_desc, not the cache
+    ONE_PASS: tl.constexpr,  # the split's keys in one loop, every key tile masked (short splits)
     DOT_PRECISION: tl.constexpr,
     PDL: tl.constexpr,  # launched as a programmatic dependent of the kernel before (sm_90+)
 ):
@@ -153,6 +157,8 @@ def _paged_attention_kernel(
             # rows, from the step's contiguous K/V.
             cached_hi = tl.minimum(split_hi, context_start)
             full_hi = tl.maximum(split_lo, cached_hi // BLOCK_N * BLOCK_N)
+        elif ONE_PASS:
+            full_hi = split_hi
         else:
             unmasked_end = (context_start + row_lo // GROUP + 1) // BLOCK_N * BLOCK_N
             full_hi = tl.minimum(split_hi, unmasked_end)
@@ -207,20 +213,22 @@ def _paged_attention_kernel(
                     new_full, split_hi, key_limit, qk_scale, BLOCK_N, True, DOT_PRECISION,
                 )  # fmt: skip
         else:
+            # ONE_PASS: full_hi is split_hi, and every tile of this loop is masked.
             acc, m_i, l_i = attend_kv_range(
                 acc, m_i, l_i, q, k_head_ptr, v_head_ptr, block_table_ptr, first_ids,
                 split_lo, full_hi, key_limit, qk_scale,
                 cache_stride_block, cache_stride_slot,
-                BLOCK_SIZE, BLOCK_N, HEAD_DIM, False, DOT_PRECISION,
+                BLOCK_SIZE, BLOCK_N, HEAD_DIM, ONE_PASS, DOT_PRECISION,
             )  # fmt: skip
-            tail_lo = tl.maximum(split_lo, unmasked_end)
-            tail_ids = tile_block_ids(block_table_ptr, tail_lo, split_hi, BLOCK_SIZE, BLOCK_N)
-            acc, m_i, l_i = attend_kv_range(
-                acc, m_i, l_i, q, k_head_ptr, v_head_ptr, block_table_ptr, tail_ids,
-                tail_lo, split_hi, key_limit, qk_scale,
-                cache_stride_block, cache_stride_slot,
-                BLOCK_SIZE, BLOCK_N, HEAD_DIM, True, DOT_PRECISION,
-            )  # fmt: skip
+            if not ONE_PASS:
+                tail_lo = tl.maximum(split_lo, unmasked_end)
+                tail_ids = tile_block_ids(block_table_ptr, tail_lo, split_hi, BLOCK_SIZE, BLOCK_N)
+                acc, m_i, l_i = attend_kv_range(
+                    acc, m_i, l_i, q, k_head_ptr, v_head_ptr, block_table_ptr, tail_ids,
+                    tail_lo, split_hi, key_limit, qk_scale,
+                    cache_stride_block, cache_stride_slot,
+                    BLOCK_SIZE, BLOCK_N, HEAD_DIM, True, DOT_PRECISION,
+                )  # fmt: skip
         store_tile(
             out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, acc, m_i, l_i,
             q_start + token_in_seq, head_idx, row_valid, split_idx, num_tokens, num_heads,
@@ -362,6 +370,7 @@ def _launch(
         SPLIT_K=split,
         ONE_TILE_PER_SEQ=one_tile_per_seq,
         NEW_KV_TMA=new_kv is not None,
+        ONE_PASS=config.one_pass and new_kv is None,
         DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
         PDL=pdl,
         num_warps=config.num_warps,

@@ -1,5 +1,7 @@
 """Launch configuration: bounded by the shared memory, and few distinct compiled variants."""
 
+import math
+
 import pytest
 import torch
 
@@ -121,6 +123,29 @@ def test_register_cap_out_of_range_is_refused(regs: int) -> None:
 def test_decode_tiles_by_split(monkeypatch, seqs: int, k: int, expect) -> None:
     c = _choose(monkeypatch, HOPPER, seqs=seqs, q=1, k=k)
     assert (c.block_m, c.block_n, c.num_splits, c.num_stages) == expect
+
+
+@pytest.mark.parametrize(
+    ("seqs", "k", "one_pass"),
+    [
+        (1, 4096, True),  # 32 splits of 128 keys
+        (1, 16384, True),  # 32 splits of 512
+        (1, 32768, False),  # 32 splits of 1,024
+        (2, 6144, True),
+        (3, 8192, False),  # 11 splits of 768
+        (16, 1024, True),  # 5 splits of 7 tiles of 32 keys
+        (16, 512, False),  # 4 splits of two 64-key tiles
+        (64, 4096, False),  # no split
+    ],
+)
+def test_decode_over_short_splits_takes_one_pass(monkeypatch, seqs: int, k: int, one_pass) -> None:
+    c = _choose(monkeypatch, HOPPER, seqs=seqs, q=1, k=k)
+    assert c.one_pass == one_pass
+    if c.one_pass:
+        split_tiles = math.ceil(math.ceil(k / c.block_n) / c.num_splits)
+        assert split_tiles >= 3 and split_tiles * c.block_n <= 512
+    # Prefill and chunk tiles keep their unmasked loop whatever their split.
+    assert not _choose(monkeypatch, HOPPER, seqs=33, q=96, k=8192, tokens=128).one_pass
 
 
 def test_no_split_is_left_without_keys(monkeypatch) -> None:

@@ -52,6 +52,9 @@ def test_matrix_matches_reference(dtype: torch.dtype, head_dim: int, group: int)
         AttentionConfig(block_m=16, block_n=64, num_splits=7, num_warps=4, num_stages=3),
         AttentionConfig(block_m=128, block_n=64, num_splits=3, num_warps=8, num_stages=3),
         AttentionConfig(block_m=64, block_n=128, num_splits=1, num_warps=4, num_stages=2),
+        # Every key tile of a split in one masked loop, over decode and prefill tiles alike.
+        AttentionConfig(16, 32, 7, 4, 3, one_pass=True),
+        AttentionConfig(64, 32, 3, 4, 3, one_pass=True),
         # Register caps (ptxas .maxnreg) that fit three and two programs a multiprocessor.
         AttentionConfig(64, 32, 1, 4, 3, max_registers=168),
         AttentionConfig(128, 32, 3, 8, 3, max_registers=128),
