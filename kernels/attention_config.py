@@ -107,10 +107,10 @@ LONG_DECODE_TILE = (32, 3)
 # in a 32-layer graph, of copy bandwidth, two loops -> one (run 5, each alternated twice):
 # 1 x 4k 0.363 -> 0.382, 1 x 6k 0.458 -> 0.472, 1 x 8k 0.520 -> 0.532, 1 x 12k 0.600 -> 0.610,
 # 1 x 16k (512 keys a split) 0.660 -> 0.664, 2 x 4k 0.525 -> 0.538, 2 x 6k 0.604 -> 0.615,
-# 16 x 1k 0.601 -> 0.608; batch 3 and 4 at 4k unchanged. Longer splits lose to the mask in
-# every iteration (runs 3-4: 1 x 32k, 1,024 keys a split, 0.781 -> 0.774; batch 3 and 4 at
-# 8k-16k, 745-1,820 keys, 1-2%); so do splits of two 64-key tiles (16 x 512 0.399 -> 0.393;
-# batch 1 at 512 and 1k and 4 x 1k unchanged).
+# 16 x 1k 0.601 -> 0.608; batch 3 and 4 at 4k unchanged. Longer splits lost in one loop
+# (run 3: 1 x 32k, 1,024 keys a split, 0.781 -> 0.774; batch 3 and 4 at 8k-16k,
+# 745-1,820 keys, 1-2% in runs on two machines); so do splits of two 64-key tiles (16 x 512
+# 0.399 -> 0.393; batch 1 at 512 and 1k and 4 x 1k unchanged).
 ONE_PASS_MIN_TILES = 3
 ONE_PASS_MAX_SPLIT_KEYS = 512
 # The interpreter has no multiprocessors; a small number keeps split-K reachable in CPU tests.
