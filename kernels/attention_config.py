@@ -101,10 +101,11 @@ LONG_DECODE_PROGRAMS_PER_SM = 2
 LONG_DECODE_TILE = (32, 3)
 # Split decode tiles whose splits hold ONE_PASS_MIN_TILES key tiles or more, and at most
 # ONE_PASS_MAX_SPLIT_KEYS keys, walk them in one loop with every key tile masked
-# (`AttentionConfig.one_pass`). With two loops (the unmasked tiles, then the masked tail) the
-# split that holds the sequence's last keys, the last program to finish, waits for its tail
-# tile's block ids and then its K/V after the first loop drains. H200, twelfth session, per layer
-# in a 32-layer graph, of copy bandwidth, two loops -> one (run 5, each alternated twice):
+# (`AttentionConfig.one_pass`). With two loops (the unmasked tiles, then the masked tail) every
+# program pays for the second loop, its tail's block-id load and the software pipeline's set-up
+# and drain, even when the tail is empty, as in these figures (lengths that are multiples of
+# the key tile). H200, twelfth session, per layer in a 32-layer graph, of copy bandwidth, two
+# loops -> one (run 5, each alternated twice):
 # 1 x 4k 0.363 -> 0.382, 1 x 6k 0.458 -> 0.472, 1 x 8k 0.520 -> 0.532, 1 x 12k 0.600 -> 0.610,
 # 1 x 16k (512 keys a split) 0.660 -> 0.664, 2 x 4k 0.525 -> 0.538, 2 x 6k 0.604 -> 0.615,
 # 16 x 1k 0.601 -> 0.608; batch 3 and 4 at 4k unchanged. Longer splits lost in one loop

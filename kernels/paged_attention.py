@@ -18,8 +18,9 @@ split of the key range:
 - Causality: key tiles that every row of the tile may see run without masks; only the tail
   tiles pay for the causal and length masks, in a second loop. Decode tiles over short splits
   (`AttentionConfig.one_pass`) walk their keys in one loop with every tile masked instead: the
-  split that holds the sequence's last keys then streams its tail tile in the same pipeline,
-  where a second loop would start with its own block-id and K/V round trips.
+  second loop costs every program its tail's block-id load and the pipeline's set-up and drain
+  around it, even when its range is empty, and at a few tiles a split that is worth more than
+  the masks.
 - K/V tiles are gathered key by key through the block table (any block size); the next tile's
   block ids are loaded an iteration ahead so Triton's software pipeline keeps num_stages - 1
   K/V tiles in flight (`kernels.attention_tile.attend_kv_range`).
