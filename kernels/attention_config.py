@@ -240,8 +240,8 @@ def choose_config(
     # does not divide the tiles leaves its last splits empty (batch 4 x 4k: 17 splits of 8 tiles
     # of 128, the 17th with none): drop those, their programs and their partials.
     key_tiles = triton.cdiv(max(1, max_seqlen_k), block_n)
-    num_splits = triton.cdiv(key_tiles, triton.cdiv(key_tiles, num_splits))
     split_tiles = triton.cdiv(key_tiles, num_splits)
+    num_splits = triton.cdiv(key_tiles, split_tiles)  # each still gets split_tiles tiles
     one_pass = (
         decode_tile
         and num_splits > 1
