@@ -108,12 +108,32 @@ LONG_DECODE_TILE = (32, 3)
 # loops -> one (run 5, each alternated twice):
 # 1 x 4k 0.363 -> 0.382, 1 x 6k 0.458 -> 0.472, 1 x 8k 0.520 -> 0.532, 1 x 12k 0.600 -> 0.610,
 # 1 x 16k (512 keys a split) 0.660 -> 0.664, 2 x 4k 0.525 -> 0.538, 2 x 6k 0.604 -> 0.615,
-# 16 x 1k 0.601 -> 0.608; batch 3 and 4 at 4k unchanged. Longer splits lost in one loop
-# (run 3: 1 x 32k, 1,024 keys a split, 0.781 -> 0.774; batch 3 and 4 at 8k-16k,
-# 745-1,820 keys, 1-2% in runs on two machines); so do splits of two 64-key tiles (16 x 512
-# 0.399 -> 0.393; batch 1 at 512 and 1k and 4 x 1k unchanged).
+# 16 x 1k 0.601 -> 0.608; batch 3 and 4 at 4k unchanged. Splits of two 64-key tiles lose
+# (16 x 512 0.399 -> 0.393).
 ONE_PASS_MIN_TILES = 3
-ONE_PASS_MAX_SPLIT_KEYS = 512
+ONE_PASS_MAX_SPLIT_KEYS = 2048
+# One-pass tiles whose splits hold more than PRELOAD_OVER_SPLIT_KEYS keys, or at most
+# PRELOAD_SHALLOW_MAX_TILES key tiles two stages deep, load the block ids of the whole split
+# before the loop (`AttentionConfig.ids_chunk_keys`), where the loop otherwise loads the next
+# tile's as it goes. Over 512 keys one loop needs this: with the ids loaded as it goes it lost
+# to two loops (twelfth session, 1 x 32k 0.781 -> 0.774). H200, thirteenth session, per layer
+# in a 32-layer graph, of copy bandwidth, each cell alternated twice (docs/benchmarks.md):
+# - splits of 576-2,048 keys, two loops -> one with preloaded ids (run 3): 1 x 32k 0.783 ->
+#   0.789, 2 x 12k 0.717 -> 0.724, 2 x 32k 0.828 -> 0.834, 3 x 6k 0.687 -> 0.693, 4 x 8k 0.763
+#   -> 0.768, 6 x 12k 0.838 -> 0.848, 8 x 4k 0.783 -> 0.789, 16 x 6k 0.933 -> 0.940: every
+#   such cell of batch 1-32 x 1k-32k, by 0.003-0.010;
+# - two stages, splits of 6-8 tiles (run 3): 16 x 1k 0.604 -> 0.620, 8 x 2k 0.622 -> 0.630,
+#   6 x 2k 0.538 -> 0.545, 12 x 1k 0.544 -> 0.550.
+# Not taken where it lost or tied:
+# - two stages over 13 tiles (run 2: 16 x 2k 0.747 -> 0.733);
+# - splits of up to 512 keys three stages deep at batch 1 and 2 (run 1: 1 x 4k 0.389 -> 0.376,
+#   2 x 4k 0.535 -> 0.525, 1 x 12k 0.607 -> 0.604; at 512 keys, runs 1-3, 1 x 16k and 2 x 8k
+#   -0.011 to +0.004), where each tile's gather from the preloaded ids costs more than a few
+#   tiles save;
+# - splits of 2,752 keys or more, which keep two loops (ONE_PASS_MAX_SPLIT_KEYS; run 2 in one
+#   loop, two chunks of ids: 3 x 32k 0.928 -> 0.921, 8 x 32k 0.972 -> 0.965).
+PRELOAD_OVER_SPLIT_KEYS = 512
+PRELOAD_SHALLOW_MAX_TILES = 8
 # The interpreter has no multiprocessors; a small number keeps split-K reachable in CPU tests.
 INTERPRETER_NUM_SMS = 4
 
@@ -132,9 +152,12 @@ class AttentionConfig:
     # can take a few more than another program a multiprocessor would leave (a 64-row prefill
     # tile of 32 keys: 176, where three programs fit at 168); capped, that program fits.
     max_registers: int | None = None
-    # Decode over short splits: every key tile of a split in one masked loop, not the unmasked
-    # tiles and then the masked tail in a second (ignored by tiles that read step K/V by TMA).
+    # Split decode: every key tile of a split in one masked loop, not the unmasked tiles and
+    # then the masked tail in a second (ignored by tiles that read step K/V by TMA).
     one_pass: bool = False
+    # With one_pass: the block ids of this many keys (a multiple of block_n; the rule gives a
+    # split's) are loaded at once before their keys, not a key tile's a tile ahead (0).
+    ids_chunk_keys: int = 0
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n"):
@@ -145,6 +168,11 @@ class AttentionConfig:
             raise ValueError(f"num_splits must be in [1, 1024], got {self.num_splits}")
         if self.max_registers is not None and not 24 <= self.max_registers <= 255:
             raise ValueError(f"max_registers must be in [24, 255], got {self.max_registers}")
+        if self.ids_chunk_keys and (not self.one_pass or self.ids_chunk_keys % self.block_n):
+            raise ValueError(
+                "ids_chunk_keys needs one_pass and must be a multiple of block_n, got "
+                f"{self.ids_chunk_keys} with one_pass={self.one_pass}, block_n={self.block_n}"
+            )
 
 
 @functools.cache
@@ -242,15 +270,19 @@ def choose_config(
     key_tiles = triton.cdiv(max(1, max_seqlen_k), block_n)
     split_tiles = triton.cdiv(key_tiles, num_splits)
     num_splits = triton.cdiv(key_tiles, split_tiles)  # each still gets split_tiles tiles
+    split_keys = split_tiles * block_n
     one_pass = (
         decode_tile
         and num_splits > 1
         and split_tiles >= ONE_PASS_MIN_TILES
-        and split_tiles * block_n <= ONE_PASS_MAX_SPLIT_KEYS
+        and split_keys <= ONE_PASS_MAX_SPLIT_KEYS
     )
+    shallow = num_stages == 2 and split_tiles <= PRELOAD_SHALLOW_MAX_TILES
+    preload = one_pass and (split_keys > PRELOAD_OVER_SPLIT_KEYS or shallow)
     return AttentionConfig(
-        block_m, block_n, num_splits, num_warps, num_stages, step_kv, max_registers, one_pass
-    )
+        block_m, block_n, num_splits, num_warps, num_stages, step_kv, max_registers,
+        one_pass=one_pass, ids_chunk_keys=split_keys if preload else 0,
+    )  # fmt: skip
 
 
 def shared_memory_bytes(

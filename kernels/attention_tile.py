@@ -122,7 +122,8 @@ def attend_kv_range(
     k_head_ptr,  # k_cache at this KV head: [num_blocks, block_size, (head), head_dim]
     v_head_ptr,  # v_cache at this KV head
     block_table_ptr,  # [max_blocks_per_seq] int32, this sequence's row
-    next_ids,  # [BLOCK_N] block ids of the first key tile: tile_block_ids(..., kv_lo, kv_hi)
+    ids,  # CHUNK_BLOCKS == 0: [BLOCK_N] block ids of the first key tile, tile_block_ids(...,
+    # kv_lo, kv_hi); else [CHUNK_BLOCKS] of every block of the range, range_block_ids(...)
     kv_lo,  # first key position, a multiple of BLOCK_N
     kv_hi,  # one past the last key position
     key_limit,  # [BLOCK_M] row r sees keys < key_limit[r]; only read when MASKED
@@ -134,19 +135,31 @@ def attend_kv_range(
     HEAD_DIM: tl.constexpr,
     MASKED: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    CHUNK_BLOCKS: tl.constexpr = 0,
 ):
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    # The block ids of the next key tile are loaded one iteration ahead and carried: K/V
-    # addresses then come from a loop-carried value, not from a load of the same iteration, so
-    # the software pipeline keeps num_stages - 1 K/V tiles in flight. (Gathered in the same
+    # By default the block ids of the next key tile are loaded one iteration ahead and carried:
+    # K/V addresses then come from a loop-carried value, not from a load of the same iteration,
+    # so the software pipeline keeps num_stages - 1 K/V tiles in flight. (Gathered in the same
     # iteration, the index load took a pipeline stage of its own and left one tile in flight.)
     # The caller loads the first tile's, so that it can do so before it waits on another kernel.
+    # With CHUNK_BLOCKS the caller has loaded the ids of the whole range, and each tile takes
+    # its own from them (a gather through shared memory): no load in the loop feeds an address,
+    # which long ranges gain from and short ones lose to
+    # (`kernels.attention_config.PRELOAD_OVER_SPLIT_KEYS`).
+    next_ids = ids
     for start_n in range(kv_lo, kv_hi, BLOCK_N):
         kv_pos = start_n + offs_n
-        block_ids = next_ids
-        next_pos = kv_pos + BLOCK_N
-        next_ids = tl.load(block_table_ptr + next_pos // BLOCK_SIZE, mask=next_pos < kv_hi, other=0)
+        if CHUNK_BLOCKS > 0:
+            which = tl.minimum(kv_pos // BLOCK_SIZE - kv_lo // BLOCK_SIZE, CHUNK_BLOCKS - 1)
+            block_ids = tl.gather(ids, which, 0)
+        else:
+            block_ids = next_ids
+            next_pos = kv_pos + BLOCK_N
+            next_ids = tl.load(
+                block_table_ptr + next_pos // BLOCK_SIZE, mask=next_pos < kv_hi, other=0
+            )
         slot_offs = (
             block_ids.to(tl.int64) * cache_stride_block + (kv_pos % BLOCK_SIZE) * cache_stride_slot
         )
@@ -163,6 +176,18 @@ def attend_kv_range(
             acc, m_i, l_i, q, k, v, kv_pos, kv_hi, key_limit, qk_scale, MASKED, DOT_PRECISION
         )
     return acc, m_i, l_i
+
+
+@triton.jit
+def range_block_ids(
+    block_table_ptr, kv_lo, kv_hi, BLOCK_SIZE: tl.constexpr, CHUNK_BLOCKS: tl.constexpr
+):
+    """[CHUNK_BLOCKS] block ids of the blocks from kv_lo // BLOCK_SIZE on that hold keys of
+    [kv_lo, kv_hi) (0 past them)."""
+    first_block = kv_lo // BLOCK_SIZE
+    offs_b = tl.arange(0, CHUNK_BLOCKS)
+    in_range = offs_b < tl.cdiv(kv_hi, BLOCK_SIZE) - first_block
+    return tl.load(block_table_ptr + first_block + offs_b, mask=in_range, other=0)
 
 
 @triton.jit

@@ -16,14 +16,16 @@ split of the key range:
   num_splits contiguous ranges (sized at run time from the actual length) whose partial softmax
   states are merged by `_merge_splits_kernel`.
 - Causality: key tiles that every row of the tile may see run without masks; only the tail
-  tiles pay for the causal and length masks, in a second loop. Decode tiles over short splits
-  (`AttentionConfig.one_pass`) walk their keys in one loop with every tile masked instead: the
-  second loop costs every program its tail's block-id load and the pipeline's set-up and drain
-  around it, even when its range is empty, and at a few tiles a split that is worth more than
-  the masks.
+  tiles pay for the causal and length masks, in a second loop. Split decode tiles of up to
+  2,048 keys a split (`AttentionConfig.one_pass`) walk their keys in one loop with every tile
+  masked instead: the second loop costs every program its tail's block-id load and the
+  pipeline's set-up and drain around it, even when its range is empty, which is worth more
+  than the masks there.
 - K/V tiles are gathered key by key through the block table (any block size); the next tile's
   block ids are loaded an iteration ahead so Triton's software pipeline keeps num_stages - 1
-  K/V tiles in flight (`kernels.attention_tile.attend_kv_range`).
+  K/V tiles in flight (`kernels.attention_tile.attend_kv_range`). One-pass tiles over long
+  splits (`AttentionConfig.ids_chunk_keys`) load the block ids of the whole split at once
+  instead, before the loop, and take each tile's from them.
 
 - Programmatic dependent launch (`pdl`, `kernels.pdl`): the program reads the step's metadata
   and its first key tile's block ids, then waits for the kernel before it (store_kv in the
@@ -46,6 +48,7 @@ from kernels.attention_tile import (
     attend_kv_range,
     attend_new_keys,
     find_sequence,
+    range_block_ids,
     store_tile,
     tile_block_ids,
 )
@@ -57,6 +60,9 @@ try:
 except ImportError:  # triton < 3.4: every key comes from the cache
     TensorDescriptor = None
 
+# The most block ids a one-pass tile holds at once (`AttentionConfig.ids_chunk_keys`): the
+# rule's longest split (2,048 keys) in one chunk down to blocks of 16 keys.
+MAX_CHUNK_BLOCKS = 256
 # Prefill tiles read this step's own keys by TMA when the caller passes them (Hopper and later;
 # the CPU interpreter too, so CI runs the path). False: every key through the block table.
 NEW_KV_TMA = True
@@ -94,7 +100,9 @@ def _paged_attention_kernel(
     SPLIT_K: tl.constexpr,
     ONE_TILE_PER_SEQ: tl.constexpr,  # max_seqlen_q * GROUP <= BLOCK_M: one tile slot per sequence
     NEW_KV_TMA: tl.constexpr,  # keys of this step's tokens from k/v_new_desc, not the cache
-    ONE_PASS: tl.constexpr,  # the split's keys in one loop, every key tile masked (short splits)
+    ONE_PASS: tl.constexpr,  # the split's keys in one loop, every key tile masked (split decode)
+    CHUNK_KEYS: tl.constexpr,  # ONE_PASS: > 0 loads the block ids of this many keys at once
+    CHUNK_BLOCKS: tl.constexpr,  # a power of two >= CHUNK_KEYS // BLOCK_SIZE + 2
     DOT_PRECISION: tl.constexpr,
     PDL: tl.constexpr,  # launched as a programmatic dependent of the kernel before (sm_90+)
 ):
@@ -163,7 +171,13 @@ def _paged_attention_kernel(
         else:
             unmasked_end = (context_start + row_lo // GROUP + 1) // BLOCK_N * BLOCK_N
             full_hi = tl.minimum(split_hi, unmasked_end)
-        first_ids = tile_block_ids(block_table_ptr, split_lo, full_hi, BLOCK_SIZE, BLOCK_N)
+        if ONE_PASS and CHUNK_KEYS > 0 and not NEW_KV_TMA:
+            chunk_ids = range_block_ids(
+                block_table_ptr, split_lo, tl.minimum(split_lo + CHUNK_KEYS, split_hi),
+                BLOCK_SIZE, CHUNK_BLOCKS,
+            )  # fmt: skip
+        else:
+            first_ids = tile_block_ids(block_table_ptr, split_lo, full_hi, BLOCK_SIZE, BLOCK_N)
         if PDL:
             # Everything above comes from the step's metadata, which the host wrote before the
             # step. The query, this step's keys and the cache (the kernel before may be writing
@@ -212,6 +226,22 @@ def _paged_attention_kernel(
                 acc, m_i, l_i = attend_new_keys(
                     acc, m_i, l_i, q, k_new_desc, v_new_desc, kv_head * HEAD_DIM, row_of_pos0,
                     new_full, split_hi, key_limit, qk_scale, BLOCK_N, True, DOT_PRECISION,
+                )  # fmt: skip
+        elif ONE_PASS and CHUNK_KEYS > 0:
+            # Chunks of CHUNK_KEYS keys, each chunk's block ids loaded whole before its keys (the
+            # first chunk's before the wait). The rule makes a split one chunk; more are for
+            # small blocks (MAX_CHUNK_BLOCKS) and for hints that under-estimate.
+            for chunk_lo in range(split_lo, split_hi, CHUNK_KEYS):
+                chunk_hi = tl.minimum(chunk_lo + CHUNK_KEYS, split_hi)
+                acc, m_i, l_i = attend_kv_range(
+                    acc, m_i, l_i, q, k_head_ptr, v_head_ptr, block_table_ptr, chunk_ids,
+                    chunk_lo, chunk_hi, key_limit, qk_scale,
+                    cache_stride_block, cache_stride_slot,
+                    BLOCK_SIZE, BLOCK_N, HEAD_DIM, True, DOT_PRECISION, CHUNK_BLOCKS,
+                )  # fmt: skip
+                chunk_ids = range_block_ids(
+                    block_table_ptr, chunk_hi, tl.minimum(chunk_hi + CHUNK_KEYS, split_hi),
+                    BLOCK_SIZE, CHUNK_BLOCKS,
                 )  # fmt: skip
         else:
             # ONE_PASS: full_hi is split_hi, and every tile of this loop is masked.
@@ -340,6 +370,11 @@ def _launch(
     if config.step_kv and not one_tile_per_seq and key is not None and value is not None:
         new_kv = new_kv_descriptors(key, value, query, k_cache, config.block_n)
     pdl = pdl and pdl_device(query.device)
+    chunk_keys = 0
+    if config.one_pass and new_kv is None:
+        # At most MAX_CHUNK_BLOCKS block ids a chunk (small blocks), whole key tiles.
+        most = (MAX_CHUNK_BLOCKS - 2) * block_size // config.block_n * config.block_n
+        chunk_keys = min(config.ids_chunk_keys, max(config.block_n, most))
     _paged_attention_kernel[grid](
         out_ptr=out,
         part_acc_ptr=part_acc,
@@ -372,6 +407,8 @@ def _launch(
         ONE_TILE_PER_SEQ=one_tile_per_seq,
         NEW_KV_TMA=new_kv is not None,
         ONE_PASS=config.one_pass and new_kv is None,
+        CHUNK_KEYS=chunk_keys,
+        CHUNK_BLOCKS=triton.next_power_of_2(chunk_keys // block_size + 2),
         DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
         PDL=pdl,
         num_warps=config.num_warps,

@@ -364,9 +364,11 @@ CONFIG_COLUMNS = [("block_m", "d"), ("block_n", "d"), ("num_splits", "d"), ("num
 
 DECODE_COLUMNS = [("batch", "d"), ("context", "d"), ("ms", ".4f"), ("gbs", ".0f"),
                   ("of_copy", ".2f"), *CONFIG_COLUMNS]  # fmt: skip
+# Decode tables add how a split walks its keys: in one loop (`one_pass`), and the keys whose
+# block ids it loads at once (`ids_chunk_keys`, 0: a tile's at a time).
 LAYERED_COLUMNS = [*DECODE_COLUMNS[:5], ("layers", "d"), ("layer_ms", ".4f"), ("layer_gbs", ".0f"),
                    ("layer_of_copy", ".3f"), ("own_layer_of_copy", ".3f"),
-                   *CONFIG_COLUMNS]  # fmt: skip
+                   *CONFIG_COLUMNS, ("one_pass", ""), ("ids_chunk_keys", "d")]  # fmt: skip
 
 
 def run_decode(cache: PagedCache, args: argparse.Namespace, copy_gbs: float) -> list[dict]:

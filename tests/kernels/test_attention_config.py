@@ -126,26 +126,43 @@ def test_decode_tiles_by_split(monkeypatch, seqs: int, k: int, expect) -> None:
 
 
 @pytest.mark.parametrize(
-    ("seqs", "k", "one_pass"),
+    ("seqs", "k", "one_pass", "preload"),
     [
-        (1, 4096, True),  # 32 splits of 128 keys
-        (1, 16384, True),  # 32 splits of 512
-        (1, 32768, False),  # 32 splits of 1,024
-        (2, 6144, True),
-        (3, 8192, False),  # 11 splits of 768
-        (16, 1024, True),  # 5 splits of 7 tiles of 32 keys
-        (16, 512, False),  # 4 splits of two 64-key tiles
-        (64, 4096, False),  # no split
+        (1, 4096, True, False),  # 32 splits of 128 keys
+        (1, 12288, True, False),  # 32 splits of 384
+        (1, 16384, True, False),  # 32 splits of 512
+        (3, 6144, True, True),  # 11 splits of 576
+        (1, 32768, True, True),  # 32 splits of 1,024
+        (3, 8192, True, True),  # 11 splits of 768
+        (2, 32768, True, True),  # 17 splits of 1,952
+        (3, 32768, False, False),  # 11 splits of 3,008: two loops
+        (16, 1024, True, True),  # 5 splits of 7 tiles of 32 keys, two stages deep
+        (16, 2048, True, False),  # 5 splits of 13 tiles, two stages deep
+        (16, 512, False, False),  # 4 splits of two 64-key tiles
+        (64, 4096, False, False),  # no split
     ],
 )
-def test_decode_over_short_splits_takes_one_pass(monkeypatch, seqs: int, k: int, one_pass) -> None:
+def test_split_decode_takes_one_pass_and_preloads_long_splits(
+    monkeypatch, seqs: int, k: int, one_pass: bool, preload: bool
+) -> None:
     c = _choose(monkeypatch, HOPPER, seqs=seqs, q=1, k=k)
-    assert c.one_pass == one_pass
+    assert (c.one_pass, c.ids_chunk_keys > 0) == (one_pass, preload)
+    split_tiles = math.ceil(math.ceil(k / c.block_n) / c.num_splits)
     if c.one_pass:
-        split_tiles = math.ceil(math.ceil(k / c.block_n) / c.num_splits)
-        assert split_tiles >= 3 and split_tiles * c.block_n <= 512
+        assert split_tiles >= 3 and split_tiles * c.block_n <= 2048
+    if preload:
+        # The whole split's ids in one chunk.
+        assert c.ids_chunk_keys == split_tiles * c.block_n
     # Prefill and chunk tiles keep their unmasked loop whatever their split.
     assert not _choose(monkeypatch, HOPPER, seqs=33, q=96, k=8192, tokens=128).one_pass
+
+
+def test_ids_chunk_keys_needs_one_pass_and_whole_key_tiles() -> None:
+    AttentionConfig(16, 32, 4, 4, 3, one_pass=True, ids_chunk_keys=96)
+    with pytest.raises(ValueError, match="ids_chunk_keys"):
+        AttentionConfig(16, 32, 4, 4, 3, ids_chunk_keys=96)
+    with pytest.raises(ValueError, match="ids_chunk_keys"):
+        AttentionConfig(16, 32, 4, 4, 3, one_pass=True, ids_chunk_keys=100)
 
 
 def test_no_split_is_left_without_keys(monkeypatch) -> None:

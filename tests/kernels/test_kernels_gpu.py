@@ -55,6 +55,10 @@ def test_matrix_matches_reference(dtype: torch.dtype, head_dim: int, group: int)
         # Every key tile of a split in one masked loop, over decode and prefill tiles alike.
         AttentionConfig(16, 32, 7, 4, 3, one_pass=True),
         AttentionConfig(64, 32, 3, 4, 3, one_pass=True),
+        # ... with a split's block ids loaded at once: the longest split here (4,099 keys in
+        # 7) holds 608 keys, in one chunk of 640, or in seven of 96, five stages deep.
+        AttentionConfig(16, 32, 7, 4, 3, one_pass=True, ids_chunk_keys=640),
+        AttentionConfig(16, 32, 7, 4, 5, one_pass=True, ids_chunk_keys=96),
         # Register caps (ptxas .maxnreg) that fit three and two programs a multiprocessor.
         AttentionConfig(64, 32, 1, 4, 3, max_registers=168),
         AttentionConfig(128, 32, 3, 8, 3, max_registers=128),

@@ -6,6 +6,7 @@ dtypes are covered by test_kernels_gpu.py on CUDA.
 
 import pytest
 import torch
+import triton
 
 from kernels import reference
 from kernels.attention_config import AttentionConfig, choose_config
@@ -83,15 +84,21 @@ def test_long_decode_picks_split_k_and_matches_reference() -> None:
     _assert_matches_reference(batch, out)
 
 
-@pytest.mark.parametrize("one_pass", [False, True])
+@pytest.mark.parametrize("chunks", [None, 0, 1, 3])
 @pytest.mark.parametrize("block_n", [16, 32])
-def test_decode_split_loops_match_reference(block_n: int, one_pass: bool) -> None:
-    """A split's keys in two loops (the unmasked tiles, then the masked tail) or in one with
-    every tile masked: lengths that end inside a tile, on a tile edge, and inside the first
-    split, each split holding several tiles; a decode and a 3-token verification."""
+def test_decode_split_loops_match_reference(block_n: int, chunks: int | None) -> None:
+    """A split's keys in two loops (the unmasked tiles, then the masked tail: None) or in one
+    with every tile masked, the block ids loaded a tile ahead (0) or a chunk's at once: the
+    whole split's (1, as the rule sets it) or a third of it at a time (3, as small blocks or
+    hints that under-estimate make it). Lengths that end inside a tile, on a tile edge, and
+    inside the first split, each split holding several tiles; a decode and a 3-token
+    verification."""
     batch = make_paged_batch([(700, 1), (333, 1), (256, 1), (30, 1), (95, 3)], 8, 2, 32, 16,
                              device=DEVICE)  # fmt: skip
-    config = AttentionConfig(16, block_n, 5, 4, 3, one_pass=one_pass)
+    split_tiles = triton.cdiv(triton.cdiv(700, block_n), 5)
+    chunk_keys = triton.cdiv(split_tiles, chunks) * block_n if chunks else 0
+    one_pass = chunks is not None
+    config = AttentionConfig(16, block_n, 5, 4, 3, one_pass=one_pass, ids_chunk_keys=chunk_keys)
     out = paged_attention_with_config(*batch.tensors(), SCALE, 3, config)
     _assert_matches_reference(batch, out)
 
