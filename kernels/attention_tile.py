@@ -122,8 +122,7 @@ def attend_kv_range(
     k_head_ptr,  # k_cache at this KV head: [num_blocks, block_size, (head), head_dim]
     v_head_ptr,  # v_cache at this KV head
     block_table_ptr,  # [max_blocks_per_seq] int32, this sequence's row
-    ids,  # CHUNK_BLOCKS == 0: [BLOCK_N] block ids of the first key tile, tile_block_ids(...,
-    # kv_lo, kv_hi); else [CHUNK_BLOCKS] of every block of the range, range_block_ids(...)
+    next_ids,  # [BLOCK_N] block ids of the first key tile: tile_block_ids(..., kv_lo, kv_hi)
     kv_lo,  # first key position, a multiple of BLOCK_N
     kv_hi,  # one past the last key position
     key_limit,  # [BLOCK_M] row r sees keys < key_limit[r]; only read when MASKED
@@ -135,31 +134,19 @@ def attend_kv_range(
     HEAD_DIM: tl.constexpr,
     MASKED: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
-    CHUNK_BLOCKS: tl.constexpr = 0,
 ):
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    # By default the block ids of the next key tile are loaded one iteration ahead and carried:
-    # K/V addresses then come from a loop-carried value, not from a load of the same iteration,
-    # so the software pipeline keeps num_stages - 1 K/V tiles in flight. (Gathered in the same
+    # The block ids of the next key tile are loaded one iteration ahead and carried: K/V
+    # addresses then come from a loop-carried value, not from a load of the same iteration, so
+    # the software pipeline keeps num_stages - 1 K/V tiles in flight. (Gathered in the same
     # iteration, the index load took a pipeline stage of its own and left one tile in flight.)
     # The caller loads the first tile's, so that it can do so before it waits on another kernel.
-    # With CHUNK_BLOCKS the caller has loaded the ids of the whole range, and each tile takes
-    # its own from them (a gather through shared memory): no load in the loop feeds an address,
-    # which long ranges gain from and short ones lose to
-    # (`kernels.attention_config.PRELOAD_OVER_SPLIT_KEYS`).
-    next_ids = ids
     for start_n in range(kv_lo, kv_hi, BLOCK_N):
         kv_pos = start_n + offs_n
-        if CHUNK_BLOCKS > 0:
-            which = tl.minimum(kv_pos // BLOCK_SIZE - kv_lo // BLOCK_SIZE, CHUNK_BLOCKS - 1)
-            block_ids = tl.gather(ids, which, 0)
-        else:
-            block_ids = next_ids
-            next_pos = kv_pos + BLOCK_N
-            next_ids = tl.load(
-                block_table_ptr + next_pos // BLOCK_SIZE, mask=next_pos < kv_hi, other=0
-            )
+        block_ids = next_ids
+        next_pos = kv_pos + BLOCK_N
+        next_ids = tl.load(block_table_ptr + next_pos // BLOCK_SIZE, mask=next_pos < kv_hi, other=0)
         slot_offs = (
             block_ids.to(tl.int64) * cache_stride_block + (kv_pos % BLOCK_SIZE) * cache_stride_slot
         )
@@ -188,6 +175,56 @@ def range_block_ids(
     offs_b = tl.arange(0, CHUNK_BLOCKS)
     in_range = offs_b < tl.cdiv(kv_hi, BLOCK_SIZE) - first_block
     return tl.load(block_table_ptr + first_block + offs_b, mask=in_range, other=0)
+
+
+@triton.jit
+def attend_kv_split(
+    acc,  # [BLOCK_M, HEAD_DIM] fp32, unnormalised output
+    m_i,  # [BLOCK_M] fp32
+    l_i,  # [BLOCK_M] fp32
+    q,  # [BLOCK_M, HEAD_DIM]
+    k_head_ptr,  # k_cache at this KV head: [num_blocks, block_size, (head), head_dim]
+    v_head_ptr,  # v_cache at this KV head
+    chunk_ids,  # [CHUNK_BLOCKS] block ids of the blocks from first_block on
+    first_block,  # the block of key position kv_lo: kv_lo // BLOCK_SIZE
+    kv_lo,  # first key position, a multiple of BLOCK_N
+    kv_hi,  # one past the last key position: (kv_hi - 1) // BLOCK_SIZE - first_block < CHUNK_BLOCKS
+    key_limit,  # [BLOCK_M] row r sees keys < key_limit[r]
+    qk_scale,
+    cache_stride_block,
+    cache_stride_slot,
+    BLOCK_SIZE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    CHUNK_BLOCKS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """`attend_kv_range`, MASKED, with the block ids of the whole range in `chunk_ids`, loaded
+    before the loop: K/V addresses then depend on no load inside the loop. Each tile takes its
+    ids from there by a gather in registers and shared memory, which costs more than a short
+    range saves (see `kernels.attention_config.PRELOAD_OVER_SPLIT_KEYS`).
+
+    It stays apart from `attend_kv_range` on purpose: folded into it behind a constexpr (the
+    ids' first block then derived from kv_lo inside), the same loop compiled slower with Triton
+    3.6, and lost 0.5-1.3% of copy bandwidth to this one on the H200 (thirteenth session, run
+    5: 2 x 16k 0.760 against 0.774, 6 x 12k 0.826 against 0.849)."""
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    for start_n in range(kv_lo, kv_hi, BLOCK_N):
+        kv_pos = start_n + offs_n
+        kv_valid = kv_pos < kv_hi
+        which = tl.minimum(kv_pos // BLOCK_SIZE - first_block, CHUNK_BLOCKS - 1)
+        block_ids = tl.gather(chunk_ids, which, 0)
+        slot_offs = (
+            block_ids.to(tl.int64) * cache_stride_block + (kv_pos % BLOCK_SIZE) * cache_stride_slot
+        )
+        kv_offs = slot_offs[:, None] + offs_d[None, :]
+        k = tl.load(k_head_ptr + kv_offs, mask=kv_valid[:, None], other=0.0)
+        v = tl.load(v_head_ptr + kv_offs, mask=kv_valid[:, None], other=0.0)
+        acc, m_i, l_i = online_softmax_step(
+            acc, m_i, l_i, q, k, v, kv_pos, kv_hi, key_limit, qk_scale, True, DOT_PRECISION
+        )
+    return acc, m_i, l_i
 
 
 @triton.jit

@@ -25,7 +25,7 @@ split of the key range:
   block ids are loaded an iteration ahead so Triton's software pipeline keeps num_stages - 1
   K/V tiles in flight (`kernels.attention_tile.attend_kv_range`). One-pass tiles over long
   splits (`AttentionConfig.ids_chunk_keys`) load the block ids of the whole split at once
-  instead, before the loop, and take each tile's from them.
+  instead, before the loop, and take each tile's from them (`attend_kv_split`).
 
 - Programmatic dependent launch (`pdl`, `kernels.pdl`): the program reads the step's metadata
   and its first key tile's block ids, then waits for the kernel before it (store_kv in the
@@ -46,6 +46,7 @@ import triton.language as tl
 from kernels.attention_config import AttentionConfig, check_inputs, choose_config
 from kernels.attention_tile import (
     attend_kv_range,
+    attend_kv_split,
     attend_new_keys,
     find_sequence,
     range_block_ids,
@@ -233,11 +234,11 @@ def _paged_attention_kernel(
             # small blocks (MAX_CHUNK_BLOCKS) and for hints that under-estimate.
             for chunk_lo in range(split_lo, split_hi, CHUNK_KEYS):
                 chunk_hi = tl.minimum(chunk_lo + CHUNK_KEYS, split_hi)
-                acc, m_i, l_i = attend_kv_range(
-                    acc, m_i, l_i, q, k_head_ptr, v_head_ptr, block_table_ptr, chunk_ids,
+                acc, m_i, l_i = attend_kv_split(
+                    acc, m_i, l_i, q, k_head_ptr, v_head_ptr, chunk_ids, chunk_lo // BLOCK_SIZE,
                     chunk_lo, chunk_hi, key_limit, qk_scale,
                     cache_stride_block, cache_stride_slot,
-                    BLOCK_SIZE, BLOCK_N, HEAD_DIM, True, DOT_PRECISION, CHUNK_BLOCKS,
+                    BLOCK_SIZE, BLOCK_N, HEAD_DIM, CHUNK_BLOCKS, DOT_PRECISION,
                 )  # fmt: skip
                 chunk_ids = range_block_ids(
                     block_table_ptr, chunk_hi, tl.minimum(chunk_hi + CHUNK_KEYS, split_hi),
