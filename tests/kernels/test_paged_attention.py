@@ -85,21 +85,32 @@ def test_long_decode_picks_split_k_and_matches_reference() -> None:
 
 
 @pytest.mark.parametrize("chunks", [None, 0, 1, 3])
-@pytest.mark.parametrize("block_n", [16, 32])
-def test_decode_split_loops_match_reference(block_n: int, chunks: int | None) -> None:
+@pytest.mark.parametrize(("block_n", "block_size"), [(16, 16), (32, 16), (16, 32)])
+def test_decode_split_loops_match_reference(
+    block_n: int, block_size: int, chunks: int | None
+) -> None:
     """A split's keys in two loops (the unmasked tiles, then the masked tail: None) or in one
     with every tile masked, the block ids loaded a tile ahead (0) or a chunk's at once: the
     whole split's (1, as the rule sets it) or a third of it at a time (3, as small blocks or
     hints that under-estimate make it). Lengths that end inside a tile, on a tile edge, and
     inside the first split, each split holding several tiles; a decode and a 3-token
-    verification."""
-    batch = make_paged_batch([(700, 1), (333, 1), (256, 1), (30, 1), (95, 3)], 8, 2, 32, 16,
-                             device=DEVICE)  # fmt: skip
+    verification. Blocks of 32 keys under 16-key tiles start splits inside a block."""
+    batch = make_paged_batch([(700, 1), (333, 1), (256, 1), (30, 1), (95, 3)], 8, 2, 32,
+                             block_size, device=DEVICE)  # fmt: skip
     split_tiles = triton.cdiv(triton.cdiv(700, block_n), 5)
     chunk_keys = triton.cdiv(split_tiles, chunks) * block_n if chunks else 0
     one_pass = chunks is not None
     config = AttentionConfig(16, block_n, 5, 4, 3, one_pass=one_pass, ids_chunk_keys=chunk_keys)
     out = paged_attention_with_config(*batch.tensors(), SCALE, 3, config)
+    _assert_matches_reference(batch, out)
+
+
+def test_one_pass_over_small_blocks_takes_several_chunks() -> None:
+    """Blocks of 2 keys: the launcher holds at most 256 block ids a chunk, so a 720-key chunk
+    (one split of a 700-key decode) runs as two of 496 and 224 keys."""
+    batch = make_paged_batch([(700, 1), (41, 1)], 8, 2, 32, 2, device=DEVICE)
+    config = AttentionConfig(16, 16, 1, 4, 3, one_pass=True, ids_chunk_keys=720)
+    out = paged_attention_with_config(*batch.tensors(), SCALE, 1, config)
     _assert_matches_reference(batch, out)
 
 
