@@ -268,8 +268,24 @@ def choose_config(
     # does not divide the tiles leaves its last splits empty (batch 4 x 4k: 17 splits of 8 tiles
     # of 128, the 17th with none): drop those, their programs and their partials.
     key_tiles = triton.cdiv(max(1, max_seqlen_k), block_n)
-    split_tiles = triton.cdiv(key_tiles, num_splits)
-    num_splits = triton.cdiv(key_tiles, split_tiles)  # each still gets split_tiles tiles
+    num_splits = triton.cdiv(key_tiles, triton.cdiv(key_tiles, num_splits))
+    one_pass, ids_chunk_keys = split_walk(
+        block_n, num_splits, num_stages, max_seqlen_k, decode_tile
+    )
+    return AttentionConfig(
+        block_m, block_n, num_splits, num_warps, num_stages, step_kv, max_registers,
+        one_pass=one_pass, ids_chunk_keys=ids_chunk_keys,
+    )  # fmt: skip
+
+
+def split_walk(
+    block_n: int, num_splits: int, num_stages: int, max_seqlen_k: int, decode_tile: bool
+) -> tuple[bool, int]:
+    """(one_pass, ids_chunk_keys) of a launch with these key tiles and splits: how a split
+    decode tile (`decode_tile`: one query token, or a few, a sequence) walks its split's keys
+    (ONE_PASS_* and PRELOAD_* above). Split-K sweeps that replace a configuration's tile or
+    split count ask again here, as the ids chunk is one split's keys."""
+    split_tiles = triton.cdiv(triton.cdiv(max(1, max_seqlen_k), block_n), num_splits)
     split_keys = split_tiles * block_n
     one_pass = (
         decode_tile
@@ -279,10 +295,7 @@ def choose_config(
     )
     shallow = num_stages == 2 and split_tiles <= PRELOAD_SHALLOW_MAX_TILES
     preload = one_pass and (split_keys > PRELOAD_OVER_SPLIT_KEYS or shallow)
-    return AttentionConfig(
-        block_m, block_n, num_splits, num_warps, num_stages, step_kv, max_registers,
-        one_pass=one_pass, ids_chunk_keys=split_keys if preload else 0,
-    )  # fmt: skip
+    return one_pass, split_keys if preload else 0
 
 
 def shared_memory_bytes(

@@ -40,7 +40,13 @@ import triton.testing
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernels.attention_config import AttentionConfig, PrefillTile, choose_config
+from kernels.attention_config import (
+    SPLIT_DECODE_MAX_ROWS,
+    AttentionConfig,
+    PrefillTile,
+    choose_config,
+    split_walk,
+)
 from kernels.merge_splits import merge_splits
 from kernels.paged_attention import paged_attention_with_config
 from kernels.pdl import pdl_device
@@ -446,8 +452,15 @@ def run_sweep(cache: PagedCache, args: argparse.Namespace, copy_gbs: float, sdpa
                 if batch * ctx <= args.max_cache_tokens:
                     auto = auto_config(layer, batch, 1, ctx)
                     splits = auto.num_splits if batch < 16 or split_from_16 else 1
+                    # The split walk follows the rule for this tile and split count (auto's
+                    # holds one of auto's splits). A decode tile, as this bf16 layer of
+                    # head_dim 128 is never one of choose_config's wide ones.
+                    one_pass, ids_chunk_keys = split_walk(
+                        block_n, splits, stages, ctx, auto.block_m <= SPLIT_DECODE_MAX_ROWS
+                    )
                     config = replace(auto, block_n=block_n, num_stages=stages, num_splits=splits,
-                                     num_warps=warps)  # fmt: skip
+                                     num_warps=warps, one_pass=one_pass,
+                                     ids_chunk_keys=ids_chunk_keys)  # fmt: skip
                     table.append(decode_row(cache, batch, ctx, config, args.graph_layers,
                                             copy_gbs))  # fmt: skip
         title = f"decode sweep: block_n {block_n}, {stages} stages, {warps} warps, split-K from "

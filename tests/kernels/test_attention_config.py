@@ -1,12 +1,18 @@
 """Launch configuration: bounded by the shared memory, and few distinct compiled variants."""
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
 from kernels import attention_config
-from kernels.attention_config import AttentionConfig, choose_config, shared_memory_bytes
+from kernels.attention_config import (
+    AttentionConfig,
+    choose_config,
+    shared_memory_bytes,
+    split_walk,
+)
 
 HOPPER = (132, 232_448)  # multiprocessors, opt-in shared memory per program (227 KiB)
 ADA = (128, 101_376)  # 99 KiB
@@ -155,6 +161,18 @@ def test_split_decode_takes_one_pass_and_preloads_long_splits(
         assert c.ids_chunk_keys == split_tiles * c.block_n
     # Prefill and chunk tiles keep their unmasked loop whatever their split.
     assert not _choose(monkeypatch, HOPPER, seqs=33, q=96, k=8192, tokens=128).one_pass
+
+
+def test_split_walk_follows_a_replaced_tile(monkeypatch) -> None:
+    """A sweep that swaps the rule's key tile asks split_walk again: the rule's ids chunk (one
+    split of 32-key tiles) is not whole 64-key tiles."""
+    auto = _choose(monkeypatch, HOPPER, seqs=2, q=1, k=12288)  # 17 splits of 23 tiles of 32
+    assert (auto.one_pass, auto.ids_chunk_keys) == (True, 736)
+    with pytest.raises(ValueError, match="ids_chunk_keys"):
+        dataclasses.replace(auto, block_n=64)
+    one_pass, ids_chunk_keys = split_walk(64, auto.num_splits, 3, 12288, decode_tile=True)
+    assert (one_pass, ids_chunk_keys) == (True, 768)  # 12 tiles of 64
+    dataclasses.replace(auto, block_n=64, one_pass=one_pass, ids_chunk_keys=ids_chunk_keys)
 
 
 def test_ids_chunk_keys_needs_one_pass_and_whole_key_tiles() -> None:
