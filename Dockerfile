@@ -16,7 +16,7 @@ RUN pip install . \
  && useradd --create-home --uid 10001 worker
 # Convert the bundled model at build time so a container starts serving in seconds.
 USER worker
-RUN python -c "from worker.config import EngineSettings as S; from worker.models.bundled import bundled_model_dir as d; d(S().cache_dir)"
+RUN python -c "from llm_worker.config import EngineSettings as S; from llm_worker.models.bundled import bundled_model_dir as d; d(S().cache_dir)"
 
 EXPOSE 9400
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s \

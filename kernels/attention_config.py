@@ -178,7 +178,8 @@ class AttentionConfig:
 @functools.cache
 def _device_limits(device_index: int) -> tuple[int, int]:
     props = torch.cuda.get_device_properties(device_index)
-    return props.multi_processor_count, props.shared_memory_per_block_optin
+    optin = props.shared_memory_per_block_optin  # type: ignore[attr-defined]  # torch 2.11 stubs lack it
+    return props.multi_processor_count, optin
 
 
 def device_limits(device: torch.device) -> tuple[int, int]:

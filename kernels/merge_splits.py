@@ -4,7 +4,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.pdl import launch_options, pdl_device
+from llm_worker.kernels.pdl import launch_options, pdl_device
 
 MERGE_MIN_PROGRAMS = 128
 

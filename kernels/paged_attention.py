@@ -43,8 +43,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.attention_config import AttentionConfig, check_inputs, choose_config
-from kernels.attention_tile import (
+from llm_worker.kernels.attention_config import AttentionConfig, check_inputs, choose_config
+from llm_worker.kernels.attention_tile import (
     attend_kv_range,
     attend_kv_split,
     attend_new_keys,
@@ -53,8 +53,8 @@ from kernels.attention_tile import (
     store_tile,
     tile_block_ids,
 )
-from kernels.merge_splits import merge_splits
-from kernels.pdl import launch_options, pdl_device
+from llm_worker.kernels.merge_splits import merge_splits
+from llm_worker.kernels.pdl import launch_options, pdl_device
 
 try:
     from triton.tools.tensor_descriptor import TensorDescriptor

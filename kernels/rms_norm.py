@@ -11,8 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.pdl import dependents_at_start, launch_options, pdl_device
-from kernels.torch_math import rsqrt_f32, use_libdevice
+from llm_worker.kernels.pdl import dependents_at_start, launch_options, pdl_device
+from llm_worker.kernels.torch_math import rsqrt_f32, use_libdevice
 
 MAX_HIDDEN = 65536  # one row is held in registers; wider rows would spill
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.pdl import dependents_at_start, launch_options, pdl_device
+from llm_worker.kernels.pdl import dependents_at_start, launch_options, pdl_device
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 

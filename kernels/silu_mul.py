@@ -8,8 +8,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.pdl import launch_options, pdl_device
-from kernels.torch_math import exp_f32, use_libdevice
+from llm_worker.kernels.pdl import launch_options, pdl_device
+from llm_worker.kernels.torch_math import exp_f32, use_libdevice
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 BLOCK = 1024

@@ -1,9 +1,9 @@
 """Wire types shared by producers, workers and clients. No torch here."""
 
-from schemas.job import SCHEMA_VERSION, ChatMessage, Job
-from schemas.result import ErrorCode, ErrorInfo, Result, Timings, TokenLogprob, Usage
-from schemas.sampling import SamplingParams
-from schemas.status import JobStatus
+from llm_worker.schemas.job import SCHEMA_VERSION, ChatMessage, Job
+from llm_worker.schemas.result import ErrorCode, ErrorInfo, Result, Timings, TokenLogprob, Usage
+from llm_worker.schemas.sampling import SamplingParams
+from llm_worker.schemas.status import JobStatus
 
 __all__ = [
     "SCHEMA_VERSION",

@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from schemas.sampling import SamplingParams
+from llm_worker.schemas.sampling import SamplingParams
 
 SCHEMA_VERSION: Literal[1] = 1
 

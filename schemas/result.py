@@ -4,8 +4,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.job import SCHEMA_VERSION
-from schemas.status import JobStatus
+from llm_worker.schemas.job import SCHEMA_VERSION
+from llm_worker.schemas.status import JobStatus
 
 FinishReason = Literal["stop", "length", "abort"]
 

@@ -21,12 +21,12 @@ from typing import Any
 
 import torch
 
-from schemas import SamplingParams
-from worker.bench import percentiles, random_prompts, release_gpu_memory
-from worker.config import EngineSettings
-from worker.engine.builder import freeze_startup_heap
-from worker.engine.llm_engine import PLACEHOLDER, LLMEngine
-from worker.engine.sequence import Sequence
+from llm_worker.bench import percentiles, random_prompts, release_gpu_memory
+from llm_worker.config import EngineSettings
+from llm_worker.engine.builder import freeze_startup_heap
+from llm_worker.engine.llm_engine import PLACEHOLDER, LLMEngine
+from llm_worker.engine.sequence import Sequence
+from llm_worker.schemas import SamplingParams
 
 
 class GcPauses:

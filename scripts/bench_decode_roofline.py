@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
-from schemas import SamplingParams
-from worker.bench import measure_gpu_limits, random_prompts, release_gpu_memory
-from worker.config import EngineSettings
-from worker.engine.llm_engine import LLMEngine
-from worker.models.config import ModelConfig
-from worker.models.loader import resolve
+from llm_worker.bench import measure_gpu_limits, random_prompts, release_gpu_memory
+from llm_worker.config import EngineSettings
+from llm_worker.engine.llm_engine import LLMEngine
+from llm_worker.models.config import ModelConfig
+from llm_worker.models.loader import resolve
+from llm_worker.schemas import SamplingParams
 
 
 def time_per_output_token(engine: LLMEngine, prompt: list[int], output_len: int) -> float:

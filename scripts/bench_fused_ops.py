@@ -54,8 +54,8 @@ CPU_SHAPES = Shapes(hidden=256, num_heads=4, num_kv_heads=2, head_dim=64, interm
 
 def make_ops(shapes: Shapes, num_tokens: int, dtype: torch.dtype, device: str) -> dict:
     """op name -> (fused call, torch call, error of fused against torch on fresh inputs)."""
-    from kernels import reference, rms_norm, rotary, silu_mul
-    from worker.models.layers import rotary_cos_sin_cache
+    from llm_worker.kernels import reference, rms_norm, rotary, silu_mul
+    from llm_worker.models.layers import rotary_cos_sin_cache
 
     def randn(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, device=device).to(dtype)

@@ -15,12 +15,12 @@ import time
 
 import torch
 
-from schemas import SamplingParams
-from worker.config import EngineSettings, SchedulerConfig
-from worker.engine.block_manager import BlockManager
-from worker.engine.llm_engine import LLMEngine
-from worker.engine.scheduler import Scheduler
-from worker.engine.sequence import Sequence, SequenceMetrics
+from llm_worker.config import EngineSettings, SchedulerConfig
+from llm_worker.engine.block_manager import BlockManager
+from llm_worker.engine.llm_engine import LLMEngine
+from llm_worker.engine.scheduler import Scheduler
+from llm_worker.engine.sequence import Sequence, SequenceMetrics
+from llm_worker.schemas import SamplingParams
 
 
 def schedule_mix(args: argparse.Namespace) -> tuple[int, int]:

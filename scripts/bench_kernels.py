@@ -40,16 +40,16 @@ import triton.testing
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernels.attention_config import (
+from llm_worker.kernels.attention_config import (
     SPLIT_DECODE_MAX_ROWS,
     AttentionConfig,
     PrefillTile,
     choose_config,
     split_walk,
 )
-from kernels.merge_splits import merge_splits
-from kernels.paged_attention import paged_attention_with_config
-from kernels.pdl import pdl_device
+from llm_worker.kernels.merge_splits import merge_splits
+from llm_worker.kernels.paged_attention import paged_attention_with_config
+from llm_worker.kernels.pdl import pdl_device
 
 
 @dataclass(frozen=True)
@@ -575,7 +575,7 @@ def run_split_rules(cache: PagedCache, args: argparse.Namespace, copy_gbs: float
     (batch <= 16, context >= 4k) aim at P programs a multiprocessor (LONG_DECODE_PROGRAMS_PER_SM),
     splits of at least K keys (MIN_KEYS_PER_SPLIT), BN-key tiles ST stages deep when given
     (LONG_DECODE_TILE), and the split count rounded down with `down`."""
-    from kernels import attention_config
+    from llm_worker.kernels import attention_config
 
     names = (
         "LONG_DECODE_PROGRAMS_PER_SM",
@@ -616,8 +616,8 @@ def chain_row(cache: PagedCache, batch: int, ctx: int, layers: int, copy_gbs: fl
     same chain without it. Programmatic dependents overlap their start with the kernels before
     them, so this is the cost a model's decode step pays, which the attention-only graph of
     decode_row (`layer_us`) does not see."""
-    from kernels.rotary import rotary_embedding
-    from kernels.store_kv import store_kv
+    from llm_worker.kernels.rotary import rotary_embedding
+    from llm_worker.kernels.store_kv import store_kv
 
     layer = cache.layer
     heads, kv_heads, dim = layer.num_heads, layer.num_kv_heads, layer.head_dim

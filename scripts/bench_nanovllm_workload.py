@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from schemas import SamplingParams
-from worker.bench import run_throughput
-from worker.config import EngineSettings
-from worker.engine.llm_engine import LLMEngine
+from llm_worker.bench import run_throughput
+from llm_worker.config import EngineSettings
+from llm_worker.engine.llm_engine import LLMEngine
+from llm_worker.schemas import SamplingParams
 
 
 def main() -> None:

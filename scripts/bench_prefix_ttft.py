@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from schemas import SamplingParams
-from worker.bench import percentiles, random_prompts, release_gpu_memory
-from worker.config import EngineSettings
-from worker.engine.llm_engine import LLMEngine, RequestOutput
+from llm_worker.bench import percentiles, random_prompts, release_gpu_memory
+from llm_worker.config import EngineSettings
+from llm_worker.engine.llm_engine import LLMEngine, RequestOutput
+from llm_worker.schemas import SamplingParams
 
 
 def ttft_s(out: RequestOutput) -> float:

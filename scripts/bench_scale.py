@@ -46,9 +46,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from scale_fleet import REPO_ROOT, FleetSpec, LocalBroker, port_open, visible_gpus
 from scale_runs import Run, run_kafka, run_redis
 
-from schemas import Job, SamplingParams
-from worker.bench import random_prompts
-from worker.models.config import NAMED_SHAPES
+from llm_worker.bench import random_prompts
+from llm_worker.models.config import NAMED_SHAPES
+from llm_worker.schemas import Job, SamplingParams
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

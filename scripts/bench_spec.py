@@ -33,14 +33,14 @@ from typing import Any
 
 import torch
 
-from schemas import SamplingParams
-from worker.bench import random_prompts, release_gpu_memory
-from worker.config import EngineSettings
-from worker.engine.llm_engine import LLMEngine
-from worker.engine.speculative import SpecStats
-from worker.jobs import chat_prompt_ids
-from worker.models.config import NAMED_SHAPES, ModelConfig
-from worker.models.loader import resolve
+from llm_worker.bench import random_prompts, release_gpu_memory
+from llm_worker.config import EngineSettings
+from llm_worker.engine.llm_engine import LLMEngine
+from llm_worker.engine.speculative import SpecStats
+from llm_worker.jobs import chat_prompt_ids
+from llm_worker.models.config import NAMED_SHAPES, ModelConfig
+from llm_worker.models.loader import resolve
+from llm_worker.schemas import SamplingParams
 
 PASSAGES = Path(__file__).with_name("bench_spec_passages.json")
 INSTRUCTION = "Repeat the following passage exactly, word for word, with no commentary.\n\n"

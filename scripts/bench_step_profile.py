@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from schemas import SamplingParams
-from worker.bench import random_prompts
-from worker.config import EngineSettings
-from worker.engine.llm_engine import LLMEngine
+from llm_worker.bench import random_prompts
+from llm_worker.config import EngineSettings
+from llm_worker.engine.llm_engine import LLMEngine
+from llm_worker.schemas import SamplingParams
 
 KINDS = (
     ("gemm", re.compile(r"gemm|gemv|cutlass|nvjet|sm90|splitk|cublas", re.I)),

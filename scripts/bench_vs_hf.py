@@ -14,11 +14,11 @@ from typing import Any
 
 import torch
 
-from schemas import SamplingParams
-from worker.bench import measure_gpu_limits, random_prompts, run_throughput
-from worker.config import EngineSettings
-from worker.engine.llm_engine import LLMEngine
-from worker.models.loader import resolve
+from llm_worker.bench import measure_gpu_limits, random_prompts, run_throughput
+from llm_worker.config import EngineSettings
+from llm_worker.engine.llm_engine import LLMEngine
+from llm_worker.models.loader import resolve
+from llm_worker.schemas import SamplingParams
 
 
 def hf_model(settings: EngineSettings, engine: LLMEngine) -> Any:

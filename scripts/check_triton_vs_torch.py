@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from schemas import SamplingParams
-from worker.config import EngineSettings
-from worker.engine.llm_engine import LLMEngine, RequestOutput
+from llm_worker.config import EngineSettings
+from llm_worker.engine.llm_engine import LLMEngine, RequestOutput
+from llm_worker.schemas import SamplingParams
 
 NEAR_TIE_NATS = 0.1  # top-2 log-probability gap under which bf16 rounding may flip the argmax
 FP32_NEAR_TIE_NATS = 0.25  # two bf16 rounding units of a logit between 16 and 32

@@ -410,10 +410,10 @@ validate() {
 import asyncio, importlib.metadata, os, subprocess, sys, sysconfig
 
 sys.path.insert(0, os.path.join(os.environ["REPO"], "scripts"))
-import worker.cli, worker.queues.kafka, worker.service, worker.telemetry  # noqa: E401,F401
+import llm_worker.cli, worker.queues.kafka, worker.service, worker.telemetry  # noqa: E401,F401
 import scale_checks, scale_fleet, scale_runs  # noqa: E401,F401
 from redis.asyncio import Redis
-from worker.telemetry import build_telemetry
+from llm_worker.telemetry import build_telemetry
 
 stdlib = (os.path.realpath(sysconfig.get_paths()["stdlib"]),
           os.path.realpath(sysconfig.get_paths()["platstdlib"]))

@@ -194,7 +194,7 @@ if ((changed)); then
   # What the worker, the service and the scale scripts import, from the set-up environment.
   PYTHONPATH="$new_pythonpath" PATH="$new_path" "$py" - <<'PY' >&2 || die "the import check failed"
 import importlib.metadata as md
-import worker.queues.kafka, worker.service, worker.telemetry  # noqa: F401
+import llm_worker.queues.kafka, worker.service, worker.telemetry  # noqa: F401
 names = ["redis", "aiokafka", "pydantic", "pydantic-settings", "opentelemetry-sdk",
          "opentelemetry-exporter-prometheus", "torch"]
 print("device_setup: import check passed:", ", ".join(f"{n} {md.version(n)}" for n in names))

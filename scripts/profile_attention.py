@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_kernels as bk
 
-from kernels.paged_attention import paged_attention_with_config
+from llm_worker.kernels.paged_attention import paged_attention_with_config
 
 
 @triton.jit

@@ -17,10 +17,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from redis.asyncio import Redis
 
-from schemas import Job, JobStatus, Result
-from worker.queues.kafka_conn import client_kwargs
-from worker.queues.keys import RedisKeys
-from worker.service_settings import KafkaSettings
+from llm_worker.queues.kafka_conn import client_kwargs
+from llm_worker.queues.keys import RedisKeys
+from llm_worker.schemas import Job, JobStatus, Result
+from llm_worker.service_settings import KafkaSettings
 
 
 @dataclass

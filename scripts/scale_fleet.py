@@ -120,7 +120,7 @@ def _worker_env(spec: FleetSpec, worker_id: str, index: int, metrics_port: int) 
 
 
 def start_fleet(spec: FleetSpec, num_workers: int, stem: str) -> Fleet:
-    """`python -m worker serve` (the `llm-worker serve` entry point, same interpreter) N times."""
+    """`python -m llm_worker serve` (`llm-worker serve`, same interpreter) N times."""
     spec.log_dir.mkdir(parents=True, exist_ok=True)
     workers = []
     for index in range(num_workers):
@@ -129,7 +129,7 @@ def start_fleet(spec: FleetSpec, num_workers: int, stem: str) -> Fleet:
         log_path = spec.log_dir / f"{worker_id}.log"
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "worker", "serve", *spec.serve_args],
+                [sys.executable, "-m", "llm_worker", "serve", *spec.serve_args],
                 cwd=REPO_ROOT, env=_worker_env(spec, worker_id, index, port),
                 stdout=log, stderr=subprocess.STDOUT,
             )

@@ -15,12 +15,12 @@ from scale_checks import DeliveryCheck, check_kafka, check_redis
 from scale_fleet import Fleet, FleetSpec, start_fleet
 from tqdm import tqdm
 
-from schemas import Job, JobStatus
-from worker.client import KafkaProducer, RedisProducer, encode_job
-from worker.queues.kafka_conn import client_kwargs, ensure_topics
-from worker.queues.keys import RedisKeys
-from worker.queues.redis_conn import make_client
-from worker.service_settings import KafkaSettings, RedisSettings
+from llm_worker.client import KafkaProducer, RedisProducer, encode_job
+from llm_worker.queues.kafka_conn import client_kwargs, ensure_topics
+from llm_worker.queues.keys import RedisKeys
+from llm_worker.queues.redis_conn import make_client
+from llm_worker.schemas import Job, JobStatus
+from llm_worker.service_settings import KafkaSettings, RedisSettings
 
 
 @dataclass

@@ -1,14 +1,22 @@
-"""Shared fixtures; tests marked `gpu` are skipped where CUDA is not available."""
+"""Shared fixtures; tests marked `gpu` are skipped where CUDA is not available.
+
+Without CUDA the Triton kernels run under the CPU interpreter (at small sizes). TRITON_INTERPRET
+is read when a kernel is decorated, so it is set here, before any test module imports one.
+"""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from worker.config import EngineSettings
-from worker.jobs import chat_prompt_ids
-from worker.models.bundled import bundled_model_dir
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from llm_worker.config import EngineSettings
+from llm_worker.jobs import chat_prompt_ids
+from llm_worker.models.bundled import bundled_model_dir
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "prompts.jsonl"
 

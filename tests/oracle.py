@@ -5,9 +5,9 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from schemas import SamplingParams
-from worker.config import EngineSettings
-from worker.engine.llm_engine import LLMEngine
+from llm_worker.config import EngineSettings
+from llm_worker.engine.llm_engine import LLMEngine
+from llm_worker.schemas import SamplingParams
 
 # (name, model_type, num_heads, num_kv_heads, head_dim): GQA ratios 1, 3, 4; head_dim 64 and 128
 TINY_CONFIGS = [

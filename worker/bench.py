@@ -11,8 +11,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from schemas import SamplingParams
-from worker.engine.llm_engine import LLMEngine
+from llm_worker.engine.llm_engine import LLMEngine
+from llm_worker.schemas import SamplingParams
 
 
 @dataclass

@@ -6,12 +6,12 @@ import logging
 import sys
 from pathlib import Path
 
-from worker.config import EngineSettings, add_settings_arguments, settings_from_args
+from llm_worker.config import EngineSettings, add_settings_arguments, settings_from_args
 
 
 def _engine(args: argparse.Namespace):  # -> LLMEngine, imported late so --help stays fast
-    from worker.engine.builder import freeze_startup_heap
-    from worker.engine.llm_engine import LLMEngine
+    from llm_worker.engine.builder import freeze_startup_heap
+    from llm_worker.engine.llm_engine import LLMEngine
 
     settings: EngineSettings = settings_from_args(EngineSettings, args)
     engine = LLMEngine.from_settings(settings)
@@ -20,7 +20,7 @@ def _engine(args: argparse.Namespace):  # -> LLMEngine, imported late so --help 
 
 
 def cmd_run_batch(args: argparse.Namespace) -> int:
-    from worker.run_batch import run_batch
+    from llm_worker.run_batch import run_batch
 
     engine, settings = _engine(args)
     served = settings.served_model_name or settings.model
@@ -37,7 +37,7 @@ def cmd_run_batch(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_throughput(args: argparse.Namespace) -> int:
-    from worker.bench import throughput_main
+    from llm_worker.bench import throughput_main
 
     engine, _ = _engine(args)
     throughput_main(engine, args)
@@ -45,7 +45,7 @@ def cmd_bench_throughput(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_latency(args: argparse.Namespace) -> int:
-    from worker.bench import percentiles, run_latency
+    from llm_worker.bench import percentiles, run_latency
 
     engine, settings = _engine(args)
     times = run_latency(
@@ -63,7 +63,7 @@ def cmd_bench_latency(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from schemas import SamplingParams
+    from llm_worker.schemas import SamplingParams
 
     engine, _ = _engine(args)
     params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens)
@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="bench", required=True
     )
     p = bench.add_parser("throughput", help="requests/s and tokens/s on a synthetic dataset")
-    from worker.bench import add_throughput_arguments
+    from llm_worker.bench import add_throughput_arguments
 
     add_throughput_arguments(p)
     add_settings_arguments(p, EngineSettings)
@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-iters-warmup", type=int, default=2)
     add_settings_arguments(p, EngineSettings)
     p.set_defaults(func=cmd_bench_latency)
-    from worker.cli_queue import add_queue_commands
+    from llm_worker.cli_queue import add_queue_commands
 
     add_queue_commands(sub, lambda parser: add_settings_arguments(parser, EngineSettings))
     return parser

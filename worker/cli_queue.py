@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from schemas import Job, Result, SamplingParams
+from llm_worker.schemas import Job, Result, SamplingParams
 
 # Flag -> the env var ServiceSettings reads, so flags beat env without re-implementing its merge.
 SERVICE_FLAGS = {
@@ -40,7 +40,7 @@ def add_service_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def service_settings(args: argparse.Namespace):  # -> ServiceSettings
-    from worker.service_settings import ServiceSettings
+    from llm_worker.service_settings import ServiceSettings
 
     for flag, env in SERVICE_FLAGS.items():
         value = getattr(args, flag, None)
@@ -50,9 +50,9 @@ def service_settings(args: argparse.Namespace):  # -> ServiceSettings
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from worker.config import EngineSettings, settings_from_args
-    from worker.queues.errors import QueueError
-    from worker.serve import serve
+    from llm_worker.config import EngineSettings, settings_from_args
+    from llm_worker.queues.errors import QueueError
+    from llm_worker.serve import serve
 
     try:
         asyncio.run(serve(service_settings(args), settings_from_args(EngineSettings, args)))
@@ -64,7 +64,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _jobs_from_file(path: Path) -> Iterator[Job]:
     """Job JSON lines, or OpenAI batch lines (custom_id/method/url/body)."""
-    from worker.openai_batch import parse_line
+    from llm_worker.openai_batch import parse_line
 
     with path.open(encoding="utf-8") as f:
         for line_no, raw in enumerate(f, start=1):
@@ -78,7 +78,7 @@ def _jobs_from_file(path: Path) -> Iterator[Job]:
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
-    from worker import client
+    from llm_worker import client
 
     settings = service_settings(args)
     if args.file:
@@ -112,7 +112,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
 
 
 def cmd_result(args: argparse.Namespace) -> int:
-    from worker import client
+    from llm_worker import client
 
     settings = service_settings(args)
 

@@ -12,12 +12,12 @@ from collections.abc import Iterable
 
 from aiokafka import AIOKafkaProducer
 
-from schemas import Job, JobStatus, Result
-from worker.queues.errors import JobTooLarge
-from worker.queues.kafka_conn import client_kwargs, ensure_topics
-from worker.queues.keys import RedisKeys
-from worker.queues.redis_conn import make_client, verify
-from worker.service_settings import KafkaSettings, RedisSettings
+from llm_worker.queues.errors import JobTooLarge
+from llm_worker.queues.kafka_conn import client_kwargs, ensure_topics
+from llm_worker.queues.keys import RedisKeys
+from llm_worker.queues.redis_conn import make_client, verify
+from llm_worker.schemas import Job, JobStatus, Result
+from llm_worker.service_settings import KafkaSettings, RedisSettings
 
 DEFAULT_MAX_JOB_BYTES = 1 << 20
 

@@ -12,8 +12,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from schemas import SamplingParams
-from worker.engine.llm_engine import RequestOutput, RequestRejected
+from llm_worker.engine.llm_engine import RequestOutput, RequestRejected
+from llm_worker.schemas import SamplingParams
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from typing import Annotated
 
 from pydantic import TypeAdapter, ValidationError
 
-from schemas import ErrorCode, Job
-from worker.queues.protocol import Delivery
+from llm_worker.queues.protocol import Delivery
+from llm_worker.schemas import ErrorCode, Job
 
 _JOB_ID: TypeAdapter[str] = TypeAdapter(Annotated[str, *Job.model_fields["id"].metadata])
 _MAX_MESSAGE_CHARS = 1000  # a reason stays readable, and a hostile payload is not echoed whole

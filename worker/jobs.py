@@ -6,9 +6,18 @@ Shared by every intake path (run-batch, Redis, Kafka) so they fail and succeed i
 import time
 from typing import Any
 
-from schemas import ErrorCode, ErrorInfo, Job, JobStatus, Result, SamplingParams, Timings, Usage
-from schemas.result import TokenLogprob
-from worker.engine.llm_engine import RequestOutput
+from llm_worker.engine.llm_engine import RequestOutput
+from llm_worker.schemas import (
+    ErrorCode,
+    ErrorInfo,
+    Job,
+    JobStatus,
+    Result,
+    SamplingParams,
+    Timings,
+    Usage,
+)
+from llm_worker.schemas.result import TokenLogprob
 
 
 class JobError(Exception):

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from schemas import ChatMessage, ErrorCode, Job, JobStatus, Result, SamplingParams
+from llm_worker.schemas import ChatMessage, ErrorCode, Job, JobStatus, Result, SamplingParams
 
 COMPLETIONS = "/v1/completions"
 CHAT = "/v1/chat/completions"

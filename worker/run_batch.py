@@ -15,10 +15,10 @@ from typing import IO
 
 from tqdm import tqdm
 
-from worker.engine.llm_engine import LLMEngine
-from worker.queues.jsonl import BatchCounts, JsonlBatch
-from worker.service import Service
-from worker.service_settings import ServiceSettings
+from llm_worker.engine.llm_engine import LLMEngine
+from llm_worker.queues.jsonl import BatchCounts, JsonlBatch
+from llm_worker.service import Service
+from llm_worker.service_settings import ServiceSettings
 
 POLL_S = 0.02
 

@@ -1,5 +1,5 @@
 """Start a worker: brokers checked first, then the model, telemetry, and the service until
-SIGTERM / SIGINT. The CLI's `serve` and `python -m worker.service` both come here."""
+SIGTERM / SIGINT. The CLI's `serve` and `python -m llm_worker.service` both come here."""
 
 import asyncio
 import concurrent.futures
@@ -11,12 +11,12 @@ import sys
 import threading
 from typing import Any
 
-from worker.http_endpoints import Endpoints
-from worker.queues.errors import QueueError
-from worker.queues.factory import build_queue
-from worker.service import Service
-from worker.service_settings import ServiceSettings
-from worker.telemetry import build_telemetry
+from llm_worker.http_endpoints import Endpoints
+from llm_worker.queues.errors import QueueError
+from llm_worker.queues.factory import build_queue
+from llm_worker.service import Service
+from llm_worker.service_settings import ServiceSettings
+from llm_worker.telemetry import build_telemetry
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +78,8 @@ async def serve(service_settings: ServiceSettings, engine_settings: Any) -> None
 async def _load_engine(engine_settings: Any, stop_requested: asyncio.Event) -> Any:
     """The engine, or None when a stop came first. Loading runs on a daemon thread: a stopped
     worker exits without waiting minutes for a large model it will never use."""
-    from worker.engine.builder import freeze_startup_heap
-    from worker.engine.llm_engine import LLMEngine
+    from llm_worker.engine.builder import freeze_startup_heap
+    from llm_worker.engine.llm_engine import LLMEngine
 
     loaded: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
@@ -102,8 +102,8 @@ async def _load_engine(engine_settings: Any, stop_requested: asyncio.Event) -> A
 
 
 def main() -> int:
-    """One worker configured by environment variables only (`python -m worker.service`)."""
-    from worker.config import EngineSettings
+    """One worker configured by environment variables only (`python -m llm_worker.service`)."""
+    from llm_worker.config import EngineSettings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:

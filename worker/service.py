@@ -15,17 +15,17 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from schemas import ErrorCode, Job, JobStatus, Result
-from worker.engine_thread import Crashed, EngineEvent, EngineRequest, EngineThread, Finished
-from worker.intake import Refusal, parse_delivery
-from worker.jobs import JobError, build_result, failed_result, prepare_job
-from worker.queues.factory import is_transient
-from worker.queues.keys import RedisKeys
-from worker.queues.protocol import Delivery, JobSource, ResultSink
-from worker.queues.retry import Backoff, retrying
-from worker.service_settings import ServiceSettings
-from worker.settle import InFlight, Settler
-from worker.telemetry import Telemetry
+from llm_worker.engine_thread import Crashed, EngineEvent, EngineRequest, EngineThread, Finished
+from llm_worker.intake import Refusal, parse_delivery
+from llm_worker.jobs import JobError, build_result, failed_result, prepare_job
+from llm_worker.queues.factory import is_transient
+from llm_worker.queues.keys import RedisKeys
+from llm_worker.queues.protocol import Delivery, JobSource, ResultSink
+from llm_worker.queues.retry import Backoff, retrying
+from llm_worker.schemas import ErrorCode, Job, JobStatus, Result
+from llm_worker.service_settings import ServiceSettings
+from llm_worker.settle import InFlight, Settler
+from llm_worker.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -297,8 +297,8 @@ class Service:
 
 
 def main() -> int:
-    """`python -m worker.service`: one worker configured by environment variables only."""
-    from worker.serve import main as serve_main
+    """`python -m llm_worker.service`: one worker configured by environment variables only."""
+    from llm_worker.serve import main as serve_main
 
     return serve_main()
 

@@ -15,11 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from schemas import ErrorCode, Job, Result
-from worker.jobs import failed_result
-from worker.queues.protocol import Delivery, JobSource, ResultSink
-from worker.queues.retry import retrying
-from worker.telemetry import Telemetry
+from llm_worker.jobs import failed_result
+from llm_worker.queues.protocol import Delivery, JobSource, ResultSink
+from llm_worker.queues.retry import retrying
+from llm_worker.schemas import ErrorCode, Job, Result
+from llm_worker.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 

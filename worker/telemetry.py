@@ -19,7 +19,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.trace import Span, SpanKind
 
-from schemas import Job, JobStatus, Result
+from llm_worker.schemas import Job, JobStatus, Result
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ __all__ = ["redis_url", "unique_name"]
 
 def _cli(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "worker", *args],
+        [sys.executable, "-m", "llm_worker", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -31,7 +31,10 @@ def test_serve_enqueue_result_and_sigterm(redis_url: str, unique_name: str) -> N
         "LLM_WORKER_REDIS__URL": redis_url,
     }
     worker = subprocess.Popen(
-        [sys.executable, "-m", "worker", "serve", "--worker-id", "cli-test", "--max-num-seqs", "4"],
+        [
+            *(sys.executable, "-m", "llm_worker", "serve"),
+            *("--worker-id", "cli-test", "--max-num-seqs", "4"),
+        ],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

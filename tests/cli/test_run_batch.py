@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.cli import main
+from llm_worker.cli import main
 
 
 def _line(custom_id: str, body: dict, url: str = "/v1/completions") -> str:
@@ -91,9 +91,9 @@ def test_bad_lines_get_error_lines_and_good_lines_complete(
 @pytest.mark.slow
 def test_examples_file_runs_and_input_is_read_lazily(tmp_path: Path) -> None:
     """The shipped examples complete; the reader never runs ahead of the in-flight cap."""
-    from worker.config import EngineSettings
-    from worker.engine.llm_engine import LLMEngine
-    from worker.run_batch import run_batch
+    from llm_worker.config import EngineSettings
+    from llm_worker.engine.llm_engine import LLMEngine
+    from llm_worker.run_batch import run_batch
 
     engine = LLMEngine.from_settings(EngineSettings(max_num_seqs=4))
     src = Path(__file__).resolve().parents[2] / "examples" / "prompts.jsonl"

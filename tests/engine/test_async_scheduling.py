@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from schemas import SamplingParams
+from llm_worker.engine.llm_engine import PLACEHOLDER, LLMEngine, RequestOutput
+from llm_worker.schemas import SamplingParams
 from tests.engine.spec_methods import each_spec_method
 from tests.oracle import TINY_VOCAB, engine_for, make_tiny_checkpoint
-from worker.engine.llm_engine import PLACEHOLDER, LLMEngine, RequestOutput
 
 PROMPT_LENS = [5, 17, 33, 3, 48, 21, 9, 64]
 
@@ -223,7 +223,7 @@ def test_controller_charges_each_step_its_call_to_the_next(
     engine = _engine(checkpoint, True, speculative_method="ngram")
     assert engine.speculator is not None
     clock = [0.0]
-    monkeypatch.setattr("worker.engine.llm_engine.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("llm_worker.engine.llm_engine.time.monotonic", lambda: clock[0])
     gaps: list[float] = []  # gaps[i]: from call i to call i + 1
     observed: list[tuple[int, bool, float]] = []  # (the call reporting it, mode, seconds)
     observe = engine.speculator.controller.observe

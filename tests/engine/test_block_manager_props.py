@@ -9,11 +9,11 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from schemas import SamplingParams
-from worker.config import SchedulerConfig
-from worker.engine.block_manager import BlockManager
-from worker.engine.scheduler import RequestRejected, Scheduler
-from worker.engine.sequence import Sequence, SequenceMetrics
+from llm_worker.config import SchedulerConfig
+from llm_worker.engine.block_manager import BlockManager
+from llm_worker.engine.scheduler import RequestRejected, Scheduler
+from llm_worker.engine.sequence import Sequence, SequenceMetrics
+from llm_worker.schemas import SamplingParams
 
 BLOCK_SIZE = 4
 NUM_BLOCKS = 24

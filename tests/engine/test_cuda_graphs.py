@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from schemas import SamplingParams
+from llm_worker.config import EngineSettings
+from llm_worker.engine.builder import EngineConfigError
+from llm_worker.engine.llm_engine import LLMEngine
+from llm_worker.engine.model_runner import ModelRunner
+from llm_worker.schemas import SamplingParams
 from tests.engine.spec_methods import each_spec_method
-from worker.config import EngineSettings
-from worker.engine.builder import EngineConfigError
-from worker.engine.llm_engine import LLMEngine
-from worker.engine.model_runner import ModelRunner
 
 
 def engine(**overrides: object) -> LLMEngine:
@@ -124,7 +124,7 @@ def test_programmatic_dependent_launch_gives_the_plain_launch_tokens() -> None:
     """Launching the triton kernels as programmatic dependents changes when they start, never
     what they compute: bf16 graphs for decode and prefill, chunks and prefix hits, token for
     token the same as plain launches."""
-    from kernels.pdl import pdl_device
+    from llm_worker.kernels.pdl import pdl_device
 
     if not pdl_device(torch.device("cuda")):
         pytest.skip("programmatic dependent launch needs Hopper or later")

@@ -2,9 +2,9 @@
 
 import pytest
 
-from schemas import SamplingParams
-from worker.config import EngineSettings
-from worker.engine.llm_engine import LLMEngine, RequestRejected
+from llm_worker.config import EngineSettings
+from llm_worker.engine.llm_engine import LLMEngine, RequestRejected
+from llm_worker.schemas import SamplingParams
 
 
 def tiny_engine(**overrides: object) -> LLMEngine:

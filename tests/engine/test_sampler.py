@@ -4,8 +4,8 @@ import math
 
 import torch
 
-from schemas import SamplingParams
-from worker.engine.sampler import SamplingRow, sample
+from llm_worker.engine.sampler import SamplingRow, sample
+from llm_worker.schemas import SamplingParams
 
 
 def _row(**kw: object) -> SamplingRow:

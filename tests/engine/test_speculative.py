@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from schemas import SamplingParams
+from llm_worker.engine.ngram import NgramProposer
+from llm_worker.engine.rejection import VerifyItem, verify
+from llm_worker.engine.sampler import SamplingRow
+from llm_worker.engine.speculative import SpecController
+from llm_worker.schemas import SamplingParams
 from tests import oracle
 from tests.oracle import TINY_CONFIGS, engine_for, hf_greedy
-from worker.engine.ngram import NgramProposer
-from worker.engine.rejection import VerifyItem, verify
-from worker.engine.sampler import SamplingRow
-from worker.engine.speculative import SpecController
 
 
 def _brute_force_lookup(tokens: list[int], k: int, min_n: int, max_n: int) -> list[int]:
@@ -400,7 +400,7 @@ def test_max_tokens_stop_ids_and_logprobs_hold_under_speculation() -> None:
 def test_bad_speculative_settings_fail_start_up_clearly(
     small_vocab_pair: tuple[Path, Path], draft_checkpoint: Path
 ) -> None:
-    from worker.engine.builder import EngineConfigError
+    from llm_worker.engine.builder import EngineConfigError
 
     with pytest.raises(EngineConfigError, match="exactly one of --speculative-model"):
         _spec_tiny(speculative_method="draft")
@@ -458,10 +458,10 @@ def test_each_verified_position_sees_the_drafts_before_it() -> None:
 
 
 def _two_decoding(num_blocks: int):
-    from worker.config import SchedulerConfig
-    from worker.engine.block_manager import BlockManager
-    from worker.engine.scheduler import Scheduler
-    from worker.engine.sequence import Sequence, SequenceMetrics, SequenceStatus
+    from llm_worker.config import SchedulerConfig
+    from llm_worker.engine.block_manager import BlockManager
+    from llm_worker.engine.scheduler import Scheduler
+    from llm_worker.engine.sequence import Sequence, SequenceMetrics, SequenceStatus
 
     bm = BlockManager(num_blocks=num_blocks, block_size=4, enable_prefix_caching=False)
     scheduler = Scheduler(SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=64,
@@ -494,8 +494,8 @@ def test_drafts_never_cost_a_later_sequence_its_step() -> None:
 def test_plan_explores_on_pure_decode_steps_even_with_a_backlog() -> None:
     """A step is measurable (may explore) when every running sequence decodes and nothing can
     be admitted: a backlog behind a full batch still gives pure decode steps."""
-    from worker.engine.sequence import Sequence, SequenceMetrics
-    from worker.engine.speculative import SpecConfig, Speculator
+    from llm_worker.engine.sequence import Sequence, SequenceMetrics
+    from llm_worker.engine.speculative import SpecConfig, Speculator
 
     def decoding(name: str) -> Sequence:
         seq = Sequence(name, [11, 12, 13, 11, 12], 4, SamplingParams(max_tokens=20),

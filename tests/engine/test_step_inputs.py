@@ -7,17 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from schemas import SamplingParams
-from tests.oracle import engine_for, greedy, make_tiny_checkpoint
-from worker.engine.block_manager import cdiv
-from worker.engine.cuda_graphs import graph_batch_sizes, prefill_token_buckets
-from worker.engine.scheduler import ScheduledSequence
-from worker.engine.sequence import Sequence, SequenceMetrics
-from worker.engine.step_inputs import (
+from llm_worker.engine.block_manager import cdiv
+from llm_worker.engine.cuda_graphs import graph_batch_sizes, prefill_token_buckets
+from llm_worker.engine.scheduler import ScheduledSequence
+from llm_worker.engine.sequence import Sequence, SequenceMetrics
+from llm_worker.engine.step_inputs import (
     InputUploader,
     build_host_inputs,
     pad_inputs,
 )
+from llm_worker.schemas import SamplingParams
+from tests.oracle import engine_for, greedy, make_tiny_checkpoint
 
 BLOCK_SIZE = 4
 

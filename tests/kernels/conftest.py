@@ -1,16 +1,8 @@
-"""Without CUDA the Triton kernels run under the CPU interpreter, at small sizes.
-
-TRITON_INTERPRET must be set before triton is imported (and before any @triton.jit decorates),
-hence at conftest import time, ahead of every test module here.
-"""
-
-import os
+"""Kernel tests: each draws its data from a fixed seed (tests/conftest.py sets TRITON_INTERPRET
+for the CPU)."""
 
 import pytest
 import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(autouse=True)

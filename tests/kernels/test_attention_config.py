@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from kernels import attention_config
-from kernels.attention_config import (
+from llm_worker.kernels import attention_config
+from llm_worker.kernels.attention_config import (
     AttentionConfig,
     choose_config,
     shared_memory_bytes,

@@ -7,10 +7,10 @@ import dataclasses
 import pytest
 import torch
 
-from worker.models.attention import TORCH_BACKEND, AttentionMetadata
-from worker.models.elementwise import triton_ops
-from worker.models.llama import CausalLM
-from worker.models.loader import ModelSource, load_model
+from llm_worker.models.attention import TORCH_BACKEND, AttentionMetadata
+from llm_worker.models.elementwise import triton_ops
+from llm_worker.models.llama import CausalLM
+from llm_worker.models.loader import ModelSource, load_model
 
 BLOCK_SIZE = 16
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -10,11 +10,11 @@ does the reference's arithmetic op for op.
 import pytest
 import torch
 
-from kernels import reference
-from kernels.rms_norm import rms_norm
-from kernels.rotary import rotary_embedding
-from kernels.silu_mul import silu_and_mul
-from worker.models.layers import rotary_cos_sin_cache
+from llm_worker.kernels import reference
+from llm_worker.kernels.rms_norm import rms_norm
+from llm_worker.kernels.rotary import rotary_embedding
+from llm_worker.kernels.silu_mul import silu_and_mul
+from llm_worker.models.layers import rotary_cos_sin_cache
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]

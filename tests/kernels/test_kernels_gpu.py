@@ -7,14 +7,14 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from kernels import reference
-from kernels.attention_config import GATHER_SHORT_TILE, AttentionConfig, choose_config
-from kernels.paged_attention import paged_attention, paged_attention_with_config
-from kernels.pdl import pdl_device
-from kernels.rotary import rotary_embedding
-from kernels.store_kv import store_kv
+from llm_worker.kernels import reference
+from llm_worker.kernels.attention_config import GATHER_SHORT_TILE, AttentionConfig, choose_config
+from llm_worker.kernels.paged_attention import paged_attention, paged_attention_with_config
+from llm_worker.kernels.pdl import pdl_device
+from llm_worker.kernels.rotary import rotary_embedding
+from llm_worker.kernels.store_kv import store_kv
+from llm_worker.models.layers import rotary_cos_sin_cache
 from tests.kernels.paged_cases import PagedBatch, make_paged_batch
-from worker.models.layers import rotary_cos_sin_cache
 
 pytestmark = pytest.mark.gpu
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kernels.merge_splits import merge_splits
+from llm_worker.kernels.merge_splits import merge_splits
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 import triton
 
-from kernels import reference
-from kernels.attention_config import AttentionConfig, choose_config
-from kernels.paged_attention import paged_attention, paged_attention_with_config
+from llm_worker.kernels import reference
+from llm_worker.kernels.attention_config import AttentionConfig, choose_config
+from llm_worker.kernels.paged_attention import paged_attention, paged_attention_with_config
 from tests.kernels.paged_cases import PagedBatch, make_paged_batch
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

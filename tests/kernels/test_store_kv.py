@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from kernels import reference
-from kernels.store_kv import store_kv
+from llm_worker.kernels import reference
+from llm_worker.kernels.store_kv import store_kv
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

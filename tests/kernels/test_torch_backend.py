@@ -4,9 +4,9 @@ queries mixed in one batch, GQA and not."""
 import pytest
 import torch
 
-from kernels import reference
+from llm_worker.kernels import reference
+from llm_worker.models import torch_attention
 from tests.kernels.paged_cases import make_paged_batch
-from worker.models import torch_attention
 
 
 @pytest.mark.parametrize("group", [1, 3])

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from schemas import SamplingParams
+from llm_worker.schemas import SamplingParams
 from tests.oracle import engine_for, greedy, hf_greedy
 
 MAX_NEW = 24

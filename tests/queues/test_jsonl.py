@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from schemas import JobStatus, Result, Usage
-from worker.queues.jsonl import JsonlBatch
+from llm_worker.queues.jsonl import JsonlBatch
+from llm_worker.schemas import JobStatus, Result, Usage
 
 pytestmark = [pytest.mark.anyio]
 

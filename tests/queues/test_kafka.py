@@ -3,12 +3,12 @@
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from schemas import Job, JobStatus, Result
+from llm_worker.client import KafkaProducer
+from llm_worker.queues.kafka import KafkaJobSource, OffsetTracker
+from llm_worker.queues.kafka_results import KafkaResultSink
+from llm_worker.schemas import Job, JobStatus, Result
+from llm_worker.service_settings import KafkaSettings
 from tests.kafka_read import read_topic
-from worker.client import KafkaProducer
-from worker.queues.kafka import KafkaJobSource, OffsetTracker
-from worker.queues.kafka_results import KafkaResultSink
-from worker.service_settings import KafkaSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(120)]
 

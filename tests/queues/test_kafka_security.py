@@ -8,15 +8,15 @@ from typing import Any
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from schemas import Job, JobStatus, Result
+from llm_worker.client import KafkaProducer
+from llm_worker.queues.errors import BrokerAuthError, BrokerTLSError
+from llm_worker.queues.kafka import KafkaJobSource
+from llm_worker.queues.kafka_conn import client_kwargs
+from llm_worker.queues.kafka_results import KafkaResultSink
+from llm_worker.schemas import Job, JobStatus, Result
+from llm_worker.service_settings import KafkaSettings
 from tests.kafka_read import read_topic
 from tests.secure_brokers import SASL_PASSWORD, SASL_USER, SecureKafka
-from worker.client import KafkaProducer
-from worker.queues.errors import BrokerAuthError, BrokerTLSError
-from worker.queues.kafka import KafkaJobSource
-from worker.queues.kafka_conn import client_kwargs
-from worker.queues.kafka_results import KafkaResultSink
-from worker.service_settings import KafkaSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(120)]
 

@@ -2,15 +2,15 @@
 
 import pytest
 
-from schemas import Job
+from llm_worker.queues.kafka import KafkaJobSource
+from llm_worker.queues.memory import MemoryBroker
+from llm_worker.schemas import Job
 from tests.queues.test_kafka import _enqueue as kafka_enqueue
 from tests.queues.test_kafka import _receive_at_least
 from tests.queues.test_kafka import settings as kafka_settings
 from tests.queues.test_redis_streams import _enqueue as redis_enqueue
 from tests.queues.test_redis_streams import _source as redis_source
 from tests.queues.test_redis_streams import settings as redis_settings
-from worker.queues.kafka import KafkaJobSource
-from worker.queues.memory import MemoryBroker
 
 __all__ = ["kafka_settings", "redis_settings"]
 

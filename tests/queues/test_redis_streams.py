@@ -5,16 +5,16 @@ import asyncio
 import pytest
 import redis.asyncio as aioredis
 
-from schemas import Job, JobStatus, Result
+from llm_worker.client import RedisProducer
+from llm_worker.queues.errors import BrokerAuthError
+from llm_worker.queues.keys import RedisKeys
+from llm_worker.queues.redis_results import RedisResultStore
+from llm_worker.queues.redis_streams import RedisSourceConfig, RedisStreamSource
+from llm_worker.queues.redis_trim import trim_acked
+from llm_worker.schemas import Job, JobStatus, Result
+from llm_worker.service_settings import RedisSettings
 from tests.brokers import redis_env, run_script
 from tests.queues.reply_dropper import ReplyDropper
-from worker.client import RedisProducer
-from worker.queues.errors import BrokerAuthError
-from worker.queues.keys import RedisKeys
-from worker.queues.redis_results import RedisResultStore
-from worker.queues.redis_streams import RedisSourceConfig, RedisStreamSource
-from worker.queues.redis_trim import trim_acked
-from worker.service_settings import RedisSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(60)]
 

@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from schemas import Job, JobStatus, Result
+from llm_worker.client import RedisProducer
+from llm_worker.queues.errors import BrokerTLSError, BrokerUnavailable
+from llm_worker.queues.redis_results import RedisResultStore
+from llm_worker.queues.redis_streams import RedisSourceConfig, RedisStreamSource
+from llm_worker.schemas import Job, JobStatus, Result
+from llm_worker.service_settings import RedisSettings
 from tests.secure_brokers import (
     MTLS_REDIS_PORT,
     TLS_REDIS_PORT,
@@ -15,11 +20,6 @@ from tests.secure_brokers import (
     start_tls_redis,
     stop_tls_redis,
 )
-from worker.client import RedisProducer
-from worker.queues.errors import BrokerTLSError, BrokerUnavailable
-from worker.queues.redis_results import RedisResultStore
-from worker.queues.redis_streams import RedisSourceConfig, RedisStreamSource
-from worker.service_settings import RedisSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(60)]
 

@@ -1,8 +1,8 @@
 import pytest
 
+from llm_worker.engine.llm_engine import LLMEngine
 from tests.brokers import anyio_backend, kafka_bootstrap, private_redis, redis_url, unique_name
 from tests.service.jobs import ONE_TOKEN, TEST_ENGINE_SETTINGS, numbered_jobs
-from worker.engine.llm_engine import LLMEngine
 
 __all__ = ["anyio_backend", "kafka_bootstrap", "private_redis", "redis_url", "unique_name"]
 

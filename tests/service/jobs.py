@@ -1,7 +1,7 @@
 """Job sets and checks shared by the service tests."""
 
-from schemas import Job, JobStatus, Result, SamplingParams
-from worker.config import EngineSettings
+from llm_worker.config import EngineSettings
+from llm_worker.schemas import Job, JobStatus, Result, SamplingParams
 
 # Small enough for 2 CPU cores, large enough that batches really mix jobs.
 TEST_ENGINE_SETTINGS = EngineSettings(max_num_seqs=32, kv_cache_memory_gb=0.5)

@@ -4,10 +4,10 @@ from collections import Counter
 
 import redis.asyncio as aioredis
 
-from schemas import Result
-from worker.queues.keys import RedisKeys
-from worker.queues.redis_conn import make_client
-from worker.service_settings import RedisSettings
+from llm_worker.queues.keys import RedisKeys
+from llm_worker.queues.redis_conn import make_client
+from llm_worker.schemas import Result
+from llm_worker.service_settings import RedisSettings
 
 
 class RedisView:

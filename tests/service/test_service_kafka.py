@@ -7,17 +7,17 @@ import signal
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from schemas import ErrorCode, Job, JobStatus, SamplingParams
+from llm_worker.client import KafkaProducer
+from llm_worker.queues.factory import build_queue
+from llm_worker.queues.kafka import KafkaJobSource
+from llm_worker.schemas import ErrorCode, Job, JobStatus, SamplingParams
+from llm_worker.service import Service
+from llm_worker.service_settings import KafkaSettings, RedisSettings, ServiceSettings
 from tests.brokers import kafka_env, run_script
 from tests.kafka_read import read_topic
 from tests.service.jobs import ONE_TOKEN, assert_match_expected, numbered_jobs
 from tests.service.redis_view import RedisView
 from tests.service.workers import run_service_until, spawn_worker, wait_for
-from worker.client import KafkaProducer
-from worker.queues.factory import build_queue
-from worker.queues.kafka import KafkaJobSource
-from worker.service import Service
-from worker.service_settings import KafkaSettings, RedisSettings, ServiceSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(600)]
 

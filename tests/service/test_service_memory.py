@@ -6,11 +6,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from schemas import ErrorCode, Job, JobStatus, Result, SamplingParams
+from llm_worker.queues.memory import MemoryBroker, MemoryResultSink
+from llm_worker.schemas import ErrorCode, Job, JobStatus, Result, SamplingParams
+from llm_worker.service import Service
+from llm_worker.service_settings import ServiceSettings
 from tests.service.jobs import GREEDY_SHORT, assert_matches_generate, numbered_jobs
-from worker.queues.memory import MemoryBroker, MemoryResultSink
-from worker.service import Service
-from worker.service_settings import ServiceSettings
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(300)]
 
@@ -222,8 +222,8 @@ async def test_results_settle_in_batches_and_a_refused_one_is_isolated(engine) -
 async def test_a_speculating_worker_serves_the_same_tokens_and_cancels_cleanly(engine) -> None:
     """Jobs through the service on an n-gram speculating engine: the tokens of the plain
     engine, an opted-out job among them, and a cancel mid-run that frees its blocks."""
+    from llm_worker.engine.llm_engine import LLMEngine
     from tests.service.jobs import TEST_ENGINE_SETTINGS
-    from worker.engine.llm_engine import LLMEngine
 
     spec_engine = LLMEngine.from_settings(TEST_ENGINE_SETTINGS.model_copy(update={
         "speculative_method": "ngram", "speculative_adaptive": False}))  # fmt: skip
@@ -249,8 +249,8 @@ async def test_an_async_scheduling_worker_serves_the_same_tokens_and_cancels_cle
     """The service over an engine that queues each step before reading the last one's tokens
     (the CUDA default, forced on here): the synchronous engine's tokens and texts, stop strings
     and max_tokens included, and a cancel while a step is in flight leaves no placeholder."""
+    from llm_worker.engine.llm_engine import PLACEHOLDER, LLMEngine
     from tests.service.jobs import TEST_ENGINE_SETTINGS
-    from worker.engine.llm_engine import PLACEHOLDER, LLMEngine
 
     async_engine = LLMEngine.from_settings(
         TEST_ENGINE_SETTINGS.model_copy(update={"async_scheduling": True})

@@ -5,15 +5,15 @@ import signal
 
 import pytest
 
-from schemas import ErrorCode, Job, JobStatus, SamplingParams
+from llm_worker.client import RedisProducer
+from llm_worker.queues.factory import build_queue
+from llm_worker.schemas import ErrorCode, Job, JobStatus, SamplingParams
+from llm_worker.service import Service
+from llm_worker.service_settings import RedisSettings, ServiceSettings
 from tests.brokers import redis_env, run_script
 from tests.service.jobs import ONE_TOKEN, assert_match_expected, numbered_jobs
 from tests.service.redis_view import RedisView
 from tests.service.workers import run_service_until, spawn_worker, wait_for
-from worker.client import RedisProducer
-from worker.queues.factory import build_queue
-from worker.service import Service
-from worker.service_settings import RedisSettings, ServiceSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(600)]
 

@@ -14,12 +14,12 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from schemas import Job, SamplingParams
-from worker import client
-from worker.queues.memory import MemoryBroker
-from worker.service import Service
-from worker.service_settings import RedisSettings, ServiceSettings
-from worker.telemetry import Telemetry, inject_traceparent
+from llm_worker import client
+from llm_worker.queues.memory import MemoryBroker
+from llm_worker.schemas import Job, SamplingParams
+from llm_worker.service import Service
+from llm_worker.service_settings import RedisSettings, ServiceSettings
+from llm_worker.telemetry import Telemetry, inject_traceparent
 
 SHARED_PREFIX = "You are a careful assistant. Answer briefly and precisely. " * 6
 PARAMS = SamplingParams(temperature=0, max_tokens=3)
@@ -71,7 +71,7 @@ def test_prometheus_metrics_move_as_jobs_flow_through_redis(
         [
             sys.executable,
             "-m",
-            "worker",
+            "llm_worker",
             "serve",
             "--worker-id",
             "metrics-w",

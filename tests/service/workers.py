@@ -1,4 +1,4 @@
-"""Worker processes (`python -m worker.service`) for crash and start-up tests, and in-process
+"""Worker processes (`python -m llm_worker.service`) for crash and start-up tests, and in-process
 services for the rest."""
 
 import asyncio
@@ -8,8 +8,8 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from llm_worker.service import Service
 from tests.service.jobs import TEST_ENGINE_SETTINGS
-from worker.service import Service
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,7 +24,7 @@ def spawn_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen:
         **env,
     }
     with open(log_path, "ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "worker.service"], cwd=REPO_ROOT,
+        return subprocess.Popen([sys.executable, "-m", "llm_worker.service"], cwd=REPO_ROOT,
                                 env=full_env, stdout=log, stderr=subprocess.STDOUT)
 
 

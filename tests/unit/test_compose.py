@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.cli import build_parser
+from llm_worker.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 PROFILES = ["gpu2", "cpu", "demo"]

@@ -5,8 +5,8 @@ import argparse
 import pytest
 from pydantic import ValidationError
 
-from schemas import Job, JobStatus, Result, SamplingParams
-from worker.config import EngineSettings, add_settings_arguments, settings_from_args
+from llm_worker.config import EngineSettings, add_settings_arguments, settings_from_args
+from llm_worker.schemas import Job, JobStatus, Result, SamplingParams
 
 
 def _error_text(**job: object) -> str:
@@ -74,7 +74,7 @@ def test_flags_override_env_which_overrides_defaults(monkeypatch: pytest.MonkeyP
 
 
 def test_speculation_opt_out_reaches_the_job_from_a_batch_line_and_flags_parse() -> None:
-    from worker.openai_batch import parse_line
+    from llm_worker.openai_batch import parse_line
 
     line = (
         '{"custom_id": "c1", "method": "POST", "url": "/v1/completions", '

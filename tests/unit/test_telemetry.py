@@ -11,12 +11,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
 
-from schemas import ErrorInfo, Job, JobStatus, Result, SamplingParams, Timings, Usage
-from worker.config import EngineSettings
-from worker.engine.block_manager import PrefixCacheStats
-from worker.engine.llm_engine import EngineStats, LLMEngine
-from worker.http_endpoints import Endpoints
-from worker.telemetry import Telemetry, inject_traceparent
+from llm_worker.config import EngineSettings
+from llm_worker.engine.block_manager import PrefixCacheStats
+from llm_worker.engine.llm_engine import EngineStats, LLMEngine
+from llm_worker.http_endpoints import Endpoints
+from llm_worker.schemas import ErrorInfo, Job, JobStatus, Result, SamplingParams, Timings, Usage
+from llm_worker.telemetry import Telemetry, inject_traceparent
 
 
 def _metric(text: str, name: str, label: str = "") -> float:

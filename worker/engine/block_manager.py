@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import xxhash
 
-from worker.engine.free_list import FreeBlockList, KVBlock
-from worker.engine.sequence import Sequence
+from llm_worker.engine.free_list import FreeBlockList, KVBlock
+from llm_worker.engine.sequence import Sequence
 
 
 def cdiv(a: int, b: int) -> int:

@@ -6,18 +6,18 @@ from typing import Any
 
 import torch
 
-from worker.config import EngineSettings, SchedulerConfig
-from worker.engine.block_manager import BlockManager, cdiv
-from worker.engine.draft import DraftProposer, truncated_copy
-from worker.engine.llm_engine import LLMEngine
-from worker.engine.model_runner import ModelRunner, kv_block_bytes
-from worker.engine.ngram import NgramProposer
-from worker.engine.scheduler import Scheduler
-from worker.engine.speculative import SpecConfig, Speculator
-from worker.models.attention import AttentionBackend, get_backend
-from worker.models.config import ModelConfig
-from worker.models.llama import CausalLM
-from worker.models.loader import load_model, resolve
+from llm_worker.config import EngineSettings, SchedulerConfig
+from llm_worker.engine.block_manager import BlockManager, cdiv
+from llm_worker.engine.draft import DraftProposer, truncated_copy
+from llm_worker.engine.llm_engine import LLMEngine
+from llm_worker.engine.model_runner import ModelRunner, kv_block_bytes
+from llm_worker.engine.ngram import NgramProposer
+from llm_worker.engine.scheduler import Scheduler
+from llm_worker.engine.speculative import SpecConfig, Speculator
+from llm_worker.models.attention import AttentionBackend, get_backend
+from llm_worker.models.config import ModelConfig
+from llm_worker.models.llama import CausalLM
+from llm_worker.models.loader import load_model, resolve
 
 log = logging.getLogger(__name__)
 

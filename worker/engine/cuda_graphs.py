@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from worker.engine.block_manager import cdiv
-from worker.engine.scheduler import ScheduledSequence
-from worker.engine.step_inputs import HostInputs, InputUploader, build_host_inputs, pad_inputs
-from worker.models.llama import CausalLM, KVCache
+from llm_worker.engine.block_manager import cdiv
+from llm_worker.engine.scheduler import ScheduledSequence
+from llm_worker.engine.step_inputs import HostInputs, InputUploader, build_host_inputs, pad_inputs
+from llm_worker.models.llama import CausalLM, KVCache
 
 log = logging.getLogger(__name__)
 

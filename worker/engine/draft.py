@@ -13,12 +13,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from worker.engine.cuda_graphs import StepGraphs
-from worker.engine.model_runner import kv_block_bytes, make_kv_caches
-from worker.engine.sampler import SamplingRow, draw, filtered_probs
-from worker.engine.scheduler import ScheduledSequence
-from worker.engine.step_inputs import InputUploader, build_host_inputs
-from worker.models.llama import CausalLM, KVCache
+from llm_worker.engine.cuda_graphs import StepGraphs
+from llm_worker.engine.model_runner import kv_block_bytes, make_kv_caches
+from llm_worker.engine.sampler import SamplingRow, draw, filtered_probs
+from llm_worker.engine.scheduler import ScheduledSequence
+from llm_worker.engine.step_inputs import InputUploader, build_host_inputs
+from llm_worker.models.llama import CausalLM, KVCache
 
 
 def truncated_copy(target: CausalLM, num_layers: int) -> CausalLM:

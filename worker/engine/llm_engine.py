@@ -10,14 +10,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from schemas import SamplingParams
-from worker.engine.block_manager import PrefixCacheStats, cdiv
-from worker.engine.detokenizer import IncrementalDetokenizer
-from worker.engine.model_runner import AsyncTokens, ModelRunner, PendingTokens
-from worker.engine.sampler import SampledToken, SamplingRow, needs_host_history
-from worker.engine.scheduler import RequestRejected, ScheduledSequence, Scheduler
-from worker.engine.sequence import Sequence, SequenceMetrics
-from worker.engine.speculative import SpecStats, Speculator
+from llm_worker.engine.block_manager import PrefixCacheStats, cdiv
+from llm_worker.engine.detokenizer import IncrementalDetokenizer
+from llm_worker.engine.model_runner import AsyncTokens, ModelRunner, PendingTokens
+from llm_worker.engine.sampler import SampledToken, SamplingRow, needs_host_history
+from llm_worker.engine.scheduler import RequestRejected, ScheduledSequence, Scheduler
+from llm_worker.engine.sequence import Sequence, SequenceMetrics
+from llm_worker.engine.speculative import SpecStats, Speculator
+from llm_worker.schemas import SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class LLMEngine:
 
     @classmethod
     def from_settings(cls, settings: Any) -> "LLMEngine":
-        from worker.engine.builder import build_engine
+        from llm_worker.engine.builder import build_engine
 
         return build_engine(settings)
 

@@ -7,13 +7,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from worker.engine.block_manager import cdiv
-from worker.engine.cuda_graphs import StepGraphs, prefill_token_buckets
-from worker.engine.sampler import SampledToken, SamplingRow, device_tensor, sample, sample_ids
-from worker.engine.scheduler import ScheduledSequence
-from worker.engine.step_inputs import InputUploader, StepInputs, build_host_inputs
-from worker.models.attention import AttentionMetadata
-from worker.models.llama import CausalLM, KVCache
+from llm_worker.engine.block_manager import cdiv
+from llm_worker.engine.cuda_graphs import StepGraphs, prefill_token_buckets
+from llm_worker.engine.sampler import SampledToken, SamplingRow, device_tensor, sample, sample_ids
+from llm_worker.engine.scheduler import ScheduledSequence
+from llm_worker.engine.step_inputs import InputUploader, StepInputs, build_host_inputs
+from llm_worker.models.attention import AttentionMetadata
+from llm_worker.models.llama import CausalLM, KVCache
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from worker.engine.sampler import (
+from llm_worker.engine.sampler import (
     SampledToken,
     SamplingRow,
     draw,

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from schemas import SamplingParams
+from llm_worker.schemas import SamplingParams
 
 NEG_INF = float("-inf")
 

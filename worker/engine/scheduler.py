@@ -8,9 +8,9 @@ No torch here.
 import heapq
 from dataclasses import dataclass, field
 
-from worker.config import SchedulerConfig
-from worker.engine.block_manager import BlockManager, cdiv
-from worker.engine.sequence import Sequence, SequenceStatus
+from llm_worker.config import SchedulerConfig
+from llm_worker.engine.block_manager import BlockManager, cdiv
+from llm_worker.engine.sequence import Sequence, SequenceStatus
 
 
 class RequestRejected(Exception):

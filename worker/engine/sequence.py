@@ -3,7 +3,7 @@
 import enum
 from dataclasses import dataclass, field
 
-from schemas import SamplingParams
+from llm_worker.schemas import SamplingParams
 
 
 class SequenceStatus(enum.Enum):

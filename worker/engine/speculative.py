@@ -16,14 +16,14 @@ from typing import Literal
 
 import torch
 
-from worker.engine.draft import DraftProposer
-from worker.engine.model_runner import ModelRunner
-from worker.engine.ngram import NgramProposer
-from worker.engine.rejection import VerifyItem, verify
-from worker.engine.sampler import SampledToken, SamplingRow, sample
-from worker.engine.scheduler import ScheduledSequence
-from worker.engine.sequence import Sequence
-from worker.engine.spec_controller import SpecController
+from llm_worker.engine.draft import DraftProposer
+from llm_worker.engine.model_runner import ModelRunner
+from llm_worker.engine.ngram import NgramProposer
+from llm_worker.engine.rejection import VerifyItem, verify
+from llm_worker.engine.sampler import SampledToken, SamplingRow, sample
+from llm_worker.engine.scheduler import ScheduledSequence
+from llm_worker.engine.sequence import Sequence
+from llm_worker.engine.spec_controller import SpecController
 
 
 @dataclass(frozen=True)

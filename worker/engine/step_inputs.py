@@ -14,9 +14,9 @@ from itertools import chain
 import numpy as np
 import torch
 
-from worker.engine.block_manager import cdiv
-from worker.engine.scheduler import ScheduledSequence
-from worker.models.attention import AttentionMetadata
+from llm_worker.engine.block_manager import cdiv
+from llm_worker.engine.scheduler import ScheduledSequence
+from llm_worker.models.attention import AttentionMetadata
 
 
 @dataclass(frozen=True)

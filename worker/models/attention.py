@@ -7,9 +7,9 @@ from typing import Protocol
 
 import torch
 
-from kernels import reference
-from worker.models import torch_attention
-from worker.models.elementwise import TORCH_OPS, ElementwiseOps, triton_ops
+from llm_worker.kernels import reference
+from llm_worker.models import torch_attention
+from llm_worker.models.elementwise import TORCH_OPS, ElementwiseOps, triton_ops
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def get_backend(
     if name == "torch":
         return TORCH_BACKEND
     if name == "triton":
-        from kernels import triton_backend
+        from llm_worker.kernels import triton_backend
 
         return AttentionBackend(
             name="triton",

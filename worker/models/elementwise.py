@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels import reference
+from llm_worker.kernels import reference
 
 RMSNormFn = Callable[
     [torch.Tensor, torch.Tensor, float, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor]
@@ -45,7 +45,7 @@ def triton_ops(pdl: bool = False) -> ElementwiseOps:
     """The fused kernels; imports triton, so only where the triton backend runs (CUDA, or the
     CPU interpreter in tests). `pdl`: launched as programmatic dependents where the GPU can
     (`kernels.pdl`); a layer's kernel before each writes none of weights, positions or cos/sin."""
-    from kernels import triton_backend
+    from llm_worker.kernels import triton_backend
 
     return ElementwiseOps(
         name="triton",

@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from worker.models.elementwise import ElementwiseOps
+from llm_worker.models.elementwise import ElementwiseOps
 
 
 class RMSNorm(nn.Module):

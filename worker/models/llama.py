@@ -9,10 +9,10 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from worker.models.attention import AttentionBackend, AttentionMetadata
-from worker.models.config import ModelConfig
-from worker.models.elementwise import ElementwiseOps
-from worker.models.layers import RMSNorm, rotary_cos_sin_cache
+from llm_worker.models.attention import AttentionBackend, AttentionMetadata
+from llm_worker.models.config import ModelConfig
+from llm_worker.models.elementwise import ElementwiseOps
+from llm_worker.models.layers import RMSNorm, rotary_cos_sin_cache
 
 KVCache = tuple[
     torch.Tensor, torch.Tensor

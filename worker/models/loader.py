@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from worker.models.attention import AttentionBackend
-from worker.models.bundled import bundled_model_dir
-from worker.models.config import NAMED_SHAPES, ModelConfig
-from worker.models.llama import CausalLM
+from llm_worker.models.attention import AttentionBackend
+from llm_worker.models.bundled import bundled_model_dir
+from llm_worker.models.config import NAMED_SHAPES, ModelConfig
+from llm_worker.models.llama import CausalLM
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ go through the oracle's per-sequence path.
 import torch
 import torch.nn.functional as F
 
-from kernels import reference
+from llm_worker.kernels import reference
 
 SHORT_QUERY = 32  # queries up to this many tokens (decode, verification, short chunks) are batched
 

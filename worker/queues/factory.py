@@ -2,15 +2,15 @@
 
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 
-from worker.queues.errors import BrokerUnavailable
-from worker.queues.kafka import KafkaJobSource
-from worker.queues.kafka_results import KafkaResultSink
-from worker.queues.memory import MemoryBroker
-from worker.queues.protocol import JobSource, ResultSink
-from worker.queues.redis_conn import TRANSIENT_ERRORS as REDIS_TRANSIENT_ERRORS
-from worker.queues.redis_results import RedisResultStore
-from worker.queues.redis_streams import RedisSourceConfig, RedisStreamSource
-from worker.service_settings import ServiceSettings
+from llm_worker.queues.errors import BrokerUnavailable
+from llm_worker.queues.kafka import KafkaJobSource
+from llm_worker.queues.kafka_results import KafkaResultSink
+from llm_worker.queues.memory import MemoryBroker
+from llm_worker.queues.protocol import JobSource, ResultSink
+from llm_worker.queues.redis_conn import TRANSIENT_ERRORS as REDIS_TRANSIENT_ERRORS
+from llm_worker.queues.redis_results import RedisResultStore
+from llm_worker.queues.redis_streams import RedisSourceConfig, RedisStreamSource
+from llm_worker.service_settings import ServiceSettings
 
 # What the service retries with backoff instead of failing: a broker restarting or unreachable.
 TRANSIENT_BROKER_ERRORS: tuple[type[Exception], ...] = (

@@ -11,9 +11,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from schemas import Result
-from worker.openai_batch import BatchLine, LineError, error_line, parse_line, result_line
-from worker.queues.protocol import Delivery
+from llm_worker.openai_batch import BatchLine, LineError, error_line, parse_line, result_line
+from llm_worker.queues.protocol import Delivery
+from llm_worker.schemas import Result
 
 
 @dataclass

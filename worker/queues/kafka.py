@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from worker.queues.errors import BrokerUnavailable
-from worker.queues.kafka_conn import client_kwargs, ensure_topics
-from worker.queues.protocol import Delivery
-from worker.service_settings import KafkaSettings
+from llm_worker.queues.errors import BrokerUnavailable
+from llm_worker.queues.kafka_conn import client_kwargs, ensure_topics
+from llm_worker.queues.protocol import Delivery
+from llm_worker.service_settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 

@@ -14,14 +14,14 @@ from aiokafka.errors import (
 )
 from aiokafka.helpers import create_ssl_context
 
-from worker.queues.errors import (
+from llm_worker.queues.errors import (
     BrokerAuthError,
     BrokerTLSError,
     BrokerUnavailable,
     error_behind,
     tls_failure,
 )
-from worker.service_settings import KafkaSettings
+from llm_worker.service_settings import KafkaSettings
 
 _PROBE_TIMEOUT_MS = 10_000
 

@@ -7,10 +7,10 @@ from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 
-from schemas import Result
-from worker.queues.kafka_conn import client_kwargs, verify
-from worker.queues.redis_results import RedisResultStore
-from worker.service_settings import KafkaSettings
+from llm_worker.queues.kafka_conn import client_kwargs, verify
+from llm_worker.queues.redis_results import RedisResultStore
+from llm_worker.schemas import Result
+from llm_worker.service_settings import KafkaSettings
 
 _RECENT_RESULTS = 100_000  # ids remembered without Redis, for redeliveries after a rebalance
 

@@ -11,8 +11,8 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from schemas import JobStatus, Result
-from worker.queues.protocol import Delivery
+from llm_worker.queues.protocol import Delivery
+from llm_worker.schemas import JobStatus, Result
 
 
 @dataclass

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from schemas import Result
+from llm_worker.schemas import Result
 
 
 @dataclass(frozen=True)

@@ -13,14 +13,14 @@ from redis.exceptions import AuthenticationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from worker.queues.errors import (
+from llm_worker.queues.errors import (
     BrokerAuthError,
     BrokerTLSError,
     BrokerUnavailable,
     error_behind,
     tls_failure,
 )
-from worker.service_settings import RedisSettings
+from llm_worker.service_settings import RedisSettings
 
 # Errors after which a command is retried on a fresh connection (broker restart, network blip).
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError)

@@ -5,10 +5,10 @@ from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 
-from schemas import JobStatus, Result
-from worker.queues.keys import RedisKeys
-from worker.queues.redis_conn import make_client, verify
-from worker.service_settings import RedisSettings
+from llm_worker.queues.keys import RedisKeys
+from llm_worker.queues.redis_conn import make_client, verify
+from llm_worker.schemas import JobStatus, Result
+from llm_worker.service_settings import RedisSettings
 
 # First terminal result wins: a job that ran twice (a stolen lease, a crash after publish)
 # still has exactly one result, one final status and one results-stream entry.

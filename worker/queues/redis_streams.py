@@ -16,11 +16,11 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from worker.queues.keys import RedisKeys
-from worker.queues.protocol import Delivery
-from worker.queues.redis_conn import TRANSIENT_ERRORS, make_client, verify
-from worker.queues.redis_trim import trim_acked
-from worker.service_settings import RedisSettings
+from llm_worker.queues.keys import RedisKeys
+from llm_worker.queues.protocol import Delivery
+from llm_worker.queues.redis_conn import TRANSIENT_ERRORS, make_client, verify
+from llm_worker.queues.redis_trim import trim_acked
+from llm_worker.service_settings import RedisSettings
 
 # Renew only entries this consumer still owns: a plain XCLAIM would steal back an entry that
 # another worker rightly claimed while we were stalled.

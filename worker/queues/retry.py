@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from worker.queues.factory import is_transient
+from llm_worker.queues.factory import is_transient
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
