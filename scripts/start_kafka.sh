@@ -2,7 +2,7 @@
 # Start (or reuse) a single-node KRaft Kafka broker on loopback for tests, benches and local runs.
 #   scripts/start_kafka.sh            start, wait until it answers, print the bootstrap address
 #   scripts/start_kafka.sh stop       stop the broker started from the same data dir
-# Env: KAFKA_PORT (19092), KAFKA_CONTROLLER_PORT (port+1), KAFKA_DATA_DIR (/tmp/llm-worker-kafka-PORT),
+# Env: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (port+1), KAFKA_DATA_DIR (/tmp/llm-worker-kafka-PORT),
 #      KAFKA_JARS_DIR (~/.cache/llm-worker/kafka-jars), KAFKA_PARTITIONS (4, default for new topics).
 # Opt-in secured listeners next to the PLAINTEXT one (which stays: readiness and inter-broker use it):
 #      KAFKA_SASL_PORT       SASL_PLAINTEXT listener (mechanisms PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)
@@ -15,7 +15,7 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-port="${KAFKA_PORT:-19092}"
+port="${KAFKA_PORT:-9092}"
 controller_port="${KAFKA_CONTROLLER_PORT:-$((port + 1))}"
 data_dir="${KAFKA_DATA_DIR:-/tmp/llm-worker-kafka-$port}"
 jars_dir="${KAFKA_JARS_DIR:-$HOME/.cache/llm-worker/kafka-jars}"
@@ -29,10 +29,13 @@ ssl_client_auth="${KAFKA_SSL_CLIENT_AUTH:-none}"
 pid_file="$data_dir/broker.pid"
 log_file="$data_dir/broker.log"
 bootstrap="127.0.0.1:$port"
+# The readiness probe needs aiokafka: the project's environment has it, a bare python3 may not.
+python="${LLM_WORKER_VENV:-$here/../.venv}/bin/python"
+[[ -x "$python" ]] || python=python3
 
 broker_answers() {
   # A TCP accept is not readiness: ask for cluster metadata the way the worker will.
-  python3 - "$bootstrap" <<'PY' >/dev/null 2>&1
+  "$python" - "$bootstrap" <<'PY' >/dev/null 2>&1
 import asyncio, sys
 from aiokafka.admin import AIOKafkaAdminClient
 async def main() -> None:

@@ -2,14 +2,14 @@
 # Start (or reuse) a redis-server on loopback for tests, benches and local runs.
 #   scripts/start_redis.sh            start, wait for PONG, print the redis:// URL
 #   scripts/start_redis.sh stop       stop the server started on the same port
-# Env: REDIS_PORT (16379), REDIS_PASSWORD (unset: no AUTH), REDIS_DATA_DIR (/tmp/llm-worker-redis-PORT),
+# Env: REDIS_PORT (6379), REDIS_PASSWORD (unset: no AUTH), REDIS_DATA_DIR (/tmp/llm-worker-redis-PORT),
 #      REDIS_TLS_DIR (unset: plain TCP; set: TLS only on REDIS_PORT with ca.crt, server.crt and
 #      server.key from that folder, as scripts/make_tls_certs.sh writes them; the URL is rediss://),
 #      REDIS_TLS_AUTH_CLIENTS (no: mutual TLS off; yes: clients must show a certificate the CA signed).
 # AOF is on so a restarted server keeps the job stream, its consumer group and pending entries.
 set -euo pipefail
 
-port="${REDIS_PORT:-16379}"
+port="${REDIS_PORT:-6379}"
 password="${REDIS_PASSWORD:-}"
 data_dir="${REDIS_DATA_DIR:-/tmp/llm-worker-redis-$port}"
 tls_dir="${REDIS_TLS_DIR:-}"

@@ -1,18 +1,31 @@
 #!/usr/bin/env bash
-# Install, start the real brokers the tests need (Redis, Kafka on loopback), run lint and the tests.
+# Install from the lock (scripts/install.sh --dev), start the real brokers the tests need (Redis
+# and a single-node Kafka on loopback, on test ports), run lint, type checks and the tests.
 # Extra arguments go to pytest (e.g. scripts/test.sh -k parity).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install.sh
+scripts/install.sh --dev
+venv="${LLM_WORKER_VENV:-.venv}"
+export PATH="$PWD/$venv/bin:$PATH"  # the environment just built, for scripts and subprocesses
 scripts/install_compose_plugin.sh  # `docker compose config` validates compose.yaml in the tests
-# The test fixtures attach to these (same scripts, same default ports) or start them themselves.
-# The test Redis starts empty each run: a data set left by earlier runs (benches leave hundreds of
-# MB) makes its AOF rewrites fork and fsync large files in the middle of timing-sensitive tests.
-scripts/start_redis.sh stop >/dev/null 2>&1 || true
-rm -rf "/tmp/llm-worker-redis-${REDIS_PORT:-16379}"
+# Test ports, apart from the 6379 / 9092 a local worker uses; tests/brokers.py reads the same.
+export REDIS_PORT="${LLMW_TEST_REDIS_PORT:-16379}" KAFKA_PORT="${LLMW_TEST_KAFKA_PORT:-19092}"
+# The test Redis starts empty and its data goes with it: a data set left by earlier runs makes
+# AOF rewrites fork and fsync large files in the middle of timing-sensitive tests.
+stop_brokers() {
+  scripts/start_kafka.sh stop >/dev/null 2>&1 || true
+  scripts/start_redis.sh stop >/dev/null 2>&1 || true
+  rm -rf "/tmp/llm-worker-redis-$REDIS_PORT"
+}
+stop_brokers
+trap stop_brokers EXIT
 echo "redis: $(scripts/start_redis.sh)"
 echo "kafka: $(scripts/start_kafka.sh)"
-trap 'scripts/start_kafka.sh stop >/dev/null 2>&1 || true; scripts/start_redis.sh stop >/dev/null 2>&1 || true' EXIT
-python3 -m ruff check worker kernels schemas tests scripts
-python3 -m mypy
-python3 -m pytest "$@"
+"$venv/bin/ruff" check worker kernels schemas tests scripts
+# mypy reads packages from folders, not through the editable install's import hook: it gets
+# llm_worker as a tree of links to worker/, kernels/ and schemas/.
+tree=.cache/typecheck/llm_worker
+rm -rf .cache/typecheck && mkdir -p "$tree"
+ln -s "$PWD"/worker/* "$PWD/kernels" "$PWD/schemas" "$tree/"
+"$venv/bin/mypy"
+"$venv/bin/pytest" "$@"
