@@ -69,6 +69,8 @@ class StructuredOutputs(BaseModel):
             raise ValueError("choice must list at least one string")
         if len(value) > MAX_CHOICES:
             raise ValueError(f"choice lists {len(value)} strings, over the {MAX_CHOICES} limit")
+        if any("\0" in option for option in value):
+            raise ValueError("choice strings must not contain NUL characters")
         return value
 
     @model_validator(mode="after")

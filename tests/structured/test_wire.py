@@ -59,6 +59,7 @@ def test_each_kind_parses_and_round_trips(data: dict[str, Any], kind: str) -> No
         ({"regex": "a", "choice": ["a"]}, "got regex, choice"),
         ({"choice": []}, "choice must list at least one string"),
         ({"choice": ["x"] * (MAX_CHOICES + 1)}, f"over the {MAX_CHOICES} limit"),
+        ({"choice": ["a\0b"]}, "must not contain NUL"),
         ({"json": [1, 2]}, "a JSON schema must be a JSON object, got list"),
         ({"json": "[1]"}, "a JSON schema must be a JSON object, got list"),
         ({"json": "{not json"}, "the JSON schema string is not JSON"),
