@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from llm_worker.schemas.sampling import SamplingParams
+from llm_worker.schemas.structured import ResponseFormat
 
 SCHEMA_VERSION: Literal[1] = 1
 
@@ -29,6 +30,8 @@ class Job(BaseModel):
     prompt_token_ids: list[Annotated[int, Field(ge=0)]] | None = None
     messages: list[ChatMessage] | None = None
     sampling: SamplingParams = Field(default_factory=SamplingParams)
+    # OpenAI's output format; the engine runs it as sampling.structured_outputs (constraint_for)
+    response_format: ResponseFormat | None = None
     priority: int = 0  # higher is admitted first
     deadline: datetime | None = None  # absolute, timezone-aware; expired jobs never reach the GPU
     cache_salt: str | None = None  # isolates prefix-cache sharing between tenants
@@ -57,6 +60,9 @@ class Job(BaseModel):
             raise ValueError("prompt_token_ids must not be empty")
         if self.messages is not None and not self.messages:
             raise ValueError("messages must not be empty")
+        format_type = self.response_format.type if self.response_format is not None else "text"
+        if format_type != "text" and self.sampling.structured_outputs is not None:
+            raise ValueError("set response_format or sampling.structured_outputs, not both")
         if self.deadline is not None and self.deadline.tzinfo is None:
             raise ValueError("deadline must carry a timezone (e.g. 2026-01-01T00:00:00Z)")
         return self

@@ -2,7 +2,7 @@
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from llm_worker.schemas.job import SCHEMA_VERSION
 from llm_worker.schemas.status import JobStatus
@@ -68,6 +68,8 @@ class Result(BaseModel):
     id: str
     status: JobStatus
     text: str | None = None
+    # a JSON-constrained job that finished with `stop`: its text parsed (schemas/structured.py)
+    parsed: JsonValue | None = None
     token_ids: list[int] = Field(default_factory=list)
     finish_reason: FinishReason | None = None
     usage: Usage = Field(default_factory=Usage)

@@ -4,6 +4,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from llm_worker.schemas.structured import StructuredOutputs
+
 
 class SamplingParams(BaseModel):
     """How to pick tokens for one job. Defaults match vLLM's (greedy only at temperature 0)."""
@@ -27,6 +29,8 @@ class SamplingParams(BaseModel):
     include_stop_str_in_output: bool = False
     # false: this job never runs with speculative decoding (where the worker has it on)
     speculative: bool = True
+    # the output must match this JSON schema, regex, choice or grammar (schemas/structured.py)
+    structured_outputs: StructuredOutputs | None = None
 
     @model_validator(mode="after")
     def _check_consistency(self) -> "SamplingParams":

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from llm_worker.schemas import ChatMessage, ErrorCode, Job, JobStatus, Result, SamplingParams
+from llm_worker.schemas.structured import ResponseFormat, StructuredOutputs
 
 COMPLETIONS = "/v1/completions"
 CHAT = "/v1/chat/completions"
@@ -33,6 +34,8 @@ class _Body(BaseModel):
     min_tokens: int | None = None
     ignore_eos: bool | None = None
     speculative: bool | None = None  # false: no speculative decoding for this request
+    response_format: ResponseFormat | None = None  # OpenAI's; becomes the Job's
+    structured_outputs: StructuredOutputs | None = None  # vLLM's; goes to SamplingParams
     n: Literal[1] = 1
     stream: Literal[False] = False
     user: str | None = None
@@ -52,6 +55,7 @@ class _Body(BaseModel):
                 "logprobs",
                 "top_logprobs",
                 "max_completion_tokens",
+                "response_format",
             },
         )
         stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
@@ -136,6 +140,7 @@ def _job(line: BatchLine, line_no: int) -> Job:
             model=chat.model,
             messages=chat.messages,
             sampling=chat.sampling(256, logprobs),
+            response_format=chat.response_format,
         )
     cmpl = CompletionBody.model_validate(line.body)
     prompt = cmpl.prompt
@@ -145,6 +150,7 @@ def _job(line: BatchLine, line_no: int) -> Job:
         prompt=prompt if isinstance(prompt, str) else None,
         prompt_token_ids=prompt if isinstance(prompt, list) else None,
         sampling=cmpl.sampling(16, cmpl.logprobs),
+        response_format=cmpl.response_format,
     )
 
 

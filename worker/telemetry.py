@@ -124,15 +124,6 @@ class Telemetry:
         """vLLM's spec_decode_* counters from `stats().spec` (a SpecStats); an engine without
         speculation (spec None) observes nothing, so no series appear for it."""
 
-        def observe(
-            read: Callable[[Any], list[Observation]],
-        ) -> Callable[[CallbackOptions], Iterator[Observation]]:
-            def callback(_: CallbackOptions) -> Iterator[Observation]:
-                spec = stats().spec
-                return iter(read(spec) if spec is not None else [])
-
-            return callback
-
         def steps(s: Any) -> list[Observation]:
             return [
                 Observation(s.num_steps_speculating, {"speculating": "true"}),
@@ -151,9 +142,52 @@ class Telemetry:
                         for j, n in enumerate(s.accepted_by_position)]),
             ("steps", "{step}", "pure decode steps, by whether they speculated", steps),
         ]  # fmt: skip
+        self._observable_counters("llm_worker.spec_decode", lambda: stats().spec, counters)
+
+    def bind_structured_outputs(self, stats: Callable[[], Any]) -> None:
+        """Counters of the grammar backend from `stats()` (a structured.stats.StructuredStats,
+        or None while the engine has no backend: then no series appear)."""
+
+        counters: list[tuple[str, str, str, Callable[[Any], list[Observation]]]] = [
+            ("requests", "{request}", "constrained requests, by constraint kind",
+             lambda s: [Observation(n, {"kind": k}) for k, n in sorted(s.num_requests.items())]),
+            ("grammar_cache_queries", "{grammar}", "grammars asked for",
+             lambda s: [Observation(s.num_cache_queries)]),
+            ("grammar_cache_hits", "{grammar}", "grammars found compiled or compiling",
+             lambda s: [Observation(s.num_cache_hits)]),
+            ("grammar_compiles", "{grammar}", "grammar compilations finished, by outcome",
+             lambda s: [Observation(s.num_compiles - s.num_compile_errors, {"outcome": "ok"}),
+                        Observation(s.num_compile_errors, {"outcome": "error"})]),
+            ("grammar_compile_time", "s", "seconds spent compiling grammars",
+             lambda s: [Observation(s.compile_s)]),
+            ("mask_fill_time", "s", "seconds spent filling next-token bitmasks",
+             lambda s: [Observation(s.mask_fill_s)]),
+            ("mask_rows", "{row}", "next-token bitmask rows filled",
+             lambda s: [Observation(s.num_mask_rows)]),
+        ]  # fmt: skip
+        self._observable_counters("llm_worker.structured_outputs", stats, counters)
+
+    def _observable_counters(
+        self,
+        prefix: str,
+        source: Callable[[], Any],
+        counters: list[tuple[str, str, str, Callable[[Any], list[Observation]]]],
+    ) -> None:
+        """One observable counter per (name, unit, description, read): at scrape time each
+        reads `source()`, and observes nothing while that is None."""
+
+        def observe(
+            read: Callable[[Any], list[Observation]],
+        ) -> Callable[[CallbackOptions], Iterator[Observation]]:
+            def callback(_: CallbackOptions) -> Iterator[Observation]:
+                value = source()
+                return iter(read(value) if value is not None else [])
+
+            return callback
+
         for name, unit, description, read in counters:
             self._meter.create_observable_counter(
-                f"llm_worker.spec_decode.{name}", [observe(read)], unit, description
+                f"{prefix}.{name}", [observe(read)], unit, description
             )
 
     def bind_consumer_lag(self, lag: Callable[[], int | None]) -> None:

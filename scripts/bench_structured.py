@@ -1,0 +1,255 @@
+#!/usr/bin/env python
+"""Structured outputs (issue 27): what a grammar costs a step, and what it costs throughput.
+
+mask  (runs now) the per-step work of B constrained rows, without a model: xgrammar's batch
+      fill of their bitmask rows on the host, the copy of those rows to the device and the mask
+      kernel over a [B, vocab] fp32 logits tensor, and advancing each matcher by one token. All
+      rows constrained, and 10%. Rows sit at mixed points of an extraction schema (the corpus's
+      invoice.json): inside strings, numbers, keys, enums. Vocabularies: the bundled SmolLM2's
+      (49,152), and the Llama-3-8B shape's 128,256 ids over the SmolLM2 tokenizer (no Llama-3
+      tokenizer is available offline; ids past the tokenizer are padding the grammar never
+      allows). Compare the total with a step of the model (e2e's plain run, or docs/benchmarks).
+e2e   (needs the engine integration, issue 27 phase 2) output tokens/s of `LLMEngine.generate`
+      with no row constrained, 10% and all (SamplingParams.structured_outputs = invoice.json),
+      at each batch size, on the bundled model and on the Llama-3-8B shape with dummy weights
+      and the SmolLM2 tokenizer (EngineSettings `tokenizer`, expected with phase 2). Each batch
+      size gets an engine with max_num_seqs = B and 4 x B prompts, so finished requests are
+      replaced and the batch stays full. Target: at most 5% slower at batch 256 on the 8B shape.
+
+    python scripts/bench_structured.py mask --device cuda
+    python scripts/bench_structured.py e2e --device cuda --json e2e.json
+"""
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from llm_worker.config import EngineSettings
+from llm_worker.kernels.token_bitmask import apply_token_bitmask_, apply_token_bitmask_reference
+from llm_worker.models.bundled import bundled_model_dir
+from llm_worker.models.config import ModelConfig
+from llm_worker.schemas import SamplingParams
+from llm_worker.schemas.structured import StructuredOutputs
+from llm_worker.structured.compiler import GrammarCompiler
+from llm_worker.structured.mask_filler import MaskFiller
+from llm_worker.structured.matcher import SequenceMatcher
+from llm_worker.structured.stats import StatsRecorder
+from llm_worker.structured.vocab import GrammarVocab, grammar_vocab
+
+SCHEMA = Path(__file__).resolve().parents[1] / "tests" / "structured" / "schemas" / "invoice.json"
+LLAMA3_8B_VOCAB = 128_256
+
+
+def timed_ms(fn: Callable[[], object], iters: int, cuda: bool) -> float:
+    """Mean wall milliseconds of fn() (the device synchronised around each call on CUDA)."""
+    times = []
+    for i in range(iters + 3):
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        if i >= 3:
+            times.append(time.perf_counter() - start)
+    return 1e3 * statistics.fmean(times)
+
+
+def matchers_at_mixed_points(
+    grammar: Any, vocab: GrammarVocab, count: int, seed: int
+) -> list[SequenceMatcher]:
+    """`count` matchers, each part way through a random walk of the grammar."""
+    rng = np.random.default_rng(seed)
+    bitmask = torch.empty((1, vocab.num_bitmask_words), dtype=torch.int32)
+    matchers = []
+    while len(matchers) < count:
+        matcher = SequenceMatcher(grammar)
+        for _ in range(int(rng.integers(0, 60))):
+            matcher.fill_row(bitmask, 0)
+            bits = np.unpackbits(bitmask[0].numpy().view(np.uint8), bitorder="little")
+            allowed = np.flatnonzero(bits[: vocab.vocab_size])
+            allowed = allowed[~np.isin(allowed, vocab.stop_token_ids)]
+            if allowed.size == 0:
+                break
+            matcher.accept([int(rng.choice(allowed))])
+        matchers.append(matcher)
+    return matchers
+
+
+def mask_row(
+    vocab: GrammarVocab, matchers: list[SequenceMatcher], batch: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    cuda = args.device == "cuda"
+    device = torch.device(args.device)
+    filler = MaskFiller(
+        vocab.vocab_size, batch, StatsRecorder(), num_threads=args.fill_threads, pin_memory=cuda
+    )
+    logits = torch.randn(batch, vocab.vocab_size, device=device)
+    row_idx = (
+        torch.arange(len(matchers), dtype=torch.int32).pin_memory()
+        if cuda
+        else (torch.arange(len(matchers), dtype=torch.int32))
+    )
+    apply = apply_token_bitmask_ if cuda else apply_token_bitmask_reference
+    bitmask = filler.fill(matchers)
+
+    def copy_and_apply() -> None:
+        rows = bitmask.to(device, non_blocking=True)
+        apply(logits, rows, row_idx.to(device, non_blocking=True), vocab.vocab_size)
+
+    next_ids = [_one_allowed(bitmask[i], vocab) for i in range(len(matchers))]
+
+    def advance() -> None:  # accept each row's token, then undo it: state stays put
+        for matcher, token_id in zip(matchers, next_ids, strict=True):
+            matcher.accept([token_id])
+        for matcher in matchers:
+            matcher.rollback(1)
+
+    figures = {
+        "fill_ms": timed_ms(lambda: filler.fill(matchers), args.iters, cuda=False),
+        "copy_apply_ms": timed_ms(copy_and_apply, args.iters, cuda),
+        "advance_ms": timed_ms(advance, args.iters, cuda=False),
+    }
+    total = sum(figures.values())
+    return {"batch": batch, "constrained": len(matchers), **figures, "total_ms": total}
+
+
+def _one_allowed(row: torch.Tensor, vocab: GrammarVocab) -> int:
+    bits = np.unpackbits(row.numpy().view(np.uint8), bitorder="little")[: vocab.vocab_size]
+    allowed = np.flatnonzero(bits)
+    return int(allowed[~np.isin(allowed, vocab.stop_token_ids)][0])
+
+
+def mask_main(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from transformers import AutoTokenizer
+
+    folder = bundled_model_dir(EngineSettings().cache_dir)
+    config = ModelConfig.from_hf(json.loads((folder / "config.json").read_text()))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    schema = json.loads(SCHEMA.read_text())
+    rows = []
+    for name, vocab_size in (("smollm2", config.vocab_size), ("llama3-8b", LLAMA3_8B_VOCAB)):
+        vocab = grammar_vocab(tokenizer, vocab_size, config.eos_token_ids)
+        compiler = GrammarCompiler(vocab, StatsRecorder())
+        started = time.perf_counter()
+        grammar = compiler.compile_now(StructuredOutputs.model_validate({"json": schema}))
+        compile_ms = 1e3 * (time.perf_counter() - started)
+        compiler.shutdown()
+        pool = matchers_at_mixed_points(grammar, vocab, max(args.batch_sizes), seed=0)
+        for batch in args.batch_sizes:
+            for fraction in args.fractions:
+                constrained = pool[: max(1, round(batch * fraction))]
+                row = {"vocab": name, "vocab_size": vocab_size, "compile_ms": compile_ms,
+                       **mask_row(vocab, constrained, batch, args)}  # fmt: skip
+                rows.append(row)
+                print(
+                    f"{name:10s} B={batch:4d} constrained={row['constrained']:4d}  "
+                    f"fill {row['fill_ms']:7.3f} ms  copy+apply {row['copy_apply_ms']:7.3f} ms  "
+                    f"advance {row['advance_ms']:7.3f} ms  total {row['total_ms']:7.3f} ms",
+                    flush=True,
+                )
+    return rows
+
+
+def e2e_main(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from llm_worker.bench import random_prompts, release_gpu_memory
+    from llm_worker.engine.llm_engine import LLMEngine
+
+    constraint = StructuredOutputs.model_validate({"json": json.loads(SCHEMA.read_text())})
+    tokenizer_dir = str(bundled_model_dir(EngineSettings().cache_dir))
+    rows = []
+    for model in args.models:
+        for batch in args.batch_sizes:
+            shape = model != "smollm2"
+            settings = EngineSettings.model_validate({
+                "model": model, "load_format": "dummy" if shape else "auto",
+                "device": args.device, "max_num_seqs": batch, "seed": 0,
+                **({"tokenizer": tokenizer_dir} if shape else {}),
+            })  # fmt: skip
+            engine = LLMEngine.from_settings(settings)
+            if getattr(engine, "structured", None) is None:
+                raise SystemExit(
+                    f"{model}: the engine has no structured-output backend (issue 27 phase 2, "
+                    "and a tokenizer for a dummy shape)"
+                )
+            vocab = engine.runner.model.config.vocab_size
+            num_prompts = 4 * batch
+            prompts = random_prompts(num_prompts, args.input_len, vocab, seed=batch)
+            engine.generate(prompts[:batch], _params(batch, 1.0, constraint, 16))  # warm up
+            plain = None
+            for fraction in args.fractions:
+                params = _params(num_prompts, fraction, constraint, args.output_len)
+                start = time.perf_counter()
+                outputs = engine.generate(prompts, params)
+                elapsed = time.perf_counter() - start
+                num_output = sum(len(o.output_token_ids) for o in outputs)
+                rate = num_output / elapsed
+                plain = rate if fraction == 0 else plain
+                row = {
+                    "model": model, "batch": batch, "constrained_fraction": fraction,
+                    "output_tokens_per_s": rate,
+                    "vs_unconstrained": rate / plain if plain else None,
+                    "mean_output_len": num_output / num_prompts,
+                    "stopped_share": sum(o.finish_reason == "stop" for o in outputs) / num_prompts,
+                }  # fmt: skip
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+            del engine
+            release_gpu_memory()
+    return rows
+
+
+def _params(
+    num: int, fraction: float, constraint: StructuredOutputs, max_tokens: int
+) -> list[SamplingParams]:
+    """Constrained requests spread evenly through the list; free ones ignore EOS, like the
+    other throughput benchmarks; greedy, so a dummy model's outputs are reproducible."""
+    num_constrained = round(num * fraction)
+    chosen = set(np.linspace(0, num - 1, num_constrained).round().astype(int).tolist())
+    free = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    bound = SamplingParams(temperature=0.0, max_tokens=max_tokens, structured_outputs=constraint)
+    return [bound if i in chosen else free for i in range(num)]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",")]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("mode", choices=["mask", "e2e"])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batch-sizes", type=_ints, default=[1, 64, 256])
+    p.add_argument("--fractions", type=lambda s: [float(x) for x in s.split(",")],
+                   default=None, help="constrained shares (mask: 1,0.1; e2e: 0,0.1,1)")  # fmt: skip
+    p.add_argument("--fill-threads", type=int, default=8, help="xgrammar's batch-fill threads")
+    p.add_argument("--iters", type=int, default=20, help="mask: timed repeats per row")
+    p.add_argument("--models", type=lambda s: s.split(","), default=["smollm2", "llama3-8b"])
+    p.add_argument("--input-len", type=int, default=128)
+    p.add_argument("--output-len", type=int, default=256)
+    p.add_argument("--json", type=Path, default=None, help="write the rows here")
+    args = p.parse_args(argv)
+    if args.fractions is None:
+        args.fractions = [1.0, 0.1] if args.mode == "mask" else [0.0, 0.1, 1.0]
+    if args.mode == "e2e" and args.fractions[0] != 0.0:
+        p.error("e2e: the first fraction must be 0 (the unconstrained baseline)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    rows = mask_main(args) if args.mode == "mask" else e2e_main(args)
+    if args.json:
+        device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+        args.json.write_text(json.dumps({"device": device, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

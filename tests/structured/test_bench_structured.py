@@ -1,0 +1,28 @@
+"""scripts/bench_structured.py's mask mode runs end to end on the CPU at tiny sizes: it checks
+the plumbing (every row, positive times), never the speed."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_mask_mode_writes_a_row_per_vocabulary_batch_and_share(tmp_path: Path) -> None:
+    out = tmp_path / "mask.json"
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "bench_structured.py"), "mask",
+         "--device", "cpu", "--batch-sizes", "1,8", "--fractions", "1,0.5", "--iters", "1",
+         "--fill-threads", "1", "--json", str(out)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["vocab"], r["batch"], r["constrained"]) for r in rows] == [
+        (vocab, batch, n)
+        for vocab in ("smollm2", "llama3-8b")
+        for batch, n in ((1, 1), (1, 1), (8, 8), (8, 4))
+    ]
+    assert all(r["fill_ms"] > 0 and r["copy_apply_ms"] > 0 and r["total_ms"] > 0 for r in rows)
+    assert {r["vocab_size"] for r in rows} == {49152, 128256}

@@ -1,0 +1,113 @@
+"""A sequence's matcher: accept, roll back, terminate, and the same state rebuilt from its
+output tokens (preemption by recompute)."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import xgrammar as xgr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from llm_worker.schemas.structured import StructuredOutputs
+from llm_worker.structured.compiler import GrammarCompiler
+from llm_worker.structured.matcher import GrammarRejected, SequenceMatcher
+from llm_worker.structured.vocab import GrammarVocab
+from tests.structured.walk import Walker
+
+SCHEMAS = Path(__file__).parent / "schemas"
+
+
+@pytest.fixture(scope="module")
+def invoice(
+    compiler: GrammarCompiler, vocab: GrammarVocab
+) -> tuple[xgr.CompiledGrammar, list[int]]:
+    """The invoice grammar and the tokens of one whole output, stop token last."""
+    schema = json.loads((SCHEMAS / "invoice.json").read_text())
+    grammar = compiler.compile_now(StructuredOutputs.model_validate({"json": schema}))
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        walk = Walker.of(vocab).walk(SequenceMatcher(grammar), rng, 400)
+        if walk.terminated:
+            return grammar, walk.token_ids
+    raise AssertionError("no walk through the invoice schema ended")
+
+
+def _mask(matcher: SequenceMatcher, vocab: GrammarVocab) -> torch.Tensor:
+    bitmask = torch.empty((1, vocab.num_bitmask_words), dtype=torch.int32)
+    matcher.fill_row(bitmask, 0)
+    return bitmask[0]
+
+
+def test_a_rebuilt_matcher_has_the_state_of_the_one_that_ran(
+    invoice: tuple[xgr.CompiledGrammar, list[int]], vocab: GrammarVocab
+) -> None:
+    grammar, token_ids = invoice
+    running = SequenceMatcher(grammar)
+    for n, token_id in enumerate(token_ids[:-1]):
+        if n % 7 == 0:  # preempted here: recomputed from the tokens it has
+            rebuilt = SequenceMatcher.rebuild(grammar, token_ids[:n])
+            assert rebuilt.num_accepted_tokens == running.num_accepted_tokens == n
+            assert torch.equal(_mask(rebuilt, vocab), _mask(running, vocab))
+        running.accept([token_id])
+    assert running.is_completed and not running.is_terminated
+    running.accept(token_ids[-1:])  # the stop token
+    assert running.is_terminated
+
+
+def test_tokens_outside_the_grammar_are_refused(
+    invoice: tuple[xgr.CompiledGrammar, list[int]], tokenizer: Any
+) -> None:
+    grammar, token_ids = invoice
+    not_json = tokenizer.encode("Sure! Here is the invoice")
+    matcher = SequenceMatcher(grammar)
+    with pytest.raises(GrammarRejected, match="not allowed after 0 tokens"):
+        matcher.accept(not_json)
+    assert matcher.num_accepted_tokens == 0 and not matcher.try_accept(not_json[0])
+    with pytest.raises(GrammarRejected):
+        SequenceMatcher.rebuild(grammar, [*token_ids[:5], *not_json])
+
+
+def test_rollback_is_bounded_by_what_was_accepted(
+    invoice: tuple[xgr.CompiledGrammar, list[int]],
+) -> None:
+    grammar, token_ids = invoice
+    matcher = SequenceMatcher.rebuild(grammar, token_ids)
+    assert matcher.is_terminated
+    matcher.rollback(1)  # the stop token: the output is whole again, not ended
+    assert not matcher.is_terminated and matcher.is_completed
+    with pytest.raises(ValueError, match="cannot roll back"):
+        matcher.rollback(len(token_ids))
+    with pytest.raises(ValueError, match="cannot roll back"):
+        matcher.rollback(-1)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_accepts_and_rollbacks_keep_the_state_of_the_tokens_kept(
+    data: st.DataObject,
+    invoice: tuple[xgr.CompiledGrammar, list[int]],
+    vocab: GrammarVocab,
+) -> None:
+    """Speculative decoding's bookkeeping: accept drafts, roll back the rejected ones."""
+    grammar, token_ids = invoice
+    matcher = SequenceMatcher(grammar)
+    kept: list[int] = []  # the oracle: the tokens that stand
+    for _ in range(data.draw(st.integers(1, 6))):
+        room = len(token_ids) - len(kept)
+        num_accepted = data.draw(st.integers(0, min(room, 12)))
+        matcher.accept(token_ids[len(kept) : len(kept) + num_accepted])
+        kept = token_ids[: len(kept) + num_accepted]
+        num_rolled_back = data.draw(st.integers(0, len(kept)))
+        matcher.rollback(num_rolled_back)
+        kept = kept[: len(kept) - num_rolled_back]
+        assert matcher.num_accepted_tokens == len(kept)
+    fresh = SequenceMatcher.rebuild(grammar, kept)
+    assert matcher.is_terminated == fresh.is_terminated
+    if not fresh.is_terminated:
+        assert torch.equal(_mask(matcher, vocab), _mask(fresh, vocab))

@@ -1,0 +1,76 @@
+"""The grammar backend as the engine uses it: submit a request's constraint, make its matcher
+when the grammar is ready, fill a step's bitmask, read the counters.
+
+    backend = StructuredOutputBackend.create(tokenizer, vocab_size, eos_token_ids, config)
+    pending = backend.submit(params.structured_outputs)   # add_request; returns at once
+    ...                                                   # each step, until pending.done()
+    matcher = backend.matcher(pending)                    # raises StructuredOutputError
+    bitmask = backend.filler.fill([matcher, ...])         # rows of the step's constrained seqs
+    apply_token_bitmask_(logits, bitmask.to(device), row_idx, backend.vocab.vocab_size)
+    matcher.accept([token_id]); matcher.is_terminated     # after sampling
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from llm_worker.schemas.structured import StructuredOutputs
+from llm_worker.structured.compiler import GrammarCompiler, PendingGrammar
+from llm_worker.structured.mask_filler import MaskFiller
+from llm_worker.structured.matcher import SequenceMatcher
+from llm_worker.structured.stats import StatsRecorder, StructuredStats
+from llm_worker.structured.vocab import GrammarVocab, grammar_vocab
+
+
+@dataclass(frozen=True)
+class StructuredOutputConfig:
+    max_rows: int  # constrained positions in one step: max_num_seqs x (k + 1) when speculating
+    max_cached_grammars: int = 512
+    num_compile_threads: int = 2
+    num_fill_threads: int | Literal["auto"] = "auto"  # xgrammar's: half the host's cores
+    pin_memory: bool = False  # True on CUDA hosts: the bitmask copies to the device async
+
+
+class StructuredOutputBackend:
+    def __init__(self, vocab: GrammarVocab, config: StructuredOutputConfig) -> None:
+        self.vocab = vocab
+        self._stats = StatsRecorder()
+        self.compiler = GrammarCompiler(
+            vocab,
+            self._stats,
+            max_cached_grammars=config.max_cached_grammars,
+            num_threads=config.num_compile_threads,
+        )
+        self.filler = MaskFiller(
+            vocab.vocab_size,
+            config.max_rows,
+            self._stats,
+            num_threads=config.num_fill_threads,
+            pin_memory=config.pin_memory,
+        )
+
+    @classmethod
+    def create(
+        cls,
+        tokenizer: Any,
+        vocab_size: int,
+        stop_token_ids: Sequence[int],
+        config: StructuredOutputConfig,
+    ) -> "StructuredOutputBackend":
+        """Raises NoTokenizerError for a model without a tokenizer: the engine then refuses
+        constrained requests with it (invalid_request) and serves the rest."""
+        return cls(grammar_vocab(tokenizer, vocab_size, stop_token_ids), config)
+
+    def submit(self, constraint: StructuredOutputs) -> PendingGrammar:
+        return self.compiler.submit(constraint)
+
+    def matcher(self, pending: PendingGrammar) -> SequenceMatcher:
+        """A fresh matcher once `pending.done()`; raises the StructuredOutputError that
+        refused the constraint."""
+        return SequenceMatcher(pending.result())
+
+    def stats(self) -> StructuredStats:
+        return self._stats.snapshot()
+
+    def shutdown(self) -> None:
+        self.compiler.shutdown()

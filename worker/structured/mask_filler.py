@@ -1,0 +1,99 @@
+"""A step's next-token bitmask: one row per constrained sampling position, filled in parallel.
+
+Rows are compact: row i is for the i-th matcher given (the engine keeps which logits row each
+one masks), so only constrained rows cross to the device. xgrammar's batch fill runs on its own
+threads with the GIL released, so the engine thread's other host work can run beside it.
+"""
+
+import time
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import xgrammar as xgr
+
+from llm_worker.structured.matcher import SequenceMatcher
+from llm_worker.structured.stats import StatsRecorder
+
+ALL_ALLOWED = -1  # an int32 word with every bit set
+
+
+class MaskFiller:
+    def __init__(
+        self,
+        vocab_size: int,
+        max_rows: int,
+        stats: StatsRecorder,
+        *,
+        num_threads: int | Literal["auto"] = "auto",
+        pin_memory: bool = False,
+    ) -> None:
+        """`max_rows`: the most constrained positions of one step (max_num_seqs, times k + 1
+        with speculative decoding). `pin_memory` (CUDA hosts) lets the copy to the device run
+        asynchronously."""
+        if max_rows < 1:
+            raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+        num_words = (vocab_size + 31) // 32
+        # bitmask: [max_rows, ceil(vocab / 32)] int32; bit t % 32 of word t // 32 is token t
+        self.bitmask = torch.full(
+            (max_rows, num_words), ALL_ALLOWED, dtype=torch.int32, pin_memory=pin_memory
+        )
+        self._batch = xgr.BatchGrammarMatcher(num_threads)
+        self._stats = stats
+
+    @property
+    def max_rows(self) -> int:
+        return self.bitmask.shape[0]
+
+    def fill(self, matchers: Sequence[SequenceMatcher]) -> torch.Tensor:
+        """Rows [0, len(matchers)) of the bitmask, row i for matchers[i]; a view of the buffer,
+        valid until the next fill."""
+        self._check_capacity(len(matchers))
+        started = time.perf_counter()
+        self._fill_rows(matchers, list(range(len(matchers))))
+        self._stats.filled(len(matchers), time.perf_counter() - started)
+        return self.bitmask[: len(matchers)]
+
+    def fill_with_drafts(
+        self, matchers: Sequence[SequenceMatcher], drafts: Sequence[Sequence[int]]
+    ) -> torch.Tensor:
+        """Rows for speculative verification: matchers[i] gets len(drafts[i]) + 1 consecutive
+        rows, the mask after each prefix of its drafts (the layout of the verify logits).
+        Rows after a draft the grammar refuses (or after a stop token) allow everything: the
+        target's masked distribution gives a refused draft probability 0, so verification
+        stops there and those rows are never sampled from. Every matcher is left as it was."""
+        if len(matchers) != len(drafts):
+            raise ValueError(f"{len(matchers)} matchers but {len(drafts)} draft lists")
+        first_row = [0]
+        for tokens in drafts:
+            first_row.append(first_row[-1] + len(tokens) + 1)
+        num_rows = first_row[-1]
+        self._check_capacity(num_rows)
+        started = time.perf_counter()
+        num_accepted = [0] * len(matchers)
+        live = list(range(len(matchers)))
+        try:
+            for depth in range(max((len(d) for d in drafts), default=0) + 1):
+                live = [i for i in live if depth <= len(drafts[i])]
+                self._fill_rows([matchers[i] for i in live], [first_row[i] + depth for i in live])
+                live = [i for i in live if depth < len(drafts[i])]
+                for i in list(live):
+                    accepted = matchers[i].try_accept(drafts[i][depth])
+                    num_accepted[i] += int(accepted)
+                    if not accepted or matchers[i].is_terminated:  # nothing follows a stop
+                        live.remove(i)
+                        self.bitmask[first_row[i] + depth + 1 : first_row[i + 1]] = ALL_ALLOWED
+        finally:
+            for matcher, n in zip(matchers, num_accepted, strict=True):
+                matcher.rollback(n)
+        self._stats.filled(num_rows, time.perf_counter() - started)
+        return self.bitmask[:num_rows]
+
+    def _fill_rows(self, matchers: Sequence[SequenceMatcher], rows: list[int]) -> None:
+        if matchers:
+            handles = [m.xgr_matcher for m in matchers]
+            self._batch.batch_fill_next_token_bitmask(handles, self.bitmask, rows)
+
+    def _check_capacity(self, num_rows: int) -> None:
+        if num_rows > self.max_rows:
+            raise ValueError(f"{num_rows} constrained rows, over the {self.max_rows} allocated")

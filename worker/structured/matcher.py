@@ -1,0 +1,77 @@
+"""One constrained sequence's place in its grammar.
+
+Preemption by recompute keeps a sequence's tokens and recomputes only their KV, so the matcher,
+which belongs to the request and not to its blocks, stays as it is. `rebuild` makes the same
+state from the output tokens, for a caller that dropped the matcher (tests prove both agree).
+"""
+
+from collections.abc import Sequence
+
+import torch
+import xgrammar as xgr
+
+
+class GrammarRejected(Exception):
+    """A token the grammar does not allow reached a matcher: the mask was not applied."""
+
+
+class SequenceMatcher:
+    def __init__(self, grammar: xgr.CompiledGrammar) -> None:
+        self._matcher = xgr.GrammarMatcher(grammar)
+        self.num_accepted_tokens = 0  # since the start, stop token included
+
+    @classmethod
+    def rebuild(
+        cls, grammar: xgr.CompiledGrammar, output_token_ids: Sequence[int]
+    ) -> "SequenceMatcher":
+        """The matcher after `output_token_ids`; raises GrammarRejected if they break it."""
+        matcher = cls(grammar)
+        matcher.accept(output_token_ids)
+        return matcher
+
+    @property
+    def xgr_matcher(self) -> xgr.GrammarMatcher:
+        """For xgrammar's batch calls (mask_filler.py)."""
+        return self._matcher
+
+    def accept(self, token_ids: Sequence[int]) -> None:
+        """Advance past each token; raises GrammarRejected at the first one the grammar
+        refuses, having accepted those before it."""
+        for token_id in token_ids:
+            if not self._matcher.accept_token(token_id):
+                raise GrammarRejected(
+                    f"token {token_id} is not allowed after {self.num_accepted_tokens} tokens"
+                )
+            self.num_accepted_tokens += 1
+
+    def try_accept(self, token_id: int) -> bool:
+        """Accept the token if the grammar allows it; whether it did."""
+        accepted = bool(self._matcher.accept_token(token_id))
+        self.num_accepted_tokens += int(accepted)
+        return accepted
+
+    def rollback(self, num_tokens: int) -> None:
+        """Forget the last `num_tokens` accepted (rejected speculative drafts)."""
+        if not 0 <= num_tokens <= self.num_accepted_tokens:
+            raise ValueError(
+                f"cannot roll back {num_tokens} of {self.num_accepted_tokens} accepted tokens"
+            )
+        if num_tokens:
+            self._matcher.rollback(num_tokens)
+            self.num_accepted_tokens -= num_tokens
+
+    def fill_row(self, bitmask: torch.Tensor, row: int) -> None:
+        """bitmask[row] (int32 CPU, [rows, ceil(vocab / 32)]): bit t set where token t may come
+        next."""
+        self._matcher.fill_next_token_bitmask(bitmask, row)
+
+    @property
+    def is_terminated(self) -> bool:
+        """It accepted a stop token: the output is complete and nothing may follow."""
+        return bool(self._matcher.is_terminated())
+
+    @property
+    def is_completed(self) -> bool:
+        """The tokens so far form a whole output (a stop token may come next, and perhaps more:
+        digits after a number's last one)."""
+        return bool(self._matcher.is_completed())
