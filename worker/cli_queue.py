@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from llm_worker.cli_errors import CliError
 from llm_worker.schemas import Job, Result, SamplingParams
-from llm_worker.service_settings import KafkaSettings, RedisSettings
+from llm_worker.service_settings import KafkaSettings, RedisSettings, ServiceSettings
 
 # Where each flag lands in ServiceSettings; nested values are deep-merged over the environment's.
 _SETTING_OF_FLAG = {
@@ -30,10 +30,9 @@ _SERVE_REDIS_RETRIES = 6
 _CLIENT_REDIS_RETRIES = 0
 
 
-def service_settings(args: argparse.Namespace):  # -> ServiceSettings
+def service_settings(args: argparse.Namespace) -> ServiceSettings:
     """Env and .env as ServiceSettings reads them, with the flags that were given on top."""
     from llm_worker.openai_batch import describe_validation
-    from llm_worker.service_settings import ServiceSettings
 
     given: dict[str, Any] = {}
     for flag, path in _SETTING_OF_FLAG.items():
@@ -115,7 +114,9 @@ def _lines(num: int) -> str:
     return f"{num} line" if num == 1 else f"{num} lines"
 
 
-async def _enqueue(jobs: list[Job], settings: Any, wait_timeout_s: float | None) -> None:
+async def _enqueue(
+    jobs: list[Job], settings: ServiceSettings, wait_timeout_s: float | None
+) -> None:
     from llm_worker import client
     from llm_worker.cli_broker import reach_kafka, reach_redis
 
@@ -130,7 +131,8 @@ async def _enqueue(jobs: list[Job], settings: Any, wait_timeout_s: float | None)
     print("\n".join(ids), flush=True)
     if wait_timeout_s is None:
         return
-    await reach_redis(settings.redis, _CLIENT_REDIS_RETRIES)  # results are polled from Redis
+    if settings.queue == "kafka":  # results are polled from Redis
+        await reach_redis(settings.redis, _CLIENT_REDIS_RETRIES)
     async with client.RedisProducer(settings.redis) as redis_producer:
         for job_id in ids:
             try:

@@ -2,6 +2,7 @@
 its reason, every other line goes on the queue (a real redis-server), a summary ends the run
 and the exit is non-zero when any line failed."""
 
+import asyncio
 import json
 import os
 import subprocess
@@ -13,9 +14,10 @@ import redis
 
 from llm_worker.queues.keys import RedisKeys
 from llm_worker.schemas import Job
-from tests.brokers import redis_url, unique_name
+from tests.brokers import kafka_bootstrap, redis_url, unique_name
+from tests.kafka_read import read_topic
 
-__all__ = ["redis_url", "unique_name"]
+__all__ = ["kafka_bootstrap", "redis_url", "unique_name"]
 
 
 def _batch_line(custom_id: str, body: dict) -> str:
@@ -38,7 +40,11 @@ LINES = [
 
 def _enqueue(path: Path, url: str, prefix: str, *extra: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_WORKER_")}
-    env.update({"LLM_WORKER_REDIS__PREFIX": prefix, "LLM_WORKER_MAX_JOB_BYTES": "512"})
+    env.update({
+        "LLM_WORKER_REDIS__PREFIX": prefix,
+        "LLM_WORKER_KAFKA__JOBS_TOPIC": f"{prefix}.jobs",
+        "LLM_WORKER_MAX_JOB_BYTES": "512",
+    })
     return subprocess.run(
         [sys.executable, "-m", "llm_worker", "enqueue", "--file", str(path), "--redis-url", url,
          *extra],
@@ -84,6 +90,22 @@ def test_a_clean_file_exits_zero(tmp_path: Path, redis_url: str, unique_name: st
     assert done.returncode == 0, done.stderr
     assert done.stderr.strip() == f"enqueued 2 of 2 jobs from {path}"
     assert len(_queued(redis_url, unique_name)) == 2
+
+
+@pytest.mark.integration
+def test_the_good_lines_reach_kafka(tmp_path: Path, kafka_bootstrap: str, unique_name: str) -> None:
+    path = tmp_path / "jobs.jsonl"
+    path.write_text("\n".join(LINES) + "\n")
+    done = _enqueue(path, "redis://127.0.0.1:1/0", unique_name, "--queue", "kafka",
+                    "--kafka-bootstrap-servers", kafka_bootstrap)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"enqueued 3 of 7 jobs from {path}; 4 lines failed (above)"
+    )
+    records = asyncio.run(read_topic(kafka_bootstrap, f"{unique_name}.jobs", min_records=3))
+    keyed = {r.key.decode(): Job.model_validate_json(r.value) for r in records}
+    assert sorted(keyed) == sorted(done.stdout.split()) == ["2-batch-b", "job-a", "job-e"]
+    assert keyed["job-e"].prompt_token_ids == [1, 2, 3]
 
 
 def test_a_file_of_bad_lines_touches_no_broker(tmp_path: Path) -> None:
