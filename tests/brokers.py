@@ -5,6 +5,7 @@ set it fails instead, so a missing broker never passes as green.
 """
 
 import os
+import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -106,6 +107,7 @@ def private_redis(unique_name: str) -> Iterator[tuple[str, dict[str, str]]]:
         raise
     yield url, env
     run_script("start_redis.sh", "stop", env=env)
+    shutil.rmtree(env["REDIS_DATA_DIR"], ignore_errors=True)  # a unique name: never reused
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ is read when a kernel is decorated, so it is set here, before any test module im
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,12 @@ if not torch.cuda.is_available():
 from llm_worker.config import EngineSettings
 from llm_worker.jobs import chat_prompt_ids
 from llm_worker.models.bundled import bundled_model_dir
+
+# `python -m pytest` from the checkout puts it first on sys.path, where kernels/ would shadow
+# Hugging Face's `kernels`, which transformers imports (worker/__main__.py does the same). Nothing
+# above imports either; every test module is imported after this.
+_CHECKOUT = Path(__file__).resolve().parents[1]
+sys.path[:] = [p for p in sys.path if Path(p or os.curdir).resolve() != _CHECKOUT]
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "prompts.jsonl"
 

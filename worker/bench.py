@@ -8,11 +8,14 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from llm_worker.engine.llm_engine import LLMEngine
 from llm_worker.schemas import SamplingParams
+
+if TYPE_CHECKING:  # the CLI builds its parser from this module; torch loads only to run
+    from llm_worker.engine.llm_engine import LLMEngine
 
 
 @dataclass
@@ -58,7 +61,7 @@ def prefix_repetition_prompts(
 
 
 def run_throughput(
-    engine: LLMEngine,
+    engine: "LLMEngine",
     prompts: list[list[int]],
     output_len: int | list[int],
     show_progress: bool = True,
@@ -95,7 +98,7 @@ def run_throughput(
 
 
 def run_latency(
-    engine: LLMEngine,
+    engine: "LLMEngine",
     batch_size: int,
     input_len: int,
     output_len: int,
@@ -162,19 +165,30 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 
 def add_throughput_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--input-len", type=int, default=128, help="prompt tokens (random dataset)")
-    p.add_argument("--output-len", type=int, default=128, help="output tokens, ignore_eos")
-    p.add_argument("--num-prompts", type=int, default=100)
-    p.add_argument("--dataset", choices=["random", "prefix-repetition"], default="random")
-    p.add_argument("--prefix-len", type=int, default=512, help="prefix-repetition: shared tokens")
-    p.add_argument("--suffix-len", type=int, default=128, help="prefix-repetition: unique tokens")
     p.add_argument(
-        "--num-prefixes", type=int, default=4, help="prefix-repetition: distinct prefixes"
+        "--input-len", type=int, default=128, help="prompt tokens, random dataset (default: 128)"
     )
+    p.add_argument(
+        "--output-len", type=int, default=128, help="output tokens, EOS ignored (default: 128)"
+    )
+    p.add_argument("--num-prompts", type=int, default=100, help="(default: 100)")
+    p.add_argument(
+        "--dataset",
+        choices=["random", "prefix-repetition"],
+        default="random",
+        help="(default: random)",
+    )
+    for flag, default, meaning in (
+        ("--prefix-len", 512, "shared tokens"),
+        ("--suffix-len", 128, "unique tokens"),
+        ("--num-prefixes", 4, "distinct prefixes"),
+    ):
+        note = f"prefix-repetition: {meaning} (default: {default})"
+        p.add_argument(flag, type=int, default=default, help=note)
     p.add_argument("--output-json", type=Path, default=None, help="write the figures here")
 
 
-def throughput_main(engine: LLMEngine, args: argparse.Namespace) -> ThroughputResult:
+def throughput_main(engine: "LLMEngine", args: argparse.Namespace) -> ThroughputResult:
     vocab = engine.runner.model.config.vocab_size
     if args.dataset == "random":
         prompts = random_prompts(args.num_prompts, args.input_len, vocab, args.seed or 0)

@@ -6,22 +6,43 @@ import logging
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from llm_worker.cli_errors import CliError
 from llm_worker.config import EngineSettings, add_settings_arguments, settings_from_args
+
+
+def engine_settings(args: argparse.Namespace) -> EngineSettings:
+    from llm_worker.openai_batch import describe_validation
+
+    try:
+        return settings_from_args(EngineSettings, args)
+    except ValidationError as exc:
+        raise CliError(f"invalid engine settings: {describe_validation(exc)}") from exc
 
 
 def _engine(args: argparse.Namespace):  # -> LLMEngine, imported late so --help stays fast
     from llm_worker.engine.builder import freeze_startup_heap
     from llm_worker.engine.llm_engine import LLMEngine
 
-    settings: EngineSettings = settings_from_args(EngineSettings, args)
+    settings = engine_settings(args)
     engine = LLMEngine.from_settings(settings)
     freeze_startup_heap()  # one engine for the life of the command
     return engine, settings
 
 
 def cmd_run_batch(args: argparse.Namespace) -> int:
+    from llm_worker.batch_scan import BatchInputError, check_batch_input
     from llm_worker.run_batch import run_batch
 
+    try:
+        check_batch_input(args.input, args.allow_duplicate_ids)
+    except BatchInputError as exc:
+        raise CliError(str(exc)) from exc
+    except OSError as exc:
+        raise CliError(f"cannot read {args.input}: {exc.strerror or exc}") from exc
+    if not args.output.parent.is_dir():
+        raise CliError(f"{args.output}: no such directory {args.output.parent}")
     engine, settings = _engine(args)
     served = settings.served_model_name or settings.model
     summary = run_batch(
@@ -65,7 +86,12 @@ def cmd_bench_latency(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from llm_worker.schemas import SamplingParams
 
-    engine, _ = _engine(args)
+    engine, settings = _engine(args)
+    if engine.tokenizer is None:
+        raise CliError(
+            f"--model {settings.model} has no tokenizer to encode text prompts (random weights "
+            "for a named shape); use the bundled model or an HF folder"
+        )
     params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens)
     for out in engine.generate(args.prompts, params):
         print(out.text)
@@ -87,13 +113,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="jobs held at once (default: 2 x max-num-seqs)",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument(
+        "--allow-duplicate-ids",
+        action="store_true",
+        help="run a file whose custom_ids repeat (refused by default, as OpenAI's batch API "
+        "does); also skips the check's read, so the input may be a pipe",
+    )
     add_settings_arguments(p, EngineSettings)
     p.set_defaults(func=cmd_run_batch)
 
     p = sub.add_parser("generate", help="complete a few prompts and print the text")
     p.add_argument("prompts", nargs="+")
-    p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--max-tokens", type=int, default=64, help="(default: 64)")
+    p.add_argument("--temperature", type=float, default=0.0, help="(default: 0)")
     add_settings_arguments(p, EngineSettings)
     p.set_defaults(func=cmd_generate)
 
@@ -108,11 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench_throughput)
 
     p = bench.add_parser("latency", help="seconds per batch: mean, p50, p90, p99")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--input-len", type=int, default=32)
-    p.add_argument("--output-len", type=int, default=128)
-    p.add_argument("--num-iters", type=int, default=10)
-    p.add_argument("--num-iters-warmup", type=int, default=2)
+    for flag, default in (
+        ("--batch-size", 8),
+        ("--input-len", 32),
+        ("--output-len", 128),
+        ("--num-iters", 10),
+        ("--num-iters-warmup", 2),
+    ):
+        p.add_argument(flag, type=int, default=default, help=f"(default: {default})")
     add_settings_arguments(p, EngineSettings)
     p.set_defaults(func=cmd_bench_latency)
     from llm_worker.cli_queue import add_queue_commands
@@ -122,12 +157,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit 0 on success, 1 when some of the work failed (the command says which), 2 when the
+    command could not go on (one line on stderr)."""
+    from llm_worker.extras import MissingExtra
+    from llm_worker.queues.errors import QueueError
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
         return int(args.func(args) or 0)
+    except (CliError, QueueError, MissingExtra) as exc:  # QueueError: credentials, certificates
+        command = " ".join(filter(None, (args.command, getattr(args, "bench", None))))
+        print(f"llm-worker {command}: error: {exc}", file=sys.stderr)
+        return 2
     finally:
         gc.unfreeze()  # what _engine froze is collectable again (main() called in-process)
 

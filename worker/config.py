@@ -51,7 +51,9 @@ class EngineSettings(BaseSettings):
     )
     num_gpu_blocks_override: int | None = Field(None, ge=1, description="fix the KV block count")
     max_num_seqs: int = Field(128, ge=1, description="sequences in one batch at most")
-    max_model_len: int | None = Field(None, ge=1, description="prompt + output tokens at most")
+    max_model_len: int | None = Field(
+        None, ge=1, description="prompt + output tokens at most (default: the model's)"
+    )
     max_num_batched_tokens: int = Field(2048, ge=1, description="tokens computed in one step")
     enable_prefix_caching: bool = Field(True, description="reuse KV of shared prompt prefixes")
     enable_chunked_prefill: bool = Field(True, description="split long prompts across steps")
@@ -69,7 +71,9 @@ class EngineSettings(BaseSettings):
         "work overlaps the GPU (default: on with CUDA, off on CPU); steps that speculate wait",
     )
     speculative_method: Literal["ngram", "draft"] | None = Field(
-        None, description="speculative decoding: ngram (prompt lookup) or draft (a draft model)"
+        None,
+        description="speculative decoding: ngram (prompt lookup) or draft (a draft model); "
+        "off when not given",
     )
     num_speculative_tokens: int = Field(
         4, ge=1, le=16, description="draft tokens verified per sequence and step"
@@ -102,24 +106,24 @@ def add_settings_arguments(
     """Expose every field as `--kebab-case`; flags left out fall back to env, .env, default."""
     for name, field in settings_cls.model_fields.items():
         flag = "--" + name.replace("_", "-")
-        help_text = field.description or ""
-        default = field.default
+        help_text = " ".join(filter(None, (field.description, _default_note(field.default))))
         if field.annotation in (bool, bool | None):
             parser.add_argument(
-                flag,
-                dest=name,
-                action=argparse.BooleanOptionalAction,
-                default=None,
-                help=f"{help_text} (default: {default})",
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
             )
         else:
             parser.add_argument(
-                flag,
-                dest=name,
-                default=None,
-                metavar=name.upper(),
-                help=f"{help_text} (default: {default})".strip(),
+                flag, dest=name, default=None, metavar=name.upper(), help=help_text
             )
+
+
+def _default_note(default: object) -> str:
+    """None says nothing a reader can use: such fields say their default in the description."""
+    if default is None:
+        return ""
+    if isinstance(default, bool):
+        return f"(default: {'on' if default else 'off'})"
+    return f"(default: {default})"
 
 
 def settings_from_args(settings_cls: type[BaseSettings], args: argparse.Namespace) -> Any:

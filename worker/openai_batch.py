@@ -92,14 +92,23 @@ class BatchLine(BaseModel):
 
 
 class LineError(Exception):
-    def __init__(self, custom_id: str | None, code: str, message: str) -> None:
-        super().__init__(message)
+    """Why one input line is not a usable request: an ErrorCode and what is wrong with it."""
+
+    def __init__(self, custom_id: str | None, code: str, line_no: int, detail: str) -> None:
+        super().__init__(f"line {line_no}: {detail}")
         self.custom_id = custom_id
         self.code = code
-        self.message = message
+        self.line_no = line_no
+        self.detail = detail
+
+    @property
+    def message(self) -> str:
+        """The detail with its line number, as the line's output record says it."""
+        return f"line {self.line_no}: {self.detail}"
 
 
-def _describe(err: ValidationError, prefix: str = "") -> str:
+def describe_validation(err: ValidationError, prefix: str = "") -> str:
+    """A pydantic error as one line: `where: what` for each problem, `; `-separated."""
     parts = []
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"])
@@ -109,21 +118,30 @@ def _describe(err: ValidationError, prefix: str = "") -> str:
 
 def parse_line(raw: str | bytes, line_no: int) -> tuple[BatchLine, Job]:
     """One input line -> (the line, the Job it asks for). Raises LineError with a clear reason."""
+    return parse_request(decode_line(raw, line_no), line_no)
+
+
+def decode_line(raw: str | bytes, line_no: int) -> object:
+    """The line's JSON value; LineError (malformed) when it has none."""
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LineError(None, ErrorCode.MALFORMED, f"line {line_no}: not valid JSON ({e})") from e
+        return json.loads(raw)
+    except (ValueError, RecursionError) as e:  # not JSON, not UTF-8, nested too deep
+        raise LineError(None, ErrorCode.MALFORMED, line_no, f"not valid JSON ({e})") from e
+
+
+def parse_request(data: object, line_no: int) -> tuple[BatchLine, Job]:
+    """A decoded line -> (the line, the Job it asks for). Raises LineError with a clear reason."""
     custom_id = data.get("custom_id") if isinstance(data, dict) else None
     custom_id = custom_id if isinstance(custom_id, str) else None
     try:
         line = BatchLine.model_validate(data)
     except ValidationError as e:
-        raise LineError(custom_id, ErrorCode.INVALID, f"line {line_no}: {_describe(e)}") from e
+        raise LineError(custom_id, ErrorCode.INVALID, line_no, describe_validation(e)) from e
     try:
         job = _job(line, line_no)
     except ValidationError as e:
         raise LineError(
-            custom_id, ErrorCode.INVALID, f"line {line_no}: {_describe(e, 'body.')}"
+            custom_id, ErrorCode.INVALID, line_no, describe_validation(e, "body.")
         ) from e
     return line, job
 

@@ -11,6 +11,7 @@ import sys
 import threading
 from typing import Any
 
+from llm_worker.extras import MissingExtra
 from llm_worker.http_endpoints import Endpoints
 from llm_worker.queues.errors import QueueError
 from llm_worker.queues.factory import build_queue
@@ -30,6 +31,13 @@ async def serve(service_settings: ServiceSettings, engine_settings: Any) -> None
     stop_requested = asyncio.Event()  # a signal before the service runs: leave cleanly
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop_requested.set)
+    served_model = (service_settings.served_model or engine_settings.served_model_name
+                    or engine_settings.model)
+    telemetry = None  # built first: a missing extra fails before brokers and model are touched
+    if service_settings.metrics_port is not None:
+        telemetry = build_telemetry(
+            service_settings.worker_id, served_model, service_settings.queue
+        )
     source, sink = build_queue(service_settings)
     await sink.start()
     await source.start()
@@ -45,13 +53,7 @@ async def serve(service_settings: ServiceSettings, engine_settings: Any) -> None
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
-    served_model = (service_settings.served_model or engine_settings.served_model_name
-                    or engine_settings.model)
-    telemetry = None
-    if service_settings.metrics_port is not None:
-        telemetry = build_telemetry(
-            service_settings.worker_id, served_model, service_settings.queue
-        )
+    if telemetry is not None:
         telemetry.bind_engine(engine.stats)
         telemetry.bind_inter_token_latency(engine)
     service = Service(service_settings, source, sink, engine, served_model, telemetry)
@@ -108,7 +110,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         asyncio.run(serve(ServiceSettings(), EngineSettings()))
-    except QueueError as exc:
+    except (QueueError, MissingExtra) as exc:
         print(f"llm-worker: error: {exc}", file=sys.stderr)
         return 2
     return 0

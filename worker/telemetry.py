@@ -19,6 +19,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.trace import Span, SpanKind
 
+from llm_worker.extras import MissingExtra
 from llm_worker.schemas import Job, JobStatus, Result
 
 log = logging.getLogger(__name__)
@@ -299,12 +300,12 @@ def inject_traceparent(carrier: dict[str, str]) -> dict[str, str]:
 
 def build_telemetry(worker_id: str, model: str, messaging_system: str) -> Telemetry:
     """Prometheus always (the global registry, served by worker.http_endpoints); OTLP metrics and
-    traces too when OTEL_EXPORTER_OTLP_ENDPOINT is set and the OTLP exporter is installed."""
+    traces too when OTEL_EXPORTER_OTLP_ENDPOINT is set (MissingExtra without the otlp extra)."""
     import os
 
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
 
-    readers: list[MetricReader] = [PrometheusMetricReader()]
+    readers: list[MetricReader] = []
     processors: list[SpanProcessor] = []
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
         try:
@@ -312,12 +313,9 @@ def build_telemetry(worker_id: str, model: str, messaging_system: str) -> Teleme
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
             from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
             from opentelemetry.sdk.trace.export import BatchSpanProcessor
-        except ImportError:
-            log.warning(
-                "OTEL_EXPORTER_OTLP_ENDPOINT is set but opentelemetry-exporter-otlp is "
-                "not installed; exporting to Prometheus only"
-            )
-        else:
-            readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
-            processors.append(BatchSpanProcessor(OTLPSpanExporter()))
+        except ImportError as exc:  # asked for, so silence would lose the traces unnoticed
+            raise MissingExtra("OTEL_EXPORTER_OTLP_ENDPOINT", "otlp", exc) from exc
+        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+        processors.append(BatchSpanProcessor(OTLPSpanExporter()))
+    readers.append(PrometheusMetricReader())
     return Telemetry(worker_id, model, messaging_system, readers, processors)

@@ -2,18 +2,24 @@
 
 The source reads a line only when the service has room for it, so memory stays flat whatever the
 file's length; the sink writes each result line as its job finishes (match them by custom_id).
-A line that is not a usable request becomes an error line with the parser's code and message.
+
+A line that is not a usable request is refused here, where its reason is known: it becomes an
+error line at once and is logged under the same code. Handed to the service as an unusable
+delivery it could only be refused as `malformed`, whatever the parser found.
 """
 
 import asyncio
 import json
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 from llm_worker.openai_batch import BatchLine, LineError, error_line, parse_line, result_line
 from llm_worker.queues.protocol import Delivery
-from llm_worker.schemas import Result
+from llm_worker.schemas import ErrorCode, Result
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,7 +39,6 @@ class JsonlBatch:
     on_line: Any = None  # called once per output line (a progress bar's update)
     counts: BatchCounts = field(default_factory=BatchCounts)
     requests: dict[str, BatchLine] = field(default_factory=dict)  # job id -> its input line
-    refused: dict[int, LineError] = field(default_factory=dict)  # line no -> why unusable
     outstanding: set[int] = field(default_factory=set)  # line numbers handed out, not settled
     exhausted: bool = False
 
@@ -70,21 +75,24 @@ class JsonlJobSource:
             if nxt is None:
                 batch.exhausted = True
                 break
-            deliveries.append(self._delivery(*nxt))
+            delivery = self._delivery(*nxt)
+            if delivery is not None:
+                deliveries.append(delivery)
         if not deliveries:
             await asyncio.sleep(timeout_s)
         return deliveries
 
-    def _delivery(self, line_no: int, raw: str) -> Delivery:
-        position = f"line {line_no}"
-        self._batch.outstanding.add(line_no)
+    def _delivery(self, line_no: int, raw: str) -> Delivery | None:
+        """The line's job, or None when the line was refused (its error line written)."""
         try:
             line, job = parse_line(raw, line_no)
         except LineError as exc:
-            self._batch.refused[line_no] = exc
-            return Delivery(b"", None, 1, line_no, position, error=exc.message)
+            log.warning("refusing line %d: %s: %s", line_no, exc.code, exc.detail)
+            self._batch.write(error_line(exc.custom_id, exc.code, exc.message), True)
+            return None
+        self._batch.outstanding.add(line_no)
         self._batch.requests[job.id] = line
-        return Delivery(job.model_dump_json().encode(), job.id, 1, line_no, position)
+        return Delivery(job.model_dump_json().encode(), job.id, 1, line_no, f"line {line_no}")
 
     async def ack(self, delivery: Delivery) -> None:
         self._batch.outstanding.discard(int(delivery.handle))  # type: ignore[call-overload]
@@ -94,13 +102,12 @@ class JsonlJobSource:
             await self.ack(delivery)
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
-        line_no = int(delivery.handle)  # type: ignore[call-overload]
-        refused = self._batch.refused.pop(line_no, None)
-        if refused is not None:
-            self._batch.write(error_line(refused.custom_id, refused.code, refused.message), True)
-        else:
-            self._batch.write(error_line(delivery.key, "internal_error", reason), True)
-        self._batch.outstanding.discard(line_no)
+        # The service publishes a failed result first when the job has an id; that result was
+        # the line's output, so only a line still unsettled gets one here.
+        line = self._batch.requests.pop(delivery.key or "", None)
+        if line is not None:
+            self._batch.write(error_line(line.custom_id, ErrorCode.INTERNAL, reason), True)
+        self._batch.outstanding.discard(int(delivery.handle))  # type: ignore[call-overload]
 
     async def lag(self) -> int | None:
         return None  # a file does not know its remaining lines without reading them
