@@ -87,10 +87,17 @@ def package_of(root: Path) -> str:
     return str(target).split(".", 1)[0]
 
 
+def git_in(root: Path, *args: str) -> str | None:
+    done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                          check=False)  # fmt: skip
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
 def commit_of(root: Path) -> str:
-    done = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"],
-                          capture_output=True, text=True, check=False)  # fmt: skip
-    return done.stdout.strip() if done.returncode == 0 else "?"
+    """The tree's commit, when it is a checkout of its own (not an archive inside another)."""
+    if git_in(root, "rev-parse", "--show-toplevel") != str(root):
+        return "not a checkout"
+    return git_in(root, "describe", "--always", "--dirty") or "?"
 
 
 def prepare(side: str, root: Path, work_dir: Path) -> Tree:

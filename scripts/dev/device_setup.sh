@@ -176,13 +176,13 @@ install_debs() {
       # its mode from that name).
       cat > "$debroot/bin/$name" <<WRAP
 #!/bin/sh
-# written by scripts/device_setup.sh: the carried $name with the carried libraries
+# written by scripts/dev/device_setup.sh: the carried $name with the carried libraries
 LD_LIBRARY_PATH="$lib_dirs\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}" exec "$program" "\$@"
 WRAP
       chmod +x "$debroot/bin/$name"
     done
     if ! command -v git >/dev/null; then
-      printf '#!/bin/sh\n# written by scripts/device_setup.sh: this machine has no git\necho "fatal: not a git repository (git stub from scripts/device_setup.sh)" >&2\nexit 128\n' \
+      printf '#!/bin/sh\n# written by scripts/dev/device_setup.sh: this machine has no git\necho "fatal: not a git repository (git stub from scripts/dev/device_setup.sh)" >&2\nexit 128\n' \
         > "$debroot/bin/git"
       chmod +x "$debroot/bin/git"
       log "no git here: a stub in $debroot/bin answers 'not a repository'"

@@ -21,14 +21,30 @@ if [[ "${1:-}" == --bench ]]; then bench=1; fi
 
 log() { echo "device_validate: $*" >&2; }
 die() { echo "device_validate: ERROR: $*" >&2; exit 1; }
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# N free ports, each with the next one free too (a Kafka broker takes PORT and PORT + 1, its
+# controller), all different: the sockets stay bound until all are found.
+free_ports() {
+  python3 - "$1" <<'PY'
+import socket, sys
+held = []
+while len(held) < 2 * int(sys.argv[1]):
+    a, b = socket.socket(), socket.socket()
+    a.bind(("127.0.0.1", 0))
+    try:
+        b.bind(("127.0.0.1", a.getsockname()[1] + 1))
+    except OSError:
+        a.close()
+        continue
+    held += [a, b]
+print(" ".join(str(s.getsockname()[1]) for s in held[::2]))
+PY
+}
 
 [[ -x .venv/bin/python ]] || die "no .venv: scripts/install.sh --dev first"
 tmp="$(mktemp -d /tmp/device-validate.XXXXXX)"
 # Ports of our own brokers, then of those bench_scale.py starts itself (in their default data
 # folders, as on the device).
-redis_port="$(free_port)"; kafka_port="$(free_port)"
-bench_redis_port="$(free_port)"; bench_kafka_port="$(free_port)"
+read -r redis_port kafka_port bench_redis_port bench_kafka_port <<<"$(free_ports 4)"
 cleanup() {
   REDIS_PORT=$redis_port REDIS_DATA_DIR=$tmp/redis bash scripts/start_redis.sh stop >/dev/null 2>&1 || true
   KAFKA_PORT=$kafka_port KAFKA_DATA_DIR=$tmp/kafka-data bash scripts/start_kafka.sh stop >/dev/null 2>&1 || true
