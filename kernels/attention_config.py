@@ -13,8 +13,13 @@ import torch
 import triton
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# The launch rules below. The sweeps that chose their numbers (per layer in a 32-layer graph, of
+# copy bandwidth for decode, of SDPA for prefill) are indexed in docs/benchmarks.md, "How the
+# attention rules were chosen".
+#
 # Split-K runs when one program per (query tile, KV head) leaves multiprocessors idle, and then
-# aims at this many programs per multiprocessor (H200 sweep: batch 1 gains up to 64 splits).
+# aims at this many programs per multiprocessor: at batch 1 only many short splits keep every
+# multiprocessor streaming.
 PROGRAMS_PER_SM = 4
 # A split shorter than this spends more on its partial write and the merge than it saves.
 MIN_KEYS_PER_SPLIT = 128
@@ -33,27 +38,20 @@ MAX_SPLIT_ROWS = 64
 CHUNK_SPLIT_MIN_KEYS = 2048
 MIN_KEYS_PER_CHUNK_SPLIT = 1024
 # Prefill runs 128-row tiles on 8 warps (two warpgroups of 64 rows) and takes the first of
-# these (keys per tile, pipeline stages) whose buffers fit the shared memory. H200 sweep: 64-key
-# tiles three stages deep (128 KiB) beat 128-key tiles (224 KiB, 254 registers a thread) by 2-18%
-# at four of five prefill shapes and lost 1% at 1 x 8192; a fourth stage changed nothing.
+# these (keys per tile, pipeline stages) whose buffers fit the shared memory. 64-key tiles three
+# stages deep keep two tiles in flight in 128 KiB; 128-key tiles take 224 KiB and 254 registers
+# a thread and ran slower, and a fourth stage added nothing.
 PREFILL_TILES = ((64, 3), (64, 2))
 # A whole prefill launch shape, as the rules below and choose_config's prefill_tile give it:
 # (block_m, num_warps, block_n, num_stages, max_registers).
 PrefillTile = tuple[int, int, int, int, int | None]
-# When this step's keys come from its own K/V by TMA (`step_kv`), the H100 sweep of 2026-11-27
-# (bench_kernels.py --sweep-only) ranks differently: from 2,048 keys 128-key tiles three stages
-# deep win (1 x 8192: 0.90 of SDPA against 0.89 for 64 keys; 4 x 2048: 0.81 against 0.79).
-# Up to 1,024 keys, short programs whose start-up wants hiding, 64-row tiles on 4 warps stream
-# 32-key tiles three stages deep (65 KiB) under a cap of 168 registers a thread, which fits three
-# programs a multiprocessor (uncapped, ptxas takes 176 and two fit). H100, eighth session, of
-# SDPA, each sweep alternated twice (graph replay):
-# - 512 keys or fewer, against the tile before (64 keys two stages deep, uncapped): 16 x 512
-#   0.82-0.83 against 0.71, 4 x 512 0.93 against 0.85, 32 x 256 1.04 against 0.85, 64 x 128 1.16
-#   against 0.99. At 16 x 512 the same tile uncapped read 0.70, and a cap of 128 registers at two
-#   stages (four programs, spilling) 0.78.
-# - 1,024 keys, against 128-row tiles of 64 keys three stages deep: 2 x 1024 0.91 against 0.85,
-#   8 x 1024 0.81 against 0.73, 16 x 1024 0.80 against 0.75, 3 x 700 0.97 against 0.88; one
-#   sequence alone loses, 1 x 1024 1.00 against 1.04.
+# When this step's keys come from its own K/V by TMA (`step_kv`), only the cached prefix is
+# gathered, and from STEP_KV_LONG_KEYS keys 128-key tiles three stages deep pay. Up to
+# STEP_KV_SHORT_KEYS keys programs are short and their start-up wants hiding behind other
+# programs: 64-row tiles on 4 warps stream 32-key tiles three stages deep (65 KiB) under a cap
+# of 168 registers a thread, which fits three programs a multiprocessor (uncapped, ptxas takes
+# 176 and two fit). One sequence of about 1k tokens alone loses a little that way; batches of
+# several gain.
 STEP_KV_LONG_KEYS = 2048
 STEP_KV_LONG_TILES = ((128, 3), *PREFILL_TILES)
 STEP_KV_SHORT_KEYS = 1024
@@ -61,41 +59,32 @@ STEP_KV_SHORT_TILE: PrefillTile = (64, 4, 32, 3, 168)
 # Prefill tiles that gather every key through the block table (prompts over a prefix-cache hit)
 # over at most GATHER_SHORT_KEYS keys, enough of them to fill the GPU once, stream 32-key tiles
 # three stages deep under a cap of 128 registers: 80 KiB, two programs of 8 warps a
-# multiprocessor, where the 64-key tiles' 128 KiB fit one. H100, eighth session, prompts over a
-# cached prefix (BATCHxNEW+PREFIX), alternated twice, speed-up over 64-key tiles: 128x64+192
-# 1.31-1.33, 32x100+300 1.21-1.23, 16x100+500 1.14-1.15, 64x100+500 1.15; 16x200+800,
-# 4x300+700 0.99-1.02. With fewer tiles than multiprocessors it lost (8x50+200: 0.80), and over
-# longer ranges it ties or loses (16x256+1792 1.01, 1x2000+6000 0.97, a 480-token chunk over 8k
-# keys 0.80), so those keep 64-key tiles.
+# multiprocessor, where the 64-key tiles' 128 KiB fit one. With fewer tiles than
+# multiprocessors the second program has nothing to hide, and over longer ranges (a chunk over a
+# long prefix) the smaller tile loses, so those keep 64-key tiles.
 GATHER_SHORT_KEYS = 1024
 GATHER_SHORT_TILE: PrefillTile = (128, 8, 32, 3, 128)
 # Step K/V by TMA only where new keys are a good part of the range: with a long cached prefix
-# (a chunk over 8k keys) the launch is mostly the block-table gather, which ran 8-13% slower in
-# the kernel variant that also reads by TMA (H100, chunks of 96-480 tokens).
+# (a chunk over 8k keys) the launch is mostly the block-table gather, which runs slower in the
+# kernel variant that also reads by TMA.
 STEP_KV_MAX_KEYS_PER_QUERY = 2
-# Decode and verification tiles stream K/V with two pipeline stages (H200 sweep, batch 64 x 4k:
-# 1.00 of copy bandwidth against 0.87 with three), except when a few splits each stream a long
-# key range: three stages took batch 16 (5 splits) at 4k-32k from 0.65-0.80 to 0.73-1.00 of copy
-# bandwidth. With 17 or more splits (batch 1 and 4) two stages won again.
+# Decode and verification tiles stream K/V with two pipeline stages, except when a few splits
+# each stream a long key range: there a third stage keeps enough bytes in flight. Unsplit
+# launches (enough programs already) and many short splits do better with two.
 DECODE_DEEP_MAX_SPLITS = 8
 DECODE_DEEP_MIN_KEYS = 4096
 # Split decode tiles (one token a sequence, up to 16 rows) whose splits hold at least
-# SPLIT_DECODE_MIN_KEYS keys stream 32-key tiles two stages deep instead (H100, fifth session,
-# per layer in a 32-layer graph, of copy bandwidth: batch 16 x 4k/16k/32k 0.91/0.99/1.01 against
-# 0.87/0.96/0.97 for 64 keys three stages deep, batch 1 x 16k 0.69-0.70 against 0.68, batch
-# 4 x 4k 0.69 against 0.68). Splits of 128 keys lost 5-15% that way (batch 1 x 1k 0.12 against
-# 0.14), so they keep 64-key tiles. Verification tiles keep the rules above.
+# SPLIT_DECODE_MIN_KEYS keys stream 32-key tiles two stages deep instead, which streamed faster
+# at every such cell swept; shorter splits lost that way and keep 64-key tiles. Verification
+# tiles keep the rules above.
 SPLIT_DECODE_MAX_ROWS = 16
 SPLIT_DECODE_MIN_KEYS = 192
 SPLIT_DECODE_TILE = (32, 2)
 # From LONG_DECODE_MIN_KEYS keys on, split decode tiles aim at LONG_DECODE_PROGRAMS_PER_SM
 # programs a multiprocessor instead, each streaming 32-key tiles three stages deep: half the
-# programs, twice the keys in flight each (H100, seventh session, per layer in a 32-layer
-# graph, alternated twice in two runs, of copy bandwidth: 1 x 4k 0.43-0.45 against 0.40-0.42,
-# 2 x 4k 0.59 against 0.55, 1 x 16k 0.725-0.728 against 0.710-0.713, 4 x 4k 0.718-0.720 against
-# 0.710-0.713, batch 8 up to 0.007 higher, batch 16 (3 splits, not 5) 0.002-0.006 lower. At
-# these split counts two stages lost 5-15%; four stages, 64-key tiles, 2 or 8 warps lost
-# 0.3-30%).
+# programs, twice the keys in flight each, so the fixed cost of a program (sequence bounds, block
+# ids, the first key tile, the partial store) and the merge's inputs are paid half as often.
+# Two or four stages, 64-key tiles, and 2 or 8 warps all streamed slower at these lengths.
 LONG_DECODE_MIN_KEYS = 4096
 LONG_DECODE_PROGRAMS_PER_SM = 2
 LONG_DECODE_TILE = (32, 3)
@@ -103,35 +92,17 @@ LONG_DECODE_TILE = (32, 3)
 # ONE_PASS_MAX_SPLIT_KEYS keys, walk them in one loop with every key tile masked
 # (`AttentionConfig.one_pass`). With two loops (the unmasked tiles, then the masked tail) every
 # program pays for the second loop, its tail's block-id load and the software pipeline's set-up
-# and drain, even when the tail is empty, as in these figures (lengths that are multiples of
-# the key tile). H200, twelfth session, per layer in a 32-layer graph, of copy bandwidth, two
-# loops -> one (run 5, each alternated twice):
-# 1 x 4k 0.363 -> 0.382, 1 x 6k 0.458 -> 0.472, 1 x 8k 0.520 -> 0.532, 1 x 12k 0.600 -> 0.610,
-# 1 x 16k (512 keys a split) 0.660 -> 0.664, 2 x 4k 0.525 -> 0.538, 2 x 6k 0.604 -> 0.615,
-# 16 x 1k 0.601 -> 0.608; batch 3 and 4 at 4k unchanged. Splits of two 64-key tiles lose
-# (16 x 512 0.399 -> 0.393).
+# and drain, even when the tail is empty: in a short split that is worth more than the masks.
+# Splits of two tiles gain nothing, and longer splits keep two loops, which measured faster
+# there than one masked loop.
 ONE_PASS_MIN_TILES = 3
 ONE_PASS_MAX_SPLIT_KEYS = 2048
 # One-pass tiles whose splits hold more than PRELOAD_OVER_SPLIT_KEYS keys, or at most
 # PRELOAD_SHALLOW_MAX_TILES key tiles two stages deep, load the block ids of the whole split
 # before the loop (`AttentionConfig.ids_chunk_keys`), where the loop otherwise loads the next
-# tile's as it goes. Over 512 keys one loop needs this: with the ids loaded as it goes it lost
-# to two loops (twelfth session, 1 x 32k 0.781 -> 0.774). H200, thirteenth session, per layer
-# in a 32-layer graph, of copy bandwidth, each cell alternated twice (docs/benchmarks.md):
-# - splits of 576-2,048 keys, two loops -> one with preloaded ids (run 3): 1 x 32k 0.783 ->
-#   0.789, 2 x 12k 0.717 -> 0.724, 2 x 32k 0.828 -> 0.834, 3 x 6k 0.687 -> 0.693, 4 x 8k 0.763
-#   -> 0.768, 6 x 12k 0.838 -> 0.848, 8 x 4k 0.783 -> 0.789, 16 x 6k 0.933 -> 0.940: every
-#   such cell of batch 1-32 x 1k-32k, by 0.003-0.010;
-# - two stages, splits of 6-8 tiles (run 3): 16 x 1k 0.604 -> 0.620, 8 x 2k 0.622 -> 0.630,
-#   6 x 2k 0.538 -> 0.545, 12 x 1k 0.544 -> 0.550.
-# Not taken where it lost or tied:
-# - two stages over 13 tiles (run 2: 16 x 2k 0.747 -> 0.733);
-# - splits of up to 512 keys three stages deep at batch 1 and 2 (run 1: 1 x 4k 0.389 -> 0.376,
-#   2 x 4k 0.535 -> 0.525, 1 x 12k 0.607 -> 0.604; at 512 keys, runs 1-3, 1 x 16k and 2 x 8k
-#   -0.011 to +0.004), where each tile's gather from the preloaded ids costs more than a few
-#   tiles save;
-# - splits of 2,752 keys or more, which keep two loops (ONE_PASS_MAX_SPLIT_KEYS; run 2 in one
-#   loop, two chunks of ids: 3 x 32k 0.928 -> 0.921, 8 x 32k 0.972 -> 0.965).
+# tile's as it goes: then no load inside the loop feeds a K/V address, which long splits need
+# to beat two loops. Short splits three stages deep, and two stages over more tiles, keep
+# loading as they go: there each tile's gather from the preloaded ids costs more than it saves.
 PRELOAD_OVER_SPLIT_KEYS = 512
 PRELOAD_SHALLOW_MAX_TILES = 8
 # The interpreter has no multiprocessors; a small number keeps split-K reachable in CPU tests.

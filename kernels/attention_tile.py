@@ -18,8 +18,8 @@ def find_sequence(
     """Largest i with first_tile(i) <= tile_idx, as a count (first_tile is strictly increasing).
 
     Counting over SEQ_CHUNK sequences per vector load costs one memory round trip for batches of
-    up to SEQ_CHUNK sequences, where a binary search paid log2(num_seqs) dependent ones before
-    the tile could start (the H200 prefill figures at 16 x 512 did not move measurably).
+    up to SEQ_CHUNK sequences, where a binary search pays log2(num_seqs) dependent ones before
+    the tile can start.
     """
     count = tile_idx * 0
     for chunk_start in range(0, num_seqs, SEQ_CHUNK):
@@ -90,9 +90,9 @@ def attend_new_keys(
     padding of a CUDA graph, or lie past the tensor (zero-filled); MASKED masks them.
 
     Padding rows may hold anything, NaN included, and 0 * NaN would poison the accumulator, so
-    with ZERO_V their values are zeroed. That select takes V out of shared memory and back, and
-    only the tiles that reach the padding need it (the caller picks): at 16 x 512 on the H100,
-    zeroing in every masked tile cost 4% of the launch."""
+    with ZERO_V their values are zeroed. That select takes V out of shared memory and back, a
+    cost short prefills feel, and only the tiles that reach the padding need it: the caller
+    picks them."""
     offs_n = tl.arange(0, BLOCK_N)
     for start_n in range(kv_lo, kv_hi, BLOCK_N):
         kv_pos = start_n + offs_n
@@ -205,9 +205,8 @@ def attend_kv_split(
     range saves (see `kernels.attention_config.PRELOAD_OVER_SPLIT_KEYS`).
 
     It stays apart from `attend_kv_range` on purpose: folded into it behind a constexpr (the
-    ids' first block then derived from kv_lo inside), the same loop compiled slower with Triton
-    3.6, and lost 0.5-1.3% of copy bandwidth to this one on the H200 (thirteenth session, run
-    5: 2 x 16k 0.760 against 0.774, 6 x 12k 0.826 against 0.849)."""
+    ids' first block then derived from kv_lo inside), the same loop compiles slower with Triton
+    3.6 (docs/benchmarks.md, "How the attention rules were chosen")."""
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     for start_n in range(kv_lo, kv_hi, BLOCK_N):

@@ -29,9 +29,8 @@ def _merge_splits_kernel(
     row = tl.program_id(0).to(tl.int64)
     offs_s = tl.arange(0, BLOCK_SPLITS)
     offs_d = tl.program_id(1) * DIM_BLOCK + tl.arange(0, DIM_BLOCK)
-    # The partials are read at once with the token count, not after it: a padding row's
-    # (never written) are discarded by select, which saved a dependent round trip (H100, per
-    # layer in a 32-layer decode graph: the merge 2.4-2.7 -> 2.2-2.5 us).
+    # The partials are read at once with the token count, not after it, which saves a
+    # dependent round trip: a padding row's (never written) are discarded by select.
     is_real = row // NUM_HEADS < tl.load(num_real_tokens_ptr)
     if PDL:
         tl.extra.cuda.gdc_wait()  # the partials are the attention launch's output
@@ -72,8 +71,7 @@ def merge_splits(
     pdl = pdl and pdl_device(out.device)
     # Few rows (batch 1: 32 heads) leave each program a long [splits, head_dim] read: the head
     # dimension is split (down to 32 columns) until the launch has MERGE_MIN_PROGRAMS programs.
-    # H100, per layer in a 32-layer graph: 64 splits at batch 1 x 16k, 2.63 -> 2.15 us; at batch
-    # 4 (128 rows) a four-way split cost 1.89 -> 2.24 us, so it stops there.
+    # Past that, more programs reading less each cost more than they save (batch 4: 128 rows).
     dim_block = head_dim
     while num_rows * (head_dim // dim_block) < MERGE_MIN_PROGRAMS and dim_block >= 64:
         dim_block //= 2

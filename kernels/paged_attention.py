@@ -109,11 +109,10 @@ def _paged_attention_kernel(
 ):
     # One flat grid, the KV head fastest: the heads of one key range run side by side (they
     # read neighbouring slices of the same cache blocks). Decode and verification (one tile per
-    # sequence, all alike) run every tile's first split, then every second, ...: on the H100
-    # that order read batch 4 x 32k at 0.90 of copy bandwidth, splits next to each other 0.83.
-    # Prefill tiles run all the splits of one tile together, so a chunk's long tiles, which go
-    # first, have every split at once (a 96-token chunk over 8k keys: 1.60x over one pass, 1.37x
-    # with that tile's later splits dispatched behind every tile's first).
+    # sequence, all alike) run every tile's first split, then every second, ..., the faster of
+    # the two orders for them. Prefill tiles run all the splits of one tile together, so a
+    # chunk's long tiles, which go first, have every split at once rather than their later
+    # splits dispatched behind every tile's first.
     kv_head = tl.program_id(0) % num_kv_heads
     if ONE_TILE_PER_SEQ:
         per_split = tl.num_programs(0) // num_splits

@@ -50,14 +50,10 @@ def pdl_device(device: torch.device) -> bool:
 # RMSNorm, rotary and store_kv run one program a token (and head). In a step of at most this
 # many tokens they let the next launch start as they start; in the attention half of a decoder
 # layer that puts Qwen3's q/k norms, rotary, store_kv and attention on the GPU while the QKV
-# matmul still runs. (Where a plain launch follows, a matmul, it changes nothing.) H100, decode
-# at 4k context, batch 1, end to end (tenth session, docs/benchmarks.md):
-# - rotary and store_kv, Llama-3-8B shape: 6.51-6.55 -> 6.39-6.41 ms/token on three machines of
-#   four (the fourth read 6.41-6.42 either way); per layer of QKV matmul, rotary, store_kv and
-#   attention, batch 1 and 2 -1.0 to -1.6 us, batch 4 -0.2 to -0.35 us;
-# - RMSNorm as well, Qwen3-0.6B shape: 1.561-1.563 -> 1.533-1.536 ms/token.
-# Larger steps keep the default: there attention launched that early ran slower (per layer,
-# batch 16 x 4k +1.7 to +3.1 us and 16 x 16k +16 us; end to end, batch 16 x 4k, +1% a step).
+# matmul still runs, so a small decode step hides those launches (about 2% a token at batch
+# 1). Where a plain launch follows, a matmul, it changes nothing. Larger steps keep the default:
+# there attention launched that early ran slower (docs/benchmarks.md, "How the attention rules
+# were chosen").
 EARLY_DEPENDENTS_MAX_TOKENS = 4
 
 

@@ -15,8 +15,6 @@ scripts/test_brokers.sh start
 "$venv/bin/ruff" check worker kernels schemas tests scripts
 # mypy reads packages from folders, not through the editable install's import hook: it gets
 # llm_worker as a tree of links to worker/, kernels/ and schemas/.
-tree=.cache/typecheck/llm_worker
-rm -rf .cache/typecheck && mkdir -p "$tree"
-ln -s "$PWD"/worker/* "$PWD/kernels" "$PWD/schemas" "$tree/"
+scripts/link_package.sh .cache/typecheck >/dev/null
 "$venv/bin/mypy"
 "$venv/bin/pytest" "$@"
