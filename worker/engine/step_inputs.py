@@ -14,8 +14,7 @@ from itertools import chain
 import numpy as np
 import torch
 
-from llm_worker.engine.block_manager import cdiv
-from llm_worker.engine.scheduler import ScheduledSequence
+from llm_worker.engine.sequence import ScheduledSequence, cdiv
 from llm_worker.models.attention import AttentionMetadata
 
 
