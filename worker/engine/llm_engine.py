@@ -1,14 +1,10 @@
 """The synchronous engine: add_request / step / abort, and generate() on top of them.
 
-A step is four verbs: propose (drafts, when speculating), schedule, run, update. The scheduler
-plans, the runner (or the speculator, for a step with drafts) runs the plan and returns a
-StepResult, and update applies it: the one writer of request state.
-
-With async scheduling a step is queued on the device and step() returns while it runs: its
-tokens are applied by the next call, whose own step is queued first, so the host's work of step
-n+1 (scheduling, input building, stop checks, detokenization) overlaps the device's step n.
-Sequences then finish one call later. Steps that speculate, could preempt, or sample rows that
-read the host's token history first wait for the step in flight.
+A step is four verbs: propose (drafts, if speculating) -> schedule -> run (the runner, or the
+speculator for a step with drafts) -> update (the one writer of request state). With async
+scheduling, step n+1 is queued on the device before step n's tokens are applied, so the host's
+work overlaps the device's; a step that speculates, could preempt, or samples rows that read
+the host's token history waits for the step in flight first.
 """
 
 import time
@@ -16,18 +12,15 @@ from collections.abc import Callable, Mapping
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 
-import torch
-
 from llm_worker.config import EngineSettings
 from llm_worker.engine.block_manager import PrefixCacheStats
 from llm_worker.engine.builder import EngineParts, build_parts
-from llm_worker.engine.detokenizer import IncrementalDetokenizer
 from llm_worker.engine.faults import fault_message, is_device_fault
-from llm_worker.engine.request import Request, RequestOutput
+from llm_worker.engine.request import RequestOutput, new_request
 from llm_worker.engine.sampler import needs_host_history
 from llm_worker.engine.sampling_rows import SamplingRows
 from llm_worker.engine.scheduler import NO_DRAFTS, RequestRejected, SchedulerOutput
-from llm_worker.engine.sequence import SampledToken, Sequence, SequenceMetrics
+from llm_worker.engine.sequence import Sequence, SequenceMetrics
 from llm_worker.engine.speculative import SpecStats, Speculator
 from llm_worker.engine.step_result import StepResult
 from llm_worker.engine.update import PLACEHOLDER
@@ -119,32 +112,18 @@ class LLMEngine:
             cache_salt=cache_salt,
             metrics=SequenceMetrics(arrival_time=arrival_time or time.monotonic()),
         )
-        self.updater.add(self._request(seq))
-
-    def _request(self, seq: Sequence) -> Request:
-        """A request's own sampling and text state; what it cannot build fails it alone."""
-        params = seq.params
-        try:
-            detokenizer = None
-            if self.tokenizer is not None:
-                detokenizer = IncrementalDetokenizer(
-                    self.tokenizer, params.stop, params.include_stop_str_in_output
-                )
-            generator = None
-            if params.seed is not None:
-                generator = torch.Generator(device=self.runner.device).manual_seed(params.seed)
+        try:  # what one request cannot build (its seed, say) fails it alone
+            generator = None if params.seed is None else self.runner.seeded_generator(params.seed)
+            request = new_request(seq, self.tokenizer, generator)
         except Exception as exc:
             if is_device_fault(exc):
                 raise
             raise RequestRejected(ErrorCode.INTERNAL, fault_message(exc)) from exc
-        logprobs: list[SampledToken] | None = [] if params.logprobs is not None else None
-        return Request(seq, detokenizer, generator, logprobs)
+        self.updater.add(request)
 
     def abort(self, request_id: str) -> None:
-        seq = self.requests[request_id].seq if request_id in self.requests else None
+        """End a request; the next step() returns it with finish reason abort."""
         self.updater.abort(request_id)
-        if seq is not None and self.speculator is not None:
-            self.speculator.forget(seq)
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests) or self.updater.has_finished

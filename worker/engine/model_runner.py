@@ -78,6 +78,10 @@ class ModelRunner:
         self.graphs: GraphSet | None = None  # None: every step runs eagerly
         self.allocate_kv_cache(1)
 
+    def seeded_generator(self, seed: int) -> torch.Generator:
+        """A request's own generator, so its draws do not depend on what shares its batch."""
+        return torch.Generator(device=self.device).manual_seed(seed)
+
     def allocate_kv_cache(self, num_blocks: int) -> None:
         self.graphs = None  # graphs hold the old cache's addresses
         self.kv_caches = []  # drop the old cache before the new one is allocated

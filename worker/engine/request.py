@@ -42,3 +42,12 @@ class Request:
             logprobs=self.logprobs,
             error=self.error,
         )
+
+
+def new_request(seq: Sequence, tokenizer: Any, generator: Any) -> Request:
+    """`tokenizer`: None for a model without one; `generator`: the request's own, if seeded."""
+    p = seq.params
+    detokenizer = None
+    if tokenizer is not None:
+        detokenizer = IncrementalDetokenizer(tokenizer, p.stop, p.include_stop_str_in_output)
+    return Request(seq, detokenizer, generator, [] if p.logprobs is not None else None)
