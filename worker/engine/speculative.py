@@ -11,7 +11,6 @@ step begins and what it planned and emitted.
 """
 
 import dataclasses
-import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -61,19 +60,6 @@ class SpecStats:
         return 1 + self.num_accepted_tokens / self.num_drafts if self.num_drafts else 0.0
 
 
-@dataclass(frozen=True)
-class _DecodeStep:
-    """A pure decode step, reported to the controller when the next step begins: a step costs
-    its step() call's start to the next call's, so a drain, the device work a synchronous step
-    leaves in the open and the pipeline refilled after it are all charged to a mode, and the
-    steps' times add up to the run's."""
-
-    num_decoding: int
-    num_emitted: int
-    speculated: bool  # the controller's decision for it
-    started: float  # monotonic, when its step() call began
-
-
 @dataclass
 class _Filled:
     """A speculating step's items once every draft is known."""
@@ -97,19 +83,15 @@ class Speculator:
         self.controller = SpecController(config.adaptive, config.disable_by_batch_size)
         self.stats = SpecStats(accepted_by_position=[0] * config.num_speculative_tokens)
         self.speculating = False  # this step's decision
-        self._last_decode: _DecodeStep | None = None  # not yet reported to the controller
 
     def begin_step(self, started: float) -> None:
         """A step() call begins at `started`: the pure decode step before it, if any, is over."""
-        last, self._last_decode = self._last_decode, None
-        if last is None:
-            return
-        if last.speculated:
-            self.stats.num_steps_speculating += 1
-        else:
-            self.stats.num_steps_plain += 1
-        seconds = started - last.started
-        self.controller.observe(last.num_decoding, last.speculated, last.num_emitted, seconds)
+        speculated = self.controller.step_began(started)
+        if speculated is not None:
+            if speculated:
+                self.stats.num_steps_speculating += 1
+            else:
+                self.stats.num_steps_plain += 1
 
     def decide(
         self, running: list[Sequence], num_waiting: int = 0, max_num_seqs: int | None = None
@@ -133,8 +115,10 @@ class Speculator:
         drafts: dict[Sequence, list[int]] = {}
         faults: dict[Sequence, str] = {}
         for seq in running:
+            if seq.num_tokens - seq.num_computed_tokens != 1:
+                continue
             k = self._num_drafts(seq, max_model_len)
-            if k <= 0 or seq.num_tokens - seq.num_computed_tokens != 1:
+            if k <= 0:
                 continue
             if self.ngram is None:
                 drafts[seq] = [0] * k
@@ -206,38 +190,35 @@ class Speculator:
         verification for the speculating sequences and plain sampling for the others."""
         generator = runner.generator
         filled = self.fill(scheduled, rows, generator)
-        scheduled = filled.scheduled
-        logits = runner.logits(scheduled)
+        logits = runner.logits(filled.scheduled)
+        plain: list[ScheduledSequence] = []  # items sampled as without speculation
         plain_idx: list[int] = []
-        plain_rows: list[SamplingRow] = []
         spec_idx: list[int] = []
         first = 0
-        for i, item in enumerate(scheduled):
+        for i, item in enumerate(filled.scheduled):
             n = item.num_logits_rows
             if i in filled.verify_items:
                 spec_idx.extend(range(first, first + n))
             elif n:
                 plain_idx.append(first)
-                plain_rows.append(rows.row(item.seq))
+                plain.append(item)
             first += n
-        plain, plain_faults = _sample(logits[plain_idx], plain_rows, generator)
+        plain_rows = [rows.row(item.seq) for item in plain]
+        sampled, plain_faults = _sample(logits, plain_idx, plain_rows, generator)
         verify_items = list(filled.verify_items.values())
         verified, verify_faults = _verify(logits[spec_idx], verify_items, generator)
-        plain_iter, verified_iter = iter(plain), iter(verified)
+        sampled_iter, verified_iter = iter(sampled), iter(verified)
         tokens = [
             next(verified_iter) if i in filled.verify_items
-            else ([next(plain_iter)] if item.samples else [])
-            for i, item in enumerate(scheduled)
+            else ([next(sampled_iter)] if item.samples else [])
+            for i, item in enumerate(filled.scheduled)
         ]  # fmt: skip
-        sampling = [item.seq for i, item in enumerate(scheduled)
-                    if item.num_logits_rows and i not in filled.verify_items]  # fmt: skip
-        verifying = [scheduled[i].seq for i in filled.verify_items]
-        faults = {
-            **filled.faults,
-            **{sampling[j]: message for j, message in plain_faults.items()},
-            **{verifying[j]: message for j, message in verify_faults.items()},
-        }
-        return StepResult(scheduled, tokens=tokens, faults=faults,
+        faults = filled.faults
+        if plain_faults or verify_faults:
+            verifying = [filled.scheduled[i].seq for i in filled.verify_items]
+            faults.update((plain[j].seq, message) for j, message in plain_faults.items())
+            faults.update((verifying[j], message) for j, message in verify_faults.items())
+        return StepResult(filled.scheduled, tokens=tokens, faults=faults,
                           drafted_by_model=self.draft is not None)  # fmt: skip
 
     def end_step(
@@ -248,7 +229,7 @@ class Speculator:
         for num_drafts, num_kept in report.verified:
             self._record(num_drafts, num_kept)
         if plan.is_pure_decode and not idle:
-            self._last_decode = _DecodeStep(
+            self.controller.decode_step_ran(
                 len(plan.scheduled), report.num_emitted, self.speculating, started
             )
 
@@ -271,14 +252,16 @@ class Speculator:
 
 
 def _sample(
-    logits: torch.Tensor, rows: list[SamplingRow], generator: torch.Generator
+    logits: torch.Tensor, idx: list[int], rows: list[SamplingRow], generator: torch.Generator
 ) -> tuple[list[SampledToken], Mapping[int, str]]:
+    """The tokens of rows `idx` of `logits`; a row whose sampling raises gets none, and fails."""
     if not rows:
         return [], NO_FAULTS
+    picked = logits[idx]
     return isolating_faults(
-        lambda: sample(logits, rows, generator),
+        lambda: sample(picked, rows, generator),
         len(rows),
-        lambda i: sample(logits[i : i + 1], rows[i : i + 1], generator)[0],
+        lambda i: sample(picked[i : i + 1], rows[i : i + 1], generator)[0],
         lambda parts: [SampledToken(0) if t is None else t for t in parts],
     )
 
@@ -289,10 +272,9 @@ def _verify(
     """Each item's emitted tokens; an item whose verification raises emits none, and fails."""
     if not items:
         return [], NO_FAULTS
-    starts = [0, *itertools.accumulate(len(item.rows) for item in items)]
-
     def alone(j: int) -> list[SampledToken]:
-        return verify(logits[starts[j] : starts[j + 1]], items[j : j + 1], generator)[0]
+        start = sum(len(item.rows) for item in items[:j])
+        return verify(logits[start : start + len(items[j].rows)], items[j : j + 1], generator)[0]
 
     return isolating_faults(
         lambda: verify(logits, items, generator),

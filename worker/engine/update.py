@@ -175,8 +175,8 @@ class Updater:
         report = StepReport()
         now = time.monotonic()
         for item, tokens in zip(result.scheduled, result.tokens, strict=True):
-            seq = item.seq
-            if item.samples and not item.num_spec:  # a token now, whatever becomes of it
+            seq, num_spec = item.seq, item.num_spec
+            if item.samples and not num_spec:  # a token now, whatever becomes of it
                 report.num_emitted += 1
             if seq.is_finished:  # it stopped on the token resolved before this step's
                 continue
@@ -186,14 +186,14 @@ class Updater:
             request = self.requests[seq.request_id]
             try:
                 num_appended, reason = self._append(request, item, tokens, now)
-                if item.num_spec:
+                if num_spec:
                     self._settle_drafts(item, reason is not None, result.drafted_by_model)
                 self.block_manager.cache_computed_blocks(seq)
             except Exception as exc:
                 self._fail_on(seq, exc)
                 continue
-            if item.num_spec:  # drafts past a stop are not counted as kept
-                report.verified.append((item.num_spec, min(len(tokens) - 1, num_appended)))
+            if num_spec:  # drafts past a stop are not counted as kept
+                report.verified.append((num_spec, min(len(tokens) - 1, num_appended)))
                 report.num_emitted += num_appended
             if reason is not None:
                 self._finish(request, reason, now)
@@ -205,9 +205,9 @@ class Updater:
         """Advance a sequence past its step and append its tokens up to a stop; returns how
         many were appended and the finish reason, if one was met. A verified item keeps the
         KV of its kept drafts only."""
-        seq = request.seq
-        num_kept = len(tokens) - 1 if item.num_spec else 0
-        seq.num_computed_tokens += item.num_new_tokens - item.num_spec + num_kept
+        seq, num_spec = request.seq, item.num_spec
+        num_kept = len(tokens) - 1 if num_spec else 0
+        seq.num_computed_tokens += item.num_new_tokens - num_spec + num_kept
         num_appended, reason = 0, None
         for token in tokens:
             num_appended += 1
