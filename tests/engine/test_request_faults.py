@@ -249,3 +249,37 @@ def test_the_engine_thread_reports_failed_requests_and_keeps_serving(checkpoint:
     for request_id in ("ok-1", "ok-2", "after"):
         event = got[request_id]
         assert isinstance(event, Finished) and len(event.output.output_token_ids) == 6
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("speculative_method", [None, "ngram"])
+def test_on_cuda_a_row_that_breaks_the_sampler_fails_alone(speculative_method: str | None) -> None:
+    """The CUDA path: graphs replayed, steps launched async (their tokens still on the device
+    when the fault is found), verification steps with n-gram drafts."""
+    from llm_worker.config import EngineSettings
+
+    settings = EngineSettings(model="tiny-llama", load_format="dummy", device="cuda",
+                              dtype="float32", max_num_seqs=16, max_model_len=256,
+                              kv_cache_memory_gb=0.05, async_scheduling=True,
+                              speculative_method=speculative_method, **SPEC)  # fmt: skip
+    prompts = [[(5 * i + j % 7) % 400 + 10 for j in range(12 + 9 * i)] for i in range(6)]
+    params = _params() + _params()[:1]
+
+    def run(with_faulty: bool) -> dict[str, RequestOutput]:
+        engine = LLMEngine.from_settings(settings)
+        assert engine.runner.graphs is not None and engine.async_scheduling
+        done: dict[str, RequestOutput] = {}
+        for i, (prompt, p) in enumerate(zip(prompts, params, strict=True)):
+            engine.add_request(f"r{i}", prompt, p)
+            if with_faulty and i == 2:
+                engine.add_request("topk", prompt, SamplingParams(temperature=0.7, top_k=2**63))
+            done.update((out.request_id, out) for out in engine.step())
+        while engine.has_unfinished_requests():
+            done.update((out.request_id, out) for out in engine.step())
+        assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+        return done
+
+    expected = {request_id: _summary(out) for request_id, out in run(False).items()}
+    got = run(True)
+    assert got.pop("topk").finish_reason == "internal_error"
+    assert {request_id: _summary(out) for request_id, out in got.items()} == expected

@@ -6,7 +6,7 @@ token in one target pass; rejection.verify keeps the target's distribution; upda
 rest back. A controller (spec_controller) measures decode throughput with and without speculation
 per batch-size bucket and keeps whichever is faster, so speculation turns itself off where
 verifying k extra tokens per sequence and giving up async scheduling cost more than they save,
-and back on where it pays. The speculator times the steps itself: the engine only says when a
+and back on where it pays. The controller times the steps itself: the engine only says when a
 step begins and what it planned and emitted.
 """
 
@@ -22,10 +22,10 @@ from llm_worker.engine.faults import NO_FAULTS, fault_message, is_device_fault, 
 from llm_worker.engine.model_runner import ModelRunner
 from llm_worker.engine.ngram import NgramProposer
 from llm_worker.engine.rejection import VerifyItem, verify
-from llm_worker.engine.sampler import SampledToken, SamplingRow, sample
+from llm_worker.engine.sampler import SamplingRow, sample
 from llm_worker.engine.sampling_rows import SamplingRows
 from llm_worker.engine.scheduler import SchedulerOutput
-from llm_worker.engine.sequence import ScheduledSequence, Sequence
+from llm_worker.engine.sequence import SampledToken, ScheduledSequence, Sequence
 from llm_worker.engine.spec_controller import SpecController
 from llm_worker.engine.step_result import StepResult
 from llm_worker.engine.update import StepReport
