@@ -1,12 +1,13 @@
 """Settings at the edge (env, .env, CLI flags), frozen dataclasses inside the engine."""
 
 import argparse
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from llm_worker.engine.config import SchedulerConfig
 
 DEFAULT_MODEL = "smollm2"  # the bundled SmolLM2-135M-Instruct
 
@@ -99,6 +100,15 @@ class EngineSettings(BaseSettings):
         Path.home() / ".cache" / "llm-worker", description="converted models live here"
     )
 
+    def scheduler_config(self, max_model_len: int) -> SchedulerConfig:
+        """The scheduler's knobs, once the model has fixed `max_model_len`."""
+        return SchedulerConfig(
+            max_num_seqs=self.max_num_seqs,
+            max_num_batched_tokens=self.max_num_batched_tokens,
+            max_model_len=max_model_len,
+            enable_chunked_prefill=self.enable_chunked_prefill,
+        )
+
 
 def add_settings_arguments(
     parser: argparse.ArgumentParser, settings_cls: type[BaseSettings]
@@ -134,17 +144,3 @@ def settings_from_args(settings_cls: type[BaseSettings], args: argparse.Namespac
     }
     return settings_cls(**given)
 
-
-@dataclass(frozen=True)
-class SchedulerConfig:
-    max_num_seqs: int
-    max_num_batched_tokens: int
-    max_model_len: int
-    enable_chunked_prefill: bool
-
-
-@dataclass(frozen=True)
-class CacheConfig:
-    block_size: int
-    num_blocks: int
-    enable_prefix_caching: bool

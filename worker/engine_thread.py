@@ -3,6 +3,8 @@
 The engine is not thread-safe, so only this thread touches it; the event loop sends commands
 through a thread-safe queue and gets events back through `loop.call_soon_threadsafe`. While
 the engine has work, commands are drained between steps, so an abort lands within one step.
+A request the engine refuses or fails is one `Failed` event; only an exception out of the
+engine itself (a device fault) ends the thread, as one `Crashed` event.
 """
 
 import asyncio
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llm_worker.engine.llm_engine import RequestOutput, RequestRejected
-from llm_worker.schemas import SamplingParams
+from llm_worker.schemas import ErrorCode, SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,10 @@ class Finished:
 
 
 @dataclass(frozen=True)
-class Rejected:
+class Failed:
+    """Refused at admission (`code` from RequestRejected) or failed while it ran
+    (internal_error): the job gets a failed result; the engine goes on."""
+
     request_id: str
     code: str
     message: str
@@ -45,7 +50,13 @@ class Crashed:
     error: BaseException
 
 
-EngineEvent = Finished | Rejected | Crashed
+EngineEvent = Finished | Failed | Crashed
+
+
+def _event(output: RequestOutput) -> Finished | Failed:
+    if output.error is not None:
+        return Failed(output.request_id, ErrorCode.INTERNAL, output.error)
+    return Finished(output)
 
 _STOP = object()
 
@@ -88,7 +99,7 @@ class EngineThread:
         try:
             while self._apply_commands():
                 if self._engine.has_unfinished_requests():
-                    self._emit_all([Finished(output) for output in self._engine.step()])
+                    self._emit_all([_event(output) for output in self._engine.step()])
         except BaseException as exc:  # the service must learn that nothing will finish now
             log.exception("engine thread crashed")
             self._emit(Crashed(exc))
@@ -115,4 +126,4 @@ class EngineThread:
                     arrival_time=command.arrival_time,
                 )
             except RequestRejected as exc:
-                self._emit(Rejected(command.request_id, exc.code, exc.message))
+                self._emit(Failed(command.request_id, exc.code, exc.message))

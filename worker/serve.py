@@ -1,5 +1,5 @@
 """Start a worker: brokers checked first, then the model, telemetry, and the service until
-SIGTERM / SIGINT. The CLI's `serve` and `python -m llm_worker.service` both come here."""
+SIGTERM / SIGINT. The CLI's `serve` and `python -m llm_worker.serve` both come here."""
 
 import asyncio
 import concurrent.futures
@@ -104,7 +104,7 @@ async def _load_engine(engine_settings: Any, stop_requested: asyncio.Event) -> A
 
 
 def main() -> int:
-    """One worker configured by environment variables only (`python -m llm_worker.service`)."""
+    """One worker configured by environment variables only (`python -m llm_worker.serve`)."""
     from llm_worker.config import EngineSettings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -116,3 +116,5 @@ def main() -> int:
     return 0
 
 
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import sys
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -294,14 +293,3 @@ class Service:
         if entry is not None and entry.in_engine and entry.abort_reason is None:
             entry.abort_reason = reason
             self._thread.abort(job_id)
-
-
-def main() -> int:
-    """`python -m llm_worker.service`: one worker configured by environment variables only."""
-    from llm_worker.serve import main as serve_main
-
-    return serve_main()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

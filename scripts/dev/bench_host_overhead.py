@@ -15,11 +15,15 @@ import time
 
 import torch
 
-from llm_worker.config import EngineSettings, SchedulerConfig
+from llm_worker.config import EngineSettings
 from llm_worker.engine.block_manager import BlockManager
+from llm_worker.engine.config import SchedulerConfig
 from llm_worker.engine.llm_engine import LLMEngine
+from llm_worker.engine.request import Request
 from llm_worker.engine.scheduler import Scheduler
-from llm_worker.engine.sequence import Sequence, SequenceMetrics
+from llm_worker.engine.sequence import SampledToken, Sequence, SequenceMetrics
+from llm_worker.engine.step_result import StepResult
+from llm_worker.engine.update import Updater
 from llm_worker.schemas import SamplingParams
 
 
@@ -29,22 +33,21 @@ def schedule_mix(args: argparse.Namespace) -> tuple[int, int]:
                              max_num_batched_tokens=args.max_num_batched_tokens,
                              enable_chunked_prefill=True)  # fmt: skip
     scheduler = Scheduler(config, BlockManager(1_000_000, 16, True, "sim"))
+    updater = Updater(scheduler, eos_token_ids=(), max_model_len=config.max_model_len)
     rng = random.Random(0)
     params = SamplingParams(ignore_eos=True, max_tokens=args.output_len)
     for i in range(args.num_prompts):
         prompt = [rng.randint(100, 30_000) for _ in range(args.input_len)]
-        scheduler.add(Sequence(str(i), prompt, args.input_len, params, SequenceMetrics(0.0)))
+        seq = Sequence(str(i), prompt, args.input_len, params, SequenceMetrics(0.0))
+        updater.add(Request(seq, detokenizer=None, generator=None, logprobs=None))
     num_steps = num_decode_only = 0
     while scheduler.num_running or scheduler.num_waiting:
         plan = scheduler.schedule()
         num_steps += 1
         num_decode_only += all(s.num_new_tokens == 1 for s in plan.scheduled)
-        for item in plan.scheduled:
-            item.seq.num_computed_tokens += item.num_new_tokens
-            if item.samples:
-                item.seq.token_ids.append(7)
-                if item.seq.num_output_tokens >= args.output_len:
-                    scheduler.finish(item.seq, "length")
+        tokens = [[SampledToken(7)] if item.samples else [] for item in plan.scheduled]
+        updater.update(plan, StepResult(plan.scheduled, tokens=tokens), started=0.0)
+        updater.take_finished()
     return num_steps, num_decode_only
 
 

@@ -52,7 +52,7 @@ def _summary(outputs: list[RequestOutput]) -> list[tuple[list[int], str | None]]
 
 def _assert_drained(engine: LLMEngine) -> None:
     bm = engine.block_manager
-    assert not engine.requests and engine._in_flight is None
+    assert not engine.requests and engine.updater.in_flight is None
     assert bm.num_free_blocks == bm.num_blocks
     bm.check_invariants([])
 
@@ -62,7 +62,7 @@ def _run_to_end(engine: LLMEngine) -> dict[str, RequestOutput]:
     while engine.has_unfinished_requests():
         for out in engine.step():
             done[out.request_id] = out
-    if engine._in_flight is not None:  # only when every request left while a step flew
+    if engine.updater.in_flight is not None:  # only when every request left while a step flew
         engine.step()
     return done
 
@@ -79,7 +79,7 @@ def test_nothing_stays_in_flight_once_every_request_is_done(checkpoint: Path) ->
     engine = _engine(checkpoint, True)
     outputs = engine.generate(prompts, params)
     assert all(out.finish_reason == "stop" for out in outputs)
-    assert engine._in_flight is None
+    assert engine.updater.in_flight is None
 
 
 def test_stops_match_sync(checkpoint: Path) -> None:
@@ -165,7 +165,7 @@ def test_arrivals_and_aborts_while_in_flight(checkpoint: Path) -> None:
         engine.add_request(f"r{i}", prompt, params)
         done.update((o.request_id, o) for o in engine.step())
         if i == 3:
-            assert engine._in_flight is not None
+            assert engine.updater.in_flight is not None
             engine.abort("victim")
     done.update(_run_to_end(engine))
     assert _summary([done[f"r{i}"] for i in range(len(prompts))]) == expected

@@ -1,39 +1,47 @@
-"""Property tests of the KV block bookkeeping, driven through the real scheduler.
+"""Property tests of the KV block bookkeeping and of update, driven through the real scheduler.
 
 Random add / step / abort / preempt sequences over a small alphabet (so prefixes are shared and
 cached blocks get revived and evicted) must keep: no leaked or doubly freed block, reference
-counts equal to the number of sequences holding each block, and eviction in LRU order.
+counts equal to the number of sequences holding each block, eviction in LRU order, and, with
+steps left in flight (async scheduling), placeholders only ever at a sequence's end and never
+in what a request returns.
 """
 
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from llm_worker.config import SchedulerConfig
-from llm_worker.engine.block_manager import BlockManager
-from llm_worker.engine.scheduler import RequestRejected, Scheduler
-from llm_worker.engine.sequence import Sequence, SequenceMetrics
+from llm_worker.engine.block_manager import BlockManager, chain_hash, root_hash
+from llm_worker.engine.config import SchedulerConfig
+from llm_worker.engine.request import Request
+from llm_worker.engine.scheduler import RequestRejected, Scheduler, SchedulerOutput
+from llm_worker.engine.sequence import SampledToken, Sequence, SequenceMetrics
+from llm_worker.engine.step_result import StepResult
+from llm_worker.engine.update import PLACEHOLDER, Updater
 from llm_worker.schemas import SamplingParams
 
 BLOCK_SIZE = 4
 NUM_BLOCKS = 24
+MAX_MODEL_LEN = 64
+
+
+class HostTokens(list[int]):
+    """Tokens of a launched step, already on the host (no device here)."""
+
+    def tolist(self) -> list[int]:
+        return list(self)
 
 
 class BlockBookkeeping(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.bm = BlockManager(NUM_BLOCKS, BLOCK_SIZE, enable_prefix_caching=True)
-        self.scheduler = Scheduler(
-            SchedulerConfig(
-                max_num_seqs=4,
-                max_num_batched_tokens=12,
-                max_model_len=64,
-                enable_chunked_prefill=True,
-            ),
-            self.bm,
-        )
-        self.live: list[Sequence] = []
+        config = SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=12,
+                                 max_model_len=MAX_MODEL_LEN, enable_chunked_prefill=True)
+        self.scheduler = Scheduler(config, self.bm)
+        self.updater = Updater(self.scheduler, eos_token_ids=(), max_model_len=MAX_MODEL_LEN)
         self.next_id = 0
+        self.num_launched = 0
         self._watch_evictions()
 
     def _watch_evictions(self) -> None:
@@ -67,6 +75,10 @@ class BlockBookkeeping(RuleBasedStateMachine):
 
         self.bm._take_free_block = checked_take  # type: ignore[method-assign]
 
+    @property
+    def live(self) -> list[Sequence]:
+        return [request.seq for request in self.updater.requests.values()]
+
     @rule(
         tokens=st.lists(st.integers(0, 2), min_size=1, max_size=30),
         max_tokens=st.integers(1, 12),
@@ -83,36 +95,61 @@ class BlockBookkeeping(RuleBasedStateMachine):
         )
         self.next_id += 1
         try:
-            self.scheduler.add(seq)
+            self.updater.add(Request(seq, detokenizer=None, generator=None, logprobs=None))
         except RequestRejected:
-            assert len(tokens) + max_tokens > 64 or -(-(len(tokens) + max_tokens) // 4) > NUM_BLOCKS
+            total = len(tokens) + max_tokens
+            assert total > MAX_MODEL_LEN or -(-total // BLOCK_SIZE) > NUM_BLOCKS
             return
-        self.live.append(seq)
+        assert seq.request_id in self.updater.requests
 
-    @rule(next_token=st.integers(0, 2))
-    def step(self, next_token: int) -> None:
+    @rule(next_token=st.integers(0, 2), launch=st.booleans())
+    def step(self, next_token: int, launch: bool) -> None:
+        """One engine step: launched (its tokens stay in flight until the next) or run to
+        its tokens, each sampled token `next_token`."""
+        if self.updater.in_flight is not None and self.scheduler.may_preempt():
+            self.updater.drain()  # as the engine does: preemption needs every token
         plan = self.scheduler.schedule()
         for item in plan.scheduled:
-            seq = item.seq
-            assert len(seq.block_table) * BLOCK_SIZE >= item.start + item.num_new_tokens
-            seq.num_computed_tokens += item.num_new_tokens
-            self.bm.cache_computed_blocks(seq)
-            if item.samples:
-                seq.token_ids.append(next_token)
-                if seq.num_output_tokens >= seq.params.max_tokens:
-                    self.scheduler.finish(seq, "length")
-                    self.live.remove(seq)
+            assert len(item.seq.block_table) * BLOCK_SIZE >= item.start + item.num_new_tokens
+        result = None
+        if not plan.is_empty:
+            num_sampling = sum(item.samples for item in plan.scheduled)
+            if launch and num_sampling:
+                in_flight = HostTokens([next_token] * num_sampling)
+                result = StepResult(plan.scheduled, in_flight=in_flight)
+                self.num_launched += 1
+            else:
+                result = StepResult(plan.scheduled, tokens=[
+                    [SampledToken(next_token)] if item.samples else [] for item in plan.scheduled
+                ])  # fmt: skip
+        self.updater.update(plan, result, started=0.0)
+        self._check_finished()
 
-    @precondition(lambda self: self.live)
+    @precondition(lambda self: self.updater.requests)
     @rule(index=st.integers(0, 100))
     def abort(self, index: int) -> None:
-        seq = self.live.pop(index % len(self.live))
-        self.scheduler.finish(seq, "abort")
+        self.updater.abort(self.live[index % len(self.live)].request_id)
+        self._check_finished()
 
     @precondition(lambda self: self.scheduler.running)
     @rule()
     def preempt(self) -> None:
-        self.scheduler._preempt(self.scheduler.running.pop())
+        self.updater.drain()  # as the engine does: preemption needs every token
+        self._check_finished()
+        if not self.scheduler.running:  # the tokens it waited for finished the last one
+            return
+        victim = self.scheduler.running.pop()
+        self.scheduler._preempt(victim)
+        self.updater.update(SchedulerOutput(preempted=[victim]), None, started=0.0)
+        assert victim.num_computed_tokens == 0 and not victim.block_table
+
+    def _check_finished(self) -> None:
+        for request in self.updater.take_finished():
+            seq = request.seq
+            assert PLACEHOLDER not in seq.token_ids and not seq.block_table
+            assert seq.finish_reason in ("length", "abort")
+            if seq.finish_reason == "length":
+                assert seq.num_output_tokens == seq.params.max_tokens
 
     @invariant()
     def blocks_are_consistent(self) -> None:
@@ -122,9 +159,30 @@ class BlockBookkeeping(RuleBasedStateMachine):
         for seq in self.scheduler.running:
             assert seq.num_computed_tokens <= seq.num_tokens
 
+    @invariant()
+    def placeholders_only_at_the_end(self) -> None:
+        flying = self.updater.in_flight
+        in_flight = {seq for seq, _ in flying.slots} if flying is not None else set()
+        for seq in self.live:
+            assert PLACEHOLDER not in seq.token_ids[:-1]
+            assert (seq.token_ids[-1] == PLACEHOLDER) == (seq in in_flight)
+
+    @invariant()
+    def hashes_are_of_real_tokens(self) -> None:
+        """A block is hashed (and may enter the prefix cache) only once its tokens are real."""
+        for seq in self.live:
+            parent = root_hash(self.bm.model_id, seq.cache_salt)
+            for i, block_hash in enumerate(seq.block_hashes):
+                tokens = seq.token_ids[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE]
+                assert PLACEHOLDER not in tokens
+                parent = chain_hash(parent, tokens)
+                assert block_hash == parent
+
     def teardown(self) -> None:
-        for seq in list(self.live):
-            self.scheduler.finish(seq, "abort")
+        self.updater.drain()
+        for seq in self.live:
+            self.updater.abort(seq.request_id)
+        self._check_finished()
         self.bm.check_invariants([])
         assert self.bm.num_free_blocks == NUM_BLOCKS
 

@@ -84,8 +84,9 @@ def test_verification_and_draft_graphs_give_the_eager_tokens(spec: dict[str, obj
                   **spec)  # fmt: skip
     graphs = engine(**common)
     eager = engine(**common, enforce_eager=True)
-    assert graphs.runner.verify_graphs is not None and eager.runner.verify_graphs is None
-    assert graphs.runner.verify_graphs.tokens_per_seq == 5
+    assert graphs.runner.graphs is not None and eager.runner.graphs is None
+    assert graphs.runner.graphs.verify is not None
+    assert graphs.runner.graphs.verify.tokens_per_seq == 5
     draft = graphs.speculator.draft if graphs.speculator is not None else None
     is_draft = spec["speculative_method"] == "draft"
     assert (draft is not None and draft.graphs is not None) == is_draft
@@ -107,8 +108,9 @@ def test_prefill_graphs_give_the_eager_tokens_with_chunks_and_prefix_hits() -> N
                   max_num_batched_tokens=200)  # fmt: skip
     graphs = engine(**common)
     eager = engine(**common, enforce_eager=True)
-    assert graphs.runner.prefill_graphs is not None and eager.runner.prefill_graphs is None
-    assert graphs.runner.prefill_graphs.shapes == [(16, 128), (16, 200)]
+    assert graphs.runner.graphs is not None and eager.runner.graphs is None
+    assert graphs.runner.graphs.prefill is not None
+    assert graphs.runner.graphs.prefill.shapes == [(16, 128), (16, 200)]
     shared = [(3 * j) % 400 + 10 for j in range(48)]  # three full blocks, hit by later prompts
     prompts = [shared + [(7 * i + j) % 400 + 10 for j in range(20 * i + 1)] for i in range(12)]
     params = [SamplingParams(temperature=0, ignore_eos=True, max_tokens=6 + 2 * i)

@@ -446,20 +446,20 @@ def test_each_verified_position_sees_the_drafts_before_it() -> None:
     engine.add_request("r", [5, 6, 7], params)
     engine.step()  # prefill: one output token
     seq = engine.requests["r"].seq
-    rows = engine._verify_rows(seq, [40, 41, 42])
+    rows = engine.rows.verifying(seq, [40, 41, 42])
     assert [r.token_ids[len(seq.token_ids) :] for r in rows] == [[], [40], [40, 41], [40, 41, 42]]
     # one output so far, min_tokens 3: positions 0 and 1 are still under it
     assert [99 in r.blocked_token_ids for r in rows] == [True, True, False, False]
     # Target logits that prefer 40 at both positions, by less than the penalty at the second.
     logits = torch.zeros(3, 100)
     logits[0, 40], logits[1, 40], logits[1, 50] = 5.0, 3.0, 2.5
-    out = verify(logits, [VerifyItem(engine._verify_rows(seq, [40, 40]), [40, 40])], None)
+    out = verify(logits, [VerifyItem(engine.rows.verifying(seq, [40, 40]), [40, 40])], None)
     assert [t.token_id for t in out[0]] == [40, 50]
 
 
 def _two_decoding(num_blocks: int):
-    from llm_worker.config import SchedulerConfig
     from llm_worker.engine.block_manager import BlockManager
+    from llm_worker.engine.config import SchedulerConfig
     from llm_worker.engine.scheduler import Scheduler
     from llm_worker.engine.sequence import Sequence, SequenceMetrics, SequenceStatus
 
@@ -472,8 +472,11 @@ def _two_decoding(num_blocks: int):
         assert bm.allocate(seq, length - 1)
         seq.num_computed_tokens, seq.status = length - 1, SequenceStatus.RUNNING
         scheduler.running.append(seq)
-    scheduler.running[0].spec_token_ids = [1, 2, 3]  # positions 4-6: a second block
     return scheduler
+
+
+def _older_drafts(scheduler) -> dict:
+    return {scheduler.running[0]: [1, 2, 3]}  # positions 4-6: a second block
 
 
 def test_drafts_never_cost_a_later_sequence_its_step() -> None:
@@ -482,11 +485,11 @@ def test_drafts_never_cost_a_later_sequence_its_step() -> None:
     spare, they ride along."""
     tight = _two_decoding(num_blocks=3)
     assert tight.block_manager.num_free_blocks == 1
-    out = tight.schedule()
+    out = tight.schedule(_older_drafts(tight))
     assert not out.preempted
     assert [(s.seq.request_id, s.num_spec) for s in out.scheduled] == [("older", 0), ("newer", 0)]
     roomy = _two_decoding(num_blocks=4)
-    out = roomy.schedule()
+    out = roomy.schedule(_older_drafts(roomy))
     assert not out.preempted
     assert [(s.seq.request_id, s.num_spec) for s in out.scheduled] == [("older", 3), ("newer", 0)]
 
@@ -508,5 +511,5 @@ def test_plan_explores_on_pure_decode_steps_even_with_a_backlog() -> None:
     assert not spec.decide(running, num_waiting=5, max_num_seqs=4)  # room to admit: prefill
     assert not spec.speculating  # nothing learned yet, and this step cannot teach
     assert spec.decide(running, num_waiting=5, max_num_seqs=2)  # full batch: pure decode
-    spec.propose(running, 64)
-    assert spec.speculating and running[0].spec_token_ids == [13, 11, 12]
+    drafts, faults = spec.propose(running, 64)
+    assert spec.speculating and drafts[running[0]] == [13, 11, 12] and not faults

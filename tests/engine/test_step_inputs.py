@@ -9,8 +9,7 @@ import torch
 
 from llm_worker.engine.block_manager import cdiv
 from llm_worker.engine.cuda_graphs import graph_batch_sizes, prefill_token_buckets
-from llm_worker.engine.scheduler import ScheduledSequence
-from llm_worker.engine.sequence import Sequence, SequenceMetrics
+from llm_worker.engine.sequence import ScheduledSequence, Sequence, SequenceMetrics
 from llm_worker.engine.step_inputs import (
     InputUploader,
     build_host_inputs,

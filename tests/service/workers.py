@@ -1,4 +1,4 @@
-"""Worker processes (`python -m llm_worker.service`) for crash and start-up tests, and in-process
+"""Worker processes (`python -m llm_worker.serve`) for crash and start-up tests, and in-process
 services for the rest."""
 
 import asyncio
@@ -24,7 +24,7 @@ def spawn_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen:
         **env,
     }
     with open(log_path, "ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "llm_worker.service"], cwd=REPO_ROOT,
+        return subprocess.Popen([sys.executable, "-m", "llm_worker.serve"], cwd=REPO_ROOT,
                                 env=full_env, stdout=log, stderr=subprocess.STDOUT)
 
 

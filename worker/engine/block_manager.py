@@ -12,11 +12,7 @@ from dataclasses import dataclass
 import xxhash
 
 from llm_worker.engine.free_list import FreeBlockList, KVBlock
-from llm_worker.engine.sequence import Sequence
-
-
-def cdiv(a: int, b: int) -> int:
-    return -(-a // b)
+from llm_worker.engine.sequence import Sequence, cdiv
 
 
 def root_hash(model_id: str, cache_salt: str | None) -> int:

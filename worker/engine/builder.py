@@ -1,19 +1,21 @@
-"""Builds an LLMEngine from settings: device, dtype, weights, KV-cache size, tokenizer."""
+"""Builds an LLMEngine's parts from settings: device, dtype, weights, KV-cache size, tokenizer."""
 
 import gc
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from llm_worker.config import EngineSettings, SchedulerConfig
+from llm_worker.config import EngineSettings
 from llm_worker.engine.block_manager import BlockManager, cdiv
 from llm_worker.engine.draft import DraftProposer, truncated_copy
-from llm_worker.engine.llm_engine import LLMEngine
-from llm_worker.engine.model_runner import ModelRunner, kv_block_bytes
+from llm_worker.engine.kv_cache import kv_block_bytes
+from llm_worker.engine.model_runner import ModelRunner
 from llm_worker.engine.ngram import NgramProposer
 from llm_worker.engine.scheduler import Scheduler
 from llm_worker.engine.speculative import SpecConfig, Speculator
+from llm_worker.engine.update import Updater
 from llm_worker.models.attention import AttentionBackend, get_backend
 from llm_worker.models.config import ModelConfig
 from llm_worker.models.llama import CausalLM
@@ -27,6 +29,18 @@ DEFAULT_CPU_KV_CACHE_GB = 1.0
 
 class EngineConfigError(ValueError):
     """The settings cannot give a working engine; the message names the knobs to turn."""
+
+
+@dataclass(frozen=True)
+class EngineParts:
+    """What an LLMEngine is made of (LLMEngine.from_settings builds them here)."""
+
+    runner: ModelRunner
+    updater: Updater
+    tokenizer: Any  # None: the model has no tokenizer
+    model_id: str
+    speculator: Speculator | None
+    async_scheduling: bool
 
 
 def resolve_device(name: str) -> torch.device:
@@ -119,7 +133,7 @@ def freeze_startup_heap() -> None:
     gc.freeze()
 
 
-def build_engine(settings: EngineSettings) -> LLMEngine:
+def build_parts(settings: EngineSettings) -> EngineParts:
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
     source = resolve(settings.model, settings.cache_dir)
@@ -154,25 +168,19 @@ def build_engine(settings: EngineSettings) -> LLMEngine:
     )
     model_id = settings.served_model_name or settings.model
     scheduler = Scheduler(
-        SchedulerConfig(
-            max_num_seqs=settings.max_num_seqs,
-            max_num_batched_tokens=settings.max_num_batched_tokens,
-            max_model_len=max_model_len,
-            enable_chunked_prefill=settings.enable_chunked_prefill,
-        ),
+        settings.scheduler_config(max_model_len),
         BlockManager(num_blocks, settings.block_size, settings.enable_prefix_caching, model_id),
     )
     async_scheduling = settings.async_scheduling
     if async_scheduling is None:
         async_scheduling = device.type == "cuda"
-    return LLMEngine(
+    return EngineParts(
         runner,
-        scheduler,
+        Updater(scheduler, model_cfg.eos_token_ids, max_model_len),
         _load_tokenizer(source),
-        model_cfg.eos_token_ids,
         model_id,
         speculator,
-        async_scheduling=async_scheduling,
+        async_scheduling,
     )
 
 

@@ -16,13 +16,13 @@ valid for every step it will see.
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from llm_worker.engine.block_manager import cdiv
-from llm_worker.engine.scheduler import ScheduledSequence
+from llm_worker.engine.sequence import ScheduledSequence, cdiv
 from llm_worker.engine.step_inputs import HostInputs, InputUploader, build_host_inputs, pad_inputs
 from llm_worker.models.llama import CausalLM, KVCache
 
@@ -168,3 +168,28 @@ class StepGraphs:
         if num_rows == len(scheduled) == host.input_ids.shape[0]:
             return hidden[:num_rows]  # decode: the sampled rows are the first ones, in order
         return hidden[inputs.sample_idx]
+
+
+@dataclass(frozen=True)
+class GraphSet:
+    """The families a runner replays, tried in this order for each step: decode; verification
+    of k drafts (when speculating); steps that prefill (--prefill-graphs)."""
+
+    decode: StepGraphs
+    verify: StepGraphs | None = None
+    prefill: StepGraphs | None = None
+
+    @property
+    def pool(self) -> Any:
+        """The memory pool the families share, which other captures may share too."""
+        return (self.prefill or self.verify or self.decode).pool
+
+    def find(self, scheduled: list[ScheduledSequence]) -> tuple[StepGraphs, tuple[int, int]] | None:
+        """The first family with a graph for this step, and that graph's shape."""
+        for graphs in (self.decode, self.verify, self.prefill):
+            if graphs is None:
+                continue
+            shape = graphs.bucket(scheduled)
+            if shape is not None:
+                return graphs, shape
+        return None

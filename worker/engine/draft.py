@@ -2,9 +2,10 @@
 
 The draft's cache has the target's block count and is indexed by the target's block tables, so a
 position's draft KV sits in the same slot as its target KV and needs no bookkeeping of its own
-beyond `Sequence.num_draft_computed`. The draft catches up lazily: when a sequence speculates,
-the draft first runs every position it has not seen (a whole prompt the first time, one or two
-tokens after that) together with the pending token, then k - 1 single-token steps.
+beyond `Sequence.num_draft_computed` (which update sets from the step's result). The draft
+catches up lazily: when a sequence speculates, the draft first runs every position it has not
+seen (a whole prompt the first time, one or two tokens after that) together with the pending
+token, then k - 1 single-token steps.
 """
 
 import dataclasses
@@ -14,9 +15,9 @@ import torch
 from torch import nn
 
 from llm_worker.engine.cuda_graphs import StepGraphs
-from llm_worker.engine.model_runner import kv_block_bytes, make_kv_caches
+from llm_worker.engine.kv_cache import kv_block_bytes, make_kv_caches
 from llm_worker.engine.sampler import SamplingRow, draw, filtered_probs
-from llm_worker.engine.scheduler import ScheduledSequence
+from llm_worker.engine.sequence import ScheduledSequence
 from llm_worker.engine.step_inputs import InputUploader, build_host_inputs
 from llm_worker.models.llama import CausalLM, KVCache
 
@@ -73,7 +74,8 @@ class DraftProposer:
         rows: list[SamplingRow],
         generator: torch.Generator | None,
     ) -> list[Draft]:
-        """Drafts for scheduled decodes; item i asks for items[i].num_spec tokens (>= 1)."""
+        """Drafts for scheduled decodes; item i asks for items[i].num_spec tokens (>= 1).
+        Afterwards the draft's KV holds each item's positions up to start + num_spec."""
         drafts = [Draft([], None) for _ in items]
         probs: list[list[torch.Tensor]] = [[] for _ in items]
         self._catch_up(items)
@@ -97,9 +99,7 @@ class DraftProposer:
                         seq, 1, items[i].start + n, (tokens[j],), logits_rows=1
                     ))
             active, batch = still, next_batch
-        for item, draft, item_probs in zip(items, drafts, probs, strict=True):
-            # KV now holds the pending token and every draft but the last.
-            item.seq.num_draft_computed = item.start + item.num_spec
+        for draft, item_probs in zip(drafts, probs, strict=True):
             if item_probs:
                 draft.probs = torch.stack(item_probs)
         return drafts
@@ -107,20 +107,21 @@ class DraftProposer:
     def _catch_up(self, items: list[ScheduledSequence]) -> None:
         """Run the draft over positions it has not seen before each pending token, in passes of
         at most max_batch_tokens tokens (a first speculation after a long prompt is a prefill)."""
-        pending = [it for it in items if it.seq.num_draft_computed < it.start]
+        computed = {it.seq: it.seq.num_draft_computed for it in items}
+        pending = [it for it in items if computed[it.seq] < it.start]
         while pending:
             batch, budget = [], self.max_batch_tokens
             for it in pending:
                 if budget <= 0:
                     break
-                n = min(it.start - it.seq.num_draft_computed, budget)
-                batch.append(ScheduledSequence(it.seq, n, it.seq.num_draft_computed, logits_rows=0))
+                n = min(it.start - computed[it.seq], budget)
+                batch.append(ScheduledSequence(it.seq, n, computed[it.seq], logits_rows=0))
                 budget -= n
             inputs = self.uploader.upload(build_host_inputs(batch, self.block_size))
             self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta)
             for chunk in batch:
-                chunk.seq.num_draft_computed += chunk.num_new_tokens
-            pending = [it for it in pending if it.seq.num_draft_computed < it.start]
+                computed[chunk.seq] += chunk.num_new_tokens
+            pending = [it for it in pending if computed[it.seq] < it.start]
 
     def capture_graphs(self, max_num_seqs: int, max_model_len: int, pool: Any = None) -> None:
         """Capture the draft's one-token steps (call after the cache's last allocation)."""

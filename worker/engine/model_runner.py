@@ -1,42 +1,28 @@
-"""Turns a scheduled step into tensors, runs the model over the paged KV cache, samples."""
+"""Runs a planned step on the model and gives back a StepResult.
 
-import logging
-from dataclasses import dataclass
+Inputs go to the device (step_inputs), the model runs over the paged KV cache (a CUDA graph is
+replayed where one fits the step: cuda_graphs), and the sampled positions' logits are sampled,
+either read back at once (`execute`) or left on the device for the next step to read
+(`launch`, async scheduling). A sampling row that raises fails its own request only: the batch
+is sampled again row by row to find it.
+"""
+
+from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import torch
 
-from llm_worker.engine.block_manager import cdiv
-from llm_worker.engine.cuda_graphs import StepGraphs, prefill_token_buckets
-from llm_worker.engine.sampler import SampledToken, SamplingRow, device_tensor, sample, sample_ids
-from llm_worker.engine.scheduler import ScheduledSequence
+from llm_worker.engine.cuda_graphs import GraphSet, StepGraphs, prefill_token_buckets
+from llm_worker.engine.faults import NO_FAULTS, isolating_faults
+from llm_worker.engine.kv_cache import make_kv_caches
+from llm_worker.engine.sampler import SamplingRow, device_tensor, sample, sample_ids
+from llm_worker.engine.sequence import SampledToken, ScheduledSequence, Sequence, cdiv
 from llm_worker.engine.step_inputs import InputUploader, StepInputs, build_host_inputs
+from llm_worker.engine.step_result import PendingInputs, StepResult
 from llm_worker.models.attention import AttentionMetadata
 from llm_worker.models.llama import CausalLM, KVCache
 
-log = logging.getLogger(__name__)
-
-
-def kv_block_bytes(model: CausalLM, block_size: int, dtype: torch.dtype) -> int:
-    cfg = model.config
-    per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim
-    return per_token * block_size * torch.tensor([], dtype=dtype).element_size()
-
-
-def make_kv_caches(
-    model: CausalLM, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device
-) -> list[KVCache]:
-    """One K and one V tensor per layer: [num_blocks, block_size, num_kv_heads, head_dim]."""
-    cfg = model.config
-    shape = (num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim)
-    return [
-        (
-            torch.zeros(shape, dtype=dtype, device=device),
-            torch.zeros(shape, dtype=dtype, device=device),
-        )
-        for _ in range(cfg.num_layers)
-    ]
+_NO_TOKEN = torch.zeros(1, dtype=torch.int64)  # stands in for a failed row's token
 
 
 class AsyncTokens:
@@ -60,19 +46,23 @@ class AsyncTokens:
         return self.host_ids.tolist()
 
 
-@dataclass(frozen=True)
-class PendingTokens:
-    """Input tokens of a step that the step before it sampled and the host has not seen:
-    input row rows[i] takes source.device_ids[source_idx[i]]."""
+def fill_pending(input_ids: torch.Tensor, pending: PendingInputs) -> None:
+    """Overwrite, on the device, the input ids that are tokens of the step in flight."""
+    assert isinstance(pending.tokens, AsyncTokens)
+    device = input_ids.device
+    source = pending.tokens.device_ids
+    tokens = source.index_select(0, device_tensor(pending.source_idx, device, torch.int64))
+    input_ids.index_copy_(0, device_tensor(pending.rows, device, torch.int64), tokens)
 
-    rows: np.ndarray  # [n] int64: positions in the step's flat input_ids
-    source: AsyncTokens
-    source_idx: np.ndarray  # [n] int64
 
-    def fill(self, input_ids: torch.Tensor) -> None:
-        device = input_ids.device
-        tokens = self.source.device_ids.index_select(0, device_tensor(self.source_idx, device))
-        input_ids.index_copy_(0, device_tensor(self.rows, device), tokens)
+def _faults_by_seq(
+    scheduled: list[ScheduledSequence], faults: Mapping[int, str]
+) -> Mapping[Sequence, str]:
+    """Sampling-row faults keyed by their sequences."""
+    if not faults:
+        return NO_FAULTS
+    sampling = [item.seq for item in scheduled if item.samples]
+    return {sampling[i]: message for i, message in faults.items()}
 
 
 class ModelRunner:
@@ -85,16 +75,15 @@ class ModelRunner:
         self.num_blocks = 0
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.uploader = InputUploader(self.device)
-        # Decode steps replay `graphs`; with speculation, verification steps `verify_graphs`;
-        # steps that prefill `prefill_graphs` (--prefill-graphs).
-        self.graphs: StepGraphs | None = None
-        self.verify_graphs: StepGraphs | None = None
-        self.prefill_graphs: StepGraphs | None = None  # steps that prefill (chunks, mixed)
+        self.graphs: GraphSet | None = None  # None: every step runs eagerly
         self.allocate_kv_cache(1)
 
+    def seeded_generator(self, seed: int) -> torch.Generator:
+        """A request's own generator, so its draws do not depend on what shares its batch."""
+        return torch.Generator(device=self.device).manual_seed(seed)
+
     def allocate_kv_cache(self, num_blocks: int) -> None:
-        # graphs hold the old cache's addresses
-        self.graphs = self.verify_graphs = self.prefill_graphs = None
+        self.graphs = None  # graphs hold the old cache's addresses
         self.kv_caches = []  # drop the old cache before the new one is allocated
         self.kv_caches = make_kv_caches(
             self.model, num_blocks, self.block_size, self.dtype, self.device
@@ -116,41 +105,27 @@ class ModelRunner:
         torch.cuda.empty_cache()  # the profiling run's activations: the pool takes their place
         with torch.inference_mode():
             args = (self.model, self.kv_caches, max_num_seqs, max_model_len, self.block_size)
-            self.graphs = StepGraphs(*args)
-            pool = self.graphs.pool
-            if verify_tokens > 1:
-                self.verify_graphs = StepGraphs(*args, verify_tokens, pool)
-                pool = self.verify_graphs.pool
+            decode = StepGraphs(*args)
+            verify = StepGraphs(*args, verify_tokens, decode.pool) if verify_tokens > 1 else None
+            prefill = None
             if prefill_tokens > 0:
+                pool = (verify or decode).pool
                 buckets = prefill_token_buckets(prefill_tokens)
-                self.prefill_graphs = StepGraphs(*args, prefill_tokens, pool, buckets)
-                pool = self.prefill_graphs.pool
-        return pool
-
-    def graphs_for(
-        self, scheduled: list[ScheduledSequence]
-    ) -> tuple[StepGraphs, tuple[int, int]] | None:
-        """The first family with a graph for this step, and that graph's shape."""
-        for graphs in (self.graphs, self.verify_graphs, self.prefill_graphs):
-            if graphs is None:
-                continue
-            shape = graphs.bucket(scheduled)
-            if shape is not None:
-                return graphs, shape
-        return None
+                prefill = StepGraphs(*args, prefill_tokens, pool, buckets)
+        self.graphs = GraphSet(decode, verify, prefill)
+        return self.graphs.pool
 
     def prepare(self, scheduled: list[ScheduledSequence]) -> StepInputs:
         """Eager-step inputs on the device (the CPU test compares them with list-built ones)."""
         return self.uploader.upload(build_host_inputs(scheduled, self.block_size))
 
     def _forward(
-        self, scheduled: list[ScheduledSequence], pending: PendingTokens | None
+        self, scheduled: list[ScheduledSequence], pending: PendingInputs | None
     ) -> torch.Tensor:
         """Hidden states of the sampled positions: replayed from a CUDA graph where a family
-        has one for the step, else run eagerly. `pending` fills in input tokens that the
-        previous step sampled and that have not reached the host yet."""
-        fill = pending.fill if pending is not None else None
-        found = self.graphs_for(scheduled)
+        has one for the step, else run eagerly."""
+        fill = None if pending is None else lambda ids: fill_pending(ids, pending)
+        found = self.graphs.find(scheduled) if self.graphs is not None else None
         if found is not None:
             graphs, shape = found
             return graphs.run(scheduled, shape, self.uploader, fill)
@@ -165,33 +140,54 @@ class ModelRunner:
         self,
         scheduled: list[ScheduledSequence],
         rows: list[SamplingRow],
-        pending: PendingTokens | None = None,
-    ) -> list[SampledToken]:
+        pending: PendingInputs | None = None,
+    ) -> StepResult:
         """Run one step and read its tokens back; `rows` are the sampling rows of the items
         whose `samples` is True."""
         hidden = self._forward(scheduled, pending)
-        if not rows:
-            return []
-        return sample(self.model.compute_logits(hidden), rows, self.generator)
+        sampled: list[SampledToken] = []
+        faults = NO_FAULTS
+        if rows:
+            logits = self.model.compute_logits(hidden)
+            sampled, faults = isolating_faults(
+                lambda: sample(logits, rows, self.generator),
+                len(rows),
+                lambda i: sample(logits[i : i + 1], rows[i : i + 1], self.generator)[0],
+                lambda parts: [SampledToken(0) if t is None else t for t in parts],
+            )
+        emitted = iter(sampled)
+        tokens = [[next(emitted)] if item.samples else [] for item in scheduled]
+        return StepResult(scheduled, tokens=tokens, faults=_faults_by_seq(scheduled, faults))
 
     @torch.inference_mode()
     def launch(
         self,
         scheduled: list[ScheduledSequence],
         rows: list[SamplingRow],
-        pending: PendingTokens | None = None,
-    ) -> AsyncTokens:
+        pending: PendingInputs | None = None,
+    ) -> StepResult:
         """Queue one step and its sampling on the device and return at once: the tokens come
         back through a non-blocking copy (async scheduling). Rows must not need the host's
         token history (sampler.needs_host_history)."""
-        hidden = self._forward(scheduled, pending)
-        return AsyncTokens(sample_ids(self.model.compute_logits(hidden), rows, self.generator))
+        logits = self.model.compute_logits(self._forward(scheduled, pending))
+        ids, faults = isolating_faults(
+            lambda: sample_ids(logits, rows, self.generator),
+            len(rows),
+            lambda i: sample_ids(logits[i : i + 1], rows[i : i + 1], self.generator),
+            lambda parts: torch.cat([_NO_TOKEN.to(logits.device) if p is None else p
+                                     for p in parts]),
+        )
+        return StepResult(
+            scheduled, in_flight=AsyncTokens(ids), faults=_faults_by_seq(scheduled, faults)
+        )
 
     @torch.inference_mode()
-    def logits(self, scheduled: list[ScheduledSequence]) -> torch.Tensor:
+    def logits(
+        self, scheduled: list[ScheduledSequence], pending: PendingInputs | None = None
+    ) -> torch.Tensor:
         """A step returning the logits of every item's trailing `num_logits_rows` positions
         (all k + 1 of a sequence verifying k drafts), in item order."""
-        return self.model.compute_logits(self._forward(scheduled, None))
+        return self.model.compute_logits(self._forward(scheduled, pending))
 
     @torch.inference_mode()
     def profile_peak_bytes(self, num_tokens: int) -> int:

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import torch
 
 from llm_worker.engine.sampler import (
-    SampledToken,
     SamplingRow,
     draw,
     filtered_probs,
@@ -25,6 +24,7 @@ from llm_worker.engine.sampler import (
     uniform,
     with_logprobs,
 )
+from llm_worker.engine.sequence import SampledToken
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
 Work is vectorised over the batch; a per-row Python loop only runs for rows that ask for
 penalties, min_tokens or a seed (a seeded row draws from its own generator, so its tokens do not
-depend on what else shares the batch).
+depend on what else shares the batch). Whatever changes a row's logits before it is sampled
+(penalties, blocked tokens) is applied in one place, `processed_logits`, which plain sampling
+and draft verification share; `alters_logits` says which rows need it.
 """
 
 from dataclasses import dataclass
@@ -11,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from llm_worker.engine.sequence import SampledToken
 from llm_worker.schemas import SamplingParams
 
 NEG_INF = float("-inf")
@@ -23,13 +26,6 @@ class SamplingRow:
     num_prompt_tokens: int
     generator: torch.Generator | None  # set for seeded requests
     blocked_token_ids: tuple[int, ...] = ()  # eos/stop ids while under min_tokens
-
-
-@dataclass
-class SampledToken:
-    token_id: int
-    logprob: float | None = None
-    top_logprobs: dict[int, float] | None = None
 
 
 def _apply_penalties(logits: torch.Tensor, row: SamplingRow) -> None:  # logits: [V], in place
@@ -70,7 +66,14 @@ def _top_k_top_p_min_p(probs: torch.Tensor, rows: list[SamplingRow]) -> torch.Te
     return filtered / filtered.sum(dim=-1, keepdim=True)
 
 
+def alters_logits(row: SamplingRow) -> bool:
+    """Whether `processed_logits` changes this row."""
+    return row.params.needs_penalties or bool(row.blocked_token_ids)
+
+
 def _plain_greedy(row: SamplingRow) -> bool:
+    """Greedy, no logprobs, and not alters_logits (spelt out: it runs for every row of every
+    step)."""
     p = row.params
     return (
         p.is_greedy and not p.needs_penalties and not row.blocked_token_ids and p.logprobs is None
@@ -124,7 +127,7 @@ def sample(
 def processed_logits(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
     """A copy with each row's penalties applied and its blocked tokens (min_tokens) at -inf;
     `logits` itself when no row asks for either."""
-    if not any(r.params.needs_penalties or r.blocked_token_ids for r in rows):
+    if not any(map(alters_logits, rows)):
         return logits
     logits = logits.clone()
     for i, row in enumerate(rows):

@@ -6,11 +6,15 @@ No torch here.
 """
 
 import heapq
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from llm_worker.config import SchedulerConfig
 from llm_worker.engine.block_manager import BlockManager, cdiv
-from llm_worker.engine.sequence import Sequence, SequenceStatus
+from llm_worker.engine.config import SchedulerConfig
+from llm_worker.engine.faults import fault_message, is_device_fault
+from llm_worker.engine.sequence import ScheduledSequence, Sequence, SequenceStatus
+
+NO_DRAFTS: Mapping[Sequence, list[int]] = {}
 
 
 class RequestRejected(Exception):
@@ -22,44 +26,15 @@ class RequestRejected(Exception):
         self.message = message
 
 
-@dataclass(frozen=True)
-class ScheduledSequence:
-    seq: Sequence
-    num_new_tokens: int
-    # The step computes positions [start, start + num_new_tokens): seq.token_ids from `start`,
-    # then the draft tokens being verified (counted in num_new_tokens).
-    start: int
-    spec_token_ids: tuple[int, ...] = ()
-    logits_rows: int | None = None  # None: derived (see num_logits_rows)
-    # True when this step reaches the end of the sequence, so its last logits are sampled.
-    # Fixed when the step is planned: with async scheduling the sequence grows a placeholder
-    # token as soon as the step is launched, while the step is still in flight.
-    samples: bool = field(init=False)
-
-    def __post_init__(self) -> None:
-        end = self.start + self.num_new_tokens - len(self.spec_token_ids)
-        object.__setattr__(self, "samples", end == self.seq.num_tokens)
-
-    @property
-    def num_spec(self) -> int:
-        return len(self.spec_token_ids)
-
-    @property
-    def num_logits_rows(self) -> int:
-        """Trailing positions whose logits the step needs: one per draft plus one, if sampling."""
-        if self.logits_rows is not None:
-            return self.logits_rows
-        return 1 + self.num_spec if self.samples else 0
-
-    def input_token_ids(self) -> list[int]:
-        end = self.start + self.num_new_tokens - self.num_spec
-        return [*self.seq.token_ids[self.start : end], *self.spec_token_ids]
-
-
 @dataclass
 class SchedulerOutput:
+    """A step's plan. The scheduler has moved sequences between its queues and given them
+    blocks; the counts that go with admission and preemption are update's to apply."""
+
     scheduled: list[ScheduledSequence] = field(default_factory=list)
+    admitted: list[ScheduledSequence] = field(default_factory=list)  # start: cached tokens
     preempted: list[Sequence] = field(default_factory=list)
+    failed: list[tuple[Sequence, str]] = field(default_factory=list)  # and why
 
     @property
     def num_batched_tokens(self) -> int:
@@ -72,7 +47,9 @@ class SchedulerOutput:
     @property
     def is_pure_decode(self) -> bool:
         """Every sequence computes its pending token (and any drafts) and samples."""
-        return all(s.num_new_tokens - s.num_spec == 1 and s.samples for s in self.scheduled)
+        return bool(self.scheduled) and all(
+            s.num_new_tokens - s.num_spec == 1 and s.samples for s in self.scheduled
+        )
 
 
 class Scheduler:
@@ -128,17 +105,26 @@ class Scheduler:
         seq.status = SequenceStatus.WAITING
         heapq.heappush(self._waiting, (-seq.priority, seq.arrival_idx, seq))
 
-    def schedule(self) -> SchedulerOutput:
+    def may_preempt(self) -> bool:
+        """Whether scheduling could run out of blocks for the running sequences' next tokens."""
+        bs = self.block_manager.block_size
+        needed = sum(max(cdiv(s.num_tokens, bs) - len(s.block_table), 0) for s in self.running)
+        return needed > self.block_manager.num_free_blocks
+
+    def schedule(self, drafts: Mapping[Sequence, list[int]] = NO_DRAFTS) -> SchedulerOutput:
+        """Plan a step; `drafts` are the speculator's proposals for decoding sequences, which
+        ride along with their pending token where budget and blocks allow."""
         out = SchedulerOutput()
         budget = self.config.max_num_batched_tokens
-        budget = self._schedule_running(out, budget)
+        budget = self._schedule_running(out, budget, drafts)
         if not out.preempted:
             self._schedule_waiting(out, budget)
         return out
 
-    def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
-        needs_after = self._blocks_needed_after() if any(
-            s.spec_token_ids for s in self.running) else []  # fmt: skip
+    def _schedule_running(
+        self, out: SchedulerOutput, budget: int, drafts: Mapping[Sequence, list[int]]
+    ) -> int:
+        needs_after = self._blocks_needed_after() if drafts else []
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
@@ -151,19 +137,19 @@ class Scheduler:
             if num_new <= 0:
                 i += 1
                 continue
-            # Drafts ride along with a decode if budget and free blocks allow; they are optional,
-            # so a sequence drops its drafts before anyone is preempted for them, its own step or
-            # those of the sequences after it (each may need a fresh block for its token).
+            # Drafts are optional: a sequence drops its drafts before anyone is preempted for
+            # them, its own step or those of the sequences after it (each may need a fresh
+            # block for its token).
             spec: tuple[int, ...] = ()
-            if pending == 1 and seq.spec_token_ids:
-                spec = tuple(seq.spec_token_ids[: budget - 1])
-                if spec and self._spec_fits(seq, len(spec), needs_after[i]):
-                    out.scheduled.append(
-                        ScheduledSequence(seq, 1 + len(spec), seq.num_computed_tokens, spec)
-                    )
-                    budget -= 1 + len(spec)
-                    i += 1
-                    continue
+            if drafts and pending == 1:
+                spec = tuple(drafts.get(seq, ())[: budget - 1])
+            if spec and self._spec_fits(seq, len(spec), needs_after[i]):
+                out.scheduled.append(
+                    ScheduledSequence(seq, 1 + len(spec), seq.num_computed_tokens, spec)
+                )
+                budget -= 1 + len(spec)
+                i += 1
+                continue
             while not self.block_manager.allocate(seq, seq.num_computed_tokens + num_new):
                 victim = self.running.pop()  # the newest gives its blocks back
                 self._preempt(victim)
@@ -203,7 +189,15 @@ class Scheduler:
         bm = self.block_manager
         while self._waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             seq = self._waiting[0][2]
-            cached = bm.find_cached_prefix(seq)
+            try:
+                cached = bm.find_cached_prefix(seq)
+            except Exception as exc:  # its own hashing failed: the request fails, not the step
+                if is_device_fault(exc):
+                    raise
+                heapq.heappop(self._waiting)
+                seq.status = SequenceStatus.FINISHED
+                out.failed.append((seq, fault_message(exc)))
+                continue
             num_computed = len(cached) * bm.block_size
             num_new = seq.num_tokens - num_computed
             if num_new > budget and not self.config.enable_chunked_prefill:
@@ -213,27 +207,22 @@ class Scheduler:
                 break
             heapq.heappop(self._waiting)
             bm.record_admission(seq, num_computed)
-            if seq.num_preemptions == 0:
-                seq.num_cached_tokens = num_computed
-            seq.num_computed_tokens = num_computed
-            seq.num_draft_computed = 0  # cached blocks may hold no draft KV: the draft redoes them
-            num_new = min(num_new, budget)
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
-            out.scheduled.append(ScheduledSequence(seq, num_new, num_computed))
-            budget -= num_new
+            item = ScheduledSequence(seq, min(num_new, budget), num_computed)
+            out.admitted.append(item)
+            out.scheduled.append(item)
+            budget -= item.num_new_tokens
 
     def _preempt(self, seq: Sequence) -> None:
         """Recompute-style: drop the KV, keep the tokens, go back to the front of the queue."""
         self.block_manager.free(seq)
-        seq.num_computed_tokens = 0
-        seq.spec_token_ids = []
         seq.num_preemptions += 1
         self.num_preemptions += 1
         self._push_waiting(seq)
 
-    def finish(self, seq: Sequence, reason: str) -> None:
-        """Release a sequence, running or waiting (abort)."""
+    def finish(self, seq: Sequence) -> None:
+        """Release a sequence, running or waiting (abort), and its blocks."""
         if seq.status is SequenceStatus.RUNNING:
             self.running.remove(seq)
         elif seq.status is SequenceStatus.WAITING:
@@ -241,4 +230,3 @@ class Scheduler:
             heapq.heapify(self._waiting)
         self.block_manager.free(seq)
         seq.status = SequenceStatus.FINISHED
-        seq.finish_reason = reason

@@ -1,9 +1,20 @@
-"""One request's token state as the scheduler and block manager see it. No torch."""
+"""One request's token state, and its share of one step. No torch.
+
+Who writes what (tests/engine/test_sequence_writers.py holds the code to it): `update.py` writes
+a sequence's tokens, counts, finish and metrics; `scheduler.py` only its place in the queues
+(status, arrival order, preemption count); `block_manager.py` only its blocks (block table,
+block hashes). Everything else reads.
+"""
 
 import enum
 from dataclasses import dataclass, field
 
 from llm_worker.schemas import SamplingParams
+
+
+def cdiv(a: int, b: int) -> int:
+    """Groups of `b` that hold `a` items: KV blocks for a token count, for one."""
+    return -(-a // b)
 
 
 class SequenceStatus(enum.Enum):
@@ -21,6 +32,13 @@ class SequenceMetrics:
     first_token_time: float | None = None
     last_token_time: float | None = None
     finished_time: float | None = None
+
+
+@dataclass
+class SampledToken:
+    token_id: int
+    logprob: float | None = None
+    top_logprobs: dict[int, float] | None = None
 
 
 @dataclass(eq=False)
@@ -43,10 +61,8 @@ class Sequence:
     block_hashes: list[int] = field(default_factory=list)  # one per full block, chained
     num_hashed_blocks: int = 0  # leading blocks of block_table registered in the prefix cache
     finish_reason: str | None = None
-    stop_text_len: int | None = None  # output text is cut here when a stop string matched
-    # Speculative decoding: drafts the scheduler may verify this step after the pending token,
-    # and how many leading positions hold the draft model's KV (it catches up lazily).
-    spec_token_ids: list[int] = field(default_factory=list)
+    # Speculative decoding with a draft model: leading positions that hold the draft's KV (it
+    # catches up lazily, when the sequence next speculates).
     num_draft_computed: int = 0
 
     @property
@@ -72,3 +88,39 @@ class Sequence:
     @property
     def max_total_tokens(self) -> int:
         return self.num_prompt_tokens + self.params.max_tokens
+
+
+@dataclass(frozen=True)
+class ScheduledSequence:
+    """A sequence's share of one step: positions [start, start + num_new_tokens), which are
+    seq.token_ids from `start`, then the draft tokens being verified (counted in
+    num_new_tokens)."""
+
+    seq: Sequence
+    num_new_tokens: int
+    start: int
+    spec_token_ids: tuple[int, ...] = ()
+    logits_rows: int | None = None  # None: derived (see num_logits_rows)
+    # True when this step reaches the end of the sequence, so its last logits are sampled.
+    # Fixed when the step is planned: with async scheduling the sequence grows a placeholder
+    # token as soon as the step is launched, while the step is still in flight.
+    samples: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        end = self.start + self.num_new_tokens - len(self.spec_token_ids)
+        object.__setattr__(self, "samples", end == self.seq.num_tokens)
+
+    @property
+    def num_spec(self) -> int:
+        return len(self.spec_token_ids)
+
+    @property
+    def num_logits_rows(self) -> int:
+        """Trailing positions whose logits the step needs: one per draft plus one, if sampling."""
+        if self.logits_rows is not None:
+            return self.logits_rows
+        return 1 + self.num_spec if self.samples else 0
+
+    def input_token_ids(self) -> list[int]:
+        end = self.start + self.num_new_tokens - self.num_spec
+        return [*self.seq.token_ids[self.start : end], *self.spec_token_ids]

@@ -1,12 +1,12 @@
 """Whether speculation pays, per batch-size bucket: measured, in windows of consecutive steps.
 
 What a mode costs is the wall time from the start of one step() call to the start of the next,
-charged to the mode of the step that call ran (the engine reports it). Those intervals tile the
-run, so nothing is left out: a speculating step pays for draining the step in flight and for
+charged to the mode of the step that call ran (the speculator reports it). Those intervals tile
+the run, so nothing is left out: a speculating step pays for draining the step in flight and for
 running its own device work in the open, and the plain steps after it for the pipeline they
-refill. Timing steps by when the device ran them did not add up: a plain step drained by a
-speculating one was charged a fraction of a millisecond, and a few such outliers made the mean
-of per-step rates favour the plain mode by a factor of two.
+refill. Timing steps by when the device ran them would not add up: a plain step that a
+speculating one drained would cost next to nothing, and a mean of per-step rates would then
+favour the plain mode.
 
 A mode is chosen for a window of steps, so a probe of the other mode carries the cost of
 switching into it once per window, as running that mode for real would; and throughput is the
@@ -15,6 +15,16 @@ cut into steps.
 """
 
 from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class _DecodeStep:
+    """A pure decode step, charged when the next step() call begins."""
+
+    num_decoding: int
+    num_emitted: int
+    speculated: bool  # the controller's decision for it
+    started: float  # monotonic, when its step() call began
 
 
 @dataclass
@@ -71,6 +81,24 @@ class SpecController:
         self.max_reprobe_every = max_reprobe_every
         self.smoothing = smoothing
         self._buckets: dict[int, _Bucket] = {}
+        self._last_decode: _DecodeStep | None = None  # not charged yet
+
+    def decode_step_ran(
+        self, num_decoding: int, num_emitted: int, speculated: bool, started: float
+    ) -> None:
+        """A pure decode step whose step() call began at `started` ran in mode `speculated`;
+        it is charged when the next call begins (see step_began)."""
+        self._last_decode = _DecodeStep(num_decoding, num_emitted, speculated, started)
+
+    def step_began(self, started: float) -> bool | None:
+        """A step() call begins at `started`: the pure decode step before it, if one ran, is
+        charged the time since its own call began. Returns that step's mode, or None."""
+        last, self._last_decode = self._last_decode, None
+        if last is None:
+            return None
+        seconds = started - last.started
+        self.observe(last.num_decoding, last.speculated, last.num_emitted, seconds)
+        return last.speculated
 
     def _bucket_of(self, num_decoding: int) -> _Bucket:
         key = self.bucket(num_decoding)

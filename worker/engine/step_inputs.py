@@ -1,9 +1,9 @@
 """A scheduled step as model inputs: numpy on the host, one pinned buffer per dtype, two copies.
 
-Building the inputs from Python lists and seven `torch.tensor(...).to(device)` calls cost more
-host time than a decode step of a small model. Here the arrays are built with numpy, packed into
-one int64 and one int32 host buffer (pinned on CUDA) and sent in two non-blocking copies; the
-device tensors are views of the two copies. The packing order is fixed so that a CUDA graph's
+At small batch a step's host work is what the device waits for, so the inputs are not built
+from Python lists with a copy per tensor: the arrays are built with numpy, packed into one int64
+and one int32 host buffer (pinned on CUDA) and sent in two non-blocking copies; the device
+tensors are views of the two copies. The packing order is fixed so that a CUDA graph's
 static buffers, laid out the same way, can be the copies' destination.
 """
 
@@ -14,8 +14,7 @@ from itertools import chain
 import numpy as np
 import torch
 
-from llm_worker.engine.block_manager import cdiv
-from llm_worker.engine.scheduler import ScheduledSequence
+from llm_worker.engine.sequence import ScheduledSequence, cdiv
 from llm_worker.models.attention import AttentionMetadata
 
 
