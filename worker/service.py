@@ -1,9 +1,11 @@
-"""The worker: broker intake -> engine thread -> publish, on one asyncio loop.
+"""The worker: broker intake -> engine thread -> settlement, on one asyncio loop.
 
-Invariants: a job is acked only after its terminal result is published (at-least-once); the
-job id is the idempotency key (a redelivery of a job with a terminal result is acked unrun);
-at most `max_in_flight` jobs are in the engine, and the source is asked for no more than the
-free slots; a message that cannot run becomes a failed result or a dead letter, never a crash.
+Invariants: every delivery ends in exactly one terminal record (a result or a dead letter),
+written before it is acked; a job id is bound to its content, so a copy of a settled job is
+acked unrun and another job reusing the id is dead-lettered; at most `max_in_flight` jobs are
+held, and the source is asked for no more than the free slots; a job whose worker died while
+it ran runs again alone, so a job that kills workers is dead-lettered by itself
+(worker/admission.py); nothing a message carries can crash the loop.
 """
 
 import asyncio
@@ -12,15 +14,24 @@ import functools
 import logging
 import sys
 import time
+from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 
+from llm_worker.admission import AdmissionRules, Join, Known, Settle, Start, decide
 from llm_worker.engine_thread import Crashed, EngineEvent, EngineRequest, EngineThread, Finished
-from llm_worker.intake import Refusal, parse_delivery
-from llm_worker.jobs import JobError, build_result, failed_result, prepare_job
+from llm_worker.intake import IntakeLimits, Parsed, parse_delivery
+from llm_worker.jobs import (
+    JobError,
+    Provenance,
+    ServedModel,
+    build_result,
+    failed_result,
+    prepare_job,
+)
 from llm_worker.queues.factory import is_transient
 from llm_worker.queues.keys import RedisKeys
-from llm_worker.queues.protocol import Delivery, JobSource, ResultSink
+from llm_worker.queues.protocol import Claim, Delivery, JobSource, Outcome, ResultSink, Run
 from llm_worker.queues.retry import Backoff, retrying
 from llm_worker.schemas import ErrorCode, Job, JobStatus, Result
 from llm_worker.service_settings import ServiceSettings
@@ -29,7 +40,7 @@ from llm_worker.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
-_SHUTDOWN = "shutdown"  # abort reason: hand the job back to the broker, publish nothing
+_HAND_BACK = "hand back"  # abort reason: the broker gets the job back, nothing is published
 
 
 class EngineCrashed(RuntimeError):
@@ -50,17 +61,21 @@ class Service:
         self._source = source
         self._sink = sink
         self._engine = engine
-        self._served_model = served_model
+        self._served = ServedModel(served_model, engine.tokenizer,
+                                   engine.runner.model.config.vocab_size)
+        self._limits = IntakeLimits(settings.max_job_bytes, settings.max_json_depth)
+        self._rules = AdmissionRules(settings.worker_id, settings.max_deliveries,
+                                     settings.max_solo_deaths)
         # Default: twice the engine's batch, so finished sequences are replaced from the engine's
         # own waiting queue at once instead of after a broker round trip.
         self.max_in_flight = settings.max_in_flight or 2 * engine.max_num_seqs
-        self.jobs: dict[str, InFlight] = {}  # received and not yet acked
+        self.jobs: dict[str, InFlight] = {}  # received and not yet settled
+        self.suspects: deque[Start] = deque()  # each waits to run alone
         self.num_in_engine = 0
         self.peak_held = 0  # most jobs received and not yet acked at once
         self._stopping = asyncio.Event()
         self._crash: BaseException | None = None
-        self._settler = Settler(source, sink, self.jobs, self._span, settings.worker_id,
-                                telemetry)  # fmt: skip
+        self._settler = Settler(source.settlement(sink), self.jobs, self._span, telemetry)
 
     @property
     def _source_name(self) -> str:
@@ -92,7 +107,7 @@ class Service:
                  asyncio.create_task(self._watch())]
         self.ready = True
         log.info("worker %s serving %s from %s (at most %d jobs in flight)",
-                 self._settings.worker_id, self._served_model, self._settings.queue,
+                 self._settings.worker_id, self._served.name, self._settings.queue,
                  self.max_in_flight)
         await self._stopping.wait()
         self.ready = False
@@ -114,10 +129,9 @@ class Service:
         deadline_s = time.monotonic() + self._settings.shutdown_grace_s
         while self.num_in_engine and time.monotonic() < deadline_s and self._crash is None:
             await asyncio.sleep(0.05)
-        for job_id, entry in self.jobs.items():
-            if entry.in_engine:
-                entry.abort_reason = _SHUTDOWN
-                self._thread.abort(job_id)
+        if self._crash is None:
+            for job_id in list(self.jobs):
+                self._abort(job_id, _HAND_BACK)
         # The aborts come back within a step; waiting for them leaves the engine clean.
         abort_deadline_s = time.monotonic() + 5.0
         while self.num_in_engine and time.monotonic() < abort_deadline_s and self._crash is None:
@@ -127,12 +141,8 @@ class Service:
     async def _intake(self) -> None:
         backoff = Backoff()
         while not self._stopping.is_set():
-            # Count every un-acked job, not only those in the engine, so a slow publish also
-            # holds intake back and the worker never holds more than max_in_flight jobs.
-            free = self.max_in_flight - len(self.jobs)
             try:
-                deliveries = await self._source.receive(free, self._settings.poll_timeout_s)
-                await self._admit(deliveries)
+                await self._intake_once()
             except Exception as exc:  # keep serving: log, back off, try again
                 if is_transient(exc):
                     log.warning("broker unavailable, retrying: %r", exc)
@@ -142,99 +152,107 @@ class Service:
                 continue
             backoff.reset()
 
+    async def _intake_once(self) -> None:
+        if self.suspects:  # nothing new until every suspect has run alone
+            if not self.jobs:
+                await self._start_all([self.suspects.popleft()], solo=True)
+            free = 0
+        else:
+            # Count every held job, not only those in the engine, so a slow settlement also
+            # holds intake back and the worker never holds more than max_in_flight jobs.
+            free = self.max_in_flight - len(self.jobs)
+        deliveries = await self._source.receive(free, self._settings.poll_timeout_s)
+        if deliveries:
+            await self._admit(deliveries)
+
     async def _admit(self, deliveries: list[Delivery]) -> None:
         # Broker look-ups are made once per batch, not per job: with the engine thread holding
-        # the GIL, every await that wakes the loop can cost a switch interval (5 ms).
-        # Each step is retried in place (all are idempotent), so a broker blip never leaves a
-        # received delivery forgotten while its lease is still being renewed.
-        parsed = [(d, parse_delivery(d, self._settings.max_job_bytes)) for d in deliveries]
-        ids = [p.id for _, p in parsed if isinstance(p, Job)]
-        done = await retrying(functools.partial(self._sink.terminal_results, ids), "results")
-        ready: list[tuple[Job, Delivery]] = []
-        for delivery, job_or_refusal in parsed:
+        # the GIL, every await that wakes the loop can cost a switch interval (5 ms). Each is
+        # idempotent and retried in place, so a broker blip never leaves a delivery forgotten.
+        parsed = [parse_delivery(d, self._limits) for d in deliveries]
+        claims = [Claim(d, p.job.id if isinstance(p, Parsed) else p.job_id, p.digest)
+                  for d, p in zip(deliveries, parsed, strict=True)]
+        screened = await retrying(functools.partial(self._source.screen, claims), "screening")
+        ids = [c.job_id for c in claims if c.job_id is not None]
+        known = Known(
+            await retrying(functools.partial(self._sink.terminal_results, ids), "results"),
+            await retrying(functools.partial(self._sink.cancelled, ids), "cancel flags"),
+            {job_id: entry.run.digest for job_id, entry in self.jobs.items()},
+            datetime.now(UTC))
+        outcomes: list[Outcome] = []
+        starts: dict[str, Start] = {}  # this batch's, by job id
+        for delivery, job_or_refusal, screen in zip(deliveries, parsed, screened, strict=True):
             if self._telemetry is not None:
                 self._telemetry.job_consumed()
-            with self._span("receive", job_or_refusal):
-                job = await retrying(
-                    functools.partial(self._screen, delivery, job_or_refusal, done),
-                    delivery.position)
-            if job is not None:
-                ready.append((job, delivery))
-        ready.sort(key=lambda pair: -pair[0].priority)  # higher priority reaches the engine first
-        ids = [job.id for job, _ in ready]
-        cancelled = await retrying(functools.partial(self._sink.cancelled, ids), "cancel flags")
-        started: list[str] = []
-        for job, delivery in ready:
-            if job.id in self.jobs:  # a duplicate of a job we are running: ack with it
-                self.jobs[job.id].deliveries.append(delivery)
-            elif job.id in cancelled:
-                await self._settler.finish(failed_result(
-                    job.id, ErrorCode.CANCELLED, "cancelled before it started",
-                    status=JobStatus.CANCELLED, worker_id=self._settings.worker_id,
-                    attempts=delivery.delivery_count), [delivery])
-            elif await self._start(job, delivery):
-                started.append(job.id)
+            with self._span("receive", getattr(job_or_refusal, "job", None)):
+                decision = decide(delivery, job_or_refusal, screen, known, self._rules)
+            if isinstance(decision, Settle):
+                log.warning("settling %s at intake: %s", delivery.position, _why(decision))
+                outcomes.append(decision.outcome)
+            elif isinstance(decision, Join):
+                self._join(decision.job_id, delivery, starts)
+            else:
+                known.running[decision.parsed.job.id] = decision.parsed.digest
+                starts[decision.parsed.job.id] = decision
+        await self._settler.commit(outcomes)
+        fresh = [start for start in starts.values() if not start.suspect]
+        self.suspects.extend(start for start in starts.values() if start.suspect)
+        fresh.sort(key=lambda start: -start.parsed.job.priority)  # higher priority first
+        await self._start_all(fresh, solo=len(fresh) == 1 and not self.jobs)
+
+    def _join(self, job_id: str, delivery: Delivery, starts: dict[str, Start]) -> None:
+        """A copy of a job held here (or about to be): acked with it when it settles."""
+        if job_id in self.jobs:
+            self.jobs[job_id].deliveries.append(delivery)
+        elif job_id in starts:
+            starts[job_id].copies.append(delivery)
+        else:
+            suspect = next(start for start in self.suspects if start.parsed.job.id == job_id)
+            suspect.copies.append(delivery)
+
+    async def _start_all(self, starts: list[Start], solo: bool) -> None:
+        """Record each run with the broker, then hand the jobs to the engine."""
+        ready: list[tuple[Start, Run, EngineRequest]] = []
+        refused: list[Outcome] = []
+        for start in starts:
+            job, attempts = start.parsed.job, start.screened.attempts
+            try:
+                prompt_ids, params = prepare_job(job, self._served)
+            except JobError as exc:
+                provenance = Provenance(self._settings.worker_id, attempts.deaths + 1,
+                                        start.parsed.digest)
+                refused.append(Outcome(start.deliveries, failed_result(
+                    job.id, exc.code, exc.message, provenance)))
+                continue
+            run = Run(start.delivery, job.id, start.parsed.digest, attempts, solo)
+            request = EngineRequest(job.id, prompt_ids, params, job.priority, job.cache_salt,
+                                    time.monotonic())
+            ready.append((start, run, request))
+        await self._settler.commit(refused)
+        if not ready:
+            return
+        await retrying(functools.partial(self._source.started, [r for _, r, _ in ready]),
+                       "run records")
+        for start, run, request in ready:
+            self._submit(start, run, request)
+        started = [run.job_id for _, run, _ in ready]
         await retrying(functools.partial(self._sink.mark_running, started), "running statuses")
 
-    async def _screen(self, delivery: Delivery, parsed: Job | Refusal,
-                      done: dict[str, Result]) -> Job | None:
-        """The job to run, or None when the delivery was settled here (result or dead letter)."""
-        if delivery.delivery_count > self._settings.max_deliveries:
-            job_id = parsed.job_id if isinstance(parsed, Refusal) else parsed.id
-            await self._refuse(delivery, Refusal(job_id, ErrorCode.INTERNAL, (
-                f"delivered {delivery.delivery_count} times (max_deliveries "
-                f"{self._settings.max_deliveries}); workers keep dying on it")), dead_letter=True)
-            return None
-        if isinstance(parsed, Refusal):
-            await self._refuse(delivery, parsed, dead_letter=parsed.job_id is None)
-            return None
-        if parsed.id in done:
-            await self._source.ack(delivery)  # already done by someone: idempotent redelivery
-            return None
-        if parsed.deadline is not None and parsed.deadline <= datetime.now(UTC):
-            await self._settler.finish(failed_result(
-                parsed.id, ErrorCode.EXPIRED, "deadline passed before the job started",
-                status=JobStatus.EXPIRED, worker_id=self._settings.worker_id,
-                attempts=delivery.delivery_count), [delivery])
-            return None
-        return parsed
-
-    async def _refuse(self, delivery: Delivery, refusal: Refusal, dead_letter: bool) -> None:
-        log.warning("refusing %s: %s", delivery.position, refusal.reason)
-        if refusal.job_id is not None:
-            await self._settler.publish(failed_result(
-                refusal.job_id, refusal.code, refusal.message,
-                worker_id=self._settings.worker_id, attempts=delivery.delivery_count))
-        if dead_letter:
-            await self._source.dead_letter(delivery, refusal.reason)
-            if self._telemetry is not None:
-                self._telemetry.job_dead_lettered()
-        else:
-            await self._source.ack(delivery)
-
-    async def _start(self, job: Job, delivery: Delivery) -> bool:
-        """Hand the job to the engine; False when it was refused instead."""
-        try:
-            prompt_ids, params = prepare_job(job, self._engine.tokenizer, self._served_model)
-        except JobError as exc:
-            await self._refuse(delivery, Refusal(job.id, exc.code, exc.message), dead_letter=False)
-            return False
+    def _submit(self, start: Start, run: Run, request: EngineRequest) -> None:
+        job = start.parsed.job
         span = None
         if self._telemetry is not None:
             span = self._telemetry.start_process_span(job, self._source_name)
-        self.jobs[job.id] = InFlight(job, [delivery], span=span)
+        self.jobs[job.id] = InFlight(job, run, start.deliveries, span=span)
         self.num_in_engine += 1
         self.peak_held = max(self.peak_held, len(self.jobs))
-        self._thread.submit(EngineRequest(
-            job.id, prompt_ids, params, job.priority, job.cache_salt, time.monotonic()))
-        return True
+        self._thread.submit(request)
 
     async def _outputs(self, events: "asyncio.Queue[EngineEvent]") -> None:
         while True:
             event = await events.get()
             if isinstance(event, Crashed):
-                self._crash = event.error
-                self.stop()
+                await self._crashed(event.error)
                 continue
             job_id = event.output.request_id if isinstance(event, Finished) else event.request_id
             entry = self.jobs.get(job_id)
@@ -242,26 +260,44 @@ class Service:
                 continue
             entry.in_engine = False
             self.num_in_engine -= 1
-            if entry.abort_reason == _SHUTDOWN:
-                del self.jobs[job_id]  # handed back: the broker redelivers it
+            if entry.abort_reason == _HAND_BACK:
+                del self.jobs[job_id]  # the broker delivers it again, to us or another worker
+                await self._hand_back(entry)
                 continue
-            self._settler.add(self._result_of(entry, event), entry.deliveries)
+            self._settler.add(Outcome(entry.deliveries, self._result_of(entry, event)))
+
+    async def _hand_back(self, entry: InFlight) -> None:
+        try:
+            await retrying(functools.partial(self._source.hand_back, entry.deliveries),
+                           "hand back")
+        except Exception:  # its next run then counts this one as a death: safe, only slower
+            log.exception("recording the hand-back of %s failed", entry.job.id)
+
+    async def _crashed(self, error: BaseException) -> None:
+        """The engine thread died: say why on every job it held, then stop."""
+        self._crash = error
+        held = [d for entry in self.jobs.values() for d in entry.deliveries]
+        try:
+            await self._source.note_crash(held, f"engine crashed: {error!r}")
+        except Exception:
+            log.exception("recording the crash on %d jobs failed", len(held))
+        self.stop()
 
     def _result_of(self, entry: InFlight, event: EngineEvent) -> Result:
-        attempts = entry.deliveries[0].delivery_count
-        worker_id = self._settings.worker_id
+        provenance = Provenance(self._settings.worker_id, entry.run.attempts.deaths + 1,
+                                entry.run.digest, self._served.name)
+        job_id = entry.job.id
         if not isinstance(event, Finished):
             assert not isinstance(event, Crashed)
-            return failed_result(entry.job.id, event.code, event.message,
-                                 worker_id=worker_id, attempts=attempts)
+            return failed_result(job_id, event.code, event.message, provenance)
         if entry.abort_reason == JobStatus.EXPIRED:
-            return failed_result(entry.job.id, ErrorCode.EXPIRED, "deadline passed while it ran",
-                                 status=JobStatus.EXPIRED, worker_id=worker_id, attempts=attempts)
-        return build_result(entry.job.id, event.output, worker_id=worker_id, attempts=attempts,
-                            model=self._served_model)
+            return failed_result(job_id, ErrorCode.EXPIRED, "deadline passed while it ran",
+                                 provenance, status=JobStatus.EXPIRED)
+        return build_result(job_id, event.output, provenance)
 
     async def _watch(self) -> None:
-        """Abort running jobs whose client cancelled them or whose deadline passed."""
+        """Abort running jobs whose client cancelled them, whose deadline passed, or whose
+        delivery the broker gave to another worker."""
         while True:
             await asyncio.sleep(self._settings.watch_interval_s)
             self.last_tick_s = time.monotonic()
@@ -276,8 +312,12 @@ class Service:
                 log.warning("reading cancel flags failed: %r", exc)
             now = datetime.now(UTC)
             for job_id in running:
-                deadline = self.jobs[job_id].job.deadline if job_id in self.jobs else None
-                if deadline is not None and deadline <= now:
+                entry = self.jobs.get(job_id)
+                if entry is None:
+                    continue
+                if not all(self._source.owns(d) for d in entry.deliveries):
+                    self._abort(job_id, _HAND_BACK)
+                elif entry.job.deadline is not None and entry.job.deadline <= now:
                     self._abort(job_id, JobStatus.EXPIRED)
 
     async def _refresh_lag(self) -> None:
@@ -289,11 +329,21 @@ class Service:
         except Exception as exc:  # a gauge must never disturb the work
             log.debug("reading consumer lag failed: %r", exc)
 
-    def _abort(self, job_id: str, reason: JobStatus) -> None:
+    def _abort(self, job_id: str, reason: str) -> None:
         entry = self.jobs.get(job_id)
         if entry is not None and entry.in_engine and entry.abort_reason is None:
             entry.abort_reason = reason
             self._thread.abort(job_id)
+
+
+def _why(decision: Settle) -> str:
+    outcome = decision.outcome
+    if outcome.dead_letter is not None:
+        return f"dead letter ({outcome.dead_letter[:200]})"
+    if outcome.result is None:
+        return "a copy of a settled job, acked"
+    error = outcome.result.error
+    return f"{outcome.result.status.value} ({error.code if error else 'no error'})"
 
 
 def main() -> int:

@@ -71,7 +71,7 @@ async def test_poison_messages_and_worker_keeps_serving(settings, engine) -> Non
     await raw.start()
     await raw.send_and_wait(kafka.jobs_topic, b"\x00\xff\xfe", key=b"bytes")
     await raw.send_and_wait(kafka.jobs_topic, b"{not json", key=None)
-    await raw.send_and_wait(kafka.jobs_topic, b'{"id": "schema", "prompt": 5}')
+    await raw.send_and_wait(kafka.jobs_topic, b'{"id": "schema", "prompt": 5}', key=b"schema")
     await raw.send_and_wait(kafka.jobs_topic, b'{"id": "huge", "prompt": "' + b"z" * 70_000,
                             key=b"huge")
     await raw.stop()

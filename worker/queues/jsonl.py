@@ -12,7 +12,16 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from llm_worker.openai_batch import BatchLine, LineError, error_line, parse_line, result_line
-from llm_worker.queues.protocol import Delivery
+from llm_worker.queues.protocol import (
+    Attempts,
+    Claim,
+    Delivery,
+    ResultSink,
+    Run,
+    Screened,
+    Settlement,
+)
+from llm_worker.queues.publish_then_ack import PublishThenAck
 from llm_worker.schemas import Result
 
 
@@ -85,6 +94,26 @@ class JsonlJobSource:
             return Delivery(b"", None, 1, line_no, position, error=exc.message)
         self._batch.requests[job.id] = line
         return Delivery(job.model_dump_json().encode(), job.id, 1, line_no, position)
+
+    async def screen(self, claims: Sequence[Claim]) -> list[Screened]:
+        # Each line runs once in one process under an id of its own line number: nothing to
+        # bind and nothing attempted before.
+        return [Screened(Attempts(), None) for _ in claims]
+
+    async def started(self, runs: Sequence[Run]) -> None:
+        return None
+
+    async def hand_back(self, deliveries: Sequence[Delivery]) -> None:
+        return None
+
+    async def note_crash(self, deliveries: Sequence[Delivery], error: str) -> None:
+        return None
+
+    def settlement(self, sink: ResultSink) -> Settlement:
+        return PublishThenAck(self, sink)
+
+    def owns(self, delivery: Delivery) -> bool:
+        return True
 
     async def ack(self, delivery: Delivery) -> None:
         self._batch.outstanding.discard(int(delivery.handle))  # type: ignore[call-overload]
