@@ -25,3 +25,10 @@ def job_digest(job: Job) -> str:
 def payload_digest(payload: bytes) -> str:
     """The digest of a message that never became a Job: its bytes, as received."""
     return "raw-sha256:" + hashlib.sha256(payload).hexdigest()
+
+
+def content_job_id(stem: str, job: Job) -> str:
+    """An id for a job whose id is derived (a file's line, a custom_id): `stem` plus a hash of
+    the content, so changed content never reuses the id of the old content's result. `stem`
+    must already be a valid id of at most 230 characters."""
+    return f"{stem}-{job_digest(job).removeprefix('sha256:')[:16]}"

@@ -6,12 +6,14 @@ order of the rules is the order of precedence: an id bound to other content is n
 under, whatever else is wrong with the message.
 """
 
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from llm_worker.engine_thread import EngineRequest
 from llm_worker.intake import Parsed, Refusal
-from llm_worker.jobs import Provenance, failed_result
-from llm_worker.queues.protocol import Delivery, Outcome, Screened
+from llm_worker.jobs import JobError, Provenance, ServedModel, failed_result, prepare_job
+from llm_worker.queues.protocol import Delivery, Outcome, Run, Screened
 from llm_worker.schemas import ErrorCode, JobStatus, Result
 
 
@@ -121,3 +123,42 @@ def _poison_reason(delivery: Delivery, screened: Screened, rules: AdmissionRules
         return (f"delivered {delivery.delivery_count} times (max_deliveries "
                 f"{rules.max_deliveries}) without a result; last error: {last_error}")
     return None
+
+
+@dataclass(frozen=True)
+class PlannedStart:
+    start: Start
+    run: Run  # recorded with the broker before the request reaches the engine
+    request: EngineRequest
+
+
+def plan_starts(starts: list[Start], served: ServedModel, worker_id: str, solo: bool
+                ) -> tuple[list[PlannedStart], list[Outcome]]:
+    """Each job's engine request, or the failed result of a job that cannot run (unknown
+    model, a token id outside the vocabulary, a prompt the tokenizer refuses)."""
+    ready: list[PlannedStart] = []
+    refused: list[Outcome] = []
+    for start in starts:
+        job, attempts = start.parsed.job, start.screened.attempts
+        try:
+            prompt_ids, params = prepare_job(job, served)
+        except JobError as exc:
+            provenance = Provenance(worker_id, attempts.deaths + 1, start.parsed.digest)
+            refused.append(Outcome(start.deliveries, failed_result(
+                job.id, exc.code, exc.message, provenance)))
+            continue
+        run = Run(start.delivery, job.id, start.parsed.digest, attempts, solo)
+        request = EngineRequest(job.id, prompt_ids, params, job.priority, job.cache_salt,
+                                time.monotonic())
+        ready.append(PlannedStart(start, run, request))
+    return ready, refused
+
+
+def describe(outcome: Outcome) -> str:
+    """One line for the log: what this outcome writes."""
+    if outcome.dead_letter is not None:
+        return f"dead letter ({outcome.dead_letter[:200]})"
+    if outcome.result is None:
+        return "a copy of a settled job, acked"
+    error = outcome.result.error
+    return f"{outcome.result.status.value} ({error.code if error else 'no error'})"

@@ -18,20 +18,14 @@ from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 
-from llm_worker.admission import AdmissionRules, Join, Known, Settle, Start, decide
-from llm_worker.engine_thread import Crashed, EngineEvent, EngineRequest, EngineThread, Finished
+from llm_worker import admission
+from llm_worker.admission import AdmissionRules, Join, Known, PlannedStart, Settle, Start
+from llm_worker.engine_thread import Crashed, EngineEvent, EngineThread, Finished
 from llm_worker.intake import IntakeLimits, Parsed, parse_delivery
-from llm_worker.jobs import (
-    JobError,
-    Provenance,
-    ServedModel,
-    build_result,
-    failed_result,
-    prepare_job,
-)
+from llm_worker.jobs import Provenance, ServedModel, build_result, failed_result
 from llm_worker.queues.factory import is_transient
 from llm_worker.queues.keys import RedisKeys
-from llm_worker.queues.protocol import Claim, Delivery, JobSource, Outcome, ResultSink, Run
+from llm_worker.queues.protocol import Claim, Delivery, JobSource, Outcome, ResultSink
 from llm_worker.queues.retry import Backoff, retrying
 from llm_worker.schemas import ErrorCode, Job, JobStatus, Result
 from llm_worker.service_settings import ServiceSettings
@@ -185,9 +179,10 @@ class Service:
             if self._telemetry is not None:
                 self._telemetry.job_consumed()
             with self._span("receive", getattr(job_or_refusal, "job", None)):
-                decision = decide(delivery, job_or_refusal, screen, known, self._rules)
+                decision = admission.decide(delivery, job_or_refusal, screen, known, self._rules)
             if isinstance(decision, Settle):
-                log.warning("settling %s at intake: %s", delivery.position, _why(decision))
+                log.warning("settling %s at intake: %s", delivery.position,
+                            admission.describe(decision.outcome))
                 outcomes.append(decision.outcome)
             elif isinstance(decision, Join):
                 self._join(decision.job_id, delivery, starts)
@@ -212,41 +207,26 @@ class Service:
 
     async def _start_all(self, starts: list[Start], solo: bool) -> None:
         """Record each run with the broker, then hand the jobs to the engine."""
-        ready: list[tuple[Start, Run, EngineRequest]] = []
-        refused: list[Outcome] = []
-        for start in starts:
-            job, attempts = start.parsed.job, start.screened.attempts
-            try:
-                prompt_ids, params = prepare_job(job, self._served)
-            except JobError as exc:
-                provenance = Provenance(self._settings.worker_id, attempts.deaths + 1,
-                                        start.parsed.digest)
-                refused.append(Outcome(start.deliveries, failed_result(
-                    job.id, exc.code, exc.message, provenance)))
-                continue
-            run = Run(start.delivery, job.id, start.parsed.digest, attempts, solo)
-            request = EngineRequest(job.id, prompt_ids, params, job.priority, job.cache_salt,
-                                    time.monotonic())
-            ready.append((start, run, request))
+        ready, refused = admission.plan_starts(starts, self._served, self._settings.worker_id, solo)
         await self._settler.commit(refused)
         if not ready:
             return
-        await retrying(functools.partial(self._source.started, [r for _, r, _ in ready]),
+        await retrying(functools.partial(self._source.started, [r.run for r in ready]),
                        "run records")
-        for start, run, request in ready:
-            self._submit(start, run, request)
-        started = [run.job_id for _, run, _ in ready]
+        for planned in ready:
+            self._submit(planned)
+        started = [planned.run.job_id for planned in ready]
         await retrying(functools.partial(self._sink.mark_running, started), "running statuses")
 
-    def _submit(self, start: Start, run: Run, request: EngineRequest) -> None:
-        job = start.parsed.job
+    def _submit(self, planned: PlannedStart) -> None:
+        job = planned.start.parsed.job
         span = None
         if self._telemetry is not None:
             span = self._telemetry.start_process_span(job, self._source_name)
-        self.jobs[job.id] = InFlight(job, run, start.deliveries, span=span)
+        self.jobs[job.id] = InFlight(job, planned.run, planned.start.deliveries, span=span)
         self.num_in_engine += 1
         self.peak_held = max(self.peak_held, len(self.jobs))
-        self._thread.submit(request)
+        self._thread.submit(planned.request)
 
     async def _outputs(self, events: "asyncio.Queue[EngineEvent]") -> None:
         while True:
@@ -334,16 +314,6 @@ class Service:
         if entry is not None and entry.in_engine and entry.abort_reason is None:
             entry.abort_reason = reason
             self._thread.abort(job_id)
-
-
-def _why(decision: Settle) -> str:
-    outcome = decision.outcome
-    if outcome.dead_letter is not None:
-        return f"dead letter ({outcome.dead_letter[:200]})"
-    if outcome.result is None:
-        return "a copy of a settled job, acked"
-    error = outcome.result.error
-    return f"{outcome.result.status.value} ({error.code if error else 'no error'})"
 
 
 def main() -> int:

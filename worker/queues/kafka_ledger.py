@@ -63,27 +63,38 @@ class Binding:
 
 @dataclass
 class PartitionLedger:
-    """The in-memory copy of one ledger partition, and the claims made since it was loaded.
-    Its owner (the partition's transactional producer) is its only writer."""
+    """The in-memory copy of one ledger partition, and the claims screening made since it was
+    loaded. Its owner (the partition's transactional producer) is its only writer."""
 
     window: int
     entries: dict[int, LedgerEntry] = field(default_factory=dict)
-    bindings: dict[str, Binding] = field(default_factory=dict)
+    # job id -> offsets of the entries that carry it; the latest one binds the id
+    carriers: dict[str, set[int]] = field(default_factory=dict)
+    tentative: dict[str, Binding] = field(default_factory=dict)  # claimed, not yet recorded
 
     def apply(self, offset: int, entry: LedgerEntry | None) -> None:
-        """A record as committed (or read back on load); None is a tombstone, which frees the id
-        its record bound unless a later message carried the id again."""
+        """A record as committed (or read back on load); None is a tombstone."""
+        old = self.entries.pop(offset, None)
+        if old is not None and old.job_id is not None:
+            offsets = self.carriers.get(old.job_id, set())
+            offsets.discard(offset)
+            if not offsets:
+                self.carriers.pop(old.job_id, None)
         if entry is None:
-            dropped = self.entries.pop(offset, None)
-            job_id = dropped.job_id if dropped is not None else None
-            bound = self.bindings.get(job_id) if job_id is not None else None
-            if job_id is not None and bound is not None and bound.offset <= offset:
-                del self.bindings[job_id]
             return
         self.entries[offset] = entry
         if entry.job_id is not None and entry.digest is not None:
-            self.bindings[entry.job_id] = Binding(
-                entry.digest, offset, isinstance(entry, DoneRecord))
+            self.carriers.setdefault(entry.job_id, set()).add(offset)
+            self.tentative.pop(entry.job_id, None)
+
+    def binding(self, job_id: str) -> Binding | None:
+        offsets = self.carriers.get(job_id)
+        if not offsets:
+            return self.tentative.get(job_id)
+        latest = max(offsets)
+        entry = self.entries[latest]
+        assert entry.digest is not None
+        return Binding(entry.digest, latest, isinstance(entry, DoneRecord))
 
     def done_offsets(self, from_offset: int) -> set[int]:
         """Offsets at or above `from_offset` that are settled already: never hand them out."""
@@ -99,10 +110,11 @@ class PartitionLedger:
         return entry if isinstance(entry, RunRecord) else None
 
     def claim(self, job_id: str, digest: str, offset: int) -> Binding | None:
-        """Bind the id to `digest` unless it is bound already; returns the earlier binding."""
-        bound = self.bindings.get(job_id)
+        """Bind the id to `digest` unless it is bound already; returns the earlier binding.
+        The claim holds in memory until the delivery's run or done record carries it."""
+        bound = self.binding(job_id)
         if bound is None:
-            self.bindings[job_id] = Binding(digest, offset, settled=False)
+            self.tentative[job_id] = Binding(digest, offset, settled=False)
         return bound
 
     def expired(self, committed: int) -> list[int]:

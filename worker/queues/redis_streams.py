@@ -197,7 +197,8 @@ class RedisStreamSource:
             replies = iter(await pipe.execute())
         screened = []
         for claim in claims:
-            bound = _text(next(replies)) if claim.job_id is not None else None
+            raw_bound = next(replies) if claim.job_id is not None else None
+            bound = _text(raw_bound) if raw_bound is not None else None
             raw_run = next(replies)
             attempts = RunRecord.from_json(raw_run).attempts() if raw_run else Attempts()
             screened.append(Screened(attempts, None if bound in (None, claim.digest) else bound))
