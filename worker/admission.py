@@ -48,11 +48,23 @@ class Join:
 
 @dataclass
 class Start:
+    """A job to run. A suspect (a worker died running it) never runs beside fresh jobs: after
+    one death it runs with the other suspects only, after more, or one death alone, it runs
+    alone; only deaths alone count towards poison, so no job is blamed for its neighbours."""
+
     delivery: Delivery
     parsed: Parsed
     screened: Screened
-    suspect: bool  # a worker died running it before: it runs alone, never beside others
     copies: list[Delivery] = field(default_factory=list)  # same job, same content, same batch
+
+    @property
+    def suspect(self) -> bool:
+        return self.screened.attempts.deaths > 0
+
+    @property
+    def runs_alone(self) -> bool:
+        attempts = self.screened.attempts
+        return attempts.deaths > 1 or attempts.solo_deaths > 0
 
     @property
     def deliveries(self) -> list[Delivery]:
@@ -103,7 +115,7 @@ def decide(delivery: Delivery, parsed: Parsed | Refusal, screened: Screened, kno
         return Settle(Outcome([delivery], failed_result(
             job.id, ErrorCode.CANCELLED, "cancelled before it started", provenance,
             status=JobStatus.CANCELLED)))
-    return Start(delivery, parsed, screened, suspect=attempts.deaths > 0)
+    return Start(delivery, parsed, screened)
 
 
 def _conflict(delivery: Delivery, job_id: str, bound_digest: str | None) -> Settle:

@@ -147,9 +147,9 @@ class Service:
             backoff.reset()
 
     async def _intake_once(self) -> None:
-        if self.suspects:  # nothing new until every suspect has run alone
+        if self.suspects:  # nothing new until every suspect has run apart from fresh jobs
             if not self.jobs:
-                await self._start_all([self.suspects.popleft()], solo=True)
+                await self._start_suspects()
             free = 0
         else:
             # Count every held job, not only those in the engine, so a slow settlement also
@@ -171,7 +171,8 @@ class Service:
         known = Known(
             await retrying(functools.partial(self._sink.terminal_results, ids), "results"),
             await retrying(functools.partial(self._sink.cancelled, ids), "cancel flags"),
-            {job_id: entry.run.digest for job_id, entry in self.jobs.items()},
+            {**{start.parsed.job.id: start.parsed.digest for start in self.suspects},
+             **{job_id: entry.run.digest for job_id, entry in self.jobs.items()}},
             datetime.now(UTC))
         outcomes: list[Outcome] = []
         starts: dict[str, Start] = {}  # this batch's, by job id
@@ -194,6 +195,18 @@ class Service:
         self.suspects.extend(start for start in starts.values() if start.suspect)
         fresh.sort(key=lambda start: -start.parsed.job.priority)  # higher priority first
         await self._start_all(fresh, solo=len(fresh) == 1 and not self.jobs)
+
+    async def _start_suspects(self) -> None:
+        """With the engine empty: the next suspect that must run alone, or else every suspect
+        that died once, together."""
+        alone = next((start for start in self.suspects if start.runs_alone), None)
+        if alone is not None:
+            self.suspects.remove(alone)
+            await self._start_all([alone], solo=True)
+            return
+        cohort = [self.suspects.popleft()
+                  for _ in range(min(len(self.suspects), self.max_in_flight))]
+        await self._start_all(cohort, solo=len(cohort) == 1)
 
     def _join(self, job_id: str, delivery: Delivery, starts: dict[str, Start]) -> None:
         """A copy of a job held here (or about to be): acked with it when it settles."""

@@ -66,9 +66,11 @@ def test_a_copy_of_a_running_job_joins_it_and_other_content_conflicts() -> None:
 
 def test_a_job_whose_worker_died_runs_alone_until_its_solo_deaths_run_out() -> None:
     _, suspect = _decide(JOB, Screened(Attempts(deaths=1, solo_deaths=0), None))
-    assert isinstance(suspect, Start) and suspect.suspect
+    assert isinstance(suspect, Start) and suspect.suspect and not suspect.runs_alone
+    _, alone = _decide(JOB, Screened(Attempts(deaths=1, solo_deaths=1), None))
+    assert isinstance(alone, Start) and alone.runs_alone
     _, still = _decide(JOB, Screened(Attempts(deaths=3, solo_deaths=2), None))
-    assert isinstance(still, Start) and still.suspect
+    assert isinstance(still, Start) and still.runs_alone
     _, poison = _decide(JOB, Screened(Attempts(3, 3, "engine crashed: boom"), None))
     assert isinstance(poison, Settle)
     failed = poison.outcome.result

@@ -31,6 +31,7 @@ class MemoryBroker:
     queued: deque[Delivery] = field(default_factory=deque)
     unacked: dict[int, Delivery] = field(default_factory=dict)
     dead_letters: list[tuple[Delivery, str]] = field(default_factory=list)
+    acked: list[int] = field(default_factory=list)  # handles, in order: each should be once
     results: dict[str, Result] = field(default_factory=dict)
     statuses: dict[str, JobStatus] = field(default_factory=dict)
     cancel_requests: set[str] = field(default_factory=set)
@@ -113,7 +114,8 @@ class MemoryJobSource:
         return True
 
     async def ack(self, delivery: Delivery) -> None:
-        self._broker.unacked.pop(_handle(delivery), None)
+        if self._broker.unacked.pop(_handle(delivery), None) is not None:
+            self._broker.acked.append(_handle(delivery))
         self._broker.runs.pop(_handle(delivery), None)
 
     async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
