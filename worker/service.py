@@ -4,8 +4,8 @@ Invariants: every delivery ends in exactly one terminal record (a result or a de
 written before it is acked; a job id is bound to its content, so a copy of a settled job is
 acked unrun and another job reusing the id is dead-lettered; at most `max_in_flight` jobs are
 held, and the source is asked for no more than the free slots; a job whose worker died while
-it ran runs again alone, so a job that kills workers is dead-lettered by itself
-(worker/admission.py); nothing a message carries can crash the loop.
+it ran runs again apart from fresh jobs, so a job that kills workers is dead-lettered by itself
+(worker/quarantine.py); nothing a message carries can crash the loop.
 """
 
 import asyncio
@@ -14,27 +14,33 @@ import functools
 import logging
 import sys
 import time
-from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 
 from llm_worker import admission
 from llm_worker.admission import AdmissionRules, Join, Known, PlannedStart, Settle, Start
 from llm_worker.engine_thread import Crashed, EngineEvent, EngineThread, Finished
-from llm_worker.intake import IntakeLimits, Parsed, parse_delivery
+from llm_worker.intake import IntakeLimits, Parsed, Refusal, parse_delivery
 from llm_worker.jobs import Provenance, ServedModel, build_result, failed_result
+from llm_worker.quarantine import Quarantine
 from llm_worker.queues.factory import is_transient
 from llm_worker.queues.keys import RedisKeys
-from llm_worker.queues.protocol import Claim, Delivery, JobSource, Outcome, ResultSink
+from llm_worker.queues.protocol import (
+    Claim,
+    Delivery,
+    JobSource,
+    Outcome,
+    ResultSink,
+    Screened,
+)
 from llm_worker.queues.retry import Backoff, retrying
 from llm_worker.schemas import ErrorCode, Job, JobStatus, Result
 from llm_worker.service_settings import ServiceSettings
-from llm_worker.settle import InFlight, Settler
+from llm_worker.settle import HAND_BACK, InFlight, Settler, aborts_due
 from llm_worker.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
-_HAND_BACK = "hand back"  # abort reason: the broker gets the job back, nothing is published
 
 
 class EngineCrashed(RuntimeError):
@@ -64,7 +70,7 @@ class Service:
         # own waiting queue at once instead of after a broker round trip.
         self.max_in_flight = settings.max_in_flight or 2 * engine.max_num_seqs
         self.jobs: dict[str, InFlight] = {}  # received and not yet settled
-        self.suspects: deque[Start] = deque()  # each waits to run alone
+        self.suspects = Quarantine(max_group=self.max_in_flight)
         self.num_in_engine = 0
         self.peak_held = 0  # most jobs received and not yet acked at once
         self._stopping = asyncio.Event()
@@ -125,7 +131,7 @@ class Service:
             await asyncio.sleep(0.05)
         if self._crash is None:
             for job_id in list(self.jobs):
-                self._abort(job_id, _HAND_BACK)
+                self._abort(job_id, HAND_BACK)
         # The aborts come back within a step; waiting for them leaves the engine clean.
         abort_deadline_s = time.monotonic() + 5.0
         while self.num_in_engine and time.monotonic() < abort_deadline_s and self._crash is None:
@@ -149,7 +155,8 @@ class Service:
     async def _intake_once(self) -> None:
         if self.suspects:  # nothing new until every suspect has run apart from fresh jobs
             if not self.jobs:
-                await self._start_suspects()
+                group = self.suspects.next_group()
+                await self._start_all(group, solo=len(group) == 1)
             free = 0
         else:
             # Count every held job, not only those in the engine, so a slow settlement also
@@ -164,16 +171,12 @@ class Service:
         # the GIL, every await that wakes the loop can cost a switch interval (5 ms). Each is
         # idempotent and retried in place, so a broker blip never leaves a delivery forgotten.
         parsed = [parse_delivery(d, self._limits) for d in deliveries]
-        claims = [Claim(d, p.job.id if isinstance(p, Parsed) else p.job_id, p.digest)
-                  for d, p in zip(deliveries, parsed, strict=True)]
-        screened = await retrying(functools.partial(self._source.screen, claims), "screening")
-        ids = [c.job_id for c in claims if c.job_id is not None]
-        known = Known(
-            await retrying(functools.partial(self._sink.terminal_results, ids), "results"),
-            await retrying(functools.partial(self._sink.cancelled, ids), "cancel flags"),
-            {**{start.parsed.job.id: start.parsed.digest for start in self.suspects},
-             **{job_id: entry.run.digest for job_id, entry in self.jobs.items()}},
-            datetime.now(UTC))
+        try:
+            screened, known = await self._screen(deliveries, parsed)
+        except Exception:  # the broker refuses for good: nothing was decided, hand all back
+            log.exception("screening %d deliveries failed; handing them back", len(deliveries))
+            await self._release(deliveries)
+            return
         outcomes: list[Outcome] = []
         starts: dict[str, Start] = {}  # this batch's, by job id
         for delivery, job_or_refusal, screen in zip(deliveries, parsed, screened, strict=True):
@@ -192,21 +195,28 @@ class Service:
                 starts[decision.parsed.job.id] = decision
         await self._settler.commit(outcomes)
         fresh = [start for start in starts.values() if not start.suspect]
-        self.suspects.extend(start for start in starts.values() if start.suspect)
+        self.suspects.add([start for start in starts.values() if start.suspect])
         fresh.sort(key=lambda start: -start.parsed.job.priority)  # higher priority first
         await self._start_all(fresh, solo=len(fresh) == 1 and not self.jobs)
 
-    async def _start_suspects(self) -> None:
-        """With the engine empty: the next suspect that must run alone, or else every suspect
-        that died once, together."""
-        alone = next((start for start in self.suspects if start.runs_alone), None)
-        if alone is not None:
-            self.suspects.remove(alone)
-            await self._start_all([alone], solo=True)
-            return
-        cohort = [self.suspects.popleft()
-                  for _ in range(min(len(self.suspects), self.max_in_flight))]
-        await self._start_all(cohort, solo=len(cohort) == 1)
+    async def _screen(self, deliveries: list[Delivery], parsed: list[Parsed | Refusal]
+                      ) -> tuple[list[Screened], Known]:
+        claims = [Claim(d, p.job.id if isinstance(p, Parsed) else p.job_id, p.digest)
+                  for d, p in zip(deliveries, parsed, strict=True)]
+        screened = await retrying(functools.partial(self._source.screen, claims), "screening")
+        ids = [c.job_id for c in claims if c.job_id is not None]
+        known = Known(
+            await retrying(functools.partial(self._sink.terminal_results, ids), "results"),
+            await retrying(functools.partial(self._sink.cancelled, ids), "cancel flags"),
+            {**self.suspects.digests(), **{i: e.run.digest for i, e in self.jobs.items()}},
+            datetime.now(UTC))
+        return screened, known
+
+    async def _release(self, deliveries: list[Delivery]) -> None:
+        try:
+            await self._source.release(deliveries)
+        except Exception:  # Redis: their leases lapse anyway; Kafka: its commit point waits
+            log.exception("handing back %d deliveries failed", len(deliveries))
 
     def _join(self, job_id: str, delivery: Delivery, starts: dict[str, Start]) -> None:
         """A copy of a job held here (or about to be): acked with it when it settles."""
@@ -214,8 +224,7 @@ class Service:
             self.jobs[job_id].deliveries.append(delivery)
         elif job_id in starts:
             starts[job_id].copies.append(delivery)
-        else:
-            suspect = next(start for start in self.suspects if start.parsed.job.id == job_id)
+        elif (suspect := self.suspects.find(job_id)) is not None:
             suspect.copies.append(delivery)
 
     async def _start_all(self, starts: list[Start], solo: bool) -> None:
@@ -224,12 +233,20 @@ class Service:
         await self._settler.commit(refused)
         if not ready:
             return
-        await retrying(functools.partial(self._source.started, [r.run for r in ready]),
-                       "run records")
+        try:
+            await retrying(functools.partial(self._source.started, [r.run for r in ready]),
+                           "run records")
+        except Exception:  # unrecorded, a run must not start: its death would go uncounted
+            log.exception("recording %d runs failed; handing them back", len(ready))
+            await self._release([d for planned in ready for d in planned.start.deliveries])
+            return
         for planned in ready:
             self._submit(planned)
         started = [planned.run.job_id for planned in ready]
-        await retrying(functools.partial(self._sink.mark_running, started), "running statuses")
+        try:
+            await retrying(functools.partial(self._sink.mark_running, started), "statuses")
+        except Exception as exc:  # a status is for pollers; the job runs all the same
+            log.warning("marking %d jobs running failed: %r", len(started), exc)
 
     def _submit(self, planned: PlannedStart) -> None:
         job = planned.start.parsed.job
@@ -253,7 +270,7 @@ class Service:
                 continue
             entry.in_engine = False
             self.num_in_engine -= 1
-            if entry.abort_reason == _HAND_BACK:
+            if entry.abort_reason == HAND_BACK:
                 del self.jobs[job_id]  # the broker delivers it again, to us or another worker
                 await self._hand_back(entry)
                 continue
@@ -289,29 +306,19 @@ class Service:
         return build_result(job_id, event.output, provenance)
 
     async def _watch(self) -> None:
-        """Abort running jobs whose client cancelled them, whose deadline passed, or whose
-        delivery the broker gave to another worker."""
         while True:
             await asyncio.sleep(self._settings.watch_interval_s)
             self.last_tick_s = time.monotonic()
             await self._refresh_lag()
-            running = [
-                job_id for job_id, e in self.jobs.items() if e.in_engine and not e.abort_reason
-            ]
+            running = [job_id for job_id, e in self.jobs.items()
+                       if e.in_engine and not e.abort_reason]
             try:
-                for job_id in await self._sink.cancelled(running):
-                    self._abort(job_id, JobStatus.CANCELLED)
+                cancelled = await self._sink.cancelled(running)
             except Exception as exc:  # cancel flags are best effort; deadlines still apply
                 log.warning("reading cancel flags failed: %r", exc)
-            now = datetime.now(UTC)
-            for job_id in running:
-                entry = self.jobs.get(job_id)
-                if entry is None:
-                    continue
-                if not all(self._source.owns(d) for d in entry.deliveries):
-                    self._abort(job_id, _HAND_BACK)
-                elif entry.job.deadline is not None and entry.job.deadline <= now:
-                    self._abort(job_id, JobStatus.EXPIRED)
+                cancelled = set()
+            for job_id, reason in aborts_due(self.jobs, running, cancelled, self._source.owns):
+                self._abort(job_id, reason)
 
     async def _refresh_lag(self) -> None:
         if self._telemetry is None or time.monotonic() < self._next_lag_s:

@@ -13,17 +13,21 @@ import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from llm_worker.jobs import Provenance, failed_result
 from llm_worker.queues.protocol import Delivery, Outcome, Run, Settlement
 from llm_worker.queues.retry import retrying
-from llm_worker.schemas import ErrorCode, Job, Result
+from llm_worker.schemas import ErrorCode, Job, JobStatus, Result
 from llm_worker.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
 _UNPUBLISHABLE = "result could not be published"
+
+
+HAND_BACK = "hand back"  # abort reason: the broker gets the job back, nothing is published
 
 
 @dataclass
@@ -128,3 +132,22 @@ class Settler:
 
 def _is_replacement(result: Result) -> bool:
     return result.error is not None and result.error.message == _UNPUBLISHABLE
+
+
+def aborts_due(jobs: dict[str, InFlight], running: list[str], cancelled: set[str],
+               owns: Callable[[Delivery], bool]) -> list[tuple[str, str]]:
+    """Running jobs to abort, and why: a client cancelled it, its delivery went to another
+    worker (handed back: it publishes nothing), or its deadline passed."""
+    now = datetime.now(UTC)
+    due = []
+    for job_id in running:
+        entry = jobs.get(job_id)
+        if entry is None:
+            continue
+        if job_id in cancelled:
+            due.append((job_id, JobStatus.CANCELLED.value))
+        elif not all(owns(d) for d in entry.deliveries):
+            due.append((job_id, HAND_BACK))
+        elif entry.job.deadline is not None and entry.job.deadline <= now:
+            due.append((job_id, JobStatus.EXPIRED.value))
+    return due

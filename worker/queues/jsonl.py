@@ -109,6 +109,10 @@ class JsonlJobSource:
     async def note_crash(self, deliveries: Sequence[Delivery], error: str) -> None:
         return None
 
+    async def release(self, deliveries: Sequence[Delivery]) -> None:
+        for delivery in deliveries:  # a file delivers a line once: it gets its error line
+            await self.dead_letter(delivery, "internal_error: the worker could not admit it")
+
     def settlement(self, sink: ResultSink) -> Settlement:
         return PublishThenAck(self, sink)
 

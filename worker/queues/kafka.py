@@ -60,7 +60,7 @@ class _Rebalance(ConsumerRebalanceListener):
         self._source = source
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        await self._source.release(revoked)
+        await self._source.let_go(revoked)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         await self._source.adopt(assigned)
@@ -139,7 +139,7 @@ class KafkaJobSource:
         await producer.commit_transaction()
         return producer
 
-    async def release(self, revoked: Sequence[TopicPartition]) -> None:
+    async def let_go(self, revoked: Sequence[TopicPartition]) -> None:
         """Before another worker takes these over: settle the finished prefix, hand back the
         runs still going (not deaths), and let the partitions go."""
         for tp in revoked:
@@ -211,7 +211,15 @@ class KafkaJobSource:
         return self._partition_of(delivery) is not None
 
     async def screen(self, claims: Sequence[Claim]) -> list[Screened]:
-        return [self._screen(claim) for claim in claims]
+        screened = [self._screen(claim) for claim in claims]
+        died = [(c.delivery, run.counted()) for c in claims
+                if (run := self._run_of(c.delivery)) is not None and run.running]
+        await self._write_runs(died)
+        return screened
+
+    def _run_of(self, delivery: Delivery) -> RunRecord | None:
+        partition = self._partition_of(delivery)
+        return partition.ledger.run(_offset(delivery)) if partition is not None else None
 
     def _screen(self, claim: Claim) -> Screened:
         partition = self._partition_of(claim.delivery)
@@ -251,8 +259,7 @@ class KafkaJobSource:
                  ) -> list[tuple[Delivery, RunRecord]]:
         changed = []
         for delivery in deliveries:
-            partition = self._partition_of(delivery)
-            run = partition.ledger.run(_offset(delivery)) if partition is not None else None
+            run = self._run_of(delivery)
             if run is not None:
                 changed.append((delivery, change(run)))
         return changed
@@ -265,6 +272,19 @@ class KafkaJobSource:
                 writes.setdefault(partition, PartitionWrites()).ledger[_offset(delivery)] = record
         for partition, partition_writes in writes.items():
             await partition.transact(partition_writes)
+
+    async def release(self, deliveries: Sequence[Delivery]) -> None:
+        """Fetch them again: each partition seeks back to its earliest released offset. They
+        stay in flight meanwhile, so the commit point cannot pass them."""
+        assert self._consumer is not None
+        earliest: dict[TopicPartition, int] = {}
+        for delivery in deliveries:
+            partition = self._partition_of(delivery)
+            if partition is not None:
+                offset = _offset(delivery)
+                earliest[partition.tp] = min(offset, earliest.get(partition.tp, offset))
+        for tp, offset in earliest.items():
+            self._consumer.seek(tp, offset)
 
     def settlement(self, sink: ResultSink) -> Settlement:
         assert isinstance(sink, KafkaResultSink), "a Kafka source settles into a Kafka sink"
@@ -300,7 +320,7 @@ class KafkaJobSource:
 
     async def close(self) -> None:
         """Commit what is settled and leave the group; unsettled offsets are redelivered."""
-        await self.release(list(self.owned))
+        await self.let_go(list(self.owned))
         if self._consumer is not None:
             await self._consumer.stop()
         if self._ledger_reader is not None:

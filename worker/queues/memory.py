@@ -87,6 +87,8 @@ class MemoryJobSource:
                 bound = self._broker.claims.setdefault(claim.job_id, claim.digest)
             run = self._broker.runs.get(_handle(claim.delivery))
             attempts = run.attempts() if run is not None else Attempts()
+            if run is not None:
+                self._broker.runs[_handle(claim.delivery)] = run.counted()
             screened.append(Screened(attempts, None if bound == claim.digest else bound))
         return screened
 
@@ -106,6 +108,11 @@ class MemoryJobSource:
             run = self._broker.runs.get(_handle(delivery))
             if run is not None:
                 self._broker.runs[_handle(delivery)] = change(run)
+
+    async def release(self, deliveries: Sequence[Delivery]) -> None:
+        for delivery in reversed(deliveries):
+            if self._broker.unacked.pop(_handle(delivery), None) is not None:
+                self._broker.queued.appendleft(_redelivered(delivery))
 
     def settlement(self, sink: ResultSink) -> Settlement:
         return PublishThenAck(self, sink)
@@ -129,10 +136,11 @@ class MemoryJobSource:
     async def close(self) -> None:
         broker = self._broker
         for handle in sorted(broker.unacked, reverse=True):
-            old = broker.unacked.pop(handle)
-            broker.queued.appendleft(
-                Delivery(old.payload, old.key, old.delivery_count + 1, handle, old.position)
-            )
+            broker.queued.appendleft(_redelivered(broker.unacked.pop(handle)))
+
+
+def _redelivered(old: Delivery) -> Delivery:
+    return Delivery(old.payload, old.key, old.delivery_count + 1, old.handle, old.position)
 
 
 def _handle(delivery: Delivery) -> int:

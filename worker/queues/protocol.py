@@ -107,6 +107,10 @@ class JobSource(Protocol):
     async def note_crash(self, deliveries: Sequence[Delivery], error: str) -> None:
         """The engine died while these ran: their next screening reports `error`."""
 
+    async def release(self, deliveries: Sequence[Delivery]) -> None:
+        """Give back deliveries this worker cannot settle now (the broker refused to screen
+        them): the broker delivers them again, here or to another worker."""
+
     def settlement(self, sink: "ResultSink") -> Settlement:
         """How outcomes of this source's deliveries are written, publishing through `sink`."""
 

@@ -195,13 +195,19 @@ class RedisStreamSource:
                              ex=self._config.id_binding_ttl_s)
                 pipe.hget(self._keys.runs, str(claim.delivery.handle))
             replies = iter(await pipe.execute())
-        screened = []
+        screened, counted = [], {}
         for claim in claims:
             raw_bound = next(replies) if claim.job_id is not None else None
             bound = _text(raw_bound) if raw_bound is not None else None
             raw_run = next(replies)
-            attempts = RunRecord.from_json(raw_run).attempts() if raw_run else Attempts()
+            run = RunRecord.from_json(raw_run) if raw_run else None
+            if run is not None and run.running:
+                counted[str(claim.delivery.handle)] = run.counted()
+            attempts = run.attempts() if run is not None else Attempts()
             screened.append(Screened(attempts, None if bound in (None, claim.digest) else bound))
+        if counted:
+            await self._redis.hset(self._keys.runs, mapping={
+                entry_id: run.to_json() for entry_id, run in counted.items()})
         return screened
 
     async def started(self, runs: Sequence[Run]) -> None:
@@ -225,6 +231,10 @@ class RedisStreamSource:
             await self._redis.hset(self._keys.runs, mapping={
                 entry_id: run.to_json() for entry_id, run in records.items()})
             self._runs.update(records)
+
+    async def release(self, deliveries: Sequence[Delivery]) -> None:
+        # No longer renewed, their leases lapse and XAUTOCLAIM hands them out again.
+        self._in_flight.difference_update(str(d.handle) for d in deliveries)
 
     def settlement(self, sink: ResultSink) -> Settlement:
         return PublishThenAck(self, sink)

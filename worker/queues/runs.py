@@ -3,7 +3,8 @@ running it is counted against that job (poison quarantine) and not against its b
 
 The record is written before the job enters the engine (`running`), rewritten when the run is
 handed back on purpose, and deleted with the ack. A record found still `running` by the next
-screening means the worker that wrote it died before settling the job.
+screening means the worker that wrote it died before settling the job; the screening counts
+that death and writes the record back counted.
 """
 
 import json
@@ -32,6 +33,14 @@ class RunRecord:
         if not self.running:
             return Attempts(self.deaths, self.solo_deaths, self.last_error)
         return Attempts(self.deaths + 1, self.solo_deaths + int(self.solo), self.last_error)
+
+    def counted(self) -> "RunRecord":
+        """The record once a screening has counted its death: written back at once, so the
+        death counts once whoever screens the delivery next."""
+        if not self.running:
+            return self
+        a = self.attempts()
+        return replace(self, deaths=a.deaths, solo_deaths=a.solo_deaths, running=False)
 
     def handed_back(self) -> "RunRecord":
         return replace(self, running=False)
