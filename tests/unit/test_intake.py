@@ -12,6 +12,7 @@ from llm_worker.intake import IntakeLimits, Parsed, Refusal, nesting_depth, pars
 from llm_worker.queues.protocol import Delivery
 from llm_worker.schemas import ErrorCode, job_digest, payload_digest
 from llm_worker.schemas.text import INT32_MAX, SEED_MAX
+from tests.fuzz_messages import JOB_SHAPED, JSON, job_shaped_bytes
 
 LIMITS = IntakeLimits(max_job_bytes=64 * 1024, max_json_depth=32)
 
@@ -93,13 +94,7 @@ def _depth(value: object) -> int:
     return 0
 
 
-_JSON_LEAVES = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False,
-                                                                   allow_infinity=False) | st.text()
-_JSON = st.recursive(_JSON_LEAVES, lambda inner: st.lists(inner, max_size=4)
-                     | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=40)
-
-
-@given(_JSON)
+@given(JSON)
 def test_nesting_depth_matches_the_parsed_structure(value: object) -> None:
     assert nesting_depth(json.dumps(value)) == _depth(value)
 
@@ -111,34 +106,16 @@ def test_arbitrary_bytes_never_raise(payload: bytes, key: str | None) -> None:
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
-@given(_JSON)
+@given(JSON)
 def test_arbitrary_json_never_raises(value: object) -> None:
     payload = json.dumps(value).encode()
     _assert_total(_parse(payload), payload)
 
 
-_EXTREME_INTS = st.integers() | st.sampled_from([-1, 0, 2**31, 2**63, 2**64, -(2**63) - 1])
-_EXTREME_NUMBERS = _EXTREME_INTS | st.floats() | st.booleans()
-_HOSTILE_TEXT = st.text() | st.sampled_from(["\ud800", "a\udfffz", "", "\x00", "𝄞" * 50])
-_SAMPLING = st.fixed_dictionaries({}, optional={
-    name: _EXTREME_NUMBERS for name in (
-        "temperature", "top_p", "top_k", "min_p", "seed", "max_tokens", "min_tokens",
-        "repetition_penalty", "logprobs")
-} | {"stop": st.lists(_HOSTILE_TEXT, max_size=3),
-     "stop_token_ids": st.lists(_EXTREME_INTS, max_size=3)})
-_JOB_SHAPED = st.fixed_dictionaries({"id": st.sampled_from(["j-1", "", "has space", "\ud800"])},
-                                    optional={
-    "prompt": _HOSTILE_TEXT, "prompt_token_ids": st.lists(_EXTREME_NUMBERS, max_size=3),
-    "sampling": _SAMPLING, "cache_salt": _HOSTILE_TEXT, "priority": _EXTREME_NUMBERS,
-    "deadline": _EXTREME_NUMBERS | st.text(max_size=30),
-    "metadata": st.dictionaries(_HOSTILE_TEXT, _HOSTILE_TEXT, max_size=2),
-})
-
-
 @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
-@given(_JOB_SHAPED)
+@given(JOB_SHAPED)
 def test_schema_shaped_jobs_with_extreme_values_never_raise(fields: dict[str, Any]) -> None:
-    payload = json.dumps(fields, allow_nan=True).encode("utf-8", "surrogatepass")
+    payload = job_shaped_bytes(fields)
     parsed = _parse(payload)
     _assert_total(parsed, payload)
     if isinstance(parsed, Parsed):  # everything the engine reads is in its bounds
