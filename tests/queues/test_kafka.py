@@ -7,6 +7,7 @@ from llm_worker.client import KafkaProducer
 from llm_worker.queues.kafka import KafkaJobSource, OffsetTracker
 from llm_worker.schemas import Job
 from llm_worker.service_settings import KafkaSettings
+from tests.brokers import topic_settings
 from tests.kafka_read import read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(120)]
@@ -14,12 +15,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(12
 
 @pytest.fixture
 def settings(kafka_bootstrap: str, unique_name: str) -> KafkaSettings:
-    return KafkaSettings(
-        bootstrap_servers=kafka_bootstrap, jobs_topic=f"{unique_name}.jobs",
-        results_topic=f"{unique_name}.results", dead_letter_topic=f"{unique_name}.dead",
-        group_id=f"{unique_name}-group", num_partitions=2, session_timeout_ms=6000,
-        heartbeat_interval_ms=1000,
-    )
+    return topic_settings(kafka_bootstrap, unique_name, num_partitions=2)
 
 
 async def _enqueue(settings: KafkaSettings, n: int) -> None:

@@ -13,6 +13,7 @@ from llm_worker.queues.kafka_results import KafkaResultSink
 from llm_worker.queues.protocol import Attempts, Claim, Delivery, Outcome, Run
 from llm_worker.schemas import Job, JobStatus, Result, job_digest
 from llm_worker.service_settings import KafkaSettings
+from tests.brokers import topic_settings
 from tests.kafka_read import read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(180)]
@@ -20,12 +21,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(18
 
 @pytest.fixture
 def settings(kafka_bootstrap: str, unique_name: str) -> KafkaSettings:
-    return KafkaSettings(
-        bootstrap_servers=kafka_bootstrap, jobs_topic=f"{unique_name}.jobs",
-        results_topic=f"{unique_name}.results", dead_letter_topic=f"{unique_name}.dead",
-        group_id=f"{unique_name}-group", num_partitions=1, session_timeout_ms=6000,
-        heartbeat_interval_ms=1000,
-    )
+    return topic_settings(kafka_bootstrap, unique_name, num_partitions=1)
 
 
 JOBS = [Job(id=f"job-{i}", prompt_token_ids=[5, 6, i + 7]) for i in range(3)]
