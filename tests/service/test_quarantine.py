@@ -1,8 +1,9 @@
-"""Poison quarantine and engine-reported failures, on the in-process broker with a real tiny
-engine and one injected fault."""
+"""Poison quarantine, engine-reported failures and the default seed, on the in-process broker
+with a real tiny engine and one injected fault."""
 
 import pytest
 
+from llm_worker.jobs import ServedModel, default_seed, prepare_job
 from llm_worker.queues.memory import MemoryBroker
 from llm_worker.schemas import ErrorCode, Job, JobStatus, SamplingParams
 from llm_worker.service_settings import ServiceSettings
@@ -10,6 +11,7 @@ from tests.service.faults import DiesOn, FailsRequest, serve_until_settled, tiny
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(300)]
 
+TINY_VOCAB = 512  # tiny-llama's
 PARAMS = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
 
 
@@ -58,3 +60,18 @@ async def test_an_engine_reported_failure_fails_that_job_only() -> None:
     failed = broker.results["job-2"]
     assert failed.status == JobStatus.FAILED and failed.error.code == ErrorCode.INTERNAL
     assert all(broker.results[j.id].status == JobStatus.COMPLETED for j in jobs if j.id != "job-2")
+
+
+def test_an_unseeded_sampled_job_draws_the_same_tokens_when_it_runs_again() -> None:
+    job = Job(id="sampled-7", prompt_token_ids=[5, 9, 14, 200],
+              sampling=SamplingParams(temperature=1.0, max_tokens=12, ignore_eos=True))
+    served = ServedModel("tiny-llama", None, TINY_VOCAB)
+    prompt_ids, params = prepare_job(job, served)
+    assert params.seed == default_seed(job.id)
+    # It runs again, with other jobs beside it this time: the same tokens.
+    engine = tiny_engine()
+    first = engine.generate([prompt_ids], params)[0].output_token_ids
+    crowded = engine.generate([[7, 8], prompt_ids, [300, 301]], params)
+    assert crowded[1].output_token_ids == first
+    other_ids, other_params = prepare_job(job.model_copy(update={"id": "sampled-8"}), served)
+    assert engine.generate([other_ids], other_params)[0].output_token_ids != first
