@@ -14,19 +14,18 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaConnectionError
 from aiokafka.partitioner import DefaultPartitioner
 
 from llm_worker.queues.errors import BrokerUnavailable
 from llm_worker.queues.kafka_conn import client_kwargs, ensure_ledger_topic, ensure_topics
+from llm_worker.queues.kafka_ownership import Ownership
 from llm_worker.queues.kafka_partition import (
     KafkaHandle,
     OffsetTracker,
     OwnedPartition,
     PartitionWrites,
-    read_ledgers,
-    transactional_id,
 )
 from llm_worker.queues.kafka_results import KafkaResultSink
 from llm_worker.queues.kafka_settlement import KafkaSettlement
@@ -60,18 +59,18 @@ class _Rebalance(ConsumerRebalanceListener):
         self._source = source
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        await self._source.let_go(revoked)
+        await self._source.partitions.let_go(revoked)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        await self._source.adopt(assigned)
+        await self._source.adopted(await self._source.partitions.adopt(assigned))
 
 
 class KafkaJobSource:
     def __init__(self, settings: KafkaSettings, worker_id: str) -> None:
         self._settings = settings
         self._worker_id = worker_id
-        self.owned: dict[TopicPartition, OwnedPartition] = {}
-        self.generation = 0
+        self.partitions = Ownership(settings)
+        self.owned = self.partitions.owned  # live view, for the settlement and the tests
         self._num_partitions = 0
         self._consumer: AIOKafkaConsumer | None = None
         self._ledger_reader: AIOKafkaConsumer | None = None
@@ -98,6 +97,7 @@ class KafkaJobSource:
                 session_timeout_ms=self._settings.session_timeout_ms,
                 heartbeat_interval_ms=self._settings.heartbeat_interval_ms,
             )
+            self.partitions.attach(self._consumer, self._ledger_reader)
             self._consumer.subscribe([self._settings.jobs_topic], listener=_Rebalance(self))
             await self._consumer.start()
         except KafkaConnectionError as exc:
@@ -105,72 +105,21 @@ class KafkaJobSource:
                 f"Kafka at {self._settings.bootstrap_servers} is not reachable: {exc}"
             ) from exc
 
-    async def adopt(self, assigned: Sequence[TopicPartition]) -> None:
-        """Take partitions over: fence their last owners, then read where they left off."""
-        assert self._consumer is not None and self._ledger_reader is not None
-        self.generation += 1
-        # Fetching has begun for them; nothing may be handed out before the seek below.
-        self._consumer.pause(*assigned)
-        producers = {tp: await self._fenced_producer(tp.partition) for tp in assigned}
-        ledgers = await read_ledgers(self._ledger_reader, self._settings,
-                                     [tp.partition for tp in assigned],
-                                     self._settings.ledger_window)
-        for tp in assigned:
-            partition = OwnedPartition(tp, self.generation, self._settings, producers[tp],
-                                       ledgers[tp.partition])
-            # Fetched again now: an offset the last owner committed as it was fenced counts.
-            committed = await self._consumer.committed(tp)
-            partition.tracker.committed = committed
-            if committed is not None:
-                self._consumer.seek(tp, committed)
-            else:
-                await self._consumer.seek_to_beginning(tp)
-            self.owned[tp] = partition
-        if assigned:
-            await self._settlement.mirror([self.owned[tp] for tp in assigned])
-
-    async def _fenced_producer(self, partition: int) -> AIOKafkaProducer:
-        producer = AIOKafkaProducer(
-            **client_kwargs(self._settings), acks="all",
-            transactional_id=transactional_id(self._settings, partition))
-        await producer.start()
-        # Its first transaction registers the id, which aborts the last owner's open one.
-        await producer.begin_transaction()
-        await producer.commit_transaction()
-        return producer
-
-    async def let_go(self, revoked: Sequence[TopicPartition]) -> None:
-        """Before another worker takes these over: settle the finished prefix, hand back the
-        runs still going (not deaths), and let the partitions go."""
-        for tp in revoked:
-            partition = self.owned.pop(tp, None)
-            if partition is None:
-                continue
-            runs = {o: r.handed_back() for o, r in self._runs(partition).items()}
-            try:
-                await partition.transact(PartitionWrites(ledger=dict(runs)))
-            except Exception as exc:  # the next owner then counts these runs as deaths
-                log.warning("handing %s back failed: %r", tp, exc)
-            await partition.close()
-
-    def _runs(self, partition: OwnedPartition) -> dict[int, RunRecord]:
-        runs = {o: partition.ledger.run(o) for o in partition.tracker.in_flight}
-        return {o: r for o, r in runs.items() if r is not None and r.running}
-
     async def receive(self, max_jobs: int, timeout_s: float) -> list[Delivery]:
         assert self._consumer is not None, "start() first"
-        owned = [tp for tp in self._consumer.assignment() if tp in self.owned]
+        await self.adopted(await self.partitions.heal())
+        serving = self.partitions.serving()
         if max_jobs <= 0:
-            self._consumer.pause(*owned)
+            self._consumer.pause(*serving)
         else:
-            self._consumer.resume(*owned)
+            self._consumer.resume(*serving)
         batches = await self._consumer.getmany(
             timeout_ms=int(timeout_s * 1000), max_records=max(1, max_jobs)
         )
         deliveries = []
         for tp, records in batches.items():
             partition = self.owned.get(tp)
-            if partition is None:
+            if partition is None or partition.lost:  # fetched again once it is taken over
                 continue
             done = partition.ledger.done_offsets(records[0].offset) if records else set()
             for record in records:
@@ -179,6 +128,12 @@ class KafkaJobSource:
                     deliveries.append(self._delivery(partition, record))
         await self._flush_idle()
         return deliveries
+
+    async def adopted(self, partitions: list[OwnedPartition]) -> None:
+        """Partitions just taken over: copy what their last owner committed but did not get
+        to mirror."""
+        if partitions:
+            await self._settlement.mirror(partitions)
 
     def _delivery(self, partition: OwnedPartition, record: object) -> Delivery:
         tp = partition.tp
@@ -200,12 +155,7 @@ class KafkaJobSource:
                 await partition.transact(PartitionWrites())
 
     def _partition_of(self, delivery: Delivery) -> OwnedPartition | None:
-        handle = delivery.handle
-        assert isinstance(handle, KafkaHandle)
-        partition = self.owned.get(handle.partition)
-        if partition is None or partition.generation != handle.generation or partition.lost:
-            return None
-        return partition
+        return self.partitions.of(delivery)
 
     def owns(self, delivery: Delivery) -> bool:
         return self._partition_of(delivery) is not None
@@ -320,7 +270,7 @@ class KafkaJobSource:
 
     async def close(self) -> None:
         """Commit what is settled and leave the group; unsettled offsets are redelivered."""
-        await self.let_go(list(self.owned))
+        await self.partitions.close()
         if self._consumer is not None:
             await self._consumer.stop()
         if self._ledger_reader is not None:

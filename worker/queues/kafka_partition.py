@@ -58,6 +58,10 @@ class OffsetTracker:
         return offset
 
 
+class _CommitUnknown(Exception):
+    """commit_transaction raised: whether the transaction committed is not known here."""
+
+
 @dataclass(frozen=True)
 class KafkaHandle:
     partition: TopicPartition
@@ -81,7 +85,8 @@ class OwnedPartition:
         self.tp = tp
         self.tracker = OffsetTracker(generation)
         self.ledger = ledger
-        self.lost = False  # fenced or revoked: nothing more is written for it here
+        self.lost = False  # nothing more is written through this producer
+        self.fenced_at_s: float | None = None  # when another producer took its id over
         self.last_transaction_s = time.monotonic()
         self._settings = settings
         self._producer = producer
@@ -94,7 +99,10 @@ class OwnedPartition:
 
     async def transact(self, writes: PartitionWrites) -> bool:
         """Write `writes` and the offset they let the partition commit, all or nothing.
-        False: the partition is no longer ours, and nothing was written."""
+        False: this producer lost the partition (fenced, or a commit of unknown outcome), so
+        nothing more is written through it; the work is redone by whoever takes it next,
+        which may be this worker again (KafkaJobSource heals lost partitions). Raises, with
+        nothing written, when the broker refused a record (e.g. one over its size limit)."""
         async with self._lock:
             if self.lost:
                 return False
@@ -106,10 +114,17 @@ class OwnedPartition:
                 await self._send(writes, ledger, commit_to)
             except ProducerFenced:
                 log.warning("%s moved to another worker; dropping its unsettled work", self.tp)
+                self.lost, self.fenced_at_s = True, time.monotonic()
+                return False
+            except _CommitUnknown as exc:
+                log.warning("committing on %s ended in %r: giving the partition up to be taken "
+                            "over afresh", self.tp, exc.__cause__)
                 self.lost = True
                 return False
             except Exception:
                 await self._abort()
+                if self.lost:
+                    return False
                 raise
             for offset, entry in ledger.items():
                 self.ledger.apply(offset, entry)
@@ -136,7 +151,10 @@ class OwnedPartition:
         if commit_to is not None:
             await producer.send_offsets_to_transaction({self.tp: commit_to}, s.group_id)
         await asyncio.gather(*sent)
-        await producer.commit_transaction()
+        try:
+            await producer.commit_transaction()
+        except Exception as exc:  # it may have committed: only a fresh read can tell
+            raise _CommitUnknown() from exc
 
     async def _send_dead_letter(self, delivery: Delivery, reason: str) -> asyncio.Future:
         bounded = DeadLetterPayload.of(delivery.payload)

@@ -36,10 +36,16 @@ class KafkaSettlement:
                 partition = self._owned.get(handle.partition)
                 if partition is None or partition.generation != handle.generation:
                     continue  # moved on: its next owner settles it
+                if handle.offset not in partition.tracker.in_flight:
+                    continue  # settled already: a retry after another partition's failure
                 add_outcome(writes[partition], outcome, delivery, handle.offset,
                             keep_result=self._sink is not None)
-        committed = await asyncio.gather(*(p.transact(w) for p, w in writes.items()))
-        await self.mirror([p for p, ok in zip(writes, committed, strict=True) if ok])
+        done = await asyncio.gather(*(p.transact(w) for p, w in writes.items()),
+                                    return_exceptions=True)
+        await self.mirror([p for p, ok in zip(writes, done, strict=True) if ok is True])
+        refused = next((e for e in done if isinstance(e, BaseException)), None)
+        if refused is not None:  # the caller retries outcome by outcome; settled ones are skipped
+            raise refused
 
     async def mirror(self, partitions: Sequence[OwnedPartition]) -> None:
         """Copy committed results the Redis mirror may lack (this batch's, and any an earlier
