@@ -88,6 +88,7 @@ async def test_a_new_owner_skips_what_was_settled_and_counts_a_death(
     [screened] = await second.screen(_claims([again]))
     assert screened.attempts == Attempts(deaths=1, solo_deaths=0)
     await second.close()
+    await first.close()  # the dead worker's producers, fenced: they write nothing
 
 
 async def test_ids_stay_bound_to_their_content_across_owners(settings: KafkaSettings) -> None:
