@@ -1,6 +1,6 @@
 """KafkaJobSource and its transactional settlement, and the producer over SASL (PLAIN, SCRAM)
-and TLS against a real broker (tests/secure_brokers.py), and the start-up errors for a wrong password, a missing
-client certificate and an untrusted broker certificate."""
+and TLS against a real broker (tests/secure_brokers.py), and the start-up errors for a wrong
+password, a missing client certificate and an untrusted broker certificate."""
 
 from pathlib import Path
 from typing import Any
