@@ -1,42 +1,47 @@
 """A prompt job as producers put it on a queue."""
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from llm_worker.schemas.sampling import SamplingParams
 from llm_worker.schemas.structured import ResponseFormat
+from llm_worker.schemas.text import INT32_MAX, IsoDatetime, SchemaVersion, Text, TokenId
 
 SCHEMA_VERSION: Literal[1] = 1
+MAX_NAME_CHARS = 256  # model names and cache salts: hashed and logged, never long
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     role: Literal["system", "user", "assistant", "tool"]
-    content: str
+    content: Text
 
 
 class Job(BaseModel):
-    """Exactly one of `prompt`, `prompt_token_ids` or `messages` carries the input."""
+    """Exactly one of `prompt`, `prompt_token_ids` or `messages` carries the input.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Strict like SamplingParams: no bool or float read as an int, timestamps only as ISO 8601
+    strings, every string valid Unicode (see schemas/text.py)."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    schema_version: SchemaVersion = SCHEMA_VERSION
     id: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9._:@/+=-]+$")]
-    model: str | None = None  # None: whatever model the worker serves
-    prompt: str | None = None
-    prompt_token_ids: list[Annotated[int, Field(ge=0)]] | None = None
+    model: Annotated[Text, Field(max_length=MAX_NAME_CHARS)] | None = None  # None: any
+    prompt: Text | None = None
+    prompt_token_ids: list[TokenId] | None = None  # checked against the vocabulary on admission
     messages: list[ChatMessage] | None = None
     sampling: SamplingParams = Field(default_factory=SamplingParams)
     # OpenAI's output format; the engine runs it as sampling.structured_outputs (constraint_for)
     response_format: ResponseFormat | None = None
-    priority: int = 0  # higher is admitted first
-    deadline: datetime | None = None  # absolute, timezone-aware; expired jobs never reach the GPU
-    cache_salt: str | None = None  # isolates prefix-cache sharing between tenants
-    metadata: dict[str, str] = Field(default_factory=dict)  # e.g. traceparent, tenant
-    created_at: datetime | None = None
+    priority: Annotated[int, Field(ge=-INT32_MAX, le=INT32_MAX)] = 0  # higher is admitted first
+    deadline: IsoDatetime | None = None  # absolute, timezone-aware; expired jobs never run
+    # isolates prefix-cache sharing between tenants
+    cache_salt: Annotated[Text, Field(max_length=MAX_NAME_CHARS)] | None = None
+    metadata: dict[Text, Text] = Field(default_factory=dict)  # e.g. traceparent, tenant
+    created_at: IsoDatetime | None = None
 
     @model_validator(mode="after")
     def _exactly_one_input(self) -> "Job":

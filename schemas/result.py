@@ -21,6 +21,9 @@ class ErrorCode:
     EXPIRED = "deadline_exceeded"
     CANCELLED = "cancelled"
     INTERNAL = "internal_error"
+    DUPLICATE_ID = "duplicate_id_conflict"  # the id is bound to other content
+    POISON = "poison_job"  # its workers kept dying while it ran alone
+    MISROUTED = "misrouted"  # Kafka: not on its id's partition, so its id cannot be bound
 
 
 class Usage(BaseModel):
@@ -79,3 +82,4 @@ class Result(BaseModel):
     attempts: int = 1
     worker_id: str | None = None
     model: str | None = None
+    job_digest: str | None = None  # the content it answers (schemas/digest.py)

@@ -109,7 +109,7 @@ async def _read_values(consumer: AIOKafkaConsumer, partitions: list[TopicPartiti
 async def check_kafka(settings: KafkaSettings, jobs: list[Job]) -> DeliveryCheck:
     admin = AIOKafkaAdminClient(**client_kwargs(settings))
     consumer = AIOKafkaConsumer(**client_kwargs(settings), enable_auto_commit=False,
-                                fetch_max_wait_ms=100)
+                                fetch_max_wait_ms=100, isolation_level="read_committed")
     await admin.start()
     await consumer.start()
     try:

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from llm_worker.service_settings import KafkaSettings
+
 SCRIPTS_DIR = Path(__file__).resolve().parent.parent / "scripts"
 REDIS_PORT = int(os.environ.get("LLMW_TEST_REDIS_PORT", "16379"))
 KAFKA_PORT = int(os.environ.get("LLMW_TEST_KAFKA_PORT", "19092"))
@@ -114,3 +116,12 @@ def private_redis(unique_name: str) -> Iterator[tuple[str, dict[str, str]]]:
 def anyio_backend() -> str:
     """Async tests run on asyncio (the worker's loop) through anyio's pytest plugin."""
     return "asyncio"
+
+
+def topic_settings(bootstrap: str, name: str, num_partitions: int) -> KafkaSettings:
+    """Kafka settings of a test's own: topics and group under `name`, fast rebalances."""
+    return KafkaSettings(
+        bootstrap_servers=bootstrap, jobs_topic=f"{name}.jobs", results_topic=f"{name}.results",
+        dead_letter_topic=f"{name}.dead", group_id=f"{name}-group",
+        num_partitions=num_partitions, session_timeout_ms=6000, heartbeat_interval_ms=1000,
+    )

@@ -1,4 +1,7 @@
-"""Read a whole Kafka topic from the beginning (tests' view of results and dead letters)."""
+"""Read a whole Kafka topic from the beginning (tests' view of results and dead letters).
+
+read_committed, as every consumer of worker output must read: a record of an aborted
+transaction (a worker fenced or killed mid-settlement) is not a result."""
 
 import asyncio
 
@@ -7,7 +10,8 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 async def read_topic(bootstrap: str, topic: str, min_records: int, timeout_s: float = 20.0,
                      ) -> list[ConsumerRecord]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                isolation_level="read_committed")
     await consumer.start()
     try:
         partitions = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic)

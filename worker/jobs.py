@@ -3,7 +3,9 @@
 Shared by every intake path (run-batch, Redis, Kafka) so they fail and succeed identically.
 """
 
+import hashlib
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from llm_worker.engine.llm_engine import RequestOutput
@@ -29,6 +31,22 @@ class JobError(Exception):
         self.message = message
 
 
+@dataclass(frozen=True)
+class ServedModel:
+    """What admission checks a job against: the name jobs may ask for, the tokenizer (None for
+    a model without one) and the vocabulary every token id must fall in."""
+
+    name: str
+    tokenizer: Any
+    vocab_size: int
+
+
+def default_seed(job_id: str) -> int:
+    """The seed of a sampled job that names none: a job that runs twice (its worker died after
+    the first run, or a lease moved) then draws the same tokens, so a duplicate is identical."""
+    return int.from_bytes(hashlib.sha256(job_id.encode()).digest()[:8], "little")
+
+
 def chat_prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
     """Render the model's chat template, then tokenize the text (the template adds any BOS)."""
     if tokenizer.chat_template is None:
@@ -37,23 +55,41 @@ def chat_prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]
     return list(tokenizer.encode(text, add_special_tokens=False))
 
 
-def prepare_job(job: Job, tokenizer: Any, served_model: str) -> tuple[list[int], SamplingParams]:
-    if job.model is not None and job.model != served_model:
+def prepare_job(job: Job, served: ServedModel) -> tuple[list[int], SamplingParams]:
+    """The job's prompt token ids and sampling params, or JobError saying why it cannot run."""
+    if job.model is not None and job.model != served.name:
         raise JobError(
             ErrorCode.UNKNOWN_MODEL,
-            f"model {job.model!r} is not served here; this worker serves {served_model!r}",
+            f"model {job.model!r} is not served here; this worker serves {served.name!r}",
         )
+    params = job.sampling
+    _check_token_ids(params.stop_token_ids, "stop_token_ids", served.vocab_size)
+    if params.seed is None and not params.is_greedy:
+        params = params.model_copy(update={"seed": default_seed(job.id)})
     if job.prompt_token_ids is not None:
-        return list(job.prompt_token_ids), job.sampling
-    if tokenizer is None:
+        _check_token_ids(job.prompt_token_ids, "prompt_token_ids", served.vocab_size)
+        return list(job.prompt_token_ids), params
+    if served.tokenizer is None:
         raise JobError(ErrorCode.INVALID, "this model has no tokenizer; send prompt_token_ids")
-    if job.messages is not None:
-        ids = chat_prompt_ids(tokenizer, [m.model_dump() for m in job.messages])
-    else:
-        ids = list(tokenizer.encode(job.prompt))
+    try:
+        if job.messages is not None:
+            ids = chat_prompt_ids(served.tokenizer, [m.model_dump() for m in job.messages])
+        else:
+            ids = list(served.tokenizer.encode(job.prompt))
+    except JobError:
+        raise
+    except Exception as exc:  # a template or tokenizer error fails this job, not its batch
+        raise JobError(ErrorCode.INVALID, f"the prompt cannot be tokenized: {exc!r}"[:500]) from exc
     if not ids:
         raise JobError(ErrorCode.INVALID, "the prompt encodes to no tokens")
-    return ids, job.sampling
+    return ids, params
+
+
+def _check_token_ids(token_ids: list[int], field: str, vocab_size: int) -> None:
+    bad = next((t for t in token_ids if t >= vocab_size), None)
+    if bad is not None:
+        raise JobError(ErrorCode.INVALID,
+                       f"{field}: token id {bad} outside the vocabulary (0..{vocab_size - 1})")
 
 
 def _timings(out: RequestOutput) -> Timings:
@@ -66,14 +102,21 @@ def _timings(out: RequestOutput) -> Timings:
     return Timings(queue_s=queue, ttft_s=ttft, tpot_s=tpot, e2e_s=end - m.arrival_time)
 
 
-def build_result(
-    job_id: str,
-    out: RequestOutput,
-    *,
-    worker_id: str | None = None,
-    attempts: int = 1,
-    model: str | None = None,
-) -> Result:
+@dataclass(frozen=True)
+class Provenance:
+    """Who settled a job, on which attempt, for which content: stamped on every Result."""
+
+    worker_id: str | None = None
+    attempts: int = 1
+    job_digest: str | None = None
+    model: str | None = None
+
+
+def build_result(job_id: str, out: RequestOutput, provenance: Provenance) -> Result:
+    """A finished request's Result; a request the engine failed becomes a failed Result."""
+    if out.finish_reason == ErrorCode.INTERNAL:
+        message = getattr(out, "error", None) or "the engine failed this request"
+        return failed_result(job_id, ErrorCode.INTERNAL, str(message), provenance)
     aborted = out.finish_reason == "abort"
     logprobs = None
     if out.logprobs is not None:
@@ -95,25 +138,22 @@ def build_result(
         timings=_timings(out),
         logprobs=logprobs,
         error=ErrorInfo(code=ErrorCode.CANCELLED, message="aborted") if aborted else None,
-        attempts=attempts,
-        worker_id=worker_id,
-        model=model,
+        attempts=provenance.attempts,
+        worker_id=provenance.worker_id,
+        model=provenance.model,
+        job_digest=provenance.job_digest,
     )
 
 
 def failed_result(
-    job_id: str,
-    code: str,
-    message: str,
-    *,
+    job_id: str, code: str, message: str, provenance: Provenance,
     status: JobStatus = JobStatus.FAILED,
-    worker_id: str | None = None,
-    attempts: int = 1,
 ) -> Result:
     return Result(
         id=job_id,
         status=status,
         error=ErrorInfo(code=code, message=message),
-        attempts=attempts,
-        worker_id=worker_id,
+        attempts=provenance.attempts,
+        worker_id=provenance.worker_id,
+        job_digest=provenance.job_digest,
     )

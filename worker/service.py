@@ -1,9 +1,11 @@
-"""The worker: broker intake -> engine thread -> publish, on one asyncio loop.
+"""The worker: broker intake -> engine thread -> settlement, on one asyncio loop.
 
-Invariants: a job is acked only after its terminal result is published (at-least-once); the
-job id is the idempotency key (a redelivery of a job with a terminal result is acked unrun);
-at most `max_in_flight` jobs are in the engine, and the source is asked for no more than the
-free slots; a message that cannot run becomes a failed result or a dead letter, never a crash.
+Invariants: every delivery ends in exactly one terminal record (a result or a dead letter),
+written before it is acked; a job id is bound to its content, so a copy of a settled job is
+acked unrun and another job reusing the id is dead-lettered; at most `max_in_flight` jobs are
+held, and the source is asked for no more than the free slots; a job whose worker died while
+it ran runs again apart from fresh jobs, so a job that kills workers is dead-lettered by itself
+(worker/quarantine.py); nothing a message carries can crash the loop.
 """
 
 import asyncio
@@ -14,21 +16,30 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from llm_worker.engine_thread import Crashed, EngineEvent, EngineRequest, EngineThread, Finished
-from llm_worker.intake import Refusal, parse_delivery
-from llm_worker.jobs import JobError, build_result, failed_result, prepare_job
+from llm_worker import admission
+from llm_worker.admission import AdmissionRules, Join, Known, PlannedStart, Settle, Start
+from llm_worker.engine_thread import Crashed, EngineEvent, EngineThread, Finished
+from llm_worker.intake import IntakeLimits, Parsed, Refusal, parse_delivery
+from llm_worker.jobs import Provenance, ServedModel, build_result, failed_result
+from llm_worker.quarantine import Quarantine
 from llm_worker.queues.factory import is_transient
 from llm_worker.queues.keys import RedisKeys
-from llm_worker.queues.protocol import Delivery, JobSource, ResultSink
+from llm_worker.queues.protocol import (
+    Claim,
+    Delivery,
+    JobSource,
+    Outcome,
+    ResultSink,
+    Screened,
+)
 from llm_worker.queues.retry import Backoff, retrying
 from llm_worker.schemas import ErrorCode, Job, JobStatus, Result
 from llm_worker.service_settings import ServiceSettings
-from llm_worker.settle import InFlight, Settler
+from llm_worker.settle import HAND_BACK, InFlight, Settler, aborts_due
 from llm_worker.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
-_SHUTDOWN = "shutdown"  # abort reason: hand the job back to the broker, publish nothing
 
 
 class EngineCrashed(RuntimeError):
@@ -49,17 +60,21 @@ class Service:
         self._source = source
         self._sink = sink
         self._engine = engine
-        self._served_model = served_model
+        self._served = ServedModel(served_model, engine.tokenizer,
+                                   engine.runner.model.config.vocab_size)
+        self._limits = IntakeLimits(settings.max_job_bytes, settings.max_json_depth)
+        self._rules = AdmissionRules(settings.worker_id, settings.max_deliveries,
+                                     settings.max_solo_deaths)
         # Default: twice the engine's batch, so finished sequences are replaced from the engine's
         # own waiting queue at once instead of after a broker round trip.
         self.max_in_flight = settings.max_in_flight or 2 * engine.max_num_seqs
-        self.jobs: dict[str, InFlight] = {}  # received and not yet acked
+        self.jobs: dict[str, InFlight] = {}  # received and not yet settled
+        self.suspects = Quarantine(max_group=self.max_in_flight)
         self.num_in_engine = 0
         self.peak_held = 0  # most jobs received and not yet acked at once
         self._stopping = asyncio.Event()
         self._crash: BaseException | None = None
-        self._settler = Settler(source, sink, self.jobs, self._span, settings.worker_id,
-                                telemetry)  # fmt: skip
+        self._settler = Settler(source.settlement(sink), self.jobs, self._span, telemetry)
 
     @property
     def _source_name(self) -> str:
@@ -91,7 +106,7 @@ class Service:
                  asyncio.create_task(self._watch())]
         self.ready = True
         log.info("worker %s serving %s from %s (at most %d jobs in flight)",
-                 self._settings.worker_id, self._served_model, self._settings.queue,
+                 self._settings.worker_id, self._served.name, self._settings.queue,
                  self.max_in_flight)
         await self._stopping.wait()
         self.ready = False
@@ -113,10 +128,9 @@ class Service:
         deadline_s = time.monotonic() + self._settings.shutdown_grace_s
         while self.num_in_engine and time.monotonic() < deadline_s and self._crash is None:
             await asyncio.sleep(0.05)
-        for job_id, entry in self.jobs.items():
-            if entry.in_engine:
-                entry.abort_reason = _SHUTDOWN
-                self._thread.abort(job_id)
+        if self._crash is None:
+            for job_id in list(self.jobs):
+                self._abort(job_id, HAND_BACK)
         # The aborts come back within a step; waiting for them leaves the engine clean.
         abort_deadline_s = time.monotonic() + 5.0
         while self.num_in_engine and time.monotonic() < abort_deadline_s and self._crash is None:
@@ -126,12 +140,8 @@ class Service:
     async def _intake(self) -> None:
         backoff = Backoff()
         while not self._stopping.is_set():
-            # Count every un-acked job, not only those in the engine, so a slow publish also
-            # holds intake back and the worker never holds more than max_in_flight jobs.
-            free = self.max_in_flight - len(self.jobs)
             try:
-                deliveries = await self._source.receive(free, self._settings.poll_timeout_s)
-                await self._admit(deliveries)
+                await self._intake_once()
             except Exception as exc:  # keep serving: log, back off, try again
                 if is_transient(exc):
                     log.warning("broker unavailable, retrying: %r", exc)
@@ -141,99 +151,117 @@ class Service:
                 continue
             backoff.reset()
 
+    async def _intake_once(self) -> None:
+        if self.suspects:  # nothing new until every suspect has run apart from fresh jobs
+            if not self.jobs:
+                group = self.suspects.next_group()
+                await self._start_all(group, solo=len(group) == 1)
+            free = 0
+        else:
+            # Count every held job, not only those in the engine, so a slow settlement also
+            # holds intake back and the worker never holds more than max_in_flight jobs.
+            free = self.max_in_flight - len(self.jobs)
+        deliveries = await self._source.receive(free, self._settings.poll_timeout_s)
+        if deliveries:
+            await self._admit(deliveries)
+
     async def _admit(self, deliveries: list[Delivery]) -> None:
         # Broker look-ups are made once per batch, not per job: with the engine thread holding
-        # the GIL, every await that wakes the loop can cost a switch interval (5 ms).
-        # Each step is retried in place (all are idempotent), so a broker blip never leaves a
-        # received delivery forgotten while its lease is still being renewed.
-        parsed = [(d, parse_delivery(d, self._settings.max_job_bytes)) for d in deliveries]
-        ids = [p.id for _, p in parsed if isinstance(p, Job)]
-        done = await retrying(functools.partial(self._sink.terminal_results, ids), "results")
-        ready: list[tuple[Job, Delivery]] = []
-        for delivery, job_or_refusal in parsed:
+        # the GIL, every await that wakes the loop can cost a switch interval (5 ms). Each is
+        # idempotent and retried in place, so a broker blip never leaves a delivery forgotten.
+        parsed = [parse_delivery(d, self._limits) for d in deliveries]
+        try:
+            screened, known = await self._screen(deliveries, parsed)
+        except Exception:  # the broker refuses for good: nothing was decided, hand all back
+            log.exception("screening %d deliveries failed; handing them back", len(deliveries))
+            await self._release(deliveries)
+            return
+        outcomes: list[Outcome] = []
+        starts: dict[str, Start] = {}  # this batch's, by job id
+        for delivery, job_or_refusal, screen in zip(deliveries, parsed, screened, strict=True):
             if self._telemetry is not None:
                 self._telemetry.job_consumed()
-            with self._span("receive", job_or_refusal):
-                job = await retrying(
-                    functools.partial(self._screen, delivery, job_or_refusal, done),
-                    delivery.position)
-            if job is not None:
-                ready.append((job, delivery))
-        ready.sort(key=lambda pair: -pair[0].priority)  # higher priority reaches the engine first
-        ids = [job.id for job, _ in ready]
-        cancelled = await retrying(functools.partial(self._sink.cancelled, ids), "cancel flags")
-        started: list[str] = []
-        for job, delivery in ready:
-            if job.id in self.jobs:  # a duplicate of a job we are running: ack with it
-                self.jobs[job.id].deliveries.append(delivery)
-            elif job.id in cancelled:
-                await self._settler.finish(failed_result(
-                    job.id, ErrorCode.CANCELLED, "cancelled before it started",
-                    status=JobStatus.CANCELLED, worker_id=self._settings.worker_id,
-                    attempts=delivery.delivery_count), [delivery])
-            elif await self._start(job, delivery):
-                started.append(job.id)
-        await retrying(functools.partial(self._sink.mark_running, started), "running statuses")
+            with self._span("receive", getattr(job_or_refusal, "job", None)):
+                decision = admission.decide(delivery, job_or_refusal, screen, known, self._rules)
+            if isinstance(decision, Settle):
+                log.warning("settling %s at intake: %s", delivery.position,
+                            admission.describe(decision.outcome))
+                outcomes.append(decision.outcome)
+            elif isinstance(decision, Join):
+                self._join(decision.job_id, delivery, starts)
+            else:
+                known.running[decision.parsed.job.id] = decision.parsed.digest
+                starts[decision.parsed.job.id] = decision
+        await self._settler.commit(outcomes)
+        fresh = [start for start in starts.values() if not start.suspect]
+        self.suspects.add([start for start in starts.values() if start.suspect])
+        fresh.sort(key=lambda start: -start.parsed.job.priority)  # higher priority first
+        await self._start_all(fresh, solo=len(fresh) == 1 and not self.jobs)
 
-    async def _screen(self, delivery: Delivery, parsed: Job | Refusal,
-                      done: dict[str, Result]) -> Job | None:
-        """The job to run, or None when the delivery was settled here (result or dead letter)."""
-        if delivery.delivery_count > self._settings.max_deliveries:
-            job_id = parsed.job_id if isinstance(parsed, Refusal) else parsed.id
-            await self._refuse(delivery, Refusal(job_id, ErrorCode.INTERNAL, (
-                f"delivered {delivery.delivery_count} times (max_deliveries "
-                f"{self._settings.max_deliveries}); workers keep dying on it")), dead_letter=True)
-            return None
-        if isinstance(parsed, Refusal):
-            await self._refuse(delivery, parsed, dead_letter=parsed.job_id is None)
-            return None
-        if parsed.id in done:
-            await self._source.ack(delivery)  # already done by someone: idempotent redelivery
-            return None
-        if parsed.deadline is not None and parsed.deadline <= datetime.now(UTC):
-            await self._settler.finish(failed_result(
-                parsed.id, ErrorCode.EXPIRED, "deadline passed before the job started",
-                status=JobStatus.EXPIRED, worker_id=self._settings.worker_id,
-                attempts=delivery.delivery_count), [delivery])
-            return None
-        return parsed
+    async def _screen(self, deliveries: list[Delivery], parsed: list[Parsed | Refusal]
+                      ) -> tuple[list[Screened], Known]:
+        claims = [Claim(d, p.job.id if isinstance(p, Parsed) else p.job_id, p.digest)
+                  for d, p in zip(deliveries, parsed, strict=True)]
+        screened = await retrying(functools.partial(self._source.screen, claims), "screening")
+        ids = [c.job_id for c in claims if c.job_id is not None]
+        known = Known(
+            await retrying(functools.partial(self._sink.terminal_results, ids), "results"),
+            await retrying(functools.partial(self._sink.cancelled, ids), "cancel flags"),
+            {**self.suspects.digests(), **{i: e.run.digest for i, e in self.jobs.items()}},
+            datetime.now(UTC))
+        return screened, known
 
-    async def _refuse(self, delivery: Delivery, refusal: Refusal, dead_letter: bool) -> None:
-        log.warning("refusing %s: %s", delivery.position, refusal.reason)
-        if refusal.job_id is not None:
-            await self._settler.publish(failed_result(
-                refusal.job_id, refusal.code, refusal.message,
-                worker_id=self._settings.worker_id, attempts=delivery.delivery_count))
-        if dead_letter:
-            await self._source.dead_letter(delivery, refusal.reason)
-            if self._telemetry is not None:
-                self._telemetry.job_dead_lettered()
-        else:
-            await self._source.ack(delivery)
-
-    async def _start(self, job: Job, delivery: Delivery) -> bool:
-        """Hand the job to the engine; False when it was refused instead."""
+    async def _release(self, deliveries: list[Delivery]) -> None:
         try:
-            prompt_ids, params = prepare_job(job, self._engine.tokenizer, self._served_model)
-        except JobError as exc:
-            await self._refuse(delivery, Refusal(job.id, exc.code, exc.message), dead_letter=False)
-            return False
+            await self._source.release(deliveries)
+        except Exception:  # Redis: their leases lapse anyway; Kafka: its commit point waits
+            log.exception("handing back %d deliveries failed", len(deliveries))
+
+    def _join(self, job_id: str, delivery: Delivery, starts: dict[str, Start]) -> None:
+        """A copy of a job held here (or about to be): acked with it when it settles."""
+        if job_id in self.jobs:
+            self.jobs[job_id].deliveries.append(delivery)
+        elif job_id in starts:
+            starts[job_id].copies.append(delivery)
+        elif (suspect := self.suspects.find(job_id)) is not None:
+            suspect.copies.append(delivery)
+
+    async def _start_all(self, starts: list[Start], solo: bool) -> None:
+        """Record each run with the broker, then hand the jobs to the engine."""
+        ready, refused = admission.plan_starts(starts, self._served, self._settings.worker_id, solo)
+        await self._settler.commit(refused)
+        if not ready:
+            return
+        try:
+            await retrying(functools.partial(self._source.started, [r.run for r in ready]),
+                           "run records")
+        except Exception:  # unrecorded, a run must not start: its death would go uncounted
+            log.exception("recording %d runs failed; handing them back", len(ready))
+            await self._release([d for planned in ready for d in planned.start.deliveries])
+            return
+        for planned in ready:
+            self._submit(planned)
+        started = [planned.run.job_id for planned in ready]
+        try:
+            await retrying(functools.partial(self._sink.mark_running, started), "statuses")
+        except Exception as exc:  # a status is for pollers; the job runs all the same
+            log.warning("marking %d jobs running failed: %r", len(started), exc)
+
+    def _submit(self, planned: PlannedStart) -> None:
+        job = planned.start.parsed.job
         span = None
         if self._telemetry is not None:
             span = self._telemetry.start_process_span(job, self._source_name)
-        self.jobs[job.id] = InFlight(job, [delivery], span=span)
+        self.jobs[job.id] = InFlight(job, planned.run, planned.start.deliveries, span=span)
         self.num_in_engine += 1
         self.peak_held = max(self.peak_held, len(self.jobs))
-        self._thread.submit(EngineRequest(
-            job.id, prompt_ids, params, job.priority, job.cache_salt, time.monotonic()))
-        return True
+        self._thread.submit(planned.request)
 
     async def _outputs(self, events: "asyncio.Queue[EngineEvent]") -> None:
         while True:
             event = await events.get()
             if isinstance(event, Crashed):
-                self._crash = event.error
-                self.stop()
+                await self._crashed(event.error)
                 continue
             job_id = event.output.request_id if isinstance(event, Finished) else event.request_id
             entry = self.jobs.get(job_id)
@@ -241,43 +269,55 @@ class Service:
                 continue
             entry.in_engine = False
             self.num_in_engine -= 1
-            if entry.abort_reason == _SHUTDOWN:
-                del self.jobs[job_id]  # handed back: the broker redelivers it
+            if entry.abort_reason == HAND_BACK:
+                del self.jobs[job_id]  # the broker delivers it again, to us or another worker
+                await self._hand_back(entry)
                 continue
-            self._settler.add(self._result_of(entry, event), entry.deliveries)
+            self._settler.add(Outcome(entry.deliveries, self._result_of(entry, event)))
+
+    async def _hand_back(self, entry: InFlight) -> None:
+        try:
+            await retrying(functools.partial(self._source.hand_back, entry.deliveries),
+                           "hand back")
+        except Exception:  # its next run then counts this one as a death: safe, only slower
+            log.exception("recording the hand-back of %s failed", entry.job.id)
+
+    async def _crashed(self, error: BaseException) -> None:
+        """The engine thread died: say why on every job it held, then stop."""
+        self._crash = error
+        held = [d for entry in self.jobs.values() for d in entry.deliveries]
+        try:
+            await self._source.note_crash(held, f"engine crashed: {error!r}")
+        except Exception:
+            log.exception("recording the crash on %d jobs failed", len(held))
+        self.stop()
 
     def _result_of(self, entry: InFlight, event: EngineEvent) -> Result:
-        attempts = entry.deliveries[0].delivery_count
-        worker_id = self._settings.worker_id
+        provenance = Provenance(self._settings.worker_id, entry.run.attempts.deaths + 1,
+                                entry.run.digest, self._served.name)
+        job_id = entry.job.id
         if not isinstance(event, Finished):
             assert not isinstance(event, Crashed)
-            return failed_result(entry.job.id, event.code, event.message,
-                                 worker_id=worker_id, attempts=attempts)
+            return failed_result(job_id, event.code, event.message, provenance)
         if entry.abort_reason == JobStatus.EXPIRED:
-            return failed_result(entry.job.id, ErrorCode.EXPIRED, "deadline passed while it ran",
-                                 status=JobStatus.EXPIRED, worker_id=worker_id, attempts=attempts)
-        return build_result(entry.job.id, event.output, worker_id=worker_id, attempts=attempts,
-                            model=self._served_model)
+            return failed_result(job_id, ErrorCode.EXPIRED, "deadline passed while it ran",
+                                 provenance, status=JobStatus.EXPIRED)
+        return build_result(job_id, event.output, provenance)
 
     async def _watch(self) -> None:
-        """Abort running jobs whose client cancelled them or whose deadline passed."""
         while True:
             await asyncio.sleep(self._settings.watch_interval_s)
             self.last_tick_s = time.monotonic()
             await self._refresh_lag()
-            running = [
-                job_id for job_id, e in self.jobs.items() if e.in_engine and not e.abort_reason
-            ]
+            running = [job_id for job_id, e in self.jobs.items()
+                       if e.in_engine and not e.abort_reason]
             try:
-                for job_id in await self._sink.cancelled(running):
-                    self._abort(job_id, JobStatus.CANCELLED)
+                cancelled = await self._sink.cancelled(running)
             except Exception as exc:  # cancel flags are best effort; deadlines still apply
                 log.warning("reading cancel flags failed: %r", exc)
-            now = datetime.now(UTC)
-            for job_id in running:
-                deadline = self.jobs[job_id].job.deadline if job_id in self.jobs else None
-                if deadline is not None and deadline <= now:
-                    self._abort(job_id, JobStatus.EXPIRED)
+                cancelled = set()
+            for job_id, reason in aborts_due(self.jobs, running, cancelled, self._source.owns):
+                self._abort(job_id, reason)
 
     async def _refresh_lag(self) -> None:
         if self._telemetry is None or time.monotonic() < self._next_lag_s:
@@ -288,7 +328,7 @@ class Service:
         except Exception as exc:  # a gauge must never disturb the work
             log.debug("reading consumer lag failed: %r", exc)
 
-    def _abort(self, job_id: str, reason: JobStatus) -> None:
+    def _abort(self, job_id: str, reason: str) -> None:
         entry = self.jobs.get(job_id)
         if entry is not None and entry.in_engine and entry.abort_reason is None:
             entry.abort_reason = reason

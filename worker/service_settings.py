@@ -45,6 +45,10 @@ class KafkaSettings(BaseModel):
     session_timeout_ms: int = 10_000  # how soon a killed worker's partitions move on
     heartbeat_interval_ms: int = 3_000
     commit_interval_s: float = 0.5
+    # Settled messages per partition whose ids stay bound to their content in the ledger (and
+    # are read back when a worker takes the partition over); beyond it only the Redis mirror,
+    # when there is one, still binds them.
+    ledger_window: int = Field(default=10_000, ge=0)
     mirror_results_to_redis: bool = False  # also write results and statuses to Redis for polling
 
 
@@ -63,7 +67,12 @@ class ServiceSettings(BaseSettings):
     served_model: str | None = None  # name jobs may ask for; None: the engine's model name
     max_in_flight: int | None = Field(default=None, ge=1)  # None: 2x the engine's max_num_seqs
     max_job_bytes: int = Field(default=1 << 20, ge=64)
-    max_deliveries: int = Field(default=5, ge=1)  # more: dead-letter, never run again
+    max_json_depth: int = Field(default=32, ge=2)  # a job nests 4 deep; refused before parsing
+    # A job whose worker died while it ran is run again alone; after this many deaths alone it
+    # is dead-lettered (poison), and the jobs that were beside it are never blamed for it.
+    max_solo_deaths: int = Field(default=3, ge=1)
+    # Redis only (Kafka does not count deliveries): a backstop for deaths before a run starts.
+    max_deliveries: int = Field(default=10, ge=1)
     claim_idle_ms: int = Field(default=60_000, ge=100)  # Redis: steal entries idle this long
     result_ttl_s: int = Field(default=7 * 24 * 3600, ge=1)
     results_stream_maxlen: int = Field(default=1_000_000, ge=1)

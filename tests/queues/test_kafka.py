@@ -5,9 +5,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from llm_worker.client import KafkaProducer
 from llm_worker.queues.kafka import KafkaJobSource, OffsetTracker
-from llm_worker.queues.kafka_results import KafkaResultSink
-from llm_worker.schemas import Job, JobStatus, Result
+from llm_worker.schemas import Job
 from llm_worker.service_settings import KafkaSettings
+from tests.brokers import topic_settings
 from tests.kafka_read import read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(120)]
@@ -15,12 +15,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(12
 
 @pytest.fixture
 def settings(kafka_bootstrap: str, unique_name: str) -> KafkaSettings:
-    return KafkaSettings(
-        bootstrap_servers=kafka_bootstrap, jobs_topic=f"{unique_name}.jobs",
-        results_topic=f"{unique_name}.results", dead_letter_topic=f"{unique_name}.dead",
-        group_id=f"{unique_name}-group", num_partitions=2, session_timeout_ms=6000,
-        heartbeat_interval_ms=1000,
-    )
+    return topic_settings(kafka_bootstrap, unique_name, num_partitions=2)
 
 
 async def _enqueue(settings: KafkaSettings, n: int) -> None:
@@ -92,7 +87,7 @@ async def test_paused_source_hands_out_nothing_then_resumes(settings: KafkaSetti
     await source.close()
 
 
-async def test_dead_letter_and_results_topic(settings: KafkaSettings) -> None:
+async def test_dead_letter_is_committed_once_with_its_offset(settings: KafkaSettings) -> None:
     await _enqueue(settings, 1)
     source = KafkaJobSource(settings, "w1")
     await source.start()
@@ -101,13 +96,6 @@ async def test_dead_letter_and_results_topic(settings: KafkaSettings) -> None:
     await source.close()
     [dead] = await read_topic(settings.bootstrap_servers, settings.dead_letter_topic, 1)
     assert dict(dead.headers)["reason"] == b"schema violation: test"
+    assert dict(dead.headers)["truncated"] == b"false"
     assert dead.key == b"job-0"
-
-    sink = KafkaResultSink(settings, mirror=None)
-    await sink.start()
-    assert await sink.publish(Result(id="job-0", status=JobStatus.FAILED))
-    assert set(await sink.terminal_results(["job-0", "job-1"])) == {"job-0"}
-    await sink.close()
-    [published] = await read_topic(settings.bootstrap_servers, settings.results_topic, 1)
-    assert published.key == b"job-0"
-    assert Result.model_validate_json(published.value).status == JobStatus.FAILED
+    assert sum((await _committed(settings)).values()) == 1

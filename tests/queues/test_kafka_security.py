@@ -1,6 +1,6 @@
-"""KafkaJobSource, KafkaResultSink and the producer over SASL (PLAIN, SCRAM) and TLS against a
-real broker (tests/secure_brokers.py), and the start-up errors for a wrong password, a missing
-client certificate and an untrusted broker certificate."""
+"""KafkaJobSource and its transactional settlement, and the producer over SASL (PLAIN, SCRAM)
+and TLS against a real broker (tests/secure_brokers.py), and the start-up errors for a wrong
+password, a missing client certificate and an untrusted broker certificate."""
 
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,7 @@ from llm_worker.queues.errors import BrokerAuthError, BrokerTLSError
 from llm_worker.queues.kafka import KafkaJobSource
 from llm_worker.queues.kafka_conn import client_kwargs
 from llm_worker.queues.kafka_results import KafkaResultSink
+from llm_worker.queues.protocol import Outcome
 from llm_worker.schemas import Job, JobStatus, Result
 from llm_worker.service_settings import KafkaSettings
 from tests.kafka_read import read_topic
@@ -73,8 +74,8 @@ async def test_job_in_result_out_and_commit(
                 break
         [delivery] = got
         assert Job.model_validate_json(delivery.payload).prompt == "secured"
-        assert await sink.publish(Result(id="j1", status=JobStatus.COMPLETED, text="ok"))
-        await source.ack(delivery)
+        result = Result(id="j1", status=JobStatus.COMPLETED, text="ok")
+        await source.settlement(sink).commit([Outcome([delivery], result)])
     finally:
         await source.close()
         await sink.close()

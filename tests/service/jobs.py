@@ -1,7 +1,9 @@
 """Job sets and checks shared by the service tests."""
 
+import json
+
 from llm_worker.config import EngineSettings
-from llm_worker.schemas import Job, JobStatus, Result, SamplingParams
+from llm_worker.schemas import ErrorCode, Job, JobStatus, Result, SamplingParams
 
 # Small enough for 2 CPU cores, large enough that batches really mix jobs.
 TEST_ENGINE_SETTINGS = EngineSettings(max_num_seqs=32, kv_cache_memory_gb=0.5)
@@ -39,3 +41,26 @@ def assert_match_expected(jobs: list[Job], results: dict[str, Result],
     for job in jobs:
         assert results[job.id].status == JobStatus.COMPLETED, results[job.id]
         assert results[job.id].token_ids == expected[job.prompt], job.id
+
+
+def _killer(job_id: str, **fields: object) -> bytes:
+    return json.dumps({"id": job_id, "prompt": "word " * 20, **fields}).encode()
+
+
+# The messages that killed workers (issue 25) and the one that lost its batch, by job id; each
+# must become a failed result under its id while the jobs beside it complete.
+KILLERS: dict[str, tuple[bytes, str]] = {
+    "seed": (_killer("seed", sampling={"temperature": 0.7, "seed": 2**64}), ErrorCode.INVALID),
+    "top-k": (_killer("top-k", sampling={"temperature": 0.7, "top_k": 2**63}),
+              ErrorCode.INVALID),
+    "stop-ids": (_killer("stop-ids", sampling={"stop_token_ids": [1_000_000], "min_tokens": 2}),
+                 ErrorCode.INVALID),
+    "salt": (_killer("salt", cache_salt="\ud800"), ErrorCode.INVALID),
+    "nested": (b'{"id": "nested", "x": ' + b"[" * 20_000 + b"]" * 20_000 + b"}",
+               ErrorCode.MALFORMED),
+}
+
+
+def other_content(job: Job) -> bytes:
+    """A message reusing `job`'s id for other content: it must publish nothing."""
+    return job.model_copy(update={"prompt": f"{job.prompt} (changed)"}).model_dump_json().encode()

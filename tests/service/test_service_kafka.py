@@ -10,12 +10,18 @@ from aiokafka import AIOKafkaProducer
 from llm_worker.client import KafkaProducer
 from llm_worker.queues.factory import build_queue
 from llm_worker.queues.kafka import KafkaJobSource
-from llm_worker.schemas import ErrorCode, Job, JobStatus, SamplingParams
+from llm_worker.schemas import ErrorCode, Job, JobStatus, SamplingParams, job_digest
 from llm_worker.service import Service
 from llm_worker.service_settings import KafkaSettings, RedisSettings, ServiceSettings
 from tests.brokers import kafka_env, run_script
 from tests.kafka_read import read_topic
-from tests.service.jobs import ONE_TOKEN, assert_match_expected, numbered_jobs
+from tests.service.jobs import (
+    KILLERS,
+    ONE_TOKEN,
+    assert_match_expected,
+    numbered_jobs,
+    other_content,
+)
 from tests.service.redis_view import RedisView
 from tests.service.workers import run_service_until, spawn_worker, wait_for
 
@@ -71,14 +77,18 @@ async def test_poison_messages_and_worker_keeps_serving(settings, engine) -> Non
     await raw.start()
     await raw.send_and_wait(kafka.jobs_topic, b"\x00\xff\xfe", key=b"bytes")
     await raw.send_and_wait(kafka.jobs_topic, b"{not json", key=None)
-    await raw.send_and_wait(kafka.jobs_topic, b'{"id": "schema", "prompt": 5}')
+    await raw.send_and_wait(kafka.jobs_topic, b'{"id": "schema", "prompt": 5}', key=b"schema")
     await raw.send_and_wait(kafka.jobs_topic, b'{"id": "huge", "prompt": "' + b"z" * 70_000,
                             key=b"huge")
-    await raw.stop()
+    for job_id, (payload, _) in KILLERS.items():
+        await raw.send_and_wait(kafka.jobs_topic, payload, key=job_id.encode())
     await _enqueue(settings, [Job(id="long", prompt="word " * 9000, sampling=ONE_TOKEN),
                               Job(id="model", prompt="hi", model="no-such-model")])
-    good = await _enqueue(settings, numbered_jobs(4, "good", params=ONE_TOKEN))
-    everything = ["bytes", "schema", "huge", "long", "model", *good]
+    good_jobs = numbered_jobs(4, "good", params=ONE_TOKEN)
+    good = await _enqueue(settings, good_jobs)
+    await raw.send_and_wait(kafka.jobs_topic, other_content(good_jobs[0]), key=b"good-0")
+    await raw.stop()
+    everything = ["bytes", "schema", "huge", "long", "model", *KILLERS, *good]
     view = RedisView(settings.redis.url, settings.redis.prefix)
     await run_service_until(_service(settings, engine, max_job_bytes=64 * 1024),
                             lambda: _has_all(view, everything), timeout_s=120)
@@ -87,9 +97,14 @@ async def test_poison_messages_and_worker_keeps_serving(settings, engine) -> Non
         "bytes": ErrorCode.MALFORMED, "schema": ErrorCode.INVALID, "huge": ErrorCode.TOO_LARGE,
         "long": ErrorCode.PROMPT_TOO_LONG, "model": ErrorCode.UNKNOWN_MODEL,
     }
+    assert {i: results[i].error.code for i in KILLERS} == {i: c for i, (_, c) in KILLERS.items()}
     assert all(results[i].status == JobStatus.COMPLETED for i in good)
-    [dead] = await read_topic(kafka.bootstrap_servers, kafka.dead_letter_topic, 1)
-    assert dict(dead.headers)["reason"].startswith(b"malformed: not JSON")
+    assert results["good-0"].job_digest == job_digest(good_jobs[0])
+    dead = await read_topic(kafka.bootstrap_servers, kafka.dead_letter_topic, 2)
+    reasons = sorted(dict(record.headers)["reason"].split(b":")[0] for record in dead)
+    assert reasons == [ErrorCode.DUPLICATE_ID.encode(), b"malformed"]
+    records = await read_topic(kafka.bootstrap_servers, kafka.results_topic, len(everything))
+    assert sorted(r.key.decode() for r in records) == sorted(everything)  # once each
     await view.close()
 
 

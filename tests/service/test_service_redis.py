@@ -7,11 +7,17 @@ import pytest
 
 from llm_worker.client import RedisProducer
 from llm_worker.queues.factory import build_queue
-from llm_worker.schemas import ErrorCode, Job, JobStatus, SamplingParams
+from llm_worker.schemas import ErrorCode, Job, JobStatus, SamplingParams, job_digest
 from llm_worker.service import Service
 from llm_worker.service_settings import RedisSettings, ServiceSettings
 from tests.brokers import redis_env, run_script
-from tests.service.jobs import ONE_TOKEN, assert_match_expected, numbered_jobs
+from tests.service.jobs import (
+    KILLERS,
+    ONE_TOKEN,
+    assert_match_expected,
+    numbered_jobs,
+    other_content,
+)
 from tests.service.redis_view import RedisView
 from tests.service.workers import run_service_until, spawn_worker, wait_for
 
@@ -65,8 +71,12 @@ async def test_poison_messages_and_worker_keeps_serving(redis_url, unique_name, 
         Job(id="long", prompt="word " * 9000, sampling=ONE_TOKEN),
         Job(id="model", prompt="hi", model="no-such-model"),
     ])
-    good = await _enqueue(settings, numbered_jobs(4, "good", params=ONE_TOKEN))
-    everything = ["bytes", "schema", "huge", "long", "model", *good]
+    for job_id, (payload, _) in KILLERS.items():
+        await raw.xadd(stream, {"id": job_id, "job": payload})
+    good_jobs = numbered_jobs(4, "good", params=ONE_TOKEN)
+    good = await _enqueue(settings, good_jobs)
+    await raw.xadd(stream, {"id": "good-0", "job": other_content(good_jobs[0])})
+    everything = ["bytes", "schema", "huge", "long", "model", *KILLERS, *good]
     await run_service_until(_service(settings, engine),
                             lambda: _has_all(view, everything), timeout_s=120)
     results = await view.results(everything)
@@ -74,10 +84,19 @@ async def test_poison_messages_and_worker_keeps_serving(redis_url, unique_name, 
         "bytes": ErrorCode.MALFORMED, "schema": ErrorCode.INVALID, "huge": ErrorCode.TOO_LARGE,
         "long": ErrorCode.PROMPT_TOO_LONG, "model": ErrorCode.UNKNOWN_MODEL,
     }
+    assert {i: results[i].error.code for i in KILLERS} == {i: c for i, (_, c) in KILLERS.items()}
     assert all(results[i].status == JobStatus.COMPLETED for i in good)
-    [(_, dead)] = await raw.xrange(view.keys.dead_letter_stream)
-    assert dead[b"reason"].startswith(b"malformed: stream entry has no `job` field")
+    assert results["good-0"].job_digest == job_digest(good_jobs[0])
+    await wait_for(lambda: _num_dead(view, 2), 30, "the conflicting copy is dead-lettered")
+    first, conflict = (fields for _, fields in await raw.xrange(view.keys.dead_letter_stream))
+    assert first[b"reason"].startswith(b"malformed: stream entry has no `job` field")
+    assert conflict[b"reason"].startswith(ErrorCode.DUPLICATE_ID.encode())
+    assert await view.published_counts() == dict.fromkeys(everything, 1)
     await view.close()
+
+
+async def _num_dead(view: RedisView, n: int) -> bool:
+    return await view.redis.xlen(view.keys.dead_letter_stream) >= n
 
 
 async def test_redis_restart_mid_run_loses_nothing(private_redis, unique_name, engine) -> None:

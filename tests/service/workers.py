@@ -21,6 +21,8 @@ def spawn_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen:
         "PYTHONPATH": str(REPO_ROOT),
         "LLM_WORKER_MAX_NUM_SEQS": str(TEST_ENGINE_SETTINGS.max_num_seqs),
         "LLM_WORKER_KV_CACHE_MEMORY_GB": str(TEST_ENGINE_SETTINGS.kv_cache_memory_gb),
+        # Two workers on two cores: a thread each, or their matmuls fight over both.
+        "OMP_NUM_THREADS": "1",
         **env,
     }
     with open(log_path, "ab") as log:

@@ -36,7 +36,7 @@ def build_queue(
     if settings.queue == "redis":
         source = RedisStreamSource(settings.redis, RedisSourceConfig(
             consumer=settings.worker_id, claim_idle_ms=settings.claim_idle_ms,
-            trim_interval_s=settings.trim_interval_s,
+            trim_interval_s=settings.trim_interval_s, id_binding_ttl_s=settings.result_ttl_s,
         ))
         return source, _redis_store(settings)
     if settings.queue == "kafka":

@@ -16,7 +16,16 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from llm_worker.openai_batch import BatchLine, LineError, error_line, parse_line, result_line
-from llm_worker.queues.protocol import Delivery
+from llm_worker.queues.protocol import (
+    Attempts,
+    Claim,
+    Delivery,
+    ResultSink,
+    Run,
+    Screened,
+    Settlement,
+)
+from llm_worker.queues.publish_then_ack import PublishThenAck
 from llm_worker.schemas import ErrorCode, Result
 
 log = logging.getLogger(__name__)
@@ -93,6 +102,30 @@ class JsonlJobSource:
         self._batch.outstanding.add(line_no)
         self._batch.requests[job.id] = line
         return Delivery(job.model_dump_json().encode(), job.id, 1, line_no, f"line {line_no}")
+
+    async def screen(self, claims: Sequence[Claim]) -> list[Screened]:
+        # Each line runs once in one process under an id of its own line number: nothing to
+        # bind and nothing attempted before.
+        return [Screened(Attempts(), None) for _ in claims]
+
+    async def started(self, runs: Sequence[Run]) -> None:
+        return None
+
+    async def hand_back(self, deliveries: Sequence[Delivery]) -> None:
+        return None
+
+    async def note_crash(self, deliveries: Sequence[Delivery], error: str) -> None:
+        return None
+
+    async def release(self, deliveries: Sequence[Delivery]) -> None:
+        for delivery in deliveries:  # a file delivers a line once: it gets its error line
+            await self.dead_letter(delivery, "internal_error: the worker could not admit it")
+
+    def settlement(self, sink: ResultSink) -> Settlement:
+        return PublishThenAck(self, sink)
+
+    def owns(self, delivery: Delivery) -> bool:
+        return True
 
     async def ack(self, delivery: Delivery) -> None:
         self._batch.outstanding.discard(int(delivery.handle))  # type: ignore[call-overload]

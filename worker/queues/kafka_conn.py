@@ -1,6 +1,7 @@
 """KafkaSettings -> aiokafka keyword arguments (security passthrough), a start-up check that
 names what is wrong, and topic creation."""
 
+import asyncio
 import contextlib
 import ssl
 
@@ -18,6 +19,7 @@ from llm_worker.queues.errors import (
     BrokerAuthError,
     BrokerTLSError,
     BrokerUnavailable,
+    QueueError,
     error_behind,
     tls_failure,
 )
@@ -129,3 +131,47 @@ async def ensure_topics(settings: KafkaSettings) -> None:
                 await admin.create_topics(wanted)
     finally:
         await admin.close()
+
+
+# Compaction keeps a ledger partition to its live records; small segments let it compact soon.
+_LEDGER_CONFIGS = {
+    "cleanup.policy": "compact",
+    "segment.ms": "60000",
+    "min.cleanable.dirty.ratio": "0.1",
+    "delete.retention.ms": "60000",
+}
+
+
+async def ensure_ledger_topic(settings: KafkaSettings) -> int:
+    """Create the jobs topic's ledger (worker/queues/kafka_ledger.py) with the jobs topic's
+    partition count if missing; returns that count. A ledger with another count cannot pair
+    its partitions with the jobs topic's, and stops start-up with the reason."""
+    ledger = f"{settings.jobs_topic}.ledger"
+    admin = AIOKafkaAdminClient(**client_kwargs(settings))
+    await admin.start()
+    try:
+        num_partitions = await _partition_count(admin, settings.jobs_topic)
+        if ledger not in set(await admin.list_topics()):
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics([NewTopic(
+                    ledger, num_partitions=num_partitions, replication_factor=1,
+                    topic_configs=_LEDGER_CONFIGS)])
+        num_ledger = await _partition_count(admin, ledger)
+        if num_ledger != num_partitions:
+            raise QueueError(
+                f"the ledger topic {ledger} has {num_ledger} partitions and "
+                f"{settings.jobs_topic} {num_partitions}; they must match (recreate the ledger "
+                "with the jobs topic's count after adding partitions)")
+        return num_partitions
+    finally:
+        await admin.close()
+
+
+async def _partition_count(admin: AIOKafkaAdminClient, topic: str) -> int:
+    for _ in range(100):  # a topic just created takes a moment to show in the metadata
+        if topic in set(await admin.list_topics()):
+            [described] = await admin.describe_topics([topic])
+            if described["partitions"]:
+                return len(described["partitions"])
+        await asyncio.sleep(0.1)
+    raise BrokerUnavailable(f"topic {topic} does not show in Kafka's metadata")

@@ -31,6 +31,17 @@ class RedisKeys:
         would rather follow than poll, and the audit trail that shows a job finished once."""
         return f"{self.prefix}:results"
 
+    @property
+    def runs(self) -> str:
+        """Hash: jobs-stream entry id -> its run record (worker/queues/runs.py), from just before
+        a worker hands the job to its engine until the entry is acked."""
+        return f"{self.prefix}:runs"
+
+    def claim(self, job_id: str) -> str:
+        """The content digest the id is bound to (schemas/digest.py), with the results' TTL:
+        set by the first message (or producer) that claims the id."""
+        return f"{self.prefix}:claim:{job_id}"
+
     def result(self, job_id: str) -> str:
         """The terminal Result as JSON, with a TTL."""
         return f"{self.prefix}:result:{job_id}"

@@ -1,17 +1,28 @@
 """In-process broker: the same service with no Redis or Kafka (embedded runs, tests).
 
 Semantics follow the real brokers where the service can tell: un-acked deliveries go back to
-the front of the queue on close with their delivery count raised, and the first terminal result
-of a job wins.
+the front of the queue on close with their delivery count raised (as after a worker's death:
+their run records stay `running`), ids are bound to the first content that claims them, and
+the first terminal result of a job wins.
 """
 
 import asyncio
 import itertools
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from llm_worker.queues.protocol import Delivery
+from llm_worker.queues.protocol import (
+    Attempts,
+    Claim,
+    Delivery,
+    ResultSink,
+    Run,
+    Screened,
+    Settlement,
+)
+from llm_worker.queues.publish_then_ack import PublishThenAck
+from llm_worker.queues.runs import RunRecord
 from llm_worker.schemas import JobStatus, Result
 
 
@@ -20,9 +31,12 @@ class MemoryBroker:
     queued: deque[Delivery] = field(default_factory=deque)
     unacked: dict[int, Delivery] = field(default_factory=dict)
     dead_letters: list[tuple[Delivery, str]] = field(default_factory=list)
+    acked: list[int] = field(default_factory=list)  # handles, in order: each should be once
     results: dict[str, Result] = field(default_factory=dict)
     statuses: dict[str, JobStatus] = field(default_factory=dict)
     cancel_requests: set[str] = field(default_factory=set)
+    claims: dict[str, str] = field(default_factory=dict)  # job id -> the digest it is bound to
+    runs: dict[int, RunRecord] = field(default_factory=dict)  # handle -> its run, until acked
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
     _ids: itertools.count = field(default_factory=itertools.count)
 
@@ -65,8 +79,51 @@ class MemoryJobSource:
     async def lag(self) -> int | None:
         return len(self._broker.queued)
 
+    async def screen(self, claims: Sequence[Claim]) -> list[Screened]:
+        screened = []
+        for claim in claims:
+            bound = None
+            if claim.job_id is not None:
+                bound = self._broker.claims.setdefault(claim.job_id, claim.digest)
+            run = self._broker.runs.get(_handle(claim.delivery))
+            attempts = run.attempts() if run is not None else Attempts()
+            if run is not None:
+                self._broker.runs[_handle(claim.delivery)] = run.counted()
+            screened.append(Screened(attempts, None if bound == claim.digest else bound))
+        return screened
+
+    async def started(self, runs: Sequence[Run]) -> None:
+        for run in runs:
+            self._broker.runs[_handle(run.delivery)] = RunRecord.of(run)
+
+    async def hand_back(self, deliveries: Sequence[Delivery]) -> None:
+        self._rewrite(deliveries, RunRecord.handed_back)
+
+    async def note_crash(self, deliveries: Sequence[Delivery], error: str) -> None:
+        self._rewrite(deliveries, lambda run: run.crashed(error))
+
+    def _rewrite(self, deliveries: Sequence[Delivery],
+                 change: Callable[[RunRecord], RunRecord]) -> None:
+        for delivery in deliveries:
+            run = self._broker.runs.get(_handle(delivery))
+            if run is not None:
+                self._broker.runs[_handle(delivery)] = change(run)
+
+    async def release(self, deliveries: Sequence[Delivery]) -> None:
+        for delivery in reversed(deliveries):
+            if self._broker.unacked.pop(_handle(delivery), None) is not None:
+                self._broker.queued.appendleft(_redelivered(delivery))
+
+    def settlement(self, sink: ResultSink) -> Settlement:
+        return PublishThenAck(self, sink)
+
+    def owns(self, delivery: Delivery) -> bool:
+        return True
+
     async def ack(self, delivery: Delivery) -> None:
-        self._broker.unacked.pop(int(delivery.handle), None)  # type: ignore[call-overload]
+        if self._broker.unacked.pop(_handle(delivery), None) is not None:
+            self._broker.acked.append(_handle(delivery))
+        self._broker.runs.pop(_handle(delivery), None)
 
     async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
         for delivery in deliveries:
@@ -79,10 +136,15 @@ class MemoryJobSource:
     async def close(self) -> None:
         broker = self._broker
         for handle in sorted(broker.unacked, reverse=True):
-            old = broker.unacked.pop(handle)
-            broker.queued.appendleft(
-                Delivery(old.payload, old.key, old.delivery_count + 1, handle, old.position)
-            )
+            broker.queued.appendleft(_redelivered(broker.unacked.pop(handle)))
+
+
+def _redelivered(old: Delivery) -> Delivery:
+    return Delivery(old.payload, old.key, old.delivery_count + 1, old.handle, old.position)
+
+
+def _handle(delivery: Delivery) -> int:
+    return int(delivery.handle)  # type: ignore[call-overload]
 
 
 class MemoryResultSink:

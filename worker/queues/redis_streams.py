@@ -16,10 +16,21 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from llm_worker.queues.dead_letters import DeadLetterPayload
 from llm_worker.queues.keys import RedisKeys
-from llm_worker.queues.protocol import Delivery
+from llm_worker.queues.protocol import (
+    Attempts,
+    Claim,
+    Delivery,
+    ResultSink,
+    Run,
+    Screened,
+    Settlement,
+)
+from llm_worker.queues.publish_then_ack import PublishThenAck
 from llm_worker.queues.redis_conn import TRANSIENT_ERRORS, make_client, verify
 from llm_worker.queues.redis_trim import trim_acked
+from llm_worker.queues.runs import RunRecord
 from llm_worker.service_settings import RedisSettings
 
 # Renew only entries this consumer still owns: a plain XCLAIM would steal back an entry that
@@ -43,6 +54,7 @@ class RedisSourceConfig:
     consumer: str  # stable per worker so a restart replays its own pending entries
     claim_idle_ms: int
     trim_interval_s: float
+    id_binding_ttl_s: int = 7 * 24 * 3600  # as long as the results it protects
     dead_letter_maxlen: int = 100_000
 
 
@@ -57,6 +69,7 @@ class RedisStreamSource:
         self._keys = RedisKeys(settings.prefix)
         self._redis: aioredis.Redis = make_client(settings)
         self._in_flight: set[str] = set()
+        self._runs: dict[str, RunRecord] = {}  # entry id -> the run this worker recorded
         self._replay_cursor: str | None = "-"  # None once our own pending list is drained
         self._claim_cursor = "0-0"
         self._next_claim_s = 0.0
@@ -123,7 +136,7 @@ class RedisStreamSource:
             min_idle_time=self._config.claim_idle_ms, start_id=self._claim_cursor, count=max_jobs,
         )
         if deleted_ids:  # trimmed away while pending: nothing left to run, clear the PEL
-            await self._redis.xack(self._keys.jobs_stream, self._keys.group, *deleted_ids)
+            await self._ack_ids([_text(i) for i in deleted_ids])
         self._claim_cursor = _text(next_id)
         if self._claim_cursor == "0-0":  # full pass done; look again after a while
             self._next_claim_s = time.monotonic() + self._config.claim_idle_ms / 2000
@@ -174,27 +187,96 @@ class RedisStreamSource:
             ))
         return deliveries
 
+    async def screen(self, claims: Sequence[Claim]) -> list[Screened]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for claim in claims:
+                if claim.job_id is not None:  # SET NX GET: the old digest, or bind this one
+                    pipe.set(self._keys.claim(claim.job_id), claim.digest, nx=True, get=True,
+                             ex=self._config.id_binding_ttl_s)
+                pipe.hget(self._keys.runs, str(claim.delivery.handle))
+            replies = iter(await pipe.execute())
+        screened, counted = [], {}
+        for claim in claims:
+            raw_bound = next(replies) if claim.job_id is not None else None
+            bound = _text(raw_bound) if raw_bound is not None else None
+            raw_run = next(replies)
+            run = RunRecord.from_json(raw_run) if raw_run else None
+            if run is not None and run.running:
+                counted[str(claim.delivery.handle)] = run.counted()
+            attempts = run.attempts() if run is not None else Attempts()
+            screened.append(Screened(attempts, None if bound in (None, claim.digest) else bound))
+        if counted:
+            await self._redis.hset(self._keys.runs, mapping={
+                entry_id: run.to_json() for entry_id, run in counted.items()})
+        return screened
+
+    async def started(self, runs: Sequence[Run]) -> None:
+        records = {str(run.delivery.handle): RunRecord.of(run) for run in runs}
+        await self._write_runs(records)
+
+    async def hand_back(self, deliveries: Sequence[Delivery]) -> None:
+        await self._write_runs({entry_id: run.handed_back()
+                                for entry_id, run in self._own_runs(deliveries).items()})
+
+    async def note_crash(self, deliveries: Sequence[Delivery], error: str) -> None:
+        await self._write_runs({entry_id: run.crashed(error)
+                                for entry_id, run in self._own_runs(deliveries).items()})
+
+    def _own_runs(self, deliveries: Sequence[Delivery]) -> dict[str, RunRecord]:
+        entry_ids = (str(d.handle) for d in deliveries)
+        return {i: self._runs[i] for i in entry_ids if i in self._runs}
+
+    async def _write_runs(self, records: dict[str, RunRecord]) -> None:
+        if records:
+            await self._redis.hset(self._keys.runs, mapping={
+                entry_id: run.to_json() for entry_id, run in records.items()})
+            self._runs.update(records)
+
+    async def release(self, deliveries: Sequence[Delivery]) -> None:
+        # No longer renewed, their leases lapse and XAUTOCLAIM hands them out again.
+        self._in_flight.difference_update(str(d.handle) for d in deliveries)
+
+    def settlement(self, sink: ResultSink) -> Settlement:
+        return PublishThenAck(self, sink)
+
+    def owns(self, delivery: Delivery) -> bool:
+        return True
+
     async def ack(self, delivery: Delivery) -> None:
         await self.ack_many([delivery])
 
     async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
-        if not deliveries:
-            return
-        entry_ids = [str(d.handle) for d in deliveries]
-        await self._redis.xack(self._keys.jobs_stream, self._keys.group, *entry_ids)
+        if deliveries:
+            await self._ack_ids([str(d.handle) for d in deliveries])
+
+    async def _ack_ids(self, entry_ids: list[str]) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.xack(self._keys.jobs_stream, self._keys.group, *entry_ids)
+            pipe.hdel(self._keys.runs, *entry_ids)
+            await pipe.execute()
+        self._forget(entry_ids)
+
+    def _forget(self, entry_ids: list[str]) -> None:
         self._in_flight.difference_update(entry_ids)
+        for entry_id in entry_ids:
+            self._runs.pop(entry_id, None)
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
-        await self._redis.xadd(
-            self._keys.dead_letter_stream,
-            {
-                "entry_id": str(delivery.handle), "job_id": delivery.key or "",
-                "reason": reason, "payload": delivery.payload,
-                "delivery_count": delivery.delivery_count, "worker": self._config.consumer,
-            },
-            maxlen=self._config.dead_letter_maxlen, approximate=True,
-        )
-        await self.ack(delivery)
+        """Dead letter and ack in one MULTI, so a death in between cannot write it twice."""
+        entry_id = str(delivery.handle)
+        bounded = DeadLetterPayload.of(delivery.payload)
+        letter = {
+            "entry_id": entry_id, "job_id": (delivery.key or "")[:256], "reason": reason,
+            "payload": bounded.payload, "delivery_count": delivery.delivery_count,
+            "worker": self._config.consumer, **bounded.fields(),
+        }
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(self._keys.dead_letter_stream, letter,  # type: ignore[arg-type]
+                      maxlen=self._config.dead_letter_maxlen, approximate=True)
+            pipe.xack(self._keys.jobs_stream, self._keys.group, entry_id)
+            pipe.hdel(self._keys.runs, entry_id)
+            await pipe.execute()
+        self._forget([entry_id])
 
     async def lag(self) -> int | None:
         # XINFO GROUPS reports `lag` from Redis 7.0 on; it is nil when the stream was trimmed or

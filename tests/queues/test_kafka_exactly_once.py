@@ -1,0 +1,111 @@
+"""Kafka's transactional settlement against a real broker: a fenced (zombie) worker commits
+nothing, a worker taking a partition over skips what was settled above the commit point, counts
+the death of a run left running, and keeps ids bound to their content through the ledger."""
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from llm_worker.client import KafkaProducer
+from llm_worker.queues.kafka import KafkaJobSource
+from llm_worker.queues.kafka_conn import client_kwargs
+from llm_worker.queues.kafka_partition import transactional_id
+from llm_worker.queues.kafka_results import KafkaResultSink
+from llm_worker.queues.protocol import Attempts, Claim, Delivery, Outcome, Run
+from llm_worker.schemas import Job, JobStatus, Result, job_digest
+from llm_worker.service_settings import KafkaSettings
+from tests.brokers import topic_settings
+from tests.kafka_read import read_topic
+
+pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(180)]
+
+
+@pytest.fixture
+def settings(kafka_bootstrap: str, unique_name: str) -> KafkaSettings:
+    return topic_settings(kafka_bootstrap, unique_name, num_partitions=1)
+
+
+JOBS = [Job(id=f"job-{i}", prompt_token_ids=[5, 6, i + 7]) for i in range(3)]
+
+
+async def _enqueue(settings: KafkaSettings, jobs: list[Job]) -> None:
+    async with KafkaProducer(settings) as producer:
+        await producer.enqueue_many(jobs)
+
+
+async def _started(settings: KafkaSettings, worker_id: str, n: int) -> tuple[KafkaJobSource,
+                                                                              list[Delivery]]:
+    source = KafkaJobSource(settings, worker_id)
+    await source.start()
+    got: list[Delivery] = []
+    for _ in range(100):
+        got += await source.receive(n - len(got), 0.2)
+        if len(got) >= n:
+            break
+    assert len(got) == n
+    return source, got
+
+
+def _result(delivery: Delivery) -> Outcome:
+    job = Job.model_validate_json(delivery.payload)
+    return Outcome([delivery], Result(id=job.id, status=JobStatus.COMPLETED,
+                                      job_digest=job_digest(job)))
+
+
+def _claims(deliveries: list[Delivery]) -> list[Claim]:
+    jobs = [Job.model_validate_json(d.payload) for d in deliveries]
+    return [Claim(d, job.id, job_digest(job)) for d, job in zip(deliveries, jobs, strict=True)]
+
+
+async def test_a_fenced_worker_commits_nothing(settings: KafkaSettings) -> None:
+    await _enqueue(settings, JOBS[:1])
+    zombie, [delivery] = await _started(settings, "zombie", 1)
+    # The partition's next owner registers its transactional id: this fences the zombie.
+    successor = AIOKafkaProducer(**client_kwargs(settings),
+                                 transactional_id=transactional_id(settings, 0))
+    await successor.start()
+    await successor.begin_transaction()
+    await successor.commit_transaction()
+    await zombie.settlement(_sink(settings)).commit([_result(delivery)])
+    assert not zombie.owns(delivery)
+    await zombie.close()
+    await successor.stop()
+    assert await read_topic(settings.bootstrap_servers, settings.results_topic, 0,
+                            timeout_s=3) == []
+
+
+async def test_a_new_owner_skips_what_was_settled_and_counts_a_death(
+        settings: KafkaSettings) -> None:
+    await _enqueue(settings, JOBS)
+    first, deliveries = await _started(settings, "first", 3)
+    await first.screen(_claims(deliveries))
+    await first.started([Run(deliveries[0], "job-0", job_digest(JOBS[0]), Attempts(), False)])
+    await first.settlement(_sink(settings)).commit([_result(d) for d in deliveries[1:]])
+    assert first.trackers[deliveries[0].handle.partition].committed == 0  # type: ignore[attr-defined]
+    await first._consumer.stop()  # dies holding job-0: no hand-back, no final commit
+
+    second, [again] = await _started(settings, "second", 1)  # job-1 and job-2 are settled
+    assert Job.model_validate_json(again.payload).id == "job-0"
+    [screened] = await second.screen(_claims([again]))
+    assert screened.attempts == Attempts(deaths=1, solo_deaths=0)
+    await second.close()
+    await first.close()  # the dead worker's producers, fenced: they write nothing
+
+
+async def test_ids_stay_bound_to_their_content_across_owners(settings: KafkaSettings) -> None:
+    await _enqueue(settings, JOBS[:1])
+    first, [delivery] = await _started(settings, "first", 1)
+    await first.screen(_claims([delivery]))
+    await first.settlement(_sink(settings)).commit([_result(delivery)])
+    await first.close()
+
+    other = JOBS[0].model_copy(update={"prompt_token_ids": [9, 9, 9]})
+    await _enqueue(settings, [JOBS[0], other])
+    second, copies = await _started(settings, "second", 2)
+    same, changed = await second.screen(_claims(copies))
+    assert same.bound_digest is None and same.settled
+    assert changed.bound_digest == job_digest(JOBS[0])
+    await second.close()
+
+
+def _sink(settings: KafkaSettings) -> KafkaResultSink:
+    return KafkaResultSink(settings, mirror=None)

@@ -1,0 +1,89 @@
+"""The Redis source's bookkeeping beyond the stream (real redis-server): ids bound to content by
+the first claim, runs recorded before the engine and a death counted once, dead letters cut to
+a bounded size, and a producer that refuses to reuse an id for other content."""
+
+import pytest
+import redis.asyncio as aioredis
+
+from llm_worker.client import JobIdConflict, RedisProducer
+from llm_worker.queues.keys import RedisKeys
+from llm_worker.queues.protocol import Attempts, Claim, Run
+from llm_worker.queues.redis_results import RedisResultStore
+from llm_worker.queues.redis_streams import RedisSourceConfig, RedisStreamSource
+from llm_worker.schemas import Job, JobStatus, Result, job_digest
+from llm_worker.service_settings import RedisSettings
+
+pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(60)]
+
+JOB = Job(id="a", prompt="hello")
+OTHER = JOB.model_copy(update={"prompt": "goodbye"})
+
+
+@pytest.fixture
+def settings(redis_url: str, unique_name: str) -> RedisSettings:
+    return RedisSettings(url=redis_url, prefix=unique_name)
+
+
+def _source(settings: RedisSettings, consumer: str) -> RedisStreamSource:
+    return RedisStreamSource(settings, RedisSourceConfig(consumer, 60_000, 3600.0))
+
+
+async def test_first_claim_binds_and_a_run_left_running_counts_one_death(
+        settings: RedisSettings) -> None:
+    async with RedisProducer(settings) as producer:
+        await producer.enqueue_many([JOB])
+    dying = _source(settings, "w1")
+    await dying.start()
+    [delivery] = await dying.receive(1, 0.1)
+    claim = Claim(delivery, JOB.id, job_digest(JOB))
+    [screened] = await dying.screen([claim])
+    assert screened.bound_digest is None and screened.attempts == Attempts()
+    await dying.started([Run(delivery, JOB.id, job_digest(JOB), Attempts(), solo=True)])
+    await dying.close()  # dies with it running: the record stays `running`
+
+    [first, second] = [_source(settings, "w1"), _source(settings, "w2")]
+    await first.start()
+    await second.start()
+    [again] = await first.receive(1, 0.1)  # its own pending entry, replayed
+    [screened] = await first.screen([Claim(again, JOB.id, job_digest(JOB))])
+    assert screened.attempts == Attempts(deaths=1, solo_deaths=1)
+    [screened] = await second.screen([Claim(again, JOB.id, job_digest(JOB))])
+    assert screened.attempts == Attempts(deaths=1, solo_deaths=1)  # counted once, not twice
+    [conflict] = await second.screen([Claim(again, JOB.id, job_digest(OTHER))])
+    assert conflict.bound_digest == job_digest(JOB)
+    await first.close()
+    await second.close()
+
+
+async def test_a_dead_letter_is_cut_to_size_and_says_what_it_was(settings: RedisSettings) -> None:
+    keys = RedisKeys(settings.prefix)
+    redis = aioredis.Redis.from_url(settings.url)
+    await redis.xadd(keys.jobs_stream, {"id": "big", "job": b"z" * 200_000})
+    source = _source(settings, "w1")
+    await source.start()
+    [delivery] = await source.receive(1, 0.1)
+    await source.dead_letter(delivery, "message_too_large: test")
+    [(_, fields)] = await redis.xrange(keys.dead_letter_stream)
+    assert len(fields[b"payload"]) == 64 * 1024 and fields[b"truncated"] == b"true"
+    assert fields[b"original_size"] == b"200000" and len(fields[b"sha256"]) == 64
+    assert await redis.hlen(keys.runs) == 0
+    await redis.aclose()
+    await source.close()
+
+
+async def test_the_producer_refuses_an_id_bound_to_other_content(settings: RedisSettings) -> None:
+    store = RedisResultStore(settings, ttl_s=60, results_stream_maxlen=1000)
+    await store.start()
+    async with RedisProducer(settings) as producer:
+        assert await producer.enqueue_many([JOB]) == ["a"]
+        assert await producer.enqueue_many([JOB]) == ["a"]  # the same job again is fine
+        with pytest.raises(JobIdConflict, match="'a'"):
+            await producer.enqueue_many([Job(id="b", prompt="x"), OTHER])
+        keys = RedisKeys(settings.prefix)
+        assert await producer._redis.xlen(keys.jobs_stream) == 2  # nothing of the refused call
+        await store.publish(Result(id="a", status=JobStatus.COMPLETED, text="hi",
+                                   job_digest=job_digest(JOB)))
+        assert (await producer.wait("a", 5, expected_digest=job_digest(JOB))).text == "hi"
+        with pytest.raises(JobIdConflict, match="answers other content"):
+            await producer.result("a", expected_digest=job_digest(OTHER))
+    await store.close()

@@ -1,0 +1,81 @@
+"""The Kafka partition ledger's bookkeeping against a model: an id is bound by the latest live
+record that carries it, and a worker that loads the ledger's committed records knows exactly
+what the worker that wrote them knew (bindings, settled offsets, deaths)."""
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from llm_worker.queues.kafka_ledger import DoneRecord, LedgerEntry, PartitionLedger, decode_entry
+from llm_worker.queues.runs import RunRecord
+
+_IDS = st.sampled_from(["a", "b", "c"])
+_DIGESTS = st.sampled_from(["sha256:1", "sha256:2"])
+_RUN = st.builds(RunRecord, _IDS, _DIGESTS, st.integers(0, 3), st.integers(0, 3), st.booleans(),
+                 st.booleans(), st.none() | st.just("engine crashed"))
+_DONE = st.builds(DoneRecord, st.none() | _IDS, st.none() | _DIGESTS)
+_RECORDS = st.lists(st.tuples(st.integers(0, 12), st.none() | _RUN | _DONE), max_size=40)
+
+
+def _model_binding(entries: dict[int, LedgerEntry], job_id: str) -> tuple[str, int, bool] | None:
+    carrying = [o for o, e in entries.items() if e.job_id == job_id and e.digest is not None]
+    if not carrying:
+        return None
+    latest = max(carrying)
+    entry = entries[latest]
+    return entry.digest, latest, isinstance(entry, DoneRecord)  # type: ignore[return-value]
+
+
+@given(_RECORDS)
+def test_bindings_follow_the_latest_live_record(records: list) -> None:
+    ledger = PartitionLedger(window=5)
+    model: dict[int, LedgerEntry] = {}
+    for offset, entry in records:
+        ledger.apply(offset, entry)
+        if entry is None:
+            model.pop(offset, None)
+        else:
+            model[offset] = entry
+    assert ledger.entries == model
+    for job_id in ("a", "b", "c"):
+        bound = ledger.binding(job_id)
+        got = None if bound is None else (bound.digest, bound.offset, bound.settled)
+        assert got == _model_binding(model, job_id)
+
+
+@given(_RECORDS, st.lists(st.tuples(_IDS, _DIGESTS, st.integers(13, 20)), max_size=5))
+def test_a_loaded_ledger_knows_what_its_writer_committed(records: list, claims: list) -> None:
+    live = PartitionLedger(window=5)
+    for offset, entry in records:
+        live.apply(offset, entry)
+    for job_id, digest, offset in claims:  # screening's claims: in memory only, never loaded
+        live.claim(job_id, digest, offset)
+    loaded = PartitionLedger(window=5)
+    for offset, entry in records:  # as read back: the bytes that were committed
+        loaded.apply(offset, None if entry is None else decode_entry(entry.to_json()))
+    assert loaded.entries == live.entries
+    assert loaded.done_offsets(0) == live.done_offsets(0)
+    for offset in range(13):
+        assert loaded.attempts(offset) == live.attempts(offset)
+    for job_id in ("a", "b", "c"):
+        if job_id not in live.tentative:
+            assert loaded.binding(job_id) == live.binding(job_id)
+
+
+@given(_RECORDS, st.integers(0, 15))
+def test_expiry_only_takes_settled_records_the_window_has_passed(records: list,
+                                                                 committed: int) -> None:
+    ledger = PartitionLedger(window=5)
+    for offset, entry in records:
+        ledger.apply(offset, entry)
+    for offset in ledger.expired(committed):
+        assert offset < committed - 5 and isinstance(ledger.entries[offset], DoneRecord)
+    kept = set(ledger.entries) - set(ledger.expired(committed))
+    assert all(o >= committed - 5 or isinstance(ledger.entries[o], RunRecord) for o in kept)
+
+
+def test_a_run_left_running_counts_a_death_and_a_solo_one_when_it_ran_alone() -> None:
+    ledger = PartitionLedger(window=5)
+    ledger.apply(3, RunRecord("a", "sha256:1", 1, 0, running=True, solo=True))
+    ledger.apply(4, RunRecord("b", "sha256:1", 1, 0, running=False, solo=True))
+    assert (ledger.attempts(3).deaths, ledger.attempts(3).solo_deaths) == (2, 1)
+    assert (ledger.attempts(4).deaths, ledger.attempts(4).solo_deaths) == (1, 0)

@@ -1,0 +1,142 @@
+"""Which jobs partitions this worker owns, and how it takes one over or lets it go.
+
+Taking over: pause the partition (fetching began with the assignment), fence the last owner by
+registering the partition's transactional id, read the partition's ledger to its end, fetch the
+committed offset again (the fenced owner's last commit counts) and seek there. Letting go:
+hand back the runs still going (not deaths) in a last transaction and close the producer.
+A partition that is assigned but not held (its take-over failed) or that lost its producer
+while assigned is taken over afresh by `heal`.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from llm_worker.queues.kafka_conn import client_kwargs
+from llm_worker.queues.kafka_partition import (
+    KafkaHandle,
+    OwnedPartition,
+    PartitionWrites,
+    read_ledgers,
+    transactional_id,
+)
+from llm_worker.queues.protocol import Delivery
+from llm_worker.service_settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+
+class Ownership:
+    def __init__(self, settings: KafkaSettings) -> None:
+        self._settings = settings
+        self.owned: dict[TopicPartition, OwnedPartition] = {}
+        self.generation = 0  # one more at each take-over; a delivery carries its own
+        self._consumer: AIOKafkaConsumer | None = None
+        self._reader: AIOKafkaConsumer | None = None
+        # One take-over or release at a time: the rebalance listener's and heal's would race
+        # (and share the ledger reader).
+        self._changing = asyncio.Lock()
+
+    def attach(self, consumer: AIOKafkaConsumer, ledger_reader: AIOKafkaConsumer) -> None:
+        self._consumer, self._reader = consumer, ledger_reader
+
+    def of(self, delivery: Delivery) -> OwnedPartition | None:
+        """The partition a delivery came from, if it is still held under that take-over."""
+        handle = delivery.handle
+        assert isinstance(handle, KafkaHandle)
+        partition = self.owned.get(handle.partition)
+        if partition is None or partition.generation != handle.generation or partition.lost:
+            return None
+        return partition
+
+    def serving(self) -> list[TopicPartition]:
+        return [tp for tp, partition in self.owned.items() if not partition.lost]
+
+    async def adopt(self, assigned: Sequence[TopicPartition]) -> list[OwnedPartition]:
+        async with self._changing:
+            return await self._adopt(assigned)
+
+    async def _adopt(self, assigned: Sequence[TopicPartition]) -> list[OwnedPartition]:
+        """Take over those of `assigned` not held already (heal may have been first)."""
+        assert self._consumer is not None and self._reader is not None
+        held = {tp for tp, partition in self.owned.items() if not partition.lost}
+        assigned = [tp for tp in assigned if tp not in held]
+        for tp in assigned:
+            old = self.owned.pop(tp, None)
+            if old is not None:
+                await old.close()
+        if not assigned:
+            return []
+        self.generation += 1
+        self._consumer.pause(*assigned)
+        producers = {tp: await self._fenced_producer(tp.partition) for tp in assigned}
+        ledgers = await read_ledgers(self._reader, self._settings,
+                                     [tp.partition for tp in assigned],
+                                     self._settings.ledger_window)
+        for tp in assigned:
+            partition = OwnedPartition(tp, self.generation, self._settings, producers[tp],
+                                       ledgers[tp.partition])
+            committed = await self._consumer.committed(tp)
+            partition.tracker.committed = committed
+            if committed is not None:
+                self._consumer.seek(tp, committed)
+            else:
+                await self._consumer.seek_to_beginning(tp)
+            self.owned[tp] = partition
+        return [self.owned[tp] for tp in assigned]
+
+    async def _fenced_producer(self, partition: int) -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(
+            **client_kwargs(self._settings), acks="all",
+            transactional_id=transactional_id(self._settings, partition))
+        await producer.start()
+        # Its first transaction registers the id, which aborts the last owner's open one.
+        await producer.begin_transaction()
+        await producer.commit_transaction()
+        return producer
+
+    async def let_go(self, revoked: Sequence[TopicPartition]) -> None:
+        async with self._changing:
+            await self._let_go(revoked)
+
+    async def _let_go(self, revoked: Sequence[TopicPartition]) -> None:
+        for tp in revoked:
+            partition = self.owned.pop(tp, None)
+            if partition is None:
+                continue
+            runs = {o: r.handed_back() for o in partition.tracker.in_flight
+                    if (r := partition.ledger.run(o)) is not None and r.running}
+            try:
+                await partition.transact(PartitionWrites(ledger=dict(runs)))
+            except Exception as exc:  # the next owner then counts these runs as deaths
+                log.warning("handing %s back failed: %r", tp, exc)
+            await partition.close()
+
+    async def heal(self) -> list[OwnedPartition]:
+        """Take over afresh what is assigned but not held, or held by a lost producer; their
+        unsettled jobs are fetched and run again, and nothing settled is repeated."""
+        assert self._consumer is not None
+        async with self._changing:
+            broken = [tp for tp in self._consumer.assignment()
+                      if tp not in self.owned or self._needs_healing(self.owned[tp])]
+            if not broken:
+                return []
+            log.warning("taking partitions %s over afresh", sorted(tp.partition for tp in broken))
+            return await self._adopt(broken)
+
+    def _needs_healing(self, partition: OwnedPartition) -> bool:
+        """A fenced partition is left alone for two session timeouts: if another worker owns
+        it, the group tells this one so by then (a rebalance revokes it); taking it back
+        sooner would fence the rightful owner in turn."""
+        if not partition.lost:
+            return False
+        if partition.fenced_at_s is None:
+            return True
+        patience_s = 2 * self._settings.session_timeout_ms / 1000
+        return time.monotonic() - partition.fenced_at_s > patience_s
+
+    async def close(self) -> None:
+        await self.let_go(list(self.owned))

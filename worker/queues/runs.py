@@ -1,0 +1,63 @@
+"""What a broker keeps of a delivery while a worker runs it, so that a worker's death while
+running it is counted against that job (poison quarantine) and not against its batch-mates.
+
+The record is written before the job enters the engine (`running`), rewritten when the run is
+handed back on purpose, and deleted with the ack. A record found still `running` by the next
+screening means the worker that wrote it died before settling the job; the screening counts
+that death and writes the record back counted.
+"""
+
+import json
+from dataclasses import dataclass, replace
+
+from llm_worker.queues.protocol import Attempts, Run
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    job_id: str
+    digest: str
+    deaths: int  # before the run this record describes
+    solo_deaths: int
+    running: bool  # True: the run is under way, or its worker died during it
+    solo: bool
+    last_error: str | None = None
+
+    @classmethod
+    def of(cls, run: Run) -> "RunRecord":
+        a = run.attempts
+        return cls(run.job_id, run.digest, a.deaths, a.solo_deaths, True, run.solo, a.last_error)
+
+    def attempts(self) -> Attempts:
+        """The attempts as the next screening sees them: a run still marked running died."""
+        if not self.running:
+            return Attempts(self.deaths, self.solo_deaths, self.last_error)
+        return Attempts(self.deaths + 1, self.solo_deaths + int(self.solo), self.last_error)
+
+    def counted(self) -> "RunRecord":
+        """The record once a screening has counted its death: written back at once, so the
+        death counts once whoever screens the delivery next."""
+        if not self.running:
+            return self
+        a = self.attempts()
+        return replace(self, deaths=a.deaths, solo_deaths=a.solo_deaths, running=False)
+
+    def handed_back(self) -> "RunRecord":
+        return replace(self, running=False)
+
+    def crashed(self, error: str) -> "RunRecord":
+        return replace(self, last_error=error[:500])
+
+    def to_json(self) -> bytes:
+        return json.dumps({
+            "job_id": self.job_id, "digest": self.digest, "deaths": self.deaths,
+            "solo_deaths": self.solo_deaths, "running": self.running, "solo": self.solo,
+            "last_error": self.last_error,
+        }).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> "RunRecord":
+        data = json.loads(raw)
+        return cls(str(data["job_id"]), str(data["digest"]), int(data["deaths"]),
+                   int(data["solo_deaths"]), bool(data["running"]), bool(data["solo"]),
+                   data.get("last_error"))
