@@ -28,9 +28,13 @@ def check_tensor(
 ) -> None:
     if tuple(tensor.shape) != shape or tensor.dtype not in dtypes:
         raise CheckpointMismatch(
-            f"checkpoint tensor {name} is {tensor.dtype} {list(tensor.shape)}; expected "
-            f"{'/'.join(str(d).removeprefix('torch.') for d in dtypes)} {list(shape)}"
+            f"checkpoint tensor {name} is {_dtype_name(tensor.dtype)} {list(tensor.shape)}; "
+            f"expected {'/'.join(_dtype_name(d) for d in dtypes)} {list(shape)}"
         )
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
