@@ -69,6 +69,17 @@ def test_missing_and_stray_tensors(dense: Path, tmp_path: Path) -> None:
         load(tmp_path / "stray")
 
 
+def test_zero_biases_of_layers_without_one_are_skipped(dense: Path, tmp_path: Path) -> None:
+    """AutoGPTQ writes a bias for every layer, zeros where the model has none."""
+    write_quantized(dense, tmp_path, formats.gptq(64, True, True),
+                    formats.gptq_config(64, True, True))  # fmt: skip
+    _edit(tmp_path, lambda t: t.update({f"{Q_PROJ}.bias": torch.zeros(256)}))
+    assert load(tmp_path).model.layers[0].self_attn.qkv_proj.bias is None
+    _edit(tmp_path, lambda t: t.update({f"{Q_PROJ}.bias": torch.ones(256)}))
+    with pytest.raises(CheckpointMismatch, match="nonzero bias"):
+        load(tmp_path)
+
+
 def test_quantized_tensors_outside_the_linear_layers_are_refused(
     dense: Path, tmp_path: Path
 ) -> None:

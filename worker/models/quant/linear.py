@@ -66,6 +66,11 @@ class ShardedLinear(nn.Module):
 
     def load(self, suffix: str, shard: int, tensor: torch.Tensor) -> None:
         name = f"{self.spec.names[shard]}.{suffix}"
+        if suffix == "bias" and not self.spec.bias:
+            # GPTQ's QuantLinear saves a bias for every layer: zeros where the model has none
+            if tensor.count_nonzero() == 0:
+                return
+            raise CheckpointMismatch(f"checkpoint tensor {name} is a nonzero bias the model lacks")
         if suffix not in self.expected_tensors() | self.optional_tensors():
             raise KeyError(f"checkpoint tensor {name!r} has no place in a {self.kind} layer")
         if (suffix, shard) in self._loaded:
