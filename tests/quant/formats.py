@@ -5,7 +5,8 @@ format (real names, dtypes and packing) and returns, beside them, the dequantize
 the input quantization the format implies, which an HF transformers model then runs with
 (tests/quant/oracle.py). The packers here are written from the formats' own descriptions
 (AutoAWQ's WQLinear_GEMM, GPTQ's QuantLinear, compressed-tensors' compressor, which is used
-as it is), apart from the worker's code under test.
+as it is), apart from the worker's code under test. compressed-tensors is imported where it is
+used: the GPU machine may lack it, and the int4 and block-FP8 writers do not need it.
 """
 
 from collections.abc import Callable
@@ -13,9 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from compressed_tensors.compressors.naive_quantized.base import FloatQuantizationCompressor
-from compressed_tensors.quantization import QuantizationConfig, preset_name_to_scheme
-from compressed_tensors.quantization.lifecycle.forward import dequantize, fake_quantize
 
 FP8 = torch.float8_e4m3fn
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -108,6 +106,9 @@ def gptq_config(group: int, sym: bool, v1: bool) -> dict:
 
 def fp8_per_token(x: torch.Tensor) -> torch.Tensor:
     """Dynamic per-token FP8, as compressed-tensors fake-quantizes it."""
+    from compressed_tensors.quantization import preset_name_to_scheme
+    from compressed_tensors.quantization.lifecycle.forward import fake_quantize
+
     scheme = preset_name_to_scheme("FP8_DYNAMIC", ["Linear"])
     scale = x.abs().amax(-1, keepdim=True).clamp(min=1e-12) / 448
     return fake_quantize(x, scale, None, scheme.input_activations)
@@ -115,6 +116,9 @@ def fp8_per_token(x: torch.Tensor) -> torch.Tensor:
 
 def fp8_per_group(x: torch.Tensor) -> torch.Tensor:
     """Dynamic FP8 per token and 128-wide group (block-FP8 checkpoints' activations)."""
+    from compressed_tensors.quantization import preset_name_to_scheme
+    from compressed_tensors.quantization.lifecycle.forward import fake_quantize
+
     scheme = preset_name_to_scheme("FP8_BLOCK", ["Linear"])
     groups = x.reshape(*x.shape[:-1], -1, 128)
     scale = groups.abs().amax(-1).clamp(min=1e-12) / 448
@@ -129,6 +133,10 @@ STATIC_INPUT_SCALES = {"q_proj": 0.011, "k_proj": 0.011, "v_proj": 0.011, "o_pro
 def compressed_tensors_fp8(preset: str) -> Quantizer:
     """FP8_DYNAMIC (channel weights, dynamic tokens), FP8 (tensor weights, static input
     scales) or FP8_BLOCK: scales computed here, weights compressed by compressed-tensors."""
+    from compressed_tensors.compressors.naive_quantized.base import FloatQuantizationCompressor
+    from compressed_tensors.quantization import preset_name_to_scheme
+    from compressed_tensors.quantization.lifecycle.forward import dequantize, fake_quantize
+
     scheme = preset_name_to_scheme(preset, ["Linear"])
 
     def quantize(name: str, dense: torch.Tensor) -> Quantized:
@@ -157,6 +165,8 @@ def compressed_tensors_fp8(preset: str) -> Quantizer:
 
 
 def compressed_tensors_config(preset: str) -> dict:
+    from compressed_tensors.quantization import QuantizationConfig, preset_name_to_scheme
+
     config = QuantizationConfig(
         config_groups={"group_0": preset_name_to_scheme(preset, ["Linear"])},
         format="float-quantized",
@@ -189,6 +199,9 @@ BLOCK_FP8_CONFIG = {"quant_method": "fp8", "activation_scheme": "dynamic", "fmt"
 def fp8_at_load() -> Quantizer:
     """What --quantization fp8 does to a dense checkpoint: per-channel e4m3, dynamic tokens
     (for the oracle only: the checkpoint stays dense)."""
+    from compressed_tensors.quantization import preset_name_to_scheme
+    from compressed_tensors.quantization.lifecycle.forward import fake_quantize
+
     scheme = preset_name_to_scheme("FP8_DYNAMIC", ["Linear"])
 
     def quantize(name: str, dense: torch.Tensor) -> Quantized:
@@ -197,3 +210,15 @@ def fp8_at_load() -> Quantizer:
         return Quantized({"weight": dense}, w, fp8_per_token)
 
     return quantize
+
+
+# Formats by name, built on demand: (quantizer, quantization_config)
+CHECKPOINT_FORMATS: dict[str, Callable[[], tuple[Quantizer, dict]]] = {
+    "awq": lambda: (awq(128), awq_config(128)),
+    "gptq": lambda: (gptq(64, False, True), gptq_config(64, False, True)),
+    "ct-fp8-dynamic": lambda: (compressed_tensors_fp8("FP8_DYNAMIC"),
+                               compressed_tensors_config("FP8_DYNAMIC")),
+    "ct-fp8-static": lambda: (compressed_tensors_fp8("FP8"), compressed_tensors_config("FP8")),
+    "fp8-block": lambda: (block_fp8_inv(), BLOCK_FP8_CONFIG),
+}  # fmt: skip
+NEEDS_COMPRESSED_TENSORS = {"ct-fp8-dynamic", "ct-fp8-static"}

@@ -21,15 +21,6 @@ from tests.quant.oracle import assert_logits_close, load, prefill_logits, write_
 from tests.quant.test_checkpoints import PROMPT
 
 TRITON = get_backend("triton", torch.device("cpu"), fused_ops=True, pdl=False)
-FORMATS = {
-    "awq": (formats.awq(128), formats.awq_config(128)),
-    "gptq": (formats.gptq(64, False, True), formats.gptq_config(64, False, True)),
-    "ct-fp8-dynamic": (formats.compressed_tensors_fp8("FP8_DYNAMIC"),
-                       formats.compressed_tensors_config("FP8_DYNAMIC")),
-    "ct-fp8-static": (formats.compressed_tensors_fp8("FP8"),
-                      formats.compressed_tensors_config("FP8")),
-    "fp8-block": (formats.block_fp8_inv(), formats.BLOCK_FP8_CONFIG),
-}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +28,9 @@ def dense(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_checkpoint(tmp_path_factory.mktemp("dense"), "qwen2", 4, 2, 64)
 
 
-@pytest.mark.parametrize("name", list(FORMATS))
+@pytest.mark.parametrize("name", list(formats.CHECKPOINT_FORMATS))
 def test_triton_backend_matches_torch_backend(dense: Path, tmp_path: Path, name: str) -> None:
-    quantizer, config = FORMATS[name]
+    quantizer, config = formats.CHECKPOINT_FORMATS[name]()
     write_quantized(dense, tmp_path, quantizer, config)
     want = prefill_logits(load(tmp_path), PROMPT)
     got = prefill_logits(load(tmp_path, TRITON), PROMPT)
