@@ -14,6 +14,8 @@ serves prefill, chunked prefill over a cached prefix, decode and verification of
 import torch
 import torch.nn.functional as F
 
+from llm_worker.kernels.fp8_format import FP8_DTYPE, FP8_MAX, FP8_MIN_SCALE, Fp8Activation
+
 
 def store_kv(
     key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
@@ -121,3 +123,42 @@ def silu_and_mul(
     """The SwiGLU activation of a fused gate|up projection, in the input dtype."""
     gate, up = gate_up.chunk(2, dim=-1)
     return F.silu(gate) * up
+
+
+# FP8 activation quantization: the inputs of FP8 GEMMs (kernels/fp8_quant.py and the fused
+# RMSNorm and SiLU*mul variants in kernels/rms_norm.py and kernels/silu_mul.py).
+
+
+def quantize_fp8(
+    x: torch.Tensor,  # [num_tokens, hidden]
+    static_scale: torch.Tensor | None = None,  # [1] fp32: one scale for every row
+) -> Fp8Activation:
+    """Symmetric e4m3 per row: scale = max(absmax / 448, FP8_MIN_SCALE) unless a static scale is
+    given; values x / scale clamped to +-448, rounded to nearest (ties to even)."""
+    xf = x.float()
+    if static_scale is None:
+        scale = (xf.abs().amax(-1, keepdim=True) / FP8_MAX).clamp(min=FP8_MIN_SCALE)
+    else:
+        scale = static_scale.float().expand(x.shape[0], 1).contiguous()
+    data = (xf / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    return Fp8Activation(data, scale)
+
+
+def rms_norm_fp8(
+    x: torch.Tensor,  # [num_tokens, hidden]
+    weight: torch.Tensor,  # [hidden]
+    eps: float,
+    residual: torch.Tensor | None = None,
+    static_scale: torch.Tensor | None = None,
+) -> tuple[Fp8Activation, torch.Tensor]:
+    """`rms_norm`, its output (rounded to its dtype as `rms_norm` returns it) quantized."""
+    normed, new_residual = rms_norm(x, weight, eps, residual)
+    return quantize_fp8(normed, static_scale), new_residual
+
+
+def silu_and_mul_fp8(
+    gate_up: torch.Tensor,  # [num_tokens, 2 * intermediate]
+    static_scale: torch.Tensor | None = None,
+) -> Fp8Activation:
+    """`silu_and_mul`, its output (in the input dtype) quantized."""
+    return quantize_fp8(silu_and_mul(gate_up), static_scale)

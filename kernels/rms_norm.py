@@ -4,18 +4,24 @@ One program normalizes one row: a token's hidden vector, or one head of one toke
 per-head q/k norm ([num_tokens, num_heads, head_dim] normalized over head_dim). Rounding follows
 `kernels.reference.rms_norm` step for step (the sum rounds to x's dtype, the norm runs in fp32
 and rounds to x's dtype before the weight multiplies it; no FMA contraction), so only the order
-in which the squares are summed differs from torch.
+in which the squares are summed differs from torch. `rms_norm_fp8` quantizes the output to FP8
+in the same launch, one scale a token, for the FP8 GEMM it feeds (`kernels.fp8_quant`).
 """
+
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
+from llm_worker.kernels.fp8_format import Fp8Activation
+from llm_worker.kernels.fp8_quant import fp8_output, quantize_row
 from llm_worker.kernels.pdl import dependents_at_start, launch_options, pdl_device
 from llm_worker.kernels.torch_math import rsqrt_f32, use_libdevice
 
 MAX_HIDDEN = 65536  # one row is held in registers; wider rows would spill
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
 
 @triton.jit
@@ -23,7 +29,9 @@ def _rms_norm_kernel(
     x_ptr,  # [num_tokens, num_heads, hidden], last dim contiguous
     residual_ptr,  # [num_tokens, num_heads, hidden], last dim contiguous; gets x + residual
     weight_ptr,  # [hidden]
-    out_ptr,  # [num_tokens, num_heads, hidden], contiguous
+    out_ptr,  # [num_tokens, num_heads, hidden], contiguous (float8_e4m3fn with QUANT)
+    scale_ptr,  # [num_tokens] fp32 (QUANT): each token's scale
+    static_scale_ptr,  # [1] fp32 (QUANT and STATIC)
     x_stride_token,
     x_stride_head,
     residual_stride_token,
@@ -36,6 +44,9 @@ def _rms_norm_kernel(
     LIBDEVICE: tl.constexpr,
     PDL: tl.constexpr,  # a programmatic dependent: the weight is read before the wait
     EARLY: tl.constexpr,  # with PDL: the next launch may start as this starts
+    QUANT: tl.constexpr,  # the output as FP8, one scale a token (num_heads == 1)
+    STATIC: tl.constexpr,  # with QUANT: the static scale, not the row's own
+    NORMED_DTYPE: tl.constexpr,  # with QUANT: the dtype the unquantized output would have
 ):
     if PDL and EARLY:
         tl.extra.cuda.gdc_launch_dependents()
@@ -59,7 +70,13 @@ def _rms_norm_kernel(
     normed = (h * rsqrt_f32(variance + eps, LIBDEVICE)).to(x_ptr.dtype.element_ty)
     out = weight.to(tl.float32) * normed.to(tl.float32)
     out_row = out_ptr + (token_idx * tl.num_programs(1) + head_idx) * hidden
-    tl.store(out_row + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
+    if QUANT:
+        normed_out = out.to(NORMED_DTYPE).to(tl.float32)  # as the plain norm would store it
+        quantized, scale = quantize_row(normed_out, static_scale_ptr, STATIC, LIBDEVICE)
+        tl.store(out_row + offs, quantized, mask=mask)
+        tl.store(scale_ptr + token_idx, scale)
+    else:
+        tl.store(out_row + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def _check(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None) -> None:
@@ -106,34 +123,77 @@ def rms_norm(
     free (a strided q/k view of the fused qkv output works); the last dim must be contiguous.
     """
     _check(x, weight, residual)
+    out = torch.empty(x.shape, dtype=torch.promote_types(x.dtype, weight.dtype), device=x.device)
+    _launch(_Rows(x, weight, eps, residual), out, None, None, pdl)
+    return out, (x if residual is None else residual)
+
+
+def rms_norm_fp8(
+    x: torch.Tensor,  # [num_tokens, hidden]
+    weight: torch.Tensor,  # [hidden]
+    eps: float,
+    residual: torch.Tensor | None = None,  # shaped as x; overwritten with x + residual
+    static_scale: torch.Tensor | None = None,  # [1] fp32: one scale for every token
+    pdl: bool = False,  # a programmatic dependent of a kernel that does not write weight
+) -> tuple[Fp8Activation, torch.Tensor]:
+    """Same contract as `kernels.reference.rms_norm_fp8`: `rms_norm` whose output is quantized
+    to FP8 in the same launch, one scale a token (absmax / 448, or the static scale)."""
+    _check(x, weight, residual)
+    if x.dim() != 2:
+        raise ValueError(f"x must be [num_tokens, hidden] to quantize, got {list(x.shape)}")
+    out = fp8_output(x.shape[0], x.shape[1], static_scale, x.device)
+    _launch(_Rows(x, weight, eps, residual), out.data, out.scale, static_scale, pdl)
+    return out, (x if residual is None else residual)
+
+
+class _Rows(NamedTuple):
+    x: torch.Tensor
+    weight: torch.Tensor
+    eps: float
+    residual: torch.Tensor | None
+
+
+def _launch(
+    rows_in: _Rows,
+    out: torch.Tensor,  # shaped as x: the normed rows, or their FP8 values with `scale`
+    scale: torch.Tensor | None,  # [num_tokens, 1] fp32: quantize, writing each token's scale
+    static_scale: torch.Tensor | None,
+    pdl: bool,
+) -> None:
+    x, residual = rows_in.x, rows_in.residual
     rows = x if x.dim() == 3 else x.unsqueeze(1)  # [num_tokens, num_heads, hidden]
     res_rows = rows  # unread without a residual
     if residual is not None:
         res_rows = residual if residual.dim() == 3 else residual.unsqueeze(1)
-    out = torch.empty(x.shape, dtype=torch.promote_types(x.dtype, weight.dtype), device=x.device)
     num_tokens, num_heads, hidden = rows.shape
-    if num_tokens > 0 and num_heads > 0:
-        block = triton.next_power_of_2(hidden)
-        pdl = pdl and pdl_device(x.device)
-        _rms_norm_kernel[(num_tokens, num_heads)](
-            x_ptr=rows,
-            residual_ptr=res_rows,
-            weight_ptr=weight,
-            out_ptr=out,
-            x_stride_token=rows.stride(0),
-            x_stride_head=rows.stride(1),
-            residual_stride_token=res_rows.stride(0),
-            residual_stride_head=res_rows.stride(1),
-            hidden=hidden,
-            inv_hidden=1.0 / hidden,
-            eps=eps,
-            HAS_RESIDUAL=residual is not None,
-            BLOCK=block,
-            LIBDEVICE=use_libdevice(x),
-            PDL=pdl,
-            EARLY=dependents_at_start(pdl, num_tokens),
-            num_warps=min(max(block // 512, 1), 16),
-            enable_fp_fusion=False,
-            **launch_options(pdl),
-        )
-    return out, (x if residual is None else residual)
+    if num_tokens == 0 or num_heads == 0:
+        return
+    block = triton.next_power_of_2(hidden)
+    pdl = pdl and pdl_device(x.device)
+    normed_dtype = torch.promote_types(x.dtype, rows_in.weight.dtype)
+    _rms_norm_kernel[(num_tokens, num_heads)](
+        x_ptr=rows,
+        residual_ptr=res_rows,
+        weight_ptr=rows_in.weight,
+        out_ptr=out,
+        scale_ptr=out if scale is None else scale,
+        static_scale_ptr=static_scale if static_scale is not None else out,
+        x_stride_token=rows.stride(0),
+        x_stride_head=rows.stride(1),
+        residual_stride_token=res_rows.stride(0),
+        residual_stride_head=res_rows.stride(1),
+        hidden=hidden,
+        inv_hidden=1.0 / hidden,
+        eps=rows_in.eps,
+        HAS_RESIDUAL=residual is not None,
+        BLOCK=block,
+        LIBDEVICE=use_libdevice(x),
+        PDL=pdl,
+        EARLY=dependents_at_start(pdl, num_tokens),
+        QUANT=scale is not None,
+        STATIC=static_scale is not None,
+        NORMED_DTYPE=_TL_DTYPES[normed_dtype],
+        num_warps=min(max(block // 512, 1), 16),
+        enable_fp_fusion=False,
+        **launch_options(pdl),
+    )

@@ -31,6 +31,11 @@ class EngineSettings(BaseSettings):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="auto: bfloat16 on CUDA, float32 on CPU"
     )
+    quantization: Literal["fp8", "awq", "gptq", "compressed-tensors"] | None = Field(
+        None,
+        description="weights as the checkpoint's quantization_config says (default), checked "
+        "against this name; fp8 on an unquantized checkpoint quantizes its weights at load",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     attention_backend: Literal["auto", "torch", "triton"] = Field(
         "auto", description="auto: triton on CUDA, torch elsewhere"

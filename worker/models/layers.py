@@ -10,9 +10,11 @@ from llm_worker.models.elementwise import ElementwiseOps
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, hidden_size: int, eps: float, ops: ElementwiseOps) -> None:
+    def __init__(
+        self, hidden_size: int, eps: float, ops: ElementwiseOps, dtype: torch.dtype | None = None
+    ) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.weight = nn.Parameter(torch.ones(hidden_size, dtype=dtype))
         self.eps = eps
         self.ops = ops
 

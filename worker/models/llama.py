@@ -1,7 +1,8 @@
 """Llama, Qwen2 and Qwen3 decoder over the paged KV cache (they differ in biases and q/k norms).
 
-Projections are fused at load time (q|k|v and gate|up) so a layer runs four GEMMs, not seven.
-Parameter names follow HF checkpoints except for the fused ones, which `load_weights` maps.
+Projections are fused (q|k|v and gate|up) so a layer runs four GEMMs, not seven; each is a
+`ShardedLinear` in the activation dtype or quantized (worker/models/quant/), its shards loaded
+from the checkpoint's separate modules. The head and the embeddings stay in the activation dtype.
 """
 
 from collections.abc import Iterable
@@ -13,23 +14,20 @@ from llm_worker.models.attention import AttentionBackend, AttentionMetadata
 from llm_worker.models.config import ModelConfig
 from llm_worker.models.elementwise import ElementwiseOps
 from llm_worker.models.layers import RMSNorm, rotary_cos_sin_cache
+from llm_worker.models.quant.config import QuantConfig
+from llm_worker.models.quant.factory import LinearFactory
+from llm_worker.models.quant.gemms import gemms_for
+from llm_worker.models.quant.linear import CheckpointMismatch, LinearInput, ShardedLinear
 
 KVCache = tuple[
     torch.Tensor, torch.Tensor
 ]  # k, v: [num_blocks, block_size, num_kv_heads, head_dim]
 
-# HF name fragment -> (fused parameter fragment, shard index)
-_FUSED = {
-    "q_proj": ("qkv_proj", 0),
-    "k_proj": ("qkv_proj", 1),
-    "v_proj": ("qkv_proj", 2),
-    "gate_proj": ("gate_up_proj", 0),
-    "up_proj": ("gate_up_proj", 1),
-}
-
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, ops: ElementwiseOps) -> None:
+    def __init__(
+        self, cfg: ModelConfig, ops: ElementwiseOps, linears: LinearFactory, prefix: str
+    ) -> None:
         super().__init__()
         self.ops = ops
         self.num_heads, self.num_kv_heads, self.head_dim = (
@@ -40,23 +38,26 @@ class Attention(nn.Module):
         self.q_size = cfg.num_heads * cfg.head_dim
         self.kv_size = cfg.num_kv_heads * cfg.head_dim
         self.shard_sizes = (self.q_size, self.kv_size, self.kv_size)
-        self.qkv_proj = nn.Linear(cfg.hidden_size, sum(self.shard_sizes), bias=cfg.attention_bias)
-        self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=False)
-        self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, ops) if cfg.qk_norm else None
-        self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, ops) if cfg.qk_norm else None
+        qkv_names = tuple(f"{prefix}.{name}" for name in ("q_proj", "k_proj", "v_proj"))
+        self.qkv_proj = linears(qkv_names, cfg.hidden_size, self.shard_sizes, cfg.attention_bias)
+        self.o_proj = linears((f"{prefix}.o_proj",), self.q_size, (cfg.hidden_size,), False)
+        dtype = linears.dtype
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, ops, dtype) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, ops, dtype) if cfg.qk_norm else None
         self.scale = cfg.head_dim**-0.5
 
     def forward(
         self,
-        x: torch.Tensor,
+        x: LinearInput,
         positions: torch.Tensor,
         cos_sin: torch.Tensor,
         kv: KVCache,
         meta: AttentionMetadata,
         backend: AttentionBackend,
     ) -> torch.Tensor:
-        num_tokens = x.shape[0]
-        q, k, v = self.qkv_proj(x).split(self.shard_sizes, dim=-1)
+        qkv = self.qkv_proj(x)
+        num_tokens = qkv.shape[0]
+        q, k, v = qkv.split(self.shard_sizes, dim=-1)
         q = q.view(num_tokens, self.num_heads, self.head_dim)
         k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
@@ -69,41 +70,58 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig, ops: ElementwiseOps) -> None:
+    def __init__(self, cfg: ModelConfig, linears: LinearFactory, prefix: str) -> None:
         super().__init__()
-        self.ops = ops
         self.shard_sizes = (cfg.intermediate_size, cfg.intermediate_size)
-        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        gate_up_names = (f"{prefix}.gate_proj", f"{prefix}.up_proj")
+        self.gate_up_proj = linears(gate_up_names, cfg.hidden_size, self.shard_sizes, False)
+        self.down_proj = linears(
+            (f"{prefix}.down_proj",), cfg.intermediate_size, (cfg.hidden_size,), False
+        )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.ops.silu_and_mul(self.gate_up_proj(x)))
+    def forward(self, x: LinearInput) -> torch.Tensor:
+        return self.down_proj(self.down_proj.silu_and_mul_input(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, ops: ElementwiseOps) -> None:
+    def __init__(
+        self, cfg: ModelConfig, ops: ElementwiseOps, linears: LinearFactory, prefix: str
+    ) -> None:
         super().__init__()
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ops)
-        self.self_attn = Attention(cfg, ops)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ops)
-        self.mlp = MLP(cfg, ops)
+        dtype = linears.dtype
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ops, dtype)
+        self.self_attn = Attention(cfg, ops, linears, f"{prefix}.self_attn")
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ops, dtype)
+        self.mlp = MLP(cfg, linears, f"{prefix}.mlp")
 
 
 class Decoder(nn.Module):
-    def __init__(self, cfg: ModelConfig, ops: ElementwiseOps) -> None:
+    def __init__(self, cfg: ModelConfig, ops: ElementwiseOps, linears: LinearFactory) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, ops) for _ in range(cfg.num_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ops)
+        dtype = linears.dtype
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size, dtype=dtype)
+        self.layers = nn.ModuleList(
+            DecoderLayer(cfg, ops, linears, f"model.layers.{i}") for i in range(cfg.num_layers)
+        )
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ops, dtype)
 
 
 class CausalLM(nn.Module):
-    def __init__(self, cfg: ModelConfig, backend: AttentionBackend) -> None:
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        backend: AttentionBackend,
+        quant: QuantConfig | None = None,
+        dtype: torch.dtype | None = None,  # activations, embeddings, norms, head (default fp32)
+    ) -> None:
         super().__init__()
         self.config = cfg
         self.backend = backend
-        self.model = Decoder(cfg, backend.ops)  # the backend's norms, rotary and SiLU*mul
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.quant = quant
+        dtype = dtype or torch.get_default_dtype()
+        linears = LinearFactory(quant, backend.ops, gemms_for(backend.name), dtype)
+        self.model = Decoder(cfg, backend.ops, linears)  # the backend's norms, rotary, SiLU*mul
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False, dtype=dtype)
         self.cos_sin_cache = torch.empty(0)
 
     def init_rotary(self, max_position: int, device: torch.device) -> None:
@@ -123,37 +141,52 @@ class CausalLM(nn.Module):
         residual: torch.Tensor | None = None
         for layer, kv in zip(self.model.layers, kv_caches, strict=True):
             assert isinstance(layer, DecoderLayer)
-            x, residual = layer.input_layernorm(h, residual)
-            h = layer.self_attn(x, positions, self.cos_sin_cache, kv, meta, self.backend)
-            x, residual = layer.post_attention_layernorm(h, residual)
-            h = layer.mlp(x)
+            attn, mlp = layer.self_attn, layer.mlp
+            # each norm's output comes in the form the GEMM after it takes (FP8 or not)
+            x, residual = attn.qkv_proj.rms_norm_input(layer.input_layernorm, h, residual)
+            h = attn(x, positions, self.cos_sin_cache, kv, meta, self.backend)
+            x, residual = mlp.gate_up_proj.rms_norm_input(layer.post_attention_layernorm, h,
+                                                          residual)  # fmt: skip
+            h = mlp(x)
         return self.model.norm(h, residual)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:  # [n, vocab] fp32
         return self.lm_head(hidden).float()
 
+    def linear_layers(self) -> list[ShardedLinear]:
+        return [m for m in self.modules() if isinstance(m, ShardedLinear)]
+
+    def matmul_weight_bytes(self) -> int:
+        """Bytes of the weights every token multiplies through, as stored (quantized layers
+        with their scales and zeros): what a batch-1 decode step must read."""
+        head = self.lm_head.weight
+        linear_bytes = sum(m.weight_bytes() for m in self.linear_layers())
+        return linear_bytes + head.numel() * head.element_size()
+
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        params = dict(self.named_parameters())
+        """Checkpoint tensors by their HF names: those of a linear layer's modules go to it,
+        the rest (embeddings, norms, head) are copied into the parameter of the same name."""
+        shards = {
+            name: (linear, shard)
+            for linear in self.linear_layers()
+            for shard, name in enumerate(linear.spec.names)
+        }
+        params = _unfused_parameters(self)
         loaded: set[str] = set()
         for name, tensor in weights:
-            if "rotary_emb" in name:
-                continue
-            target, shard = name, None
-            for fragment, (fused, index) in _FUSED.items():
-                if f".{fragment}." in name:
-                    target, shard = name.replace(fragment, fused), index
-                    break
-            if target not in params:
+            module_name, _, suffix = name.rpartition(".")
+            if module_name in shards:
+                linear, shard = shards[module_name]
+                linear.load(suffix, shard, tensor)
+            elif "rotary_emb" in name or name.endswith((".k_scale", ".v_scale")):
+                continue  # recomputed; KV-cache scales unused while the cache is not FP8
+            elif name not in params:
                 raise KeyError(f"checkpoint tensor {name!r} has no place in {self.config.arch}")
-            param = params[target]
-            with torch.no_grad():
-                if shard is None:
-                    param.copy_(tensor)
-                else:
-                    sizes = self._shard_sizes(target)
-                    start = sum(sizes[:shard])
-                    param[start : start + sizes[shard]].copy_(tensor)
-            loaded.add(target)
+            else:
+                _copy_parameter(name, params[name], tensor)
+                loaded.add(name)
+        for linear in self.linear_layers():
+            linear.finish_loading()
         if self.config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
             loaded.add("lm_head.weight")
@@ -161,7 +194,27 @@ class CausalLM(nn.Module):
         if missing:
             raise KeyError(f"checkpoint lacks {sorted(missing)[:5]} ({len(missing)} tensors)")
 
-    def _shard_sizes(self, fused_name: str) -> tuple[int, ...]:
-        module_name = fused_name.rsplit(".", 1)[0].rsplit(".", 1)[0]
-        module = self.get_submodule(module_name)
-        return module.shard_sizes  # type: ignore[return-value]
+
+def _unfused_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Parameters outside the linear layers (which load their own tensors)."""
+    inside = {
+        f"{module_name}.{name}"
+        for module_name, module in model.named_modules()
+        if isinstance(module, ShardedLinear)
+        for name, _ in module.named_parameters()
+    }
+    return {name: p for name, p in model.named_parameters() if name not in inside}
+
+
+def _copy_parameter(name: str, param: nn.Parameter, tensor: torch.Tensor) -> None:
+    if not tensor.is_floating_point() or tensor.element_size() == 1:
+        raise CheckpointMismatch(
+            f"checkpoint tensor {name} is {tensor.dtype}: only the linear layers the "
+            "quantization config names take quantized tensors"
+        )
+    if tensor.shape != param.shape:
+        raise CheckpointMismatch(
+            f"checkpoint tensor {name} is {list(tensor.shape)}; expected {list(param.shape)}"
+        )
+    with torch.no_grad():
+        param.copy_(tensor)

@@ -13,6 +13,8 @@ from llm_worker.models.attention import AttentionBackend
 from llm_worker.models.bundled import bundled_model_dir
 from llm_worker.models.config import NAMED_SHAPES, ModelConfig
 from llm_worker.models.llama import CausalLM
+from llm_worker.models.quant.config import describe, resolve_quantization
+from llm_worker.models.quant.linear import ShardedLinear
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +59,25 @@ def _safetensors_weights(folder: Path):  # yields (name, tensor)
 
 
 def _fill_dummy(model: CausalLM, seed: int) -> None:
-    """Random weights at a realistic scale: N(0, 0.02) matrices, unit norms."""
+    """Random weights at a realistic scale: N(0, 0.02) matrices (quantized ones drawn so, then
+    quantized), unit norms; module by module, in the order named_parameters lists them."""
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    seen: set[int] = set()  # a tied head shares the embedding's parameter
     with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" in name:
-                param.fill_(1.0)
-            elif name.endswith("bias"):
-                param.zero_()
-            else:
-                param.normal_(0.0, 0.02, generator=gen)
+        for module_name, module in model.named_modules():
+            if isinstance(module, ShardedLinear):
+                module.fill_dummy(gen)
+                continue
+            for name, param in module.named_parameters(prefix=module_name, recurse=False):
+                if id(param) in seen:
+                    continue
+                seen.add(id(param))
+                if "norm" in name:
+                    param.fill_(1.0)
+                elif name.endswith("bias"):
+                    param.zero_()
+                else:
+                    param.normal_(0.0, 0.02, generator=gen)
 
 
 def load_model(
@@ -78,11 +89,15 @@ def load_model(
     dummy: bool,
     seed: int,
     max_position: int,
+    quantization: str | None = None,
 ) -> CausalLM:
+    """`quantization` is --quantization (fp8, awq, gptq, compressed-tensors): None runs what
+    the checkpoint's quantization_config says, if anything; see `resolve_quantization`."""
     cfg = ModelConfig.from_hf(source.hf_config)
+    quant = resolve_quantization(source.hf_config, quantization, dummy or source.folder is None)
     with torch.device("meta"):
-        model = CausalLM(cfg, backend)
-    model = model.to_empty(device=device).to(dtype)
+        model = CausalLM(cfg, backend, quant, dtype)
+    model = model.to_empty(device=device)
     if dummy or source.folder is None:
         if cfg.tie_word_embeddings:
             model.lm_head.weight = model.model.embed_tokens.weight
@@ -91,11 +106,13 @@ def load_model(
         model.load_weights(_safetensors_weights(source.folder))
     model.init_rotary(max_position, device)
     log.info(
-        "loaded %s (%s, %.1fM params, %s, %s)",
+        "loaded %s (%s, %.1fM params, %s, %s, weights %s: %.2f GB of matmul weights)",
         source.folder or "dummy",
         cfg.arch,
         cfg.num_params / 1e6,
         dtype,
         device,
+        describe(quant),
+        model.matmul_weight_bytes() / 1e9,
     )
     return model.eval()
