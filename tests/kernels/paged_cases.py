@@ -1,8 +1,11 @@
 """Random paged-cache batches for the kernel tests: scattered blocks, NaN wherever no token is."""
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
+
+from llm_worker.kernels.reference import quantize_kv
 
 
 @dataclass(frozen=True)
@@ -95,3 +98,11 @@ def make_paged_batch(
         max_seqlen_k=max((ctx for ctx, _ in seqs), default=0),
         new_slots=torch.cat([torch.zeros(0, dtype=torch.long), *new_slots]).to(device),
     )
+
+
+def fp8_batch(batch: PagedBatch, k_scale: float, v_scale: float) -> PagedBatch:
+    """The same batch over an FP8 (e4m3) cache holding K / k_scale and V / v_scale, as store_kv
+    writes them; NaN stays NaN."""
+    k8 = quantize_kv(batch.k_cache, torch.float8_e4m3fn, k_scale)
+    v8 = quantize_kv(batch.v_cache, torch.float8_e4m3fn, v_scale)
+    return dataclasses.replace(batch, k_cache=k8, v_cache=v8)
