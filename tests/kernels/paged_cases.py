@@ -5,7 +5,25 @@ from dataclasses import dataclass
 
 import torch
 
+from llm_worker.kernels.attention_config import AttentionConfig
 from llm_worker.kernels.reference import quantize_kv
+
+# Launch configurations the rules pick on GPUs (and some they could), for the CUDA tests.
+GPU_CONFIGS = [
+    AttentionConfig(block_m=16, block_n=64, num_splits=7, num_warps=4, num_stages=3),
+    AttentionConfig(block_m=128, block_n=64, num_splits=3, num_warps=8, num_stages=3),
+    AttentionConfig(block_m=64, block_n=128, num_splits=1, num_warps=4, num_stages=2),
+    # Every key tile of a split in one masked loop, over decode and prefill tiles alike.
+    AttentionConfig(16, 32, 7, 4, 3, one_pass=True),
+    AttentionConfig(64, 32, 3, 4, 3, one_pass=True),
+    # ... with a split's block ids loaded at once: the longest split here (4,099 keys in
+    # 7) holds 608 keys, in one chunk of 640, or in seven of 96, five stages deep.
+    AttentionConfig(16, 32, 7, 4, 3, one_pass=True, ids_chunk_keys=640),
+    AttentionConfig(16, 32, 7, 4, 5, one_pass=True, ids_chunk_keys=96),
+    # Register caps (ptxas .maxnreg) that fit three and two programs a multiprocessor.
+    AttentionConfig(64, 32, 1, 4, 3, max_registers=168),
+    AttentionConfig(128, 32, 3, 8, 3, max_registers=128),
+]
 
 
 @dataclass(frozen=True)

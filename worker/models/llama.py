@@ -9,9 +9,10 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from llm_worker.models.attention import AttentionBackend, AttentionMetadata
+from llm_worker.models.attention import UNIT_KV_SCALE, AttentionBackend, AttentionMetadata
 from llm_worker.models.config import ModelConfig
 from llm_worker.models.elementwise import ElementwiseOps
+from llm_worker.models.kv_cache_format import is_kv_scale_name
 from llm_worker.models.layers import RMSNorm, rotary_cos_sin_cache
 
 KVCache = tuple[
@@ -45,6 +46,7 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, ops) if cfg.qk_norm else None
         self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, ops) if cfg.qk_norm else None
         self.scale = cfg.head_dim**-0.5
+        self.kv_scale = UNIT_KV_SCALE  # an FP8 cache's (kv_cache_format.apply_kv_scales)
 
     def forward(
         self,
@@ -64,7 +66,7 @@ class Attention(nn.Module):
             q = self.q_norm(q)[0]
             k = self.k_norm(k)[0]
         q, k = self.ops.rotary_embedding(positions, q, k, cos_sin)
-        out = backend.forward(q, k, v, kv[0], kv[1], meta, self.scale)
+        out = backend.forward(q, k, v, kv[0], kv[1], meta, self.scale, self.kv_scale)
         return self.o_proj(out.reshape(num_tokens, self.q_size))
 
 
@@ -136,7 +138,7 @@ class CausalLM(nn.Module):
         params = dict(self.named_parameters())
         loaded: set[str] = set()
         for name, tensor in weights:
-            if "rotary_emb" in name:
+            if "rotary_emb" in name or is_kv_scale_name(name):  # KV scales: kv_cache_format
                 continue
             target, shard = name, None
             for fragment, (fused, index) in _FUSED.items():
