@@ -5,11 +5,9 @@ FP8 is e4m3 (`torch.float8_e4m3fn`): 3 mantissa bits, range +-448, the format Ho
 natively. Scales come from the checkpoint where it has them (compressed-tensors'
 `kv_cache_scheme`: `model.layers.N.self_attn.k_scale` / `v_scale`; its older
 `k_proj.output_scale` / `v_proj.output_scale`; ModelOpt's `k_proj.k_scale` / `v_proj.v_scale`,
-the names vLLM reads), else 1.0. A scale only moves values into the format's range, and
-e4m3's relative precision is the same over its whole normal range [2^-6, 448]: K and V of the
-models served here sit well inside it (SmolLM2 over a page of text: |K| <= 22, |V| <= 15), so
-1.0 saturates nothing, and what it costs is the values under 2^-6, which lose relative
-precision as subnormals (docs: README, FP8 KV cache).
+the names vLLM reads), else 1.0: a scale only moves values within e4m3's range, whose relative
+precision is the same over all of it, and these models' K/V sit inside it (README, FP8 KV
+cache).
 """
 
 import json
