@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import triton
 
+from llm_worker.kernels.reference import FP8_KV_DTYPES
+
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # The launch rules below. The sweeps that chose their numbers (per layer in a 32-layer graph, of
 # copy bandwidth for decode, of SDPA for prefill) are indexed in docs/benchmarks.md, "How the
@@ -291,10 +293,15 @@ def check_inputs(
             f"[num_blocks, block_size, num_kv_heads, head_dim], got {list(query.shape)}, "
             f"{list(k_cache.shape)}, {list(v_cache.shape)}"
         )
-    if not query.dtype == k_cache.dtype == v_cache.dtype or query.dtype not in SUPPORTED_DTYPES:
+    cache_dtypes = (query.dtype, *FP8_KV_DTYPES)
+    if (
+        query.dtype not in SUPPORTED_DTYPES
+        or k_cache.dtype != v_cache.dtype
+        or k_cache.dtype not in cache_dtypes
+    ):
         raise ValueError(
-            f"query, k_cache and v_cache must share one dtype of {SUPPORTED_DTYPES}, got "
-            f"{query.dtype}, {k_cache.dtype}, {v_cache.dtype}"
+            f"query must be one of {SUPPORTED_DTYPES}, and k_cache and v_cache of its dtype or "
+            f"FP8 (e4m3), got {query.dtype}, {k_cache.dtype}, {v_cache.dtype}"
         )
     num_heads, head_dim = query.shape[1], query.shape[2]
     num_kv_heads = k_cache.shape[2]

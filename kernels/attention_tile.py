@@ -36,7 +36,7 @@ def online_softmax_step(
     m_i,  # [BLOCK_M] fp32, running max of the log2-scaled scores
     l_i,  # [BLOCK_M] fp32, running sum of exp2(score - m_i)
     q,  # [BLOCK_M, HEAD_DIM]
-    k,  # [BLOCK_N, HEAD_DIM], keys at positions kv_pos
+    k,  # [BLOCK_N, HEAD_DIM], keys at positions kv_pos; FP8 ones converted to q's dtype here
     v,  # [BLOCK_N, HEAD_DIM]; rows at kv_pos >= kv_hi must be finite (zero them if unsure)
     kv_pos,  # [BLOCK_N] key positions
     kv_hi,  # one past the last key position
@@ -45,7 +45,10 @@ def online_softmax_step(
     MASKED: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    """Fold one key tile into the running softmax state of the query rows."""
+    """Fold one key tile into the running softmax state of the query rows. An FP8 cache's K/V
+    enter the products as the query's dtype (exact: e4m3 values fit in 16 bits); their scales
+    are folded into qk_scale and the tile's final store."""
+    k = k.to(q.dtype)
     scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
     # The scale (> 0) is applied inside exp2's argument, where it fuses into one FMA.
     if MASKED:
@@ -62,7 +65,7 @@ def online_softmax_step(
     p = tl.exp2(scores * qk_scale - m_shift[:, None])
     alpha = tl.exp2(m_i - m_shift)
     l_i = l_i * alpha + tl.sum(p, 1)
-    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
+    acc = tl.dot(p.to(q.dtype), v.to(q.dtype), acc * alpha[:, None], input_precision=DOT_PRECISION)
     return acc, m_new, l_i
 
 
@@ -241,10 +244,14 @@ def store_tile(
     split_idx,
     num_tokens,
     num_heads,
+    out_scale,  # SCALE_OUT: the FP8 cache's v_scale (the output is linear in V)
     HEAD_DIM: tl.constexpr,
     SPLIT_K: tl.constexpr,
+    SCALE_OUT: tl.constexpr,
 ):
     offs_d = tl.arange(0, HEAD_DIM)
+    if SCALE_OUT:
+        acc = acc * out_scale  # split-K partials too: the merge is linear in them
     if not SPLIT_K:
         out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
         row = token_idx.to(tl.int64) * num_heads + head_idx

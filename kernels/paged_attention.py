@@ -38,6 +38,7 @@ All offsets into the cache are int64, so caches over 2^31 elements work.
 
 import math
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -55,6 +56,7 @@ from llm_worker.kernels.attention_tile import (
 )
 from llm_worker.kernels.merge_splits import merge_splits
 from llm_worker.kernels.pdl import launch_options, pdl_device
+from llm_worker.kernels.reference import check_kv_scales
 
 try:
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -83,7 +85,8 @@ def _paged_attention_kernel(
     block_tables_ptr,  # [num_seqs, max_blocks_per_seq] int32
     seq_lens_ptr,  # [num_seqs] int32, context length including the new tokens
     cu_seqlens_q_ptr,  # [num_seqs + 1] int32
-    qk_scale,  # softmax scale * log2(e)
+    qk_scale,  # softmax scale * log2(e), times k_scale for an FP8 cache
+    v_scale,  # SCALE_V: an FP8 cache's value scale, applied to the output
     num_seqs,
     num_tokens,
     num_kv_heads,
@@ -105,6 +108,7 @@ def _paged_attention_kernel(
     CHUNK_KEYS: tl.constexpr,  # ONE_PASS: > 0 loads the block ids of this many keys at once
     CHUNK_BLOCKS: tl.constexpr,  # a power of two >= CHUNK_KEYS // BLOCK_SIZE + 2
     DOT_PRECISION: tl.constexpr,
+    SCALE_V: tl.constexpr,  # an FP8 cache whose v_scale is not 1
     PDL: tl.constexpr,  # launched as a programmatic dependent of the kernel before (sm_90+)
 ):
     # One flat grid, the KV head fastest: the heads of one key range run side by side (they
@@ -263,7 +267,7 @@ def _paged_attention_kernel(
         store_tile(
             out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, acc, m_i, l_i,
             q_start + token_in_seq, head_idx, row_valid, split_idx, num_tokens, num_heads,
-            HEAD_DIM, SPLIT_K,
+            v_scale, HEAD_DIM, SPLIT_K, SCALE_V,
         )  # fmt: skip
     elif PDL:
         # A spare slot reads nothing, but waits too: the launch must not finish before the one
@@ -284,6 +288,9 @@ def paged_attention(
     key: torch.Tensor | None = None,  # [num_tokens, num_kv_heads, head_dim], as stored this step
     value: torch.Tensor | None = None,
     pdl: bool = False,
+    *,
+    k_scale: float = 1.0,  # FP8 caches: key = stored * k_scale
+    v_scale: float = 1.0,
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
     """Same contract as `kernels.reference.paged_attention`, in one launch (two with split-K).
 
@@ -298,6 +305,11 @@ def paged_attention(
     before reading the query, `key`/`value` and the cache. The caller promises that the kernel
     right before it writes none of block_tables, seq_lens and cu_seqlens_q (the engine copies
     them from the host before the step; the kernel before attention is `store_kv`).
+
+    An FP8 cache (e4m3) is read as such and converted to the query's dtype in the kernel, its
+    k_scale folded into the softmax scale and its v_scale into the output. Its keys all come
+    from the cache, this step's too (no TMA of `key`/`value`): attention then sees the stored
+    values, the same as every later step and every prefix-cache hit will.
     """
     check_inputs(query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q)
     config = choose_config(
@@ -312,7 +324,8 @@ def paged_attention(
         num_tokens=query.shape[0],
     )
     args = (query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q)
-    return _launch(*args, scale, max_seqlen_q, config, key, value, pdl)
+    options = _LaunchOptions(scale, max_seqlen_q, config, key, value, pdl, k_scale, v_scale)
+    return _launch(*args, options)
 
 
 def paged_attention_with_config(
@@ -328,11 +341,27 @@ def paged_attention_with_config(
     key: torch.Tensor | None = None,
     value: torch.Tensor | None = None,
     pdl: bool = False,
+    *,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
     """`paged_attention` with an explicit configuration (tests and benchmark sweeps)."""
     check_inputs(query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q)
     args = (query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q)
-    return _launch(*args, scale, max_seqlen_q, config, key, value, pdl)
+    options = _LaunchOptions(scale, max_seqlen_q, config, key, value, pdl, k_scale, v_scale)
+    return _launch(*args, options)
+
+
+@dataclass(frozen=True)
+class _LaunchOptions:
+    scale: float
+    max_seqlen_q: int
+    config: AttentionConfig
+    key: torch.Tensor | None
+    value: torch.Tensor | None
+    pdl: bool
+    k_scale: float
+    v_scale: float
 
 
 def _launch(
@@ -342,15 +371,13 @@ def _launch(
     block_tables: torch.Tensor,
     seq_lens: torch.Tensor,
     cu_seqlens_q: torch.Tensor,
-    scale: float,
-    max_seqlen_q: int,
-    config: AttentionConfig,
-    key: torch.Tensor | None,
-    value: torch.Tensor | None,
-    pdl: bool,
+    options: _LaunchOptions,
 ) -> torch.Tensor:
+    scale, max_seqlen_q, config = options.scale, options.max_seqlen_q, options.config
+    key, value, pdl = options.key, options.value, options.pdl
     if not scale > 0:
         raise ValueError(f"scale must be positive, got {scale}")
+    check_kv_scales(k_cache.dtype, options.k_scale, options.v_scale)
     num_tokens, num_heads, head_dim = query.shape
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     group = num_heads // num_kv_heads
@@ -388,7 +415,8 @@ def _launch(
         block_tables_ptr=block_tables,
         seq_lens_ptr=seq_lens,
         cu_seqlens_q_ptr=cu_seqlens_q,
-        qk_scale=scale * math.log2(math.e),
+        qk_scale=scale * math.log2(math.e) * options.k_scale,
+        v_scale=options.v_scale,
         num_seqs=num_seqs,
         num_tokens=num_tokens,
         num_kv_heads=num_kv_heads,
@@ -410,6 +438,7 @@ def _launch(
         CHUNK_KEYS=chunk_keys,
         CHUNK_BLOCKS=triton.next_power_of_2(chunk_keys // block_size + 2),
         DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
+        SCALE_V=options.v_scale != 1.0,
         PDL=pdl,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
@@ -442,6 +471,8 @@ def new_kv_descriptors(
     num_tokens, num_kv_heads, head_dim = query.shape[0], k_cache.shape[2], k_cache.shape[3]
     if query.device.type == "cuda" and query.dtype not in (torch.float16, torch.bfloat16):
         return None  # fp32 rows are 512 bytes, past one TMA box; its speed is not the point
+    if k_cache.dtype != query.dtype:
+        return None  # an FP8 cache: attend to what was stored, not to the unrounded rows
     descriptors = []
     for t in (key, value):
         if (

@@ -16,6 +16,53 @@ import torch.nn.functional as F
 
 from llm_worker.kernels.fp8_format import FP8_DTYPE, FP8_MAX, FP8_MIN_SCALE, Fp8Activation
 
+# FP8 KV caches hold e4m3 values (NVIDIA's float8_e4m3fn: no infinities, one NaN pattern).
+FP8_KV_DTYPES = (FP8_DTYPE,)
+FP8_E4M3_MAX = FP8_MAX
+
+
+def is_fp8(dtype: torch.dtype) -> bool:
+    return dtype in FP8_KV_DTYPES
+
+
+def check_kv_scales(cache_dtype: torch.dtype, k_scale: float, v_scale: float) -> None:
+    """Scales are positive, and 1 for every cache but an FP8 one (the others store values)."""
+    if not (k_scale > 0 and v_scale > 0) or (
+        not is_fp8(cache_dtype) and (k_scale, v_scale) != (1.0, 1.0)
+    ):
+        raise ValueError(
+            f"k_scale and v_scale must be positive, and 1 unless the cache is FP8; got {k_scale}"
+            f" and {v_scale} for a {cache_dtype} cache"
+        )
+
+
+def quantize_kv(rows: torch.Tensor, cache_dtype: torch.dtype, scale: float) -> torch.Tensor:
+    """Rows as a cache of `cache_dtype` stores them. FP8: rows / scale (a multiply by the
+    reciprocal, as the kernel does), saturated to +-448 first because a cast turns whatever lies
+    past the format's range into NaN, then rounded to nearest. Other caches: a cast."""
+    if not is_fp8(cache_dtype):
+        return rows.to(cache_dtype)
+    inverse = 1.0 / scale
+    return (rows.float() * inverse).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(cache_dtype)
+
+
+def dequantize_kv(rows: torch.Tensor, dtype: torch.dtype, scale: float) -> torch.Tensor:
+    """Cache rows as values of `dtype`: FP8 ones times their scale, others cast."""
+    if not is_fp8(rows.dtype):
+        return rows.to(dtype)
+    return (rows.float() * scale).to(dtype)
+
+
+def _bytes(t: torch.Tensor) -> torch.Tensor:
+    """FP8 tensors as raw bytes: CPU torch has no index_copy_ for them, and moving bytes is all
+    a copy or a gather of cache rows needs."""
+    return t.view(torch.uint8) if is_fp8(t.dtype) else t
+
+
+def index_rows(cache: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """cache[index] for any cache dtype, FP8 included."""
+    return _bytes(cache)[index].view(cache.dtype)
+
 
 def store_kv(
     key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
@@ -23,24 +70,27 @@ def store_kv(
     k_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
     v_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
     slot_mapping: torch.Tensor,  # [num_tokens] int64, -1 = skip
+    *,
+    k_scale: float = 1.0,  # FP8 caches: stored = key / k_scale
+    v_scale: float = 1.0,
 ) -> None:
+    check_kv_scales(k_cache.dtype, k_scale, v_scale)
     num_blocks, block_size, num_kv_heads, head_dim = k_cache.shape
     rows = (slot_mapping >= 0).nonzero().squeeze(1)
     slots = slot_mapping[rows]
-    k_flat = k_cache.view(num_blocks * block_size, num_kv_heads, head_dim)
-    v_flat = v_cache.view(num_blocks * block_size, num_kv_heads, head_dim)
-    k_flat.index_copy_(0, slots, key[rows].to(k_cache.dtype))
-    v_flat.index_copy_(0, slots, value[rows].to(v_cache.dtype))
+    for cache, new, scale in ((k_cache, key, k_scale), (v_cache, value, v_scale)):
+        flat = _bytes(cache.view(num_blocks * block_size, num_kv_heads, head_dim))
+        flat.index_copy_(0, slots, _bytes(quantize_kv(new[rows], cache.dtype, scale)))
 
 
 def gather_kv(
     cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
     block_table: torch.Tensor,  # [max_blocks_per_seq] int32
     seq_len: int,
-) -> torch.Tensor:  # [seq_len, num_kv_heads, head_dim]
+) -> torch.Tensor:  # [seq_len, num_kv_heads, head_dim], in the cache's dtype
     block_size = cache.shape[1]
     num_blocks = (seq_len + block_size - 1) // block_size
-    blocks = cache[block_table[:num_blocks].long()]
+    blocks = index_rows(cache, block_table[:num_blocks].long())
     return blocks.reshape(num_blocks * block_size, *cache.shape[2:])[:seq_len]
 
 
@@ -54,8 +104,12 @@ def paged_attention(
     scale: float,
     max_seqlen_q: int,  # upper bounds, used by kernels to pick a launch grid; ignored here
     max_seqlen_k: int,
+    *,
+    k_scale: float = 1.0,  # FP8 caches: key = stored * k_scale
+    v_scale: float = 1.0,
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
-    """Causal attention of each sequence's new tokens over its whole paged context."""
+    """Causal attention of each sequence's new tokens over its whole paged context, the cache
+    dequantized to the query's dtype first."""
     del max_seqlen_q, max_seqlen_k
     num_heads = query.shape[1]
     num_kv_heads = k_cache.shape[2]
@@ -68,11 +122,11 @@ def paged_attention(
         q_len = q_end - q_start
         if q_len == 0:
             continue
-        k = gather_kv(k_cache, block_tables[i], seq_len)  # [S, Hkv, D]
-        v = gather_kv(v_cache, block_tables[i], seq_len)
+        k = dequantize_kv(gather_kv(k_cache, block_tables[i], seq_len), query.dtype, k_scale)
+        v = dequantize_kv(gather_kv(v_cache, block_tables[i], seq_len), query.dtype, v_scale)
         q = query[q_start:q_end].transpose(0, 1)  # [H, Q, D]
-        k = k.transpose(0, 1).repeat_interleave(group, dim=0).to(q.dtype)  # [H, S, D]
-        v = v.transpose(0, 1).repeat_interleave(group, dim=0).to(q.dtype)
+        k = k.transpose(0, 1).repeat_interleave(group, dim=0)  # [H, S, D]
+        v = v.transpose(0, 1).repeat_interleave(group, dim=0)
         # New token j sits at absolute position seq_len - q_len + j and sees keys up to there.
         q_pos = torch.arange(seq_len - q_len, seq_len, device=query.device)
         k_pos = torch.arange(seq_len, device=query.device)

@@ -1,8 +1,29 @@
 """Random paged-cache batches for the kernel tests: scattered blocks, NaN wherever no token is."""
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
+
+from llm_worker.kernels.attention_config import AttentionConfig
+from llm_worker.kernels.reference import quantize_kv
+
+# Launch configurations the rules pick on GPUs (and some they could), for the CUDA tests.
+GPU_CONFIGS = [
+    AttentionConfig(block_m=16, block_n=64, num_splits=7, num_warps=4, num_stages=3),
+    AttentionConfig(block_m=128, block_n=64, num_splits=3, num_warps=8, num_stages=3),
+    AttentionConfig(block_m=64, block_n=128, num_splits=1, num_warps=4, num_stages=2),
+    # Every key tile of a split in one masked loop, over decode and prefill tiles alike.
+    AttentionConfig(16, 32, 7, 4, 3, one_pass=True),
+    AttentionConfig(64, 32, 3, 4, 3, one_pass=True),
+    # ... with a split's block ids loaded at once: the longest split here (4,099 keys in
+    # 7) holds 608 keys, in one chunk of 640, or in seven of 96, five stages deep.
+    AttentionConfig(16, 32, 7, 4, 3, one_pass=True, ids_chunk_keys=640),
+    AttentionConfig(16, 32, 7, 4, 5, one_pass=True, ids_chunk_keys=96),
+    # Register caps (ptxas .maxnreg) that fit three and two programs a multiprocessor.
+    AttentionConfig(64, 32, 1, 4, 3, max_registers=168),
+    AttentionConfig(128, 32, 3, 8, 3, max_registers=128),
+]
 
 
 @dataclass(frozen=True)
@@ -95,3 +116,11 @@ def make_paged_batch(
         max_seqlen_k=max((ctx for ctx, _ in seqs), default=0),
         new_slots=torch.cat([torch.zeros(0, dtype=torch.long), *new_slots]).to(device),
     )
+
+
+def fp8_batch(batch: PagedBatch, k_scale: float, v_scale: float) -> PagedBatch:
+    """The same batch over an FP8 (e4m3) cache holding K / k_scale and V / v_scale, as store_kv
+    writes them; NaN stays NaN."""
+    k8 = quantize_kv(batch.k_cache, torch.float8_e4m3fn, k_scale)
+    v8 = quantize_kv(batch.v_cache, torch.float8_e4m3fn, v_scale)
+    return dataclasses.replace(batch, k_cache=k8, v_cache=v8)

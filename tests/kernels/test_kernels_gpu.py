@@ -14,7 +14,7 @@ from llm_worker.kernels.pdl import pdl_device
 from llm_worker.kernels.rotary import rotary_embedding
 from llm_worker.kernels.store_kv import store_kv
 from llm_worker.models.layers import rotary_cos_sin_cache
-from tests.kernels.paged_cases import PagedBatch, make_paged_batch
+from tests.kernels.paged_cases import GPU_CONFIGS, PagedBatch, make_paged_batch
 
 pytestmark = pytest.mark.gpu
 
@@ -46,24 +46,7 @@ def test_matrix_matches_reference(dtype: torch.dtype, head_dim: int, group: int)
         assert _relative_error(out, batch) < (1e-2 if dtype == torch.bfloat16 else 2e-3)
 
 
-@pytest.mark.parametrize(
-    "config",
-    [
-        AttentionConfig(block_m=16, block_n=64, num_splits=7, num_warps=4, num_stages=3),
-        AttentionConfig(block_m=128, block_n=64, num_splits=3, num_warps=8, num_stages=3),
-        AttentionConfig(block_m=64, block_n=128, num_splits=1, num_warps=4, num_stages=2),
-        # Every key tile of a split in one masked loop, over decode and prefill tiles alike.
-        AttentionConfig(16, 32, 7, 4, 3, one_pass=True),
-        AttentionConfig(64, 32, 3, 4, 3, one_pass=True),
-        # ... with a split's block ids loaded at once: the longest split here (4,099 keys in
-        # 7) holds 608 keys, in one chunk of 640, or in seven of 96, five stages deep.
-        AttentionConfig(16, 32, 7, 4, 3, one_pass=True, ids_chunk_keys=640),
-        AttentionConfig(16, 32, 7, 4, 5, one_pass=True, ids_chunk_keys=96),
-        # Register caps (ptxas .maxnreg) that fit three and two programs a multiprocessor.
-        AttentionConfig(64, 32, 1, 4, 3, max_registers=168),
-        AttentionConfig(128, 32, 3, 8, 3, max_registers=128),
-    ],
-)
+@pytest.mark.parametrize("config", GPU_CONFIGS)
 def test_explicit_configs_match_reference(config: AttentionConfig) -> None:
     batch = make_paged_batch(MIXED, 32, 8, 128, 16, torch.bfloat16, "cuda")
     out = paged_attention_with_config(*batch.tensors(), SCALE, batch.max_seqlen_q, config)

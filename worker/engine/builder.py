@@ -1,16 +1,21 @@
 """Builds an LLMEngine's parts from settings: device, dtype, weights, KV-cache size, tokenizer."""
 
+import contextlib
 import gc
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from llm_worker.config import EngineSettings
-from llm_worker.engine.block_manager import BlockManager, cdiv
+from llm_worker.config import DeviceFacts, EngineSettings, with_batch_defaults
+from llm_worker.engine.block_manager import BlockManager
 from llm_worker.engine.draft import DraftProposer, truncated_copy
-from llm_worker.engine.kv_cache import kv_block_bytes
+from llm_worker.engine.kv_cache_setup import allocate_caches, log_kv_cache, size_kv_cache
+from llm_worker.engine.kv_sizing import KVCacheDoesNotFit
+from llm_worker.engine.memory_profile import CpuMemory, CudaMemory, DeviceMemory
 from llm_worker.engine.model_runner import ModelRunner
 from llm_worker.engine.ngram import NgramProposer
 from llm_worker.engine.scheduler import Scheduler
@@ -18,13 +23,18 @@ from llm_worker.engine.speculative import SpecConfig, Speculator
 from llm_worker.engine.update import Updater
 from llm_worker.models.attention import AttentionBackend, get_backend
 from llm_worker.models.config import ModelConfig
+from llm_worker.models.kv_cache_format import (
+    KVCacheFormat,
+    KVCacheFormatError,
+    apply_kv_scales,
+    resolve_kv_cache_format,
+)
 from llm_worker.models.llama import CausalLM
 from llm_worker.models.loader import load_model, resolve
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-DEFAULT_CPU_KV_CACHE_GB = 1.0
 
 
 class EngineConfigError(ValueError):
@@ -57,61 +67,40 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
-def _num_blocks(
-    settings: EngineSettings, runner: ModelRunner, max_model_len: int, draft_block_bytes: int
-) -> int:
-    block_bytes = kv_block_bytes(runner.model, settings.block_size, runner.dtype)
-    block_bytes += draft_block_bytes  # a draft model's cache shares the target's block ids
-    if settings.num_gpu_blocks_override is not None:
-        return settings.num_gpu_blocks_override
-    if settings.kv_cache_memory_gb is not None or runner.device.type != "cuda":
-        gb = settings.kv_cache_memory_gb or DEFAULT_CPU_KV_CACHE_GB
-        return max(1, int(gb * 2**30) // block_bytes)
-    num_profile_tokens = min(settings.max_num_batched_tokens, max_model_len)
-    peak = runner.profile_peak_bytes(num_profile_tokens)
-    total = torch.cuda.get_device_properties(runner.device).total_memory
-    budget = int(total * settings.gpu_memory_utilization) - peak
-    num_blocks = budget // block_bytes
-    if num_blocks < cdiv(max_model_len, settings.block_size):
-        raise _too_small(settings, max_model_len, max(num_blocks, 0) * settings.block_size)
-    return num_blocks
+def device_facts(device: torch.device) -> DeviceFacts:
+    if device.type != "cuda":
+        return DeviceFacts("cpu", "", 0)
+    props = torch.cuda.get_device_properties(device)
+    return DeviceFacts("cuda", props.name, props.total_memory)
 
 
-def _too_small(settings: EngineSettings, max_model_len: int, num_tokens: int) -> EngineConfigError:
-    return EngineConfigError(
-        f"the KV cache would hold {num_tokens} tokens, less than one sequence of "
-        f"--max-model-len {max_model_len}: raise --gpu-memory-utilization "
-        f"(now {settings.gpu_memory_utilization}) or lower --max-model-len"
+def _with_device_defaults(settings: EngineSettings, device: torch.device) -> EngineSettings:
+    facts = device_facts(device)
+    resolved = with_batch_defaults(settings, facts)
+    log.info(
+        "batch limits: --max-num-seqs %d%s, --max-num-batched-tokens %d%s",
+        resolved.max_num_seqs,
+        "" if settings.max_num_seqs else " (default)",
+        resolved.max_num_batched_tokens,
+        "" if settings.max_num_batched_tokens else " (default)",
     )
+    if facts.kind == "cuda" and not (settings.max_num_seqs and settings.max_num_batched_tokens):
+        log.info("defaults for %s, %.1f GiB", facts.name, facts.memory_bytes / 2**30)
+    return resolved
 
 
-def _size_kv_cache(
-    settings: EngineSettings,
-    runner: ModelRunner,
-    max_model_len: int,
-    draft: DraftProposer | None = None,
-) -> int:
-    """Profile, allocate the cache, capture decode graphs; a CUDA OOM names the knobs instead."""
+@contextlib.contextmanager
+def _start_up_memory_errors(
+    settings: EngineSettings, runner: ModelRunner, max_model_len: int, draft: DraftProposer | None
+) -> Iterator[None]:
+    """Settings that leave too little, and a CUDA OOM at start-up, become one EngineConfigError
+    that names the knobs."""
     try:
-        draft_bytes = draft.block_bytes() if draft is not None else 0
-        num_blocks = _num_blocks(settings, runner, max_model_len, draft_bytes)
-        runner.allocate_kv_cache(num_blocks)
-        if draft is not None:
-            draft.allocate_kv_cache(num_blocks)
-        capturable = runner.model.backend.graph_capturable
-        if runner.device.type == "cuda" and not settings.enforce_eager and capturable:
-            spec = settings.speculative_method is not None
-            verify_tokens = settings.num_speculative_tokens + 1 if spec else 0
-            prefill_tokens = settings.max_num_batched_tokens if settings.prefill_graphs else 0
-            pool = runner.capture_graphs(
-                settings.max_num_seqs, max_model_len, verify_tokens, prefill_tokens
-            )
-            if draft is not None:
-                draft.capture_graphs(settings.max_num_seqs, max_model_len, pool)
+        yield
+    except KVCacheDoesNotFit as exc:
+        raise EngineConfigError(str(exc)) from exc
     except torch.cuda.OutOfMemoryError as exc:
-        runner.allocate_kv_cache(1)  # give the memory back before raising
-        if draft is not None:
-            draft.allocate_kv_cache(1)
+        allocate_caches(runner, draft, 1)  # give the memory back before raising
         raise EngineConfigError(
             f"out of GPU memory at start-up ({exc.args[0].splitlines()[0]}): the weights, "
             f"activations of --max-num-batched-tokens {settings.max_num_batched_tokens} and a "
@@ -120,7 +109,6 @@ def _size_kv_cache(
             "--max-model-len or --max-num-batched-tokens, raise --gpu-memory-utilization, or "
             "pass --enforce-eager (no CUDA graphs)"
         ) from exc
-    return num_blocks
 
 
 def freeze_startup_heap() -> None:
@@ -133,8 +121,10 @@ def freeze_startup_heap() -> None:
     gc.freeze()
 
 
-def build_parts(settings: EngineSettings) -> EngineParts:
+def build_parts(settings: EngineSettings, memory: DeviceMemory | None = None) -> EngineParts:
+    """`memory`: where the KV-cache size comes from (default: the device's own figures)."""
     device = resolve_device(settings.device)
+    settings = _with_device_defaults(settings, device)
     dtype = resolve_dtype(settings.dtype, device)
     source = resolve(settings.model, settings.cache_dir)
     model_cfg = ModelConfig.from_hf(source.hf_config)
@@ -155,17 +145,16 @@ def build_parts(settings: EngineSettings) -> EngineParts:
         seed=settings.seed,
         max_position=max_model_len,
     )
-    runner = ModelRunner(model, settings.block_size, settings.seed)
-    speculator = _build_speculator(settings, model, backend, max_model_len)
+    kv_format = _kv_cache_format(settings, model, source.folder)
+    runner = ModelRunner(model, settings.block_size, settings.seed, kv_format.dtype)
+    speculator = _build_speculator(settings, model, backend, max_model_len, kv_format.dtype)
     draft = speculator.draft if speculator is not None else None
-    num_blocks = _size_kv_cache(settings, runner, max_model_len, draft)
-    log.info(
-        "KV cache: %d blocks of %d tokens (%d tokens), %s backend",
-        num_blocks,
-        settings.block_size,
-        num_blocks * settings.block_size,
-        backend.name,
-    )
+    if memory is None:
+        on_cuda = device.type == "cuda"
+        memory = CudaMemory(device, settings.gpu_memory_utilization) if on_cuda else CpuMemory()
+    with _start_up_memory_errors(settings, runner, max_model_len, draft):
+        num_blocks, profile = size_kv_cache(settings, runner, max_model_len, draft, memory)
+    log_kv_cache(settings, num_blocks, kv_format, backend.name, profile)
     model_id = settings.served_model_name or settings.model
     scheduler = Scheduler(
         settings.scheduler_config(max_model_len),
@@ -184,8 +173,28 @@ def build_parts(settings: EngineSettings) -> EngineParts:
     )
 
 
+def _kv_cache_format(
+    settings: EngineSettings, model: CausalLM, folder: Path | None
+) -> KVCacheFormat:
+    """The cache's dtype and, for FP8, each layer's scales, set on the model's layers."""
+    param = next(model.parameters())
+    try:
+        kv_format = resolve_kv_cache_format(
+            settings.kv_cache_dtype, param.dtype, param.device,
+            folder if settings.load_format != "dummy" else None, model.config.num_layers,
+        )  # fmt: skip
+    except KVCacheFormatError as exc:
+        raise EngineConfigError(str(exc)) from exc
+    apply_kv_scales(model, kv_format.scales)
+    return kv_format
+
+
 def _build_speculator(
-    settings: EngineSettings, target: CausalLM, backend: AttentionBackend, max_model_len: int
+    settings: EngineSettings,
+    target: CausalLM,
+    backend: AttentionBackend,
+    max_model_len: int,
+    kv_cache_dtype: torch.dtype,
 ) -> Speculator | None:
     method = settings.speculative_method
     if method is None:
@@ -213,7 +222,10 @@ def _build_speculator(
         draft_model.config.num_layers,
         config.num_speculative_tokens,
     )
-    proposer = DraftProposer(draft_model, settings.block_size, settings.max_num_batched_tokens)
+    # The target's cache dtype: the same bytes per token, the same memory plan for both.
+    proposer = DraftProposer(
+        draft_model, settings.block_size, settings.max_num_batched_tokens or 1, kv_cache_dtype
+    )
     return Speculator(config, draft=proposer)
 
 

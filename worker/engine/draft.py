@@ -46,25 +46,32 @@ class Draft:
 
 
 class DraftProposer:
-    def __init__(self, model: CausalLM, block_size: int, max_batch_tokens: int) -> None:
+    def __init__(
+        self,
+        model: CausalLM,
+        block_size: int,
+        max_batch_tokens: int,
+        kv_cache_dtype: torch.dtype | None = None,  # the target's; default: the model's dtype
+    ) -> None:
         self.model = model
         self.block_size = block_size
         # Catch-up passes stay under the target's token budget, which sized the activations.
         self.max_batch_tokens = max_batch_tokens
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
+        self.kv_cache_dtype = kv_cache_dtype or self.dtype
         self.uploader = InputUploader(self.device)
         self.kv_caches: list[KVCache] = []
         self.graphs: StepGraphs | None = None  # the draft's one-token steps, on CUDA
 
     def block_bytes(self) -> int:
-        return kv_block_bytes(self.model, self.block_size, self.dtype)
+        return kv_block_bytes(self.model, self.block_size, self.kv_cache_dtype)
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
         self.graphs = None  # graphs hold the old cache's addresses
         self.kv_caches = []  # drop the old cache before the new one is allocated
         self.kv_caches = make_kv_caches(
-            self.model, num_blocks, self.block_size, self.dtype, self.device
+            self.model, num_blocks, self.block_size, self.kv_cache_dtype, self.device
         )
 
     @torch.inference_mode()

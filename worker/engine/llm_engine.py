@@ -16,6 +16,7 @@ from llm_worker.config import EngineSettings
 from llm_worker.engine.block_manager import PrefixCacheStats
 from llm_worker.engine.builder import EngineParts, build_parts
 from llm_worker.engine.faults import fault_message, is_device_fault
+from llm_worker.engine.memory_profile import DeviceMemory
 from llm_worker.engine.request import RequestOutput, new_request
 from llm_worker.engine.sampler import needs_host_history
 from llm_worker.engine.sampling_rows import SamplingRows
@@ -60,9 +61,12 @@ class LLMEngine:
         self._num_generate_calls = 0
 
     @classmethod
-    def from_settings(cls, settings: EngineSettings) -> "LLMEngine":
-        """An engine for `settings`: device, weights, KV cache, tokenizer (see builder.py)."""
-        return cls(build_parts(settings))
+    def from_settings(
+        cls, settings: EngineSettings, memory: DeviceMemory | None = None
+    ) -> "LLMEngine":
+        """An engine for `settings`: device, weights, KV cache, tokenizer (see builder.py).
+        `memory`: where the KV-cache size comes from (default: the device's own figures)."""
+        return cls(build_parts(settings, memory))
 
     @property
     def max_num_seqs(self) -> int:

@@ -66,11 +66,18 @@ def _faults_by_seq(
 
 
 class ModelRunner:
-    def __init__(self, model: CausalLM, block_size: int, seed: int) -> None:
+    def __init__(
+        self,
+        model: CausalLM,
+        block_size: int,
+        seed: int,
+        kv_cache_dtype: torch.dtype | None = None,  # default: the model's dtype
+    ) -> None:
         self.model = model
         self.block_size = block_size
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
+        self.kv_cache_dtype = kv_cache_dtype or self.dtype
         self.kv_caches: list[KVCache] = []
         self.num_blocks = 0
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
@@ -86,7 +93,7 @@ class ModelRunner:
         self.graphs = None  # graphs hold the old cache's addresses
         self.kv_caches = []  # drop the old cache before the new one is allocated
         self.kv_caches = make_kv_caches(
-            self.model, num_blocks, self.block_size, self.dtype, self.device
+            self.model, num_blocks, self.block_size, self.kv_cache_dtype, self.device
         )
         self.num_blocks = num_blocks
 

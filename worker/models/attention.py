@@ -24,6 +24,18 @@ class AttentionMetadata:
     max_seqlen_k: int
 
 
+@dataclass(frozen=True)
+class KVScale:
+    """One layer's scales for an FP8 KV cache: the cache holds key / k and value / v. Both are 1
+    for any other cache, and for an FP8 one whose checkpoint brings none."""
+
+    k: float = 1.0
+    v: float = 1.0
+
+
+UNIT_KV_SCALE = KVScale()
+
+
 class StoreKV(Protocol):
     def __call__(
         self,
@@ -32,6 +44,9 @@ class StoreKV(Protocol):
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
         slot_mapping: torch.Tensor,
+        *,
+        k_scale: float = 1.0,
+        v_scale: float = 1.0,
     ) -> None: ...
 
 
@@ -56,8 +71,10 @@ class AttentionBackend:
         v_cache: torch.Tensor,
         meta: AttentionMetadata,
         scale: float,
+        kv_scale: KVScale = UNIT_KV_SCALE,  # this layer's, for an FP8 cache
     ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
-        self.store_kv(key, value, k_cache, v_cache, meta.slot_mapping)
+        scales = {"k_scale": kv_scale.k, "v_scale": kv_scale.v}
+        self.store_kv(key, value, k_cache, v_cache, meta.slot_mapping, **scales)
         return self.paged_attention(
             query,
             k_cache,
@@ -70,6 +87,7 @@ class AttentionBackend:
             meta.max_seqlen_k,
             key,
             value,
+            **scales,
         )
 
 

@@ -10,9 +10,10 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from llm_worker.models.attention import AttentionBackend, AttentionMetadata
+from llm_worker.models.attention import UNIT_KV_SCALE, AttentionBackend, AttentionMetadata
 from llm_worker.models.config import ModelConfig
 from llm_worker.models.elementwise import ElementwiseOps
+from llm_worker.models.kv_cache_format import is_kv_scale_name
 from llm_worker.models.layers import RMSNorm, rotary_cos_sin_cache
 from llm_worker.models.quant.config import QuantConfig
 from llm_worker.models.quant.factory import LinearFactory
@@ -45,6 +46,7 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, ops, dtype) if cfg.qk_norm else None
         self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, ops, dtype) if cfg.qk_norm else None
         self.scale = cfg.head_dim**-0.5
+        self.kv_scale = UNIT_KV_SCALE  # an FP8 cache's (kv_cache_format.apply_kv_scales)
 
     def forward(
         self,
@@ -65,7 +67,7 @@ class Attention(nn.Module):
             q = self.q_norm(q)[0]
             k = self.k_norm(k)[0]
         q, k = self.ops.rotary_embedding(positions, q, k, cos_sin)
-        out = backend.forward(q, k, v, kv[0], kv[1], meta, self.scale)
+        out = backend.forward(q, k, v, kv[0], kv[1], meta, self.scale, self.kv_scale)
         return self.o_proj(out.reshape(num_tokens, self.q_size))
 
 
@@ -175,11 +177,12 @@ class CausalLM(nn.Module):
         loaded: set[str] = set()
         for name, tensor in weights:
             module_name, _, suffix = name.rpartition(".")
-            if module_name in shards:
+            if "rotary_emb" in name or is_kv_scale_name(name):
+                continue  # rotary: recomputed; KV-cache scales (k_proj.output_scale too): read
+                # by kv_cache_format
+            elif module_name in shards:
                 linear, shard = shards[module_name]
                 linear.load(suffix, shard, tensor)
-            elif "rotary_emb" in name or name.endswith((".k_scale", ".v_scale")):
-                continue  # recomputed; KV-cache scales unused while the cache is not FP8
             elif name not in params:
                 raise KeyError(f"checkpoint tensor {name!r} has no place in {self.config.arch}")
             else:

@@ -19,20 +19,23 @@ def _short_query_attention(
     query: torch.Tensor,  # [num_tokens, num_heads, head_dim]
     starts: torch.Tensor,  # [B] int64: first row of each sequence's query
     q_lens: torch.Tensor,  # [B] int64, 1..SHORT_QUERY
-    k_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
-    v_cache: torch.Tensor,
+    caches: tuple[tuple[torch.Tensor, float], ...],  # (k_cache, k_scale), (v_cache, v_scale)
     block_tables: torch.Tensor,  # [B, max_blocks] int32
     seq_lens: torch.Tensor,  # [B] int32
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # rows [n], their outputs [n, num_heads, head_dim]
     """One masked SDPA over every sequence's gathered KV, queries padded to the longest."""
     num_seqs, (num_heads, head_dim) = starts.shape[0], query.shape[1:]
-    block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
+    block_size, num_kv_heads = caches[0][0].shape[1], caches[0][0].shape[2]
     num_blocks = -(-int(seq_lens.max()) // block_size)
     table = block_tables[:, :num_blocks].long()
     max_len = num_blocks * block_size
-    k = k_cache[table].view(num_seqs, max_len, num_kv_heads, head_dim).transpose(1, 2)
-    v = v_cache[table].view(num_seqs, max_len, num_kv_heads, head_dim).transpose(1, 2)
+    k, v = (
+        reference.dequantize_kv(reference.index_rows(cache, table), query.dtype, cache_scale)
+        .view(num_seqs, max_len, num_kv_heads, head_dim)
+        .transpose(1, 2)
+        for cache, cache_scale in caches
+    )
     max_q = int(q_lens.max())
     j = torch.arange(max_q, device=query.device)
     real = j[None, :] < q_lens[:, None]  # [B, Q]
@@ -43,8 +46,8 @@ def _short_query_attention(
     mask = k_pos[None, None, :] <= q_pos[:, :, None]  # [B, Q, S]
     out = F.scaled_dot_product_attention(
         query[rows].transpose(1, 2),  # [B, H, Q, D]
-        k.to(query.dtype),
-        v.to(query.dtype),
+        k,
+        v,
         attn_mask=mask[:, None, :, :],
         scale=scale,
         enable_gqa=num_heads != num_kv_heads,
@@ -64,6 +67,9 @@ def paged_attention(
     max_seqlen_k: int,
     key: torch.Tensor | None = None,  # this step's K/V: the cache already holds them; unused
     value: torch.Tensor | None = None,
+    *,
+    k_scale: float = 1.0,  # FP8 caches: key = stored * k_scale
+    v_scale: float = 1.0,
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
     q_lens = (cu_seqlens_q[1:] - cu_seqlens_q[:-1]).long()
     is_short = (q_lens >= 1) & (q_lens <= SHORT_QUERY)
@@ -78,11 +84,14 @@ def paged_attention(
             scale,
             max_seqlen_q,
             max_seqlen_k,
+            k_scale=k_scale,
+            v_scale=v_scale,
         )
     out = torch.empty_like(query)
     short_idx = is_short.nonzero().squeeze(1)
     rows, values = _short_query_attention(
-        query, cu_seqlens_q[short_idx].long(), q_lens[short_idx], k_cache, v_cache,
+        query, cu_seqlens_q[short_idx].long(), q_lens[short_idx],
+        ((k_cache, k_scale), (v_cache, v_scale)),
         block_tables[short_idx], seq_lens[short_idx], scale,
     )  # fmt: skip
     out[rows] = values
@@ -106,5 +115,7 @@ def paged_attention(
         scale,
         max_seqlen_q,
         max_seqlen_k,
+        k_scale=k_scale,
+        v_scale=v_scale,
     )
     return out

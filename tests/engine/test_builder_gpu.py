@@ -1,0 +1,83 @@
+"""The KV-cache set-up on CUDA: FP8 caches hold twice the blocks under the same utilization,
+CUDA graphs over them give the eager tokens, and the worst step the settings allow runs inside
+--gpu-memory-utilization (no out-of-memory after start-up)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from llm_worker.config import EngineSettings
+from llm_worker.engine.llm_engine import LLMEngine
+from llm_worker.schemas import SamplingParams
+
+pytestmark = pytest.mark.gpu
+
+
+def engine(**overrides: object) -> LLMEngine:
+    settings = EngineSettings(load_format="dummy", device="cuda", **overrides)  # type: ignore[arg-type]
+    return LLMEngine.from_settings(settings)
+
+
+def _release(e: LLMEngine) -> None:
+    e.runner.allocate_kv_cache(1)
+    del e
+    torch.cuda.empty_cache()
+
+
+def test_fp8_doubles_the_blocks_under_the_same_utilization() -> None:
+    common = {"model": "qwen3-0.6b", "gpu_memory_utilization": 0.3, "max_model_len": 4096,
+              "max_num_seqs": 64, "max_num_batched_tokens": 2048}  # fmt: skip
+    bf16 = engine(**common)
+    num_bf16 = bf16.runner.num_blocks
+    _release(bf16)
+    fp8 = engine(**common, kv_cache_dtype="fp8")
+    assert fp8.runner.kv_caches[0][0].dtype == torch.float8_e4m3fn
+    assert 1.95 * num_bf16 <= fp8.runner.num_blocks <= 2.05 * num_bf16
+    _release(fp8)
+
+
+def test_graphs_over_an_fp8_cache_give_the_eager_tokens() -> None:
+    common = {"model": "tiny-llama", "dtype": "bfloat16", "kv_cache_dtype": "fp8",
+              "max_num_seqs": 16, "max_model_len": 512, "kv_cache_memory_gb": 0.05}  # fmt: skip
+    prompts = [[(7 * i + 3 * j) % 400 + 10 for j in range(5 + 40 * i)] for i in range(9)]
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    eager = engine(**common, enforce_eager=True, async_scheduling=False)
+    want = [o.output_token_ids for o in eager.generate(prompts, params)]
+    graphs = engine(**common)
+    assert graphs.runner.graphs is not None
+    assert [o.output_token_ids for o in graphs.generate(prompts, params)] == want
+
+
+def test_the_worst_step_runs_inside_the_utilization() -> None:
+    """1,024 sequences sampling with penalties, top-k/p, seeds and 20 logprobs each, beside
+    prompts that fill the 8,192-token budget: the caching allocator's peak stays under
+    --gpu-memory-utilization, which the profile sized the cache for."""
+    utilization = 0.4
+    e = engine(model="qwen3-0.6b", gpu_memory_utilization=utilization, max_model_len=2048,
+               max_num_seqs=1024, max_num_batched_tokens=8192)  # fmt: skip
+    torch.cuda.reset_peak_memory_stats()
+    params = [
+        SamplingParams(temperature=0.9, top_k=40, top_p=0.9, min_p=0.02, repetition_penalty=1.1,
+                       presence_penalty=0.3, frequency_penalty=0.2, seed=i, logprobs=20,
+                       max_tokens=4, min_tokens=2, ignore_eos=True)
+        for i in range(1024)
+    ]  # fmt: skip
+    prompts = [[(i * 13 + j) % 5000 + 10 for j in range(16 + (i % 8) * 8)] for i in range(1024)]
+    outputs = e.generate(prompts, params)
+    assert all(len(o.output_token_ids) == 4 for o in outputs)
+    limit = torch.cuda.get_device_properties(0).total_memory * utilization
+    assert torch.cuda.max_memory_reserved() <= limit
+    _release(e)
+
+
+def test_fp8_kv_on_the_bundled_model_stays_close_to_bf16(
+    smollm2_dir: Path, real_prompts: list[list[int]]
+) -> None:
+    common = {"model": str(smollm2_dir), "load_format": "auto", "max_num_seqs": 64,
+              "kv_cache_memory_gb": 1.0}  # fmt: skip
+    params = SamplingParams(temperature=0, max_tokens=1, logprobs=5)
+    bf16 = engine(**common).generate(real_prompts, params)
+    fp8 = engine(**common, kv_cache_dtype="fp8").generate(real_prompts, params)
+    agree = sum(a.output_token_ids == b.output_token_ids for a, b in zip(bf16, fp8, strict=True))
+    assert agree >= len(real_prompts) * 8 // 9
