@@ -34,7 +34,18 @@ LAYER = "model.layers.0.self_attn.q_proj"
     ],
 )  # fmt: skip
 def test_supported_formats(raw: dict, scheme: object) -> None:
-    assert parse_quantization_config(raw).scheme == scheme
+    config = parse_quantization_config(raw)
+    assert config is not None and config.scheme == scheme
+
+
+def test_a_kv_cache_scheme_alone_leaves_the_weights_unquantized() -> None:
+    kv_only = {"quant_method": "compressed-tensors", "config_groups": {},
+               "kv_cache_scheme": {"num_bits": 8, "type": "float", "strategy": "tensor",
+                                   "dynamic": False}}  # fmt: skip
+    assert parse_quantization_config(kv_only) is None
+    assert resolve_quantization({"quantization_config": kv_only}, None, False) is None
+    with pytest.raises(UnsupportedQuantization, match="without config_groups"):
+        parse_quantization_config({**kv_only, "kv_cache_scheme": None})
 
 
 def _compressed_tensors(preset: str, **changes: object) -> dict:

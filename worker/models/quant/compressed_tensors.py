@@ -33,7 +33,9 @@ def _refuse(what: str) -> UnsupportedQuantization:
     return UnsupportedQuantization(f"compressed-tensors: {what} is not supported")
 
 
-def parse_compressed_tensors(raw: dict[str, Any]) -> QuantConfig:
+def parse_compressed_tensors(raw: dict[str, Any]) -> QuantConfig | None:
+    """None: a config with a kv_cache_scheme alone (bf16 weights, an FP8 cache's scales; read
+    by models/kv_cache_format.py)."""
     for key in ("sparsity_config", "transform_config"):
         if raw.get(key):
             raise _refuse(f"a {key}")
@@ -42,6 +44,8 @@ def parse_compressed_tensors(raw: dict[str, Any]) -> QuantConfig:
         raise _refuse(f"quantization_status {status!r} (weights not stored quantized)")
     groups = raw.get("config_groups") or {}
     if not groups:
+        if raw.get("kv_cache_scheme"):
+            return None
         raise _refuse("a quantization_config without config_groups")
     schemes, targets = set(), []
     for name, group in groups.items():

@@ -92,7 +92,8 @@ def resolve_quantization(
             f"--quantization {requested!r} is not supported; choose one of {', '.join(METHODS)}"
         )
     raw = hf_config.get("quantization_config")
-    if raw is None:
+    config = None if raw is None else parse_quantization_config(raw)
+    if config is None:  # weights as stored: bf16 (a KV-cache-only config included)
         if requested is None:
             return None
         if requested == "fp8":
@@ -105,7 +106,6 @@ def resolve_quantization(
             "quantization_config in config.json), and this one has none; only fp8 quantizes "
             "bf16 weights at load"
         )
-    config = parse_quantization_config(raw)
     fp8_alias = requested == "fp8" and isinstance(config.scheme, Fp8Scheme | BlockFp8Scheme)
     if requested is not None and requested != config.method and not fp8_alias:
         raise UnsupportedQuantization(
@@ -115,7 +115,8 @@ def resolve_quantization(
     return config
 
 
-def parse_quantization_config(raw: Any) -> QuantConfig:
+def parse_quantization_config(raw: Any) -> QuantConfig | None:
+    """The weights' quantization, or None when the config quantizes only the KV cache."""
     from llm_worker.models.quant.compressed_tensors import parse_compressed_tensors
 
     if not isinstance(raw, dict):
