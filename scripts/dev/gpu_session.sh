@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The GPU runs behind docs/benchmarks.md's figures of 2026-12-06, in stages that each fit one
+# device call (600 s). Every item logs to $OUT/<item>.log (JSON beside it where the script
+# writes one) and goes on after a failure, so that one broken item costs only itself.
+#   source scripts/dev/device_setup.sh && bash scripts/dev/gpu_session.sh STAGE
+# Stages (SmolLM2 is whole on the machine from the third call carrying one .smol part on):
+#   seed      issue 26: the tree before the engine refactor (.ab-old, see docs/benchmarks.md's
+#             "Running the benchmarks on a GPU machine") against this one on the seed workload at
+#             the old defaults, alternated twice; issue 28: this tree at its new defaults, in
+#             bf16 and FP8; batch-1 decode in FP8 and AWQ int4
+#   decode    issue 26: batch-1 decode against the roofline, old tree against new; issue 28:
+#             Qwen3-8B shape 1,024 / 2,048 in FP8 with an FP8 KV cache
+#   tests     every test marked gpu
+#   capacity  issue 28: 1,024 sequences x 16,384 tokens a step; KV capacity at 4k context
+#   model     issue 26: n-gram speculation at batch 1, old tree against new; issue 27:
+#             constrained rows against none (both need SmolLM2)
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+out="${OUT:-/tmp/gpu-session}"
+mkdir -p "$out"
+py="${DEVICE_PYTHON:-python3}"
+seed=(--model llama3-8b --load-format dummy --input-len 128 --output-len 256 --num-prompts 1000)
+old_defaults=(--max-num-seqs 128 --max-num-batched-tokens 2048)
+
+item() {  # item NAME TIMEOUT_S COMMAND...: run it, keep its log, print its last lines
+  local name="$1" limit="$2"
+  shift 2
+  echo "=== $name: $*"
+  local start=$SECONDS
+  timeout "$limit" "$@" >"$out/$name.log" 2>&1
+  local rc=$?
+  grep -v '%|' "$out/$name.log" | tail -"${TAIL_LINES:-8}"
+  echo "=== $name: rc=$rc, $((SECONDS - start)) s"
+}
+
+bench() { "$py" -m llm_worker bench "$@"; }
+
+case "${1:-}" in
+  seed)
+    TAIL_LINES=6 item ab_seed 400 "$py" scripts/dev/ab.py --a .ab-old --b . --rounds 2 \
+      --timeout-s 150 --log-dir "$out/ab_seed" -- bench throughput "${seed[@]}" "${old_defaults[@]}"
+    item seed_bf16_defaults 100 bench throughput "${seed[@]}" --output-json "$out/seed_bf16.json"
+    item seed_fp8_defaults 100 bench throughput "${seed[@]}" --quantization fp8 \
+      --output-json "$out/seed_fp8.json"
+    item roofline_fp8 60 "$py" scripts/bench_decode_roofline.py --model llama3-8b \
+      --quantization fp8 --modes graphs_async --output-json "$out/roofline_fp8.json"
+    item roofline_awq 60 "$py" scripts/bench_decode_roofline.py --model llama3-8b \
+      --quantization awq --modes graphs_async --output-json "$out/roofline_awq.json"
+    ;;
+  decode)
+    TAIL_LINES=6 item ab_roofline 200 "$py" scripts/dev/ab.py --a .ab-old --b . --rounds 2 \
+      --timeout-s 80 --log-dir "$out/ab_roofline" -- scripts/bench_decode_roofline.py \
+      --model llama3-8b --modes graphs_async
+    item qwen3_fp8_1k_2k 380 bench throughput --model qwen3-8b --load-format dummy \
+      --quantization fp8 --kv-cache-dtype fp8 --input-len 1024 --output-len 2048 \
+      --num-prompts 1000 --output-json "$out/qwen3_fp8.json"
+    ;;
+  tests)
+    TAIL_LINES=25 item gpu_tests 500 "$py" -m pytest -q -m gpu -p no:cacheprovider \
+      --timeout 240 tests
+    ;;
+  capacity)
+    item seqs_1024_tokens_16384 120 bench throughput "${seed[@]}" --max-num-seqs 1024 \
+      --max-num-batched-tokens 16384
+    item kv_capacity_4k 300 "$py" scripts/bench_kv_capacity.py --model llama3-8b --context 4096 \
+      --output-json "$out/kv_capacity.json"
+    ;;
+  model)
+    TAIL_LINES=10 item ab_spec 300 "$py" scripts/dev/ab.py --a .ab-old --b . --rounds 2 \
+      --timeout-s 140 --log-dir "$out/ab_spec" -- scripts/bench_spec.py --parts a \
+      --max-output-len 256
+    TAIL_LINES=40 item structured_e2e 280 "$py" scripts/bench_structured.py e2e \
+      --device cuda --json "$out/structured.json"
+    ;;
+  *)
+    sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+    exit 2
+    ;;
+esac
