@@ -9,9 +9,11 @@
 #             the old defaults, alternated twice; issue 28: this tree at its new defaults, in
 #             bf16 and FP8; batch-1 decode in FP8 and AWQ int4
 #   decode    issue 26: batch-1 decode against the roofline, old tree against new; issue 28:
-#             Qwen3-8B shape 1,024 / 2,048 in FP8 with an FP8 KV cache
+#             1,024 sequences x 16,384 tokens a step; the GPU tests of the kernels of issues 27
+#             and 28 (quantized GEMMs, FP8 KV attention, the token bitmask) and quantized models
+#   qwen      issue 28: Qwen3-8B shape 1,024 / 2,048 in FP8 with an FP8 KV cache; KV capacity at
+#             4k context, bf16 against FP8
 #   tests     every test marked gpu
-#   capacity  issue 28: 1,024 sequences x 16,384 tokens a step; KV capacity at 4k context
 #   model     issue 26: n-gram speculation at batch 1, old tree against new; issue 27:
 #             constrained rows against none (both need SmolLM2)
 set -uo pipefail
@@ -51,19 +53,23 @@ case "${1:-}" in
     TAIL_LINES=6 item ab_roofline 200 "$py" scripts/dev/ab.py --a .ab-old --b . --rounds 2 \
       --timeout-s 80 --log-dir "$out/ab_roofline" -- scripts/bench_decode_roofline.py \
       --model llama3-8b --modes graphs_async
+    item seqs_1024_tokens_16384 100 bench throughput "${seed[@]}" --max-num-seqs 1024 \
+      --max-num-batched-tokens 16384
+    TAIL_LINES=25 item gpu_kernel_tests 280 "$py" -m pytest -q -m gpu -p no:cacheprovider \
+      --timeout 200 tests/kernels/test_quant_kernels_gpu.py tests/kernels/test_fp8_kv_gpu.py \
+      tests/structured/test_token_bitmask.py tests/quant/test_quant_model_gpu.py \
+      tests/engine/test_builder_gpu.py
+    ;;
+  qwen)
     item qwen3_fp8_1k_2k 380 bench throughput --model qwen3-8b --load-format dummy \
       --quantization fp8 --kv-cache-dtype fp8 --input-len 1024 --output-len 2048 \
       --num-prompts 1000 --output-json "$out/qwen3_fp8.json"
+    item kv_capacity_4k 200 "$py" scripts/bench_kv_capacity.py --model llama3-8b --context 4096 \
+      --output-json "$out/kv_capacity.json"
     ;;
   tests)
     TAIL_LINES=25 item gpu_tests 500 "$py" -m pytest -q -m gpu -p no:cacheprovider \
       --timeout 240 tests
-    ;;
-  capacity)
-    item seqs_1024_tokens_16384 120 bench throughput "${seed[@]}" --max-num-seqs 1024 \
-      --max-num-batched-tokens 16384
-    item kv_capacity_4k 300 "$py" scripts/bench_kv_capacity.py --model llama3-8b --context 4096 \
-      --output-json "$out/kv_capacity.json"
     ;;
   model)
     TAIL_LINES=10 item ab_spec 300 "$py" scripts/dev/ab.py --a .ab-old --b . --rounds 2 \
