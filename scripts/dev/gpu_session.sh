@@ -8,7 +8,8 @@
 #             "Running the benchmarks on a GPU machine") against this one on the seed workload at
 #             the old defaults, alternated twice; issue 28: this tree at its new defaults, in
 #             bf16 and FP8; batch-1 decode in FP8 and AWQ int4
-#   decode    issue 26: batch-1 decode against the roofline, old tree against new; issue 28:
+#   decode    issue 26: batch-1 decode against the roofline and n-gram speculation at batch 1,
+#             old tree against new; issue 28:
 #             1,024 sequences x 16,384 tokens a step; the GPU tests of the kernels of issues 27
 #             and 28 (quantized GEMMs, FP8 KV attention, the token bitmask) and quantized models
 #   qwen      issue 28: Qwen3-8B shape 1,024 / 2,048 in FP8 with an FP8 KV cache; KV capacity at
@@ -53,6 +54,11 @@ case "${1:-}" in
     TAIL_LINES=6 item ab_roofline 200 "$py" scripts/dev/ab.py --a .ab-old --b . --rounds 2 \
       --timeout-s 80 --log-dir "$out/ab_roofline" -- scripts/bench_decode_roofline.py \
       --model llama3-8b --modes graphs_async
+    # n-gram at batch 1 on random weights: greedy, the same tokens and drafts in both trees
+    TAIL_LINES=6 item ab_ngram_batch1 200 "$py" scripts/dev/ab.py --a .ab-old --b . --rounds 2 \
+      --timeout-s 80 --log-dir "$out/ab_ngram" -- bench throughput --model llama3-8b \
+      --load-format dummy --input-len 128 --output-len 256 --num-prompts 4 --max-num-seqs 1 \
+      --speculative-method ngram --no-speculative-adaptive
     item seqs_1024_tokens_16384 100 bench throughput "${seed[@]}" --max-num-seqs 1024 \
       --max-num-batched-tokens 16384
     TAIL_LINES=25 item gpu_kernel_tests 280 "$py" -m pytest -q -m gpu -p no:cacheprovider \
