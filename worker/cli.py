@@ -159,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Exit 0 on success, 1 when some of the work failed (the command says which), 2 when the
     command could not go on (one line on stderr)."""
+    from llm_worker.engine.config import EngineConfigError
     from llm_worker.extras import MissingExtra
     from llm_worker.queues.errors import QueueError
 
@@ -168,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
-    except (CliError, QueueError, MissingExtra) as exc:  # QueueError: credentials, certificates
+    # QueueError: credentials, certificates; EngineConfigError: a model or settings refused
+    except (CliError, QueueError, MissingExtra, EngineConfigError) as exc:
         command = " ".join(filter(None, (args.command, getattr(args, "bench", None))))
         print(f"llm-worker {command}: error: {exc}", file=sys.stderr)
         return 2

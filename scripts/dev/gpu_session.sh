@@ -42,8 +42,8 @@ case "${1:-}" in
   seed)
     TAIL_LINES=6 item ab_seed 400 "$py" scripts/dev/ab.py --a .ab-old --b . --rounds 2 \
       --timeout-s 150 --log-dir "$out/ab_seed" -- bench throughput "${seed[@]}" "${old_defaults[@]}"
-    item seed_bf16_defaults 100 bench throughput "${seed[@]}" --output-json "$out/seed_bf16.json"
-    item seed_fp8_defaults 100 bench throughput "${seed[@]}" --quantization fp8 \
+    item seed_bf16_defaults 100 "$py" -m llm_worker bench throughput "${seed[@]}" --output-json "$out/seed_bf16.json"
+    item seed_fp8_defaults 100 "$py" -m llm_worker bench throughput "${seed[@]}" --quantization fp8 \
       --output-json "$out/seed_fp8.json"
     item roofline_fp8 60 "$py" scripts/bench_decode_roofline.py --model llama3-8b \
       --quantization fp8 --modes graphs_async --output-json "$out/roofline_fp8.json"
@@ -59,7 +59,7 @@ case "${1:-}" in
       --timeout-s 80 --log-dir "$out/ab_ngram" -- bench throughput --model llama3-8b \
       --load-format dummy --input-len 128 --output-len 256 --num-prompts 4 --max-num-seqs 1 \
       --speculative-method ngram --no-speculative-adaptive
-    item seqs_1024_tokens_16384 100 bench throughput "${seed[@]}" --max-num-seqs 1024 \
+    item seqs_1024_tokens_16384 100 "$py" -m llm_worker bench throughput "${seed[@]}" --max-num-seqs 1024 \
       --max-num-batched-tokens 16384
     TAIL_LINES=25 item gpu_kernel_tests 280 "$py" -m pytest -q -m gpu -p no:cacheprovider \
       --timeout 200 tests/kernels/test_quant_kernels_gpu.py tests/kernels/test_fp8_kv_gpu.py \
@@ -67,7 +67,7 @@ case "${1:-}" in
       tests/engine/test_builder_gpu.py
     ;;
   qwen)
-    item qwen3_fp8_1k_2k 380 bench throughput --model qwen3-8b --load-format dummy \
+    item qwen3_fp8_1k_2k 380 "$py" -m llm_worker bench throughput --model qwen3-8b --load-format dummy \
       --quantization fp8 --kv-cache-dtype fp8 --input-len 1024 --output-len 2048 \
       --num-prompts 1000 --output-json "$out/qwen3_fp8.json"
     item kv_capacity_4k 200 "$py" scripts/bench_kv_capacity.py --model llama3-8b --context 4096 \

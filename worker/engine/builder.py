@@ -12,6 +12,7 @@ import torch
 
 from llm_worker.config import DeviceFacts, EngineSettings, with_batch_defaults
 from llm_worker.engine.block_manager import BlockManager
+from llm_worker.engine.config import EngineConfigError
 from llm_worker.engine.draft import DraftProposer, truncated_copy
 from llm_worker.engine.kv_cache_setup import allocate_caches, log_kv_cache, size_kv_cache
 from llm_worker.engine.kv_sizing import KVCacheDoesNotFit
@@ -22,6 +23,7 @@ from llm_worker.engine.scheduler import Scheduler
 from llm_worker.engine.speculative import SpecConfig, Speculator
 from llm_worker.engine.update import Updater
 from llm_worker.models.attention import AttentionBackend, get_backend
+from llm_worker.models.bundled import BundledModelMissing
 from llm_worker.models.config import ModelConfig
 from llm_worker.models.kv_cache_format import (
     KVCacheFormat,
@@ -30,15 +32,13 @@ from llm_worker.models.kv_cache_format import (
     resolve_kv_cache_format,
 )
 from llm_worker.models.llama import CausalLM
-from llm_worker.models.loader import load_model, resolve
+from llm_worker.models.loader import ModelNotFound, load_model, resolve
+from llm_worker.models.quant.config import UnsupportedQuantization
+from llm_worker.models.quant.linear import CheckpointMismatch
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-class EngineConfigError(ValueError):
-    """The settings cannot give a working engine; the message names the knobs to turn."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,16 @@ def _with_device_defaults(settings: EngineSettings, device: torch.device) -> Eng
 
 
 @contextlib.contextmanager
+def _model_refusals() -> Iterator[None]:
+    """A model that cannot be found or run as asked (missing, an unsupported quantization, a
+    checkpoint that does not fit its config) becomes an EngineConfigError with its message."""
+    try:
+        yield
+    except (ModelNotFound, BundledModelMissing, UnsupportedQuantization, CheckpointMismatch) as exc:
+        raise EngineConfigError(str(exc)) from exc
+
+
+@contextlib.contextmanager
 def _start_up_memory_errors(
     settings: EngineSettings, runner: ModelRunner, max_model_len: int, draft: DraftProposer | None
 ) -> Iterator[None]:
@@ -126,7 +136,8 @@ def build_parts(settings: EngineSettings, memory: DeviceMemory | None = None) ->
     device = resolve_device(settings.device)
     settings = _with_device_defaults(settings, device)
     dtype = resolve_dtype(settings.dtype, device)
-    source = resolve(settings.model, settings.cache_dir)
+    with _model_refusals():
+        source = resolve(settings.model, settings.cache_dir)
     model_cfg = ModelConfig.from_hf(source.hf_config)
     max_model_len = settings.max_model_len or model_cfg.max_position_embeddings
     if max_model_len > model_cfg.max_position_embeddings:
@@ -136,15 +147,17 @@ def build_parts(settings: EngineSettings, memory: DeviceMemory | None = None) ->
             model_cfg.max_position_embeddings,
         )
     backend = get_backend(settings.attention_backend, device, settings.fused_ops, settings.pdl)
-    model = load_model(
-        source,
-        backend,
-        dtype,
-        device,
-        dummy=settings.load_format == "dummy",
-        seed=settings.seed,
-        max_position=max_model_len,
-    )
+    with _model_refusals():
+        model = load_model(
+            source,
+            backend,
+            dtype,
+            device,
+            dummy=settings.load_format == "dummy",
+            seed=settings.seed,
+            max_position=max_model_len,
+            quantization=settings.quantization,
+        )
     kv_format = _kv_cache_format(settings, model, source.folder)
     runner = ModelRunner(model, settings.block_size, settings.seed, kv_format.dtype)
     speculator = _build_speculator(settings, model, backend, max_model_len, kv_format.dtype)

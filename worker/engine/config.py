@@ -7,6 +7,11 @@ are.
 from dataclasses import dataclass
 
 
+class EngineConfigError(ValueError):
+    """The settings or the model cannot give a working engine; the message names what to change.
+    Torch-free, so that the CLI can catch it without importing the engine."""
+
+
 @dataclass(frozen=True)
 class SchedulerConfig:
     max_num_seqs: int
