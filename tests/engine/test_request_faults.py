@@ -58,6 +58,12 @@ def _prompts() -> list[list[int]]:
     return [*base, [*base[0][:16], 77, 78]]
 
 
+def _past_the_schema(**fields: object) -> SamplingParams:
+    """Values the wire schema now refuses, as a caller of the engine itself can still pass them:
+    the engine's own request-level defence is what these tests are about."""
+    return SamplingParams.model_construct(**fields)
+
+
 def _params() -> list[SamplingParams]:
     return [SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True) if i % 2 else
             SamplingParams(temperature=0.9, top_k=40, seed=i, max_tokens=10, ignore_eos=True)
@@ -114,7 +120,7 @@ def _assert_only_faulty_failed(
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_rows_that_break_the_sampler_fail_alone(checkpoint: Path, mode: str) -> None:
     """top_k past int64 with temperature > 0 raised in the sampler for the whole batch."""
-    huge_top_k = SamplingParams(temperature=0.7, top_k=2**63, max_tokens=10)
+    huge_top_k = _past_the_schema(temperature=0.7, top_k=2**63, max_tokens=10)
     faulty = {1: ("topk-1", [50, 51, 52], huge_top_k, None),
               3: ("topk-3", [60] * 20, huge_top_k, None)}  # fmt: skip
     done = _run(_engine(checkpoint, mode), faulty)
@@ -135,7 +141,7 @@ def test_what_can_never_run_is_refused_and_the_engine_serves_on(checkpoint: Path
     id past the vocabulary would index the logits out of bounds (invalid_request)."""
     engine = _engine(checkpoint, "sync")
     with pytest.raises(RequestRejected, match="Overflow") as seed:
-        engine.add_request("seed", [5, 6], SamplingParams(temperature=0.7, seed=2**64))
+        engine.add_request("seed", [5, 6], _past_the_schema(temperature=0.7, seed=2**64))
     assert seed.value.code == "internal_error"
     with pytest.raises(RequestRejected, match="vocabulary") as stop:
         engine.add_request("stop", [5, 6], SamplingParams(stop_token_ids=[10**6], min_tokens=2))
@@ -215,8 +221,8 @@ def test_the_engine_thread_reports_failed_requests_and_keeps_serving(checkpoint:
     good = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
     requests = [
         ("ok-1", [40, 41, 42], good, None),
-        ("topk", [40, 41, 43], SamplingParams(temperature=0.7, top_k=2**63), None),
-        ("seed", [40, 41, 44], SamplingParams(temperature=0.7, seed=2**64), None),
+        ("topk", [40, 41, 43], _past_the_schema(temperature=0.7, top_k=2**63), None),
+        ("seed", [40, 41, 44], _past_the_schema(temperature=0.7, seed=2**64), None),
         ("stop", [40, 41, 45], SamplingParams(stop_token_ids=[10**6], min_tokens=2), None),
         ("salt", list(range(200, 220)), good, "\ud800"),
         ("ok-2", [50, 51, 52, 53], good, None),
@@ -272,7 +278,7 @@ def test_on_cuda_a_row_that_breaks_the_sampler_fails_alone(speculative_method: s
         for i, (prompt, p) in enumerate(zip(prompts, params, strict=True)):
             engine.add_request(f"r{i}", prompt, p)
             if with_faulty and i == 2:
-                engine.add_request("topk", prompt, SamplingParams(temperature=0.7, top_k=2**63))
+                engine.add_request("topk", prompt, _past_the_schema(temperature=0.7, top_k=2**63))
             done.update((out.request_id, out) for out in engine.step())
         while engine.has_unfinished_requests():
             done.update((out.request_id, out) for out in engine.step())
