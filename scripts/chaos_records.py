@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from chaos_setup import Namespace
 
 from llm_worker.queues.kafka_conn import client_kwargs
 from llm_worker.queues.keys import RedisKeys
@@ -29,6 +31,17 @@ class Records:
 
     def dead_reasons(self) -> Counter[str]:
         return Counter(d["reason"].split(":", 1)[0] for d in self.dead_letters)
+
+
+async def records_of(ns: Namespace) -> Records:
+    return await (redis_records(ns.redis.url, ns.redis.prefix) if ns.queue == "redis"
+                  else kafka_records(ns.kafka))
+
+
+async def unsettled_of(ns: Namespace) -> int:
+    """Messages of the run's queue its workers have not settled (acked, or committed past)."""
+    return await (redis_unsettled(ns.redis.url, ns.redis.prefix) if ns.queue == "redis"
+                  else kafka_unsettled(ns.kafka))
 
 
 async def redis_records(url: str, prefix: str) -> Records:
@@ -71,17 +84,18 @@ async def kafka_records(settings: KafkaSettings) -> Records:
     return records
 
 
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    if not consumer.partitions_for_topic(topic):  # a fresh client may not have its metadata
+        await consumer._client.force_metadata_update()
+    return [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+
+
 async def _read_topic(settings: KafkaSettings, topic: str, isolation_level: str) -> list:
     consumer = AIOKafkaConsumer(**client_kwargs(settings), enable_auto_commit=False,
                                 isolation_level=isolation_level)
     await consumer.start()
     try:
-        partitions = [TopicPartition(topic, p)
-                      for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        if not partitions:
-            await consumer._client.force_metadata_update()
-            partitions = [TopicPartition(topic, p)
-                          for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        partitions = await _partitions(consumer, topic)
         if not partitions:
             return []
         consumer.assign(partitions)
@@ -96,3 +110,34 @@ async def _read_topic(settings: KafkaSettings, topic: str, isolation_level: str)
         return found
     finally:
         await consumer.stop()
+
+
+async def redis_unsettled(url: str, prefix: str) -> int:
+    """Jobs-stream entries the workers' group has not acked: pending plus never delivered."""
+    client = aioredis.Redis.from_url(url)
+    keys = RedisKeys(prefix)
+    try:
+        for group in await client.xinfo_groups(keys.jobs_stream):
+            if group["name"].decode() == keys.group:
+                return int(group["pending"]) + int(group["lag"] or 0)
+        return await client.xlen(keys.jobs_stream)  # no group: nothing was ever read
+    finally:
+        await client.aclose()
+
+
+async def kafka_unsettled(settings: KafkaSettings) -> int:
+    """Jobs-topic messages past the workers' group's committed offsets."""
+    admin = AIOKafkaAdminClient(**client_kwargs(settings))
+    consumer = AIOKafkaConsumer(**client_kwargs(settings), enable_auto_commit=False)
+    await admin.start()
+    await consumer.start()
+    try:
+        partitions = await _partitions(consumer, settings.jobs_topic)
+        end = await consumer.end_offsets(partitions)
+        committed = await admin.list_consumer_group_offsets(settings.group_id,
+                                                            partitions=partitions)
+        return sum(end[tp] - max(committed[tp].offset, 0) if tp in committed else end[tp]
+                   for tp in partitions)
+    finally:
+        await consumer.stop()
+        await admin.close()

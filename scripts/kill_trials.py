@@ -3,7 +3,7 @@ a batch of jobs, workers are killed (SIGKILL, mid-job) and restarted. Afterwards
 have exactly one committed result record: 0 lost, 0 duplicated, none dead-lettered.
 
 Half the jobs sample without a seed: a job that does run twice draws the same tokens (its seed
-derives from its id).
+derives from its id). On Kafka the Redis mirror must hold exactly the committed record of each job.
 
     python scripts/kill_trials.py --queue redis --redis-url redis://127.0.0.1:16430/0
     python scripts/kill_trials.py --queue kafka --redis-url redis://127.0.0.1:16430/0 \\
@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from chaos_records import Records, kafka_records, redis_records
+from chaos_records import records_of, redis_records, unsettled_of
 from chaos_setup import Namespace, add_broker_arguments
 from scale_fleet import Fleet, FleetSpec, start_fleet
 
@@ -52,12 +52,15 @@ class TrialRow:
     duplicated: int
     dead: int
     aborted: int  # Kafka records of aborted transactions (read_uncommitted only)
+    unsettled: int  # messages left unacked (Redis) or past the committed offset (Kafka)
+    mirror_disagrees: int  # Kafka: jobs whose Redis mirror differs from the committed record
     max_attempts: int
     seconds: float
 
     def cells(self) -> list[str]:
-        return [str(v) for v in (self.trial, self.kills, self.lost, self.duplicated, self.dead,
-                                 self.aborted, self.max_attempts)] + [f"{self.seconds:.0f}"]
+        counts = (self.trial, self.kills, self.lost, self.duplicated, self.dead, self.aborted,
+                  self.unsettled, self.mirror_disagrees, self.max_attempts)
+        return [str(v) for v in counts] + [f"{self.seconds:.0f}"]
 
 
 def trial_jobs(n: int, max_tokens: int, stem: str) -> list[Job]:
@@ -69,11 +72,6 @@ def trial_jobs(n: int, max_tokens: int, stem: str) -> list[Job]:
                         sampling=SamplingParams(temperature=temperature, max_tokens=max_tokens,
                                                 ignore_eos=True)))
     return jobs
-
-
-async def _records(ns: Namespace) -> Records:
-    return await (redis_records(ns.redis.url, ns.redis.prefix) if ns.queue == "redis"
-                  else kafka_records(ns.kafka))
 
 
 async def _num_done(ns: Namespace, ids: list[str]) -> int:
@@ -117,17 +115,25 @@ async def run_trial(args: argparse.Namespace, trial: int, rng: random.Random) ->
     finally:
         for fleet in fleets.values():
             fleet.stop()
-    records = await _records(ns)
+    return await _count(ns, ids, trial, kills, time.monotonic() - start_s)
+
+
+async def _count(ns: Namespace, ids: list[str], trial: int, kills: int, seconds: float
+                 ) -> TrialRow:
+    records = await records_of(ns)
+    mirror = await redis_records(ns.redis.url, ns.redis.prefix)  # Redis: the same records
     counted = [records.result_counts.get(i, 0) for i in ids]
     attempts = [r.attempts for r in records.results.values()]
+    disagrees = sum(1 for i in ids if mirror.results.get(i) != records.results.get(i))
     return TrialRow(trial, kills, counted.count(0), sum(1 for c in counted if c > 1),
-                    len(records.dead_letters), records.num_aborted, max(attempts, default=0),
-                    time.monotonic() - start_s)
+                    len(records.dead_letters), records.num_aborted, await unsettled_of(ns),
+                    disagrees, max(attempts, default=0), seconds)
 
 
 def print_table(queue: str, rows: list[TrialRow]) -> None:
     head = ["trial", "kills", "lost", "jobs with >1 record", "dead letters",
-            "aborted records", "max attempts", "seconds"]
+            "aborted records", "unsettled messages", "mirror disagrees", "max attempts",
+            "seconds"]
     print(f"\nSIGKILL trials on {queue}")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
@@ -135,7 +141,9 @@ def print_table(queue: str, rows: list[TrialRow]) -> None:
         print("| " + " | ".join(row.cells()) + " |")
     total = TrialRow(0, sum(r.kills for r in rows), sum(r.lost for r in rows),
                      sum(r.duplicated for r in rows), sum(r.dead for r in rows),
-                     sum(r.aborted for r in rows), max((r.max_attempts for r in rows), default=0),
+                     sum(r.aborted for r in rows), sum(r.unsettled for r in rows),
+                     sum(r.mirror_disagrees for r in rows),
+                     max((r.max_attempts for r in rows), default=0),
                      sum(r.seconds for r in rows))
     print("| total | " + " | ".join(total.cells()[1:]) + " |")
 
@@ -145,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     rows = [asyncio.run(run_trial(args, trial, rng)) for trial in range(1, args.trials + 1)]
     print_table(args.queue, rows)
-    bad = [r for r in rows if r.lost or r.duplicated or r.dead]
+    bad = [r for r in rows if r.lost or r.duplicated or r.dead or r.unsettled
+           or r.mirror_disagrees]
     return 1 if bad else 0
 
 

@@ -21,12 +21,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from aiokafka.partitioner import DefaultPartitioner
-from chaos_records import Records, kafka_records, redis_records
+from chaos_records import Records, records_of, unsettled_of
 from chaos_setup import Namespace, add_broker_arguments
 from poison_messages import MAX_JOB_BYTES, Message, build_corpus
 from scale_fleet import Fleet, start_fleet
 
-from llm_worker.schemas import JobStatus
+from llm_worker.schemas import Job, JobStatus, Result, job_digest
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,9 +51,10 @@ def _partition_of(message: Message, num_partitions: int) -> int | None:
     return (home + 1) % num_partitions
 
 
-async def _records(ns: Namespace) -> Records:
-    return await (redis_records(ns.redis.url, ns.redis.prefix) if ns.queue == "redis"
-                  else kafka_records(ns.kafka))
+def _is_its_own(message: Message, result: Result) -> bool:
+    """A valid job's result, for that job's content (not a later message's under its id)."""
+    assert message.payload is not None
+    return result.job_digest == job_digest(Job.model_validate_json(message.payload))
 
 
 def _num_terminal(records: Records) -> int:
@@ -64,7 +65,7 @@ async def _drain(ns: Namespace, fleet: Fleet, expected: int, timeout_s: float) -
     start_s = time.monotonic()
     fleet.wait_ready(timeout_s=300)
     ready_s = time.monotonic()
-    while _num_terminal(await _records(ns)) < expected:
+    while _num_terminal(await records_of(ns)) < expected:
         fleet.check_alive()  # a worker exit fails the run here, with its log
         if time.monotonic() - start_s > timeout_s:
             raise TimeoutError(f"not drained in {timeout_s:.0f} s")
@@ -78,7 +79,8 @@ def check(corpus: list[Message], records: Records) -> dict[str, tuple[int, int]]
     want: Counter[str] = Counter(m.expect for m in corpus if m.expect != "copy")
     for message in corpus:
         result = records.results.get(message.job_id or "")
-        if message.expect == "completed" and result and result.status == JobStatus.COMPLETED:
+        if message.expect == "completed" and result and result.status == JobStatus.COMPLETED \
+                and _is_its_own(message, result):
             got["completed"] += 1
         elif message.expect == "expired" and result and result.status == JobStatus.EXPIRED:
             got["expired"] += 1
@@ -120,22 +122,25 @@ async def run(args: argparse.Namespace) -> int:
                                args.timeout_s)
     finally:
         [exit_code] = fleet.stop()
-    before = await _records(ns)
+    before = await records_of(ns)
     again = start_fleet(spec, 1, ns.redis.prefix)  # the same worker id
     again.wait_ready(timeout_s=300)
     await asyncio.sleep(args.restart_watch_s)
     [restart_exit_code] = again.stop()
-    after = await _records(ns)
+    after = await records_of(ns)
+    unsettled = await unsettled_of(ns)
     table = check(corpus, after)
     summary = {
         "worker exits while serving": 0, "exit codes after SIGTERM": f"{exit_code}, "
         f"{restart_exit_code}", "drain seconds (worker ready to last record)": f"{drain_s:.0f}",
         "records published by the restarted worker": _num_terminal(after) - _num_terminal(before),
         "Kafka records of aborted transactions": after.num_aborted,
+        "messages left unacked (Redis) / past the committed offset (Kafka)": unsettled,
     }
     print_tables(args.queue, corpus, table, summary)
     ok = all(want == got for want, got in table.values())
-    return 0 if ok and _num_terminal(after) == _num_terminal(before) and exit_code == 0 else 1
+    republished = _num_terminal(after) - _num_terminal(before)
+    return 0 if ok and not republished and not unsettled and exit_code == 0 else 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -127,7 +127,7 @@ def start_fleet(spec: FleetSpec, num_workers: int, stem: str) -> Fleet:
         worker_id = f"{stem}-w{index}"
         port = free_port()
         log_path = spec.log_dir / f"{worker_id}.log"
-        with log_path.open("wb") as log:
+        with log_path.open("ab") as log:  # a restart under the same id keeps the first log
             process = subprocess.Popen(
                 [sys.executable, "-m", "llm_worker", "serve", *spec.serve_args],
                 cwd=REPO_ROOT, env=_worker_env(spec, worker_id, index, port),

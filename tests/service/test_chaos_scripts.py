@@ -2,13 +2,19 @@
 test brokers: the plumbing of the must-show runs (corpus, accounting, kills, restarts) in CI;
 the full-size figures are the scripts' own runs."""
 
+import importlib
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from tests.brokers import kafka_bootstrap, redis_url
+from llm_worker.queues.kafka_conn import client_kwargs, ensure_topics
+from llm_worker.queues.keys import RedisKeys
+from tests.brokers import kafka_bootstrap, redis_url, topic_settings
 
 __all__ = ["kafka_bootstrap", "redis_url"]
 
@@ -49,3 +55,52 @@ def test_a_killed_worker_loses_and_duplicates_nothing(
     [total] = [line for line in out.splitlines() if line.startswith("| total |")]
     kills, lost, duplicated, dead = total.split("|")[2:6]
     assert (int(kills), int(lost), int(duplicated), int(dead)) == (1, 0, 0, 0)
+
+
+@pytest.fixture
+def chaos_records(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "scripts"))
+    return importlib.import_module("chaos_records")
+
+
+@pytest.mark.anyio
+async def test_redis_unsettled_counts_pending_and_unread_entries(
+        chaos_records: ModuleType, redis_url: str, unique_name: str) -> None:
+    keys = RedisKeys(unique_name)
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        entry_ids = [await client.xadd(keys.jobs_stream, {"id": f"j{i}"}) for i in range(3)]
+        await client.xgroup_create(keys.jobs_stream, keys.group, id="0")
+        await client.xreadgroup(keys.group, "w", {keys.jobs_stream: ">"}, count=2)
+        # two read and pending, one never read
+        assert await chaos_records.redis_unsettled(redis_url, unique_name) == 3
+        await client.xack(keys.jobs_stream, keys.group, entry_ids[0])
+        assert await chaos_records.redis_unsettled(redis_url, unique_name) == 2
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.anyio
+async def test_kafka_unsettled_counts_messages_past_the_committed_offsets(
+        chaos_records: ModuleType, kafka_bootstrap: str, unique_name: str) -> None:
+    settings = topic_settings(kafka_bootstrap, unique_name, 2)
+    await ensure_topics(settings)
+    producer = AIOKafkaProducer(**client_kwargs(settings))
+    await producer.start()
+    try:
+        for partition, count in ((0, 3), (1, 1)):
+            for _ in range(count):
+                await producer.send_and_wait(settings.jobs_topic, b"{}", partition=partition)
+    finally:
+        await producer.stop()
+    assert await chaos_records.kafka_unsettled(settings) == 4  # the group never committed
+    consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=settings.group_id,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        first = TopicPartition(settings.jobs_topic, 0)
+        consumer.assign([first])
+        await consumer.commit({first: 2})
+    finally:
+        await consumer.stop()
+    assert await chaos_records.kafka_unsettled(settings) == 2  # one on each partition
