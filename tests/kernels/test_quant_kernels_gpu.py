@@ -36,7 +36,9 @@ def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
 @pytest.mark.parametrize("num_tokens", [1, 7, 300])
 def test_fp8_activation_quantization(num_tokens: int, pdl: bool) -> None:
     x = torch.randn(num_tokens, 4096, device="cuda", dtype=torch.bfloat16)
-    assert_fp8_close(quantize_fp8(x, pdl=pdl), reference.quantize_fp8(x))
+    # Triton's fp32 division on the GPU is not correctly rounded (the interpreter's is), so a
+    # value at an e4m3 midpoint now and then rounds the other way: one step, rarely
+    assert_fp8_close(quantize_fp8(x, pdl=pdl), reference.quantize_fp8(x), max_off=1e-3)
     weight = (1 + 0.1 * torch.randn(4096, device="cuda")).bfloat16()
     residual = torch.randn_like(x)
     want, _ = reference.rms_norm_fp8(x, weight, 1e-5, residual.clone())
