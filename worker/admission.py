@@ -174,3 +174,9 @@ def describe(outcome: Outcome) -> str:
         return "a copy of a settled job, acked"
     error = outcome.result.error
     return f"{outcome.result.status.value} ({error.code if error else 'no error'})"
+
+
+def describe_refusal(outcome: Outcome) -> str:
+    """`code: message` of a job refused before it ran: the code its failed result carries."""
+    error = outcome.result.error if outcome.result is not None else None
+    return f"{error.code}: {error.message}" if error is not None else describe(outcome)

@@ -229,6 +229,9 @@ class Service:
     async def _start_all(self, starts: list[Start], solo: bool) -> None:
         """Record each run with the broker, then hand the jobs to the engine."""
         ready, refused = admission.plan_starts(starts, self._served, self._settings.worker_id, solo)
+        for outcome in refused:
+            log.warning("refusing %s: %s", outcome.deliveries[0].position,
+                        admission.describe_refusal(outcome))
         await self._settler.commit(refused)
         if not ready:
             return
