@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from llm_worker.config import EngineSettings
+from llm_worker.engine.builder import EngineConfigError
 from llm_worker.engine.llm_engine import LLMEngine, RequestOutput
 from llm_worker.engine.scheduler import RequestRejected
 from llm_worker.schemas import SamplingParams
@@ -276,3 +278,12 @@ def test_an_abort_while_compiling_ends_the_request(engine: LLMEngine) -> None:
         [out] = engine.step()
         assert out.finish_reason == "abort" and not engine.updater.compiling
         assert not engine.has_unfinished_requests()
+
+
+def test_a_tokenizer_for_a_dummy_shape_must_fit_its_vocabulary(smollm2_dir: Path) -> None:
+    """--tokenizer gives a named shape a tokenizer (the 8B benchmark's); tiny-llama's 512 ids
+    cannot hold SmolLM2's 49,152 tokens."""
+    settings = EngineSettings(model="tiny-llama", load_format="dummy", device="cpu",
+                              tokenizer=smollm2_dir, kv_cache_memory_gb=0.01)  # fmt: skip
+    with pytest.raises(EngineConfigError, match="more than the model's vocabulary"):
+        LLMEngine.from_settings(settings)
