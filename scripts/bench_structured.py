@@ -178,13 +178,14 @@ def e2e_main(args: argparse.Namespace) -> list[dict[str, Any]]:
             engine = LLMEngine.from_settings(settings)
             if getattr(engine, "structured", None) is None:
                 raise SystemExit(
-                    f"{model}: the engine has no structured-output backend (issue 27 phase 2, "
-                    "and a tokenizer for a dummy shape)"
+                    f"{model}: the engine has no structured-output backend (a dummy shape "
+                    "needs a tokenizer)"
                 )
             vocab = engine.runner.model.config.vocab_size
             num_prompts = 4 * batch
             prompts = random_prompts(num_prompts, args.input_len, vocab, seed=batch)
-            engine.generate(prompts[:batch], _params(batch, 1.0, constraint, 16))  # warm up
+            warm = _params(batch, 1.0, constraint, min(16, args.output_len))
+            engine.generate(prompts[:batch], warm)  # compiles the grammar, warms the graphs
             plain = None
             for fraction in args.fractions:
                 params = _params(num_prompts, fraction, constraint, args.output_len)
