@@ -288,7 +288,7 @@ def _load_draft(
 
 def _load_tokenizer(source: Any, tokenizer_dir: Path | None, vocab_size: int) -> Any:
     """The model's own tokenizer, or `tokenizer_dir`'s (--tokenizer: one for a named shape
-    with dummy weights); None when there is neither."""
+    with dummy weights, which must fit its vocabulary); None when there is neither."""
     if tokenizer_dir is None and not source.has_tokenizer:
         return None
     from transformers import AutoTokenizer
@@ -297,7 +297,7 @@ def _load_tokenizer(source: Any, tokenizer_dir: Path | None, vocab_size: int) ->
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or source.folder)
     except (OSError, ValueError) as exc:
         raise EngineConfigError(f"--tokenizer {tokenizer_dir}: {exc}") from exc
-    if len(tokenizer) > vocab_size:
+    if tokenizer_dir is not None and len(tokenizer) > vocab_size:
         raise EngineConfigError(
             f"the tokenizer has {len(tokenizer)} tokens, more than the model's vocabulary "
             f"({vocab_size})"
