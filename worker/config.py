@@ -29,6 +29,11 @@ class EngineSettings(BaseSettings):
         None, description="name jobs may ask for (default: model)"
     )
     load_format: Literal["auto", "dummy"] = Field("auto", description="dummy: random weights")
+    tokenizer: Path | None = Field(
+        None,
+        description="HF folder of a tokenizer for a model without its own (a named shape with "
+        "dummy weights); its vocabulary must fit the model's",
+    )
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="auto: bfloat16 on CUDA, float32 on CPU"
     )

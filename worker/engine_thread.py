@@ -54,8 +54,10 @@ EngineEvent = Finished | Failed | Crashed
 
 
 def _event(output: RequestOutput) -> Finished | Failed:
-    if output.error is not None:
-        return Failed(output.request_id, ErrorCode.INTERNAL, output.error)
+    if output.error is not None:  # its finish reason is the code: a refused constraint's or ours
+        invalid = output.finish_reason == ErrorCode.INVALID
+        return Failed(output.request_id, ErrorCode.INVALID if invalid else ErrorCode.INTERNAL,
+                      output.error)  # fmt: skip
     return Finished(output)
 
 _STOP = object()

@@ -20,6 +20,7 @@ from llm_worker.schemas import (
     Usage,
 )
 from llm_worker.schemas.result import TokenLogprob
+from llm_worker.schemas.structured import StructuredOutputs, constraint_for, parsed_output
 
 
 class JobError(Exception):
@@ -66,6 +67,15 @@ def prepare_job(job: Job, served: ServedModel) -> tuple[list[int], SamplingParam
     _check_token_ids(params.stop_token_ids, "stop_token_ids", served.vocab_size)
     if params.seed is None and not params.is_greedy:
         params = params.model_copy(update={"seed": default_seed(job.id)})
+    constraint = job_constraint(job)
+    if constraint is not None:
+        if served.tokenizer is None:
+            raise JobError(
+                ErrorCode.INVALID,
+                f"structured outputs ({constraint.kind}) need the model's tokenizer; this model "
+                "has none",
+            )
+        params = params.model_copy(update={"structured_outputs": constraint})
     if job.prompt_token_ids is not None:
         _check_token_ids(job.prompt_token_ids, "prompt_token_ids", served.vocab_size)
         return list(job.prompt_token_ids), params
@@ -83,6 +93,11 @@ def prepare_job(job: Job, served: ServedModel) -> tuple[list[int], SamplingParam
     if not ids:
         raise JobError(ErrorCode.INVALID, "the prompt encodes to no tokens")
     return ids, params
+
+
+def job_constraint(job: Job) -> StructuredOutputs | None:
+    """What the job's output must match: its response_format or sampling.structured_outputs."""
+    return constraint_for(job.response_format, job.sampling.structured_outputs)
 
 
 def _check_token_ids(token_ids: list[int], field: str, vocab_size: int) -> None:
@@ -112,11 +127,17 @@ class Provenance:
     model: str | None = None
 
 
-def build_result(job_id: str, out: RequestOutput, provenance: Provenance) -> Result:
-    """A finished request's Result; a request the engine failed becomes a failed Result."""
-    if out.finish_reason == ErrorCode.INTERNAL:
+def build_result(
+    job_id: str,
+    out: RequestOutput,
+    provenance: Provenance,
+    constraint: StructuredOutputs | None = None,
+) -> Result:
+    """A finished request's Result; a request the engine failed becomes a failed Result.
+    `constraint`: the job's (job_constraint); a JSON one that finished `stop` gets `parsed`."""
+    if out.finish_reason in (ErrorCode.INTERNAL, ErrorCode.INVALID):
         message = getattr(out, "error", None) or "the engine failed this request"
-        return failed_result(job_id, ErrorCode.INTERNAL, str(message), provenance)
+        return failed_result(job_id, str(out.finish_reason), str(message), provenance)
     aborted = out.finish_reason == "abort"
     logprobs = None
     if out.logprobs is not None:
@@ -130,6 +151,7 @@ def build_result(job_id: str, out: RequestOutput, provenance: Provenance) -> Res
         text=out.text,
         token_ids=out.output_token_ids,
         finish_reason=out.finish_reason,
+        parsed=parsed_output(constraint, out.text, out.finish_reason),
         usage=Usage(
             prompt_tokens=len(out.prompt_token_ids),
             completion_tokens=len(out.output_token_ids),

@@ -56,6 +56,7 @@ async def serve(service_settings: ServiceSettings, engine_settings: Any) -> None
     if telemetry is not None:
         telemetry.bind_engine(engine.stats)
         telemetry.bind_inter_token_latency(engine)
+        telemetry.bind_structured_outputs(engine.structured_stats)
     service = Service(service_settings, source, sink, engine, served_model, telemetry)
     if telemetry is not None:
         telemetry.bind_consumer_lag(lambda: service.consumer_lag)

@@ -20,7 +20,13 @@ from llm_worker import admission
 from llm_worker.admission import AdmissionRules, Join, Known, PlannedStart, Settle, Start
 from llm_worker.engine_thread import Crashed, EngineEvent, EngineThread, Finished
 from llm_worker.intake import IntakeLimits, Parsed, Refusal, parse_delivery
-from llm_worker.jobs import Provenance, ServedModel, build_result, failed_result
+from llm_worker.jobs import (
+    Provenance,
+    ServedModel,
+    build_result,
+    failed_result,
+    job_constraint,
+)
 from llm_worker.quarantine import Quarantine
 from llm_worker.queues.factory import is_transient
 from llm_worker.queues.keys import RedisKeys
@@ -305,7 +311,7 @@ class Service:
         if entry.abort_reason == JobStatus.EXPIRED:
             return failed_result(job_id, ErrorCode.EXPIRED, "deadline passed while it ran",
                                  provenance, status=JobStatus.EXPIRED)
-        return build_result(job_id, event.output, provenance)
+        return build_result(job_id, event.output, provenance, job_constraint(entry.job))
 
     async def _watch(self) -> None:
         while True:

@@ -32,6 +32,7 @@ WRITER = {
     "finished_time": UPDATE,
     "error": UPDATE,
     "logprobs": UPDATE,
+    "matcher": UPDATE,
     "status": SCHEDULER,
     "arrival_idx": SCHEDULER,
     "num_preemptions": SCHEDULER,

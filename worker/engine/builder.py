@@ -35,6 +35,7 @@ from llm_worker.models.llama import CausalLM
 from llm_worker.models.loader import ModelNotFound, load_model, resolve
 from llm_worker.models.quant.config import UnsupportedQuantization
 from llm_worker.models.quant.linear import CheckpointMismatch
+from llm_worker.structured.backend import StructuredOutputBackend, StructuredOutputConfig
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class EngineParts:
     model_id: str
     speculator: Speculator | None
     async_scheduling: bool
+    structured: StructuredOutputBackend | None = None  # None: no tokenizer, no constraints
 
 
 def resolve_device(name: str) -> torch.device:
@@ -176,13 +178,36 @@ def build_parts(settings: EngineSettings, memory: DeviceMemory | None = None) ->
     async_scheduling = settings.async_scheduling
     if async_scheduling is None:
         async_scheduling = device.type == "cuda"
+    tokenizer = _load_tokenizer(source, settings.tokenizer, model_cfg.vocab_size)
     return EngineParts(
         runner,
         Updater(scheduler, model_cfg.eos_token_ids, max_model_len),
-        _load_tokenizer(source),
+        tokenizer,
         model_id,
         speculator,
         async_scheduling,
+        _structured_backend(settings, tokenizer, model_cfg, speculator, device),
+    )
+
+
+def _structured_backend(
+    settings: EngineSettings,
+    tokenizer: Any,
+    model_cfg: ModelConfig,
+    speculator: Speculator | None,
+    device: torch.device,
+) -> StructuredOutputBackend | None:
+    """The grammar backend, for a model with a tokenizer: a step masks at most every
+    sequence's rows, k + 1 of them each when speculating."""
+    if tokenizer is None:
+        return None
+    assert settings.max_num_seqs is not None  # set by with_batch_defaults
+    rows_per_seq = 1 + (speculator.config.num_speculative_tokens if speculator else 0)
+    config = StructuredOutputConfig(
+        max_rows=settings.max_num_seqs * rows_per_seq, pin_memory=device.type == "cuda"
+    )
+    return StructuredOutputBackend.create(
+        tokenizer, model_cfg.vocab_size, model_cfg.eos_token_ids, config
     )
 
 
@@ -274,9 +299,20 @@ def _load_draft(
     return draft
 
 
-def _load_tokenizer(source: Any) -> Any:
-    if not source.has_tokenizer:
+def _load_tokenizer(source: Any, tokenizer_dir: Path | None, vocab_size: int) -> Any:
+    """The model's own tokenizer, or `tokenizer_dir`'s (--tokenizer: one for a named shape
+    with dummy weights, which must fit its vocabulary); None when there is neither."""
+    if tokenizer_dir is None and not source.has_tokenizer:
         return None
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(source.folder)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or source.folder)
+    except (OSError, ValueError) as exc:
+        raise EngineConfigError(f"--tokenizer {tokenizer_dir}: {exc}") from exc
+    if tokenizer_dir is not None and len(tokenizer) > vocab_size:
+        raise EngineConfigError(
+            f"the tokenizer has {len(tokenizer)} tokens, more than the model's vocabulary "
+            f"({vocab_size})"
+        )
+    return tokenizer

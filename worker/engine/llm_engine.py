@@ -16,6 +16,7 @@ from llm_worker.config import EngineSettings
 from llm_worker.engine.block_manager import PrefixCacheStats
 from llm_worker.engine.builder import EngineParts, build_parts
 from llm_worker.engine.faults import fault_message, is_device_fault
+from llm_worker.engine.grammars import Grammars
 from llm_worker.engine.memory_profile import DeviceMemory
 from llm_worker.engine.request import RequestOutput, new_request
 from llm_worker.engine.sampler import needs_host_history
@@ -23,11 +24,16 @@ from llm_worker.engine.sampling_rows import SamplingRows
 from llm_worker.engine.scheduler import NO_DRAFTS, RequestRejected, SchedulerOutput
 from llm_worker.engine.sequence import Sequence, SequenceMetrics
 from llm_worker.engine.speculative import SpecStats, Speculator
+from llm_worker.engine.step_mask import StepMask
 from llm_worker.engine.step_result import StepResult
 from llm_worker.engine.update import PLACEHOLDER
 from llm_worker.schemas import ErrorCode, SamplingParams
+from llm_worker.structured.errors import StructuredOutputError
+from llm_worker.structured.stats import StructuredStats
 
 __all__ = ["PLACEHOLDER", "EngineStats", "LLMEngine", "RequestOutput", "RequestRejected"]
+
+COMPILE_WAIT_S = 0.005  # an idle engine's wait for a grammar, between looks at its commands
 
 
 @dataclass
@@ -50,6 +56,8 @@ class LLMEngine:
         self.block_manager = self.scheduler.block_manager
         self.requests = self.updater.requests  # read only: update adds and removes them
         self.rows = SamplingRows(self.requests, self.updater.eos_token_ids)
+        self.structured = parts.structured  # None: the model has no tokenizer
+        self.grammars = Grammars(parts.structured, self.requests, self.updater.eos_token_ids)
         self.tokenizer = parts.tokenizer
         self.model_id = parts.model_id
         self.speculator: Speculator | None = parts.speculator
@@ -116,9 +124,10 @@ class LLMEngine:
             cache_salt=cache_salt,
             metrics=SequenceMetrics(arrival_time=arrival_time or time.monotonic()),
         )
+        grammar = self.grammars.submit(params)  # compiles off this thread; the step waits
         try:  # what one request cannot build (its seed, say) fails it alone
             generator = None if params.seed is None else self.runner.seeded_generator(params.seed)
-            request = new_request(seq, self.tokenizer, generator)
+            request = new_request(seq, self.tokenizer, generator, grammar)
         except Exception as exc:
             if is_device_fault(exc):
                 raise
@@ -138,17 +147,34 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         """Run one step; return the requests that finished (and any aborted since)."""
         started = time.monotonic()
+        self._admit_compiled()
         drafts = self._propose(started)
-        if self.updater.in_flight is not None and self.scheduler.may_preempt():
-            self.updater.drain()  # preemption recomputes from tokens: all must be on the host
+        if self.updater.in_flight is not None and self._must_drain():
+            self.updater.drain()
         plan = self.scheduler.schedule(drafts)
         result = self._run(plan) if not plan.is_empty else None
         report = self.updater.update(plan, result, started)
         if not self.requests:  # what is in flight is for no one now: collect it, idle
             self.updater.drain()
+        if plan.is_empty:
+            self.grammars.wait_for_compiles(self.updater.compiling, COMPILE_WAIT_S)
         if self.speculator is not None:
             self.speculator.end_step(plan, report, started, idle=not self.requests)
         return self._outputs()
+
+    def _admit_compiled(self) -> None:
+        """Requests whose grammar is ready join the scheduler; those it refused fail."""
+        for request, matcher in self.grammars.compiled(self.updater.compiling):
+            if isinstance(matcher, StructuredOutputError):
+                self.updater.refuse(request, matcher.message)
+            else:
+                self.updater.compiled(request, matcher)
+
+    def _must_drain(self) -> bool:
+        """Preemption recomputes from tokens, and a grammar's mask is filled from them: for
+        either, every token must be on the host."""
+        running = self.scheduler.running
+        return self.scheduler.may_preempt() or self.grammars.any_constrained(running)
 
     def _propose(self, started: float) -> Mapping[Sequence, list[int]]:
         spec = self.speculator
@@ -169,12 +195,16 @@ class LLMEngine:
         self.num_computed_tokens += plan.num_batched_tokens
         scheduled = plan.scheduled
         if self.speculator is not None and any(item.num_spec for item in scheduled):
-            return self.speculator.run(scheduled, self.runner, self.rows)
+            return self.speculator.run(scheduled, self.runner, self.rows, self.grammars)
         rows = self.rows.of_step(scheduled)
         pending = self.updater.pending_inputs(scheduled)
-        if self.async_scheduling and rows and not any(map(needs_host_history, rows)):
-            return self.runner.launch(scheduled, rows, pending)
-        return self.runner.execute(scheduled, rows, pending)
+        mask = self.grammars.step_mask(scheduled)  # filled while the forward runs
+        try:
+            if self.async_scheduling and rows and not any(map(needs_host_history, rows)):
+                return self.runner.launch(scheduled, rows, pending, mask)
+            return self.runner.execute(scheduled, rows, pending, mask)
+        finally:
+            _settle(mask)
 
     def _outputs(self) -> list[RequestOutput]:
         finished = self.updater.take_finished()
@@ -182,6 +212,10 @@ class LLMEngine:
             for request in finished:
                 self.speculator.forget(request.seq)
         return [request.output() for request in finished]
+
+    def structured_stats(self) -> StructuredStats | None:
+        """The grammar backend's counters; None: the model has no tokenizer, so no backend."""
+        return self.structured.stats() if self.structured is not None else None
 
     def stats(self) -> EngineStats:
         return EngineStats(
@@ -214,3 +248,8 @@ class LLMEngine:
             for out in self.step():
                 done[out.request_id] = out
         return [done[i] for i in ids]
+
+
+def _settle(mask: StepMask | None) -> None:
+    if mask is not None:
+        mask.settle()

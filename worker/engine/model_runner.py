@@ -18,6 +18,7 @@ from llm_worker.engine.kv_cache import make_kv_caches
 from llm_worker.engine.sampler import SamplingRow, device_tensor, sample, sample_ids
 from llm_worker.engine.sequence import SampledToken, ScheduledSequence, Sequence, cdiv
 from llm_worker.engine.step_inputs import InputUploader, StepInputs, build_host_inputs
+from llm_worker.engine.step_mask import StepMask
 from llm_worker.engine.step_result import PendingInputs, StepResult
 from llm_worker.models.attention import AttentionMetadata
 from llm_worker.models.llama import CausalLM, KVCache
@@ -148,14 +149,15 @@ class ModelRunner:
         scheduled: list[ScheduledSequence],
         rows: list[SamplingRow],
         pending: PendingInputs | None = None,
+        mask: StepMask | None = None,
     ) -> StepResult:
         """Run one step and read its tokens back; `rows` are the sampling rows of the items
-        whose `samples` is True."""
+        whose `samples` is True; `mask`: the grammar's, applied before sampling."""
         hidden = self._forward(scheduled, pending)
         sampled: list[SampledToken] = []
         faults = NO_FAULTS
         if rows:
-            logits = self.model.compute_logits(hidden)
+            logits = self._masked(self.model.compute_logits(hidden), mask)
             sampled, faults = isolating_faults(
                 lambda: sample(logits, rows, self.generator),
                 len(rows),
@@ -172,11 +174,12 @@ class ModelRunner:
         scheduled: list[ScheduledSequence],
         rows: list[SamplingRow],
         pending: PendingInputs | None = None,
+        mask: StepMask | None = None,
     ) -> StepResult:
         """Queue one step and its sampling on the device and return at once: the tokens come
         back through a non-blocking copy (async scheduling). Rows must not need the host's
         token history (sampler.needs_host_history)."""
-        logits = self.model.compute_logits(self._forward(scheduled, pending))
+        logits = self._masked(self.model.compute_logits(self._forward(scheduled, pending)), mask)
         ids, faults = isolating_faults(
             lambda: sample_ids(logits, rows, self.generator),
             len(rows),
@@ -187,6 +190,12 @@ class ModelRunner:
         return StepResult(
             scheduled, in_flight=AsyncTokens(ids), faults=_faults_by_seq(scheduled, faults)
         )
+
+    @staticmethod
+    def _masked(logits: torch.Tensor, mask: StepMask | None) -> torch.Tensor:
+        if mask is not None:
+            mask.apply_(logits)
+        return logits
 
     @torch.inference_mode()
     def logits(

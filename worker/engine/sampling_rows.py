@@ -17,8 +17,11 @@ class SamplingRows:
     def row(self, seq: Sequence, drafts: Seq[int] = ()) -> SamplingRow:
         """How to pick the token after seq.token_ids followed by `drafts`."""
         p = seq.params
+        request = self.requests[seq.request_id]
         blocked: tuple[int, ...] = ()
-        if seq.num_output_tokens + len(drafts) < p.min_tokens:
+        # A constrained row's stops are held back in its mask instead (step_mask.py), where
+        # they stay allowed when the grammar allows nothing else.
+        if request.matcher is None and seq.num_output_tokens + len(drafts) < p.min_tokens:
             blocked = tuple(p.stop_token_ids) + (() if p.ignore_eos else self.eos_token_ids)
         history = seq.token_ids
         if drafts and p.needs_penalties:  # only penalties read the history
@@ -27,7 +30,7 @@ class SamplingRows:
             params=p,
             token_ids=history,
             num_prompt_tokens=seq.num_prompt_tokens,
-            generator=self.requests[seq.request_id].generator,
+            generator=request.generator,
             blocked_token_ids=blocked,
         )
 

@@ -19,6 +19,7 @@ import torch
 
 from llm_worker.engine.draft import Draft, DraftProposer
 from llm_worker.engine.faults import NO_FAULTS, fault_message, is_device_fault, isolating_faults
+from llm_worker.engine.grammars import Grammars
 from llm_worker.engine.model_runner import ModelRunner
 from llm_worker.engine.ngram import NgramProposer
 from llm_worker.engine.rejection import VerifyItem, verify
@@ -184,13 +185,26 @@ class Speculator:
         )
 
     def run(
-        self, scheduled: list[ScheduledSequence], runner: ModelRunner, rows: SamplingRows
+        self,
+        scheduled: list[ScheduledSequence],
+        runner: ModelRunner,
+        rows: SamplingRows,
+        grammars: Grammars,
     ) -> StepResult:
         """A step with drafts: draft (draft model), one target pass over every position, then
-        verification for the speculating sequences and plain sampling for the others."""
+        verification for the speculating sequences and plain sampling for the others. A
+        constrained sequence's k + 1 rows are masked after each prefix of its drafts, so a
+        draft the grammar refuses has probability 0 and is rejected."""
         generator = runner.generator
         filled = self.fill(scheduled, rows, generator)
-        logits = runner.logits(filled.scheduled)
+        mask = grammars.step_mask(filled.scheduled)  # filled while the target runs
+        try:
+            logits = runner.logits(filled.scheduled)
+            if mask is not None:
+                mask.apply_(logits)
+        finally:
+            if mask is not None:
+                mask.settle()
         plain: list[ScheduledSequence] = []  # items sampled as without speculation
         plain_idx: list[int] = []
         spec_idx: list[int] = []

@@ -7,6 +7,10 @@ on the device, placeholders stand in for them until it is resolved); the stop an
 run; computed blocks enter the prefix cache and rejected drafts' blocks go back; finished
 requests leave the scheduler.
 
+A constrained request (structured outputs) waits here, out of the scheduler, until its grammar
+is compiled (`compiled` then gives it its matcher; `refuse` fails it as `invalid_request`), and
+each token it takes in advances its matcher; a grammar that reaches its end finishes it `stop`.
+
 A fault in one request's own work here (detokenizing, a stop check, hashing its blocks) fails
 that request with `internal_error`; the others carry on. Device faults propagate.
 """
@@ -15,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from llm_worker.engine.faults import fault_message, is_device_fault
 from llm_worker.engine.request import Request
@@ -27,6 +32,7 @@ log = logging.getLogger(__name__)
 # Stands in seq.token_ids for a token an async step sampled that has not reached the host.
 PLACEHOLDER = -1
 INTERNAL_ERROR = "internal_error"  # schemas.ErrorCode.INTERNAL, as a finish reason
+INVALID_REQUEST = "invalid_request"  # schemas.ErrorCode.INVALID: a constraint that cannot run
 
 
 @dataclass
@@ -50,14 +56,34 @@ class Updater:
         self.eos_token_ids = tuple(eos_token_ids)
         self.max_model_len = max_model_len
         self.requests: dict[str, Request] = {}
+        self.compiling: list[Request] = []  # constrained, grammar not compiled yet, by arrival
         self.in_flight: _InFlight | None = None
         # Called with each inter-token gap in seconds (telemetry's histogram); None: not measured.
         self.inter_token_latency_observer: Callable[[float], None] | None = None
         self._finished: list[Request] = []  # since the last take_finished()
 
     def add(self, request: Request) -> None:
-        self.scheduler.add(request.seq)  # raises RequestRejected for what can never fit
-        self.requests[request.seq.request_id] = request
+        """Queue a request; a constrained one waits in `compiling` until `compiled`. Raises
+        RequestRejected for what can never fit."""
+        seq = request.seq
+        if request.grammar is None:
+            self.scheduler.add(seq)
+        else:
+            self.scheduler.check_admissible(seq.num_prompt_tokens, seq.params.max_tokens)
+            self.compiling.append(request)
+        self.requests[seq.request_id] = request
+
+    def compiled(self, request: Request, matcher: Any) -> None:
+        """Its grammar is ready: the request gets its matcher (a structured.matcher
+        SequenceMatcher at the grammar's start) and joins the scheduler's queue."""
+        self.compiling = [r for r in self.compiling if r is not request]
+        request.matcher = matcher
+        self.scheduler.add(request.seq)
+
+    def refuse(self, request: Request, message: str) -> None:
+        """Its constraint cannot run (the grammar backend said why): invalid_request."""
+        request.error = message
+        self._finish(request, INVALID_REQUEST)
 
     def abort(self, request_id: str) -> None:
         request = self.requests.get(request_id)
@@ -241,6 +267,13 @@ class Updater:
             self.inter_token_latency_observer(now - metrics.last_token_time)
         metrics.last_token_time = now
         stopped = request.detokenizer is not None and request.detokenizer.push(token_id)
+        if request.matcher is not None:
+            # The mask let only what the grammar allows through, so a refusal (GrammarRejected)
+            # is a fault of this request. A grammar at its end allows nothing more: it ends
+            # the output whatever min_tokens or ignore_eos say (they shape the mask instead).
+            request.matcher.accept([token_id])
+            if request.matcher.is_terminated:
+                return "stop"
         is_eos = not p.ignore_eos and token_id in self.eos_token_ids
         num_tokens = index + 1
         num_output = num_tokens - seq.num_prompt_tokens
@@ -260,6 +293,8 @@ class Updater:
         # A token in flight (the step after its last, or the one an abort overtakes) is dropped.
         while seq.token_ids and seq.token_ids[-1] == PLACEHOLDER:
             seq.token_ids.pop()
+        if request.grammar is not None and request.matcher is None:  # still compiling
+            self.compiling = [r for r in self.compiling if r is not request]
         seq.finish_reason = reason
         seq.metrics.finished_time = time.monotonic() if now is None else now
         self.scheduler.finish(seq)

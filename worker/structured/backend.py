@@ -5,14 +5,17 @@ when the grammar is ready, fill a step's bitmask, read the counters.
     pending = backend.submit(params.structured_outputs)   # add_request; returns at once
     ...                                                   # each step, until pending.done()
     matcher = backend.matcher(pending)                    # raises StructuredOutputError
-    bitmask = backend.filler.fill([matcher, ...])         # rows of the step's constrained seqs
-    apply_token_bitmask_(logits, bitmask.to(device), row_idx, backend.vocab.vocab_size)
+    filled = backend.fill_in_background(matchers, drafts)  # while the forward runs
+    apply_token_bitmask_(logits, filled.result().to(device), row_idx, backend.vocab.vocab_size)
     matcher.accept([token_id]); matcher.is_terminated     # after sampling
 """
 
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
+
+import torch
 
 from llm_worker.schemas.structured import StructuredOutputs
 from llm_worker.structured.compiler import GrammarCompiler, PendingGrammar
@@ -48,6 +51,9 @@ class StructuredOutputBackend:
             num_threads=config.num_fill_threads,
             pin_memory=config.pin_memory,
         )
+        # One thread: a step's fill is one batch call (xgrammar spreads it over its own
+        # threads), and it must not queue behind a slow compilation.
+        self._fill_pool = ThreadPoolExecutor(1, "mask-fill")
 
     @classmethod
     def create(
@@ -69,8 +75,17 @@ class StructuredOutputBackend:
         refused the constraint."""
         return SequenceMatcher(pending.result())
 
+    def fill_in_background(
+        self, matchers: Sequence[SequenceMatcher], drafts: Sequence[Sequence[int]]
+    ) -> "Future[torch.Tensor]":
+        """`filler.fill_with_drafts(matchers, drafts)` on the fill thread, which releases the
+        GIL while it fills: the caller runs the forward meanwhile. Until the future is done,
+        nothing else may touch these matchers or the filler's bitmask."""
+        return self._fill_pool.submit(self.filler.fill_with_drafts, matchers, drafts)
+
     def stats(self) -> StructuredStats:
         return self._stats.snapshot()
 
     def shutdown(self) -> None:
         self.compiler.shutdown()
+        self._fill_pool.shutdown(wait=False, cancel_futures=True)

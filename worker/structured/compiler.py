@@ -11,7 +11,8 @@ import json
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from collections.abc import Iterable
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
 
 import xgrammar as xgr
 
@@ -46,6 +47,11 @@ class PendingGrammar:
     def result(self) -> xgr.CompiledGrammar:
         """The compiled grammar; raises the StructuredOutputError that refused it."""
         return self._future.result()
+
+
+def wait_for_any(pending: Iterable[PendingGrammar], timeout_s: float) -> None:
+    """Return once one of `pending` is done, or after `timeout_s`."""
+    wait([p._future for p in pending], timeout_s, FIRST_COMPLETED)
 
 
 class GrammarCompiler:
