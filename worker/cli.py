@@ -6,19 +6,9 @@ import logging
 import sys
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from llm_worker.cli_errors import CliError
-from llm_worker.config import EngineSettings, add_settings_arguments, settings_from_args
-
-
-def engine_settings(args: argparse.Namespace) -> EngineSettings:
-    from llm_worker.openai_batch import describe_validation
-
-    try:
-        return settings_from_args(EngineSettings, args)
-    except ValidationError as exc:
-        raise CliError(f"invalid engine settings: {describe_validation(exc)}") from exc
+from llm_worker.cli_settings import engine_settings
+from llm_worker.config import EngineSettings, add_settings_arguments
 
 
 def _engine(args: argparse.Namespace):  # -> LLMEngine, imported late so --help stays fast

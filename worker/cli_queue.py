@@ -51,8 +51,8 @@ def service_settings(args: argparse.Namespace) -> ServiceSettings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from llm_worker.cli import engine_settings
     from llm_worker.cli_broker import reach_queue
+    from llm_worker.cli_settings import engine_settings
 
     settings = service_settings(args)
     engine = engine_settings(args)

@@ -3,14 +3,16 @@ with a message that names it. compressed-tensors configs come from compressed-te
 
 import pytest
 
+from llm_worker.models.quant.checkpoint_config import (
+    parse_quantization_config,
+    resolve_quantization,
+)
 from llm_worker.models.quant.config import (
     BlockFp8Scheme,
     Fp8Scheme,
     Int4Scheme,
     QuantConfig,
     UnsupportedQuantization,
-    parse_quantization_config,
-    resolve_quantization,
 )
 from tests.quant import formats
 

@@ -11,7 +11,6 @@ allow can take more than the limit.
 from dataclasses import dataclass
 
 from llm_worker.engine.block_manager import cdiv
-from llm_worker.engine.memory_profile import MemoryProfile
 
 DEFAULT_CPU_KV_CACHE_BYTES = 2**30
 GIB = 2**30
@@ -20,6 +19,23 @@ SPARE_PERCENT = 10  # of the room a suggested smaller batch is sized for
 
 class KVCacheDoesNotFit(ValueError):
     """The settings leave no room for the cache they ask for; the message says what fits."""
+
+
+@dataclass(frozen=True)
+class MemoryProfile:
+    limit_bytes: int  # what the engine may hold in all
+    in_use_bytes: int  # held before the KV cache: weights, CUDA context, other processes
+    forward_bytes: int  # peak above in_use of the forward at the token budget
+    sampler_bytes: int  # peak above in_use of sampling at max-num-seqs
+    graph_bytes: int = 0  # the CUDA graphs' pool
+
+    @property
+    def activation_bytes(self) -> int:
+        return max(self.forward_bytes, self.sampler_bytes)
+
+    @property
+    def kv_budget_bytes(self) -> int:
+        return self.limit_bytes - self.in_use_bytes - self.activation_bytes - self.graph_bytes
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import torch
 
 from llm_worker.engine.block_manager import cdiv
+from llm_worker.engine.kv_sizing import MemoryProfile
 from llm_worker.engine.rejection import VerifyItem, verify
 from llm_worker.engine.sampler import SamplingRow, sample
 from llm_worker.engine.tensor_memory import peak_tensor_bytes
@@ -41,23 +42,6 @@ class WorstStep:
     max_num_seqs: int
     num_spec_tokens: int = 0  # k when speculating: k + 1 verified rows a sequence
     draft_probs: bool = False  # a draft model's [k, vocab] distributions ride along
-
-
-@dataclass(frozen=True)
-class MemoryProfile:
-    limit_bytes: int  # what the engine may hold in all
-    in_use_bytes: int  # held before the KV cache: weights, CUDA context, other processes
-    forward_bytes: int  # peak above in_use of the forward at the token budget
-    sampler_bytes: int  # peak above in_use of sampling at max-num-seqs
-    graph_bytes: int = 0  # the CUDA graphs' pool
-
-    @property
-    def activation_bytes(self) -> int:
-        return max(self.forward_bytes, self.sampler_bytes)
-
-    @property
-    def kv_budget_bytes(self) -> int:
-        return self.limit_bytes - self.in_use_bytes - self.activation_bytes - self.graph_bytes
 
 
 class DeviceMemory(Protocol):

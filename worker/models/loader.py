@@ -13,7 +13,8 @@ from llm_worker.models.attention import AttentionBackend
 from llm_worker.models.bundled import bundled_model_dir
 from llm_worker.models.config import NAMED_SHAPES, ModelConfig
 from llm_worker.models.llama import CausalLM
-from llm_worker.models.quant.config import describe, resolve_quantization
+from llm_worker.models.quant.checkpoint_config import resolve_quantization
+from llm_worker.models.quant.config import describe
 from llm_worker.models.quant.linear import ShardedLinear
 
 log = logging.getLogger(__name__)
