@@ -171,7 +171,7 @@ def e2e_main(args: argparse.Namespace) -> list[dict[str, Any]]:
         for batch in args.batch_sizes:
             shape = model != "smollm2"
             settings = EngineSettings.model_validate({
-                "model": model, "load_format": "dummy" if shape else "auto",
+                "model": model, "load_format": "dummy" if shape else args.load_format,
                 "device": args.device, "max_num_seqs": batch, "seed": 0,
                 **({"tokenizer": tokenizer_dir} if shape else {}),
             })  # fmt: skip
@@ -235,6 +235,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fill-threads", type=int, default=8, help="xgrammar's batch-fill threads")
     p.add_argument("--iters", type=int, default=20, help="mask: timed repeats per row")
     p.add_argument("--models", type=lambda s: s.split(","), default=["smollm2", "llama3-8b"])
+    p.add_argument("--load-format", default="auto", choices=["auto", "dummy"],
+                   help="e2e, bundled model: dummy runs random weights of its shape with its "
+                   "tokenizer (where its weights cannot travel)")  # fmt: skip
     p.add_argument("--input-len", type=int, default=128)
     p.add_argument("--output-len", type=int, default=256)
     p.add_argument("--json", type=Path, default=None, help="write the rows here")

@@ -15,6 +15,8 @@
 #   qwen      issue 28: Qwen3-8B shape 1,024 / 2,048 in FP8 with an FP8 KV cache; KV capacity at
 #             4k context, bf16 against FP8
 #   tests     every test marked gpu
+#   structured  issue 27: constrained rows against none, SmolLM2's shape and tokenizer with
+#             random weights; issue 28: the seed workload at the new defaults, bf16 and FP8
 #   model     issue 26: n-gram speculation at batch 1, old tree against new; issue 27:
 #             constrained rows against none (both need SmolLM2)
 set -uo pipefail
@@ -83,6 +85,17 @@ case "${1:-}" in
       --max-output-len 256
     TAIL_LINES=40 item structured_e2e 280 "$py" scripts/bench_structured.py e2e \
       --device cuda --json "$out/structured.json"
+    ;;
+  structured)
+    # SmolLM2's config and tokenizer alone (.smolcfg, 3.4 MiB) stand in for its weights, which
+    # take three calls to carry: random weights of its shape, its real tokenizer and vocabulary
+    export LLM_WORKER_CACHE_DIR="$PWD/.smolcfg"
+    TAIL_LINES=25 item structured_e2e 230 "$py" scripts/bench_structured.py e2e --device cuda \
+      --load-format dummy --output-len 128 --json "$out/structured.json"
+    item seed_bf16_defaults 60 "$py" -m llm_worker bench throughput "${seed[@]}" \
+      --output-json "$out/seed_bf16.json"
+    item seed_fp8_defaults 60 "$py" -m llm_worker bench throughput "${seed[@]}" \
+      --quantization fp8 --output-json "$out/seed_fp8.json"
     ;;
   *)
     sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'
