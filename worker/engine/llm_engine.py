@@ -10,20 +10,21 @@ the host's token history waits for the step in flight first.
 import time
 from collections.abc import Callable, Mapping
 from collections.abc import Sequence as Seq
-from dataclasses import dataclass
 
 from llm_worker.config import EngineSettings
-from llm_worker.engine.block_manager import PrefixCacheStats
 from llm_worker.engine.builder import EngineParts, build_parts
+from llm_worker.engine.engine_stats import EngineStats, engine_stats
 from llm_worker.engine.faults import fault_message, is_device_fault
 from llm_worker.engine.grammars import Grammars
 from llm_worker.engine.memory_profile import DeviceMemory
+from llm_worker.engine.offline import run_to_completion
 from llm_worker.engine.request import RequestOutput, new_request
+from llm_worker.engine.request_checks import check_request
 from llm_worker.engine.sampler import needs_host_history
 from llm_worker.engine.sampling_rows import SamplingRows
 from llm_worker.engine.scheduler import NO_DRAFTS, RequestRejected, SchedulerOutput
 from llm_worker.engine.sequence import Sequence, SequenceMetrics
-from llm_worker.engine.speculative import SpecStats, Speculator
+from llm_worker.engine.speculative import Speculator
 from llm_worker.engine.step_mask import StepMask
 from llm_worker.engine.step_result import StepResult
 from llm_worker.engine.update import PLACEHOLDER
@@ -34,18 +35,6 @@ from llm_worker.structured.stats import StructuredStats
 __all__ = ["PLACEHOLDER", "EngineStats", "LLMEngine", "RequestOutput", "RequestRejected"]
 
 COMPILE_WAIT_S = 0.005  # an idle engine's wait for a grammar, between looks at its commands
-
-
-@dataclass
-class EngineStats:
-    num_running: int
-    num_waiting: int
-    kv_cache_usage: float
-    prefix_cache: PrefixCacheStats
-    num_preemptions: int
-    num_computed_tokens: int  # every token the model has run, prefill and decode
-    num_steps: int
-    spec: SpecStats | None = None  # None: speculative decoding is off
 
 
 class LLMEngine:
@@ -106,15 +95,8 @@ class LLMEngine:
         if request_id in self.requests:
             message = f"request id {request_id!r} is already running"
             raise RequestRejected(ErrorCode.INVALID, message)
-        vocab = self.runner.model.config.vocab_size
-        bad = next((t for t in [*prompt_token_ids, *params.stop_token_ids]
-                    if not 0 <= t < vocab), None)  # fmt: skip
-        if bad is not None:  # an id past the vocabulary would fault the device, not the request
-            raise RequestRejected(
-                ErrorCode.INVALID, f"token id {bad} outside the vocabulary (0..{vocab - 1})"
-            )
-        if params.stop and self.tokenizer is None:
-            raise RequestRejected(ErrorCode.INVALID, "stop strings need a model with a tokenizer")
+        check_request(prompt_token_ids, params, self.runner.model.config.vocab_size,
+                      has_tokenizer=self.tokenizer is not None)  # fmt: skip
         seq = Sequence(
             request_id=request_id,
             token_ids=list(prompt_token_ids),
@@ -218,37 +200,15 @@ class LLMEngine:
         return self.structured.stats() if self.structured is not None else None
 
     def stats(self) -> EngineStats:
-        return EngineStats(
-            num_running=self.scheduler.num_running,
-            num_waiting=self.scheduler.num_waiting,
-            kv_cache_usage=self.block_manager.usage,
-            prefix_cache=self.block_manager.stats,
-            num_preemptions=self.scheduler.num_preemptions,
-            num_computed_tokens=self.num_computed_tokens,
-            num_steps=self.num_steps,
-            spec=self.speculator.snapshot() if self.speculator is not None else None,
-        )
+        return engine_stats(self.scheduler, self.num_computed_tokens, self.num_steps,
+                            self.speculator)  # fmt: skip
 
     def generate(
-        self,
-        prompts: Seq[list[int] | str],
-        params: SamplingParams | Seq[SamplingParams],
+        self, prompts: Seq[list[int] | str], params: SamplingParams | Seq[SamplingParams]
     ) -> list[RequestOutput]:
         """Submit every prompt at once, run to completion, return outputs in prompt order."""
-        param_list = (
-            list(params) if not isinstance(params, SamplingParams) else [params] * len(prompts)
-        )
         self._num_generate_calls += 1
-        ids = [f"generate-{self._num_generate_calls}-{i}" for i in range(len(prompts))]
-        for request_id, prompt, p in zip(ids, prompts, param_list, strict=True):
-            tokens = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
-            self.add_request(request_id, tokens, p)
-        done: dict[str, RequestOutput] = {}
-        while len(done) < len(ids):
-            for out in self.step():
-                done[out.request_id] = out
-        return [done[i] for i in ids]
-
+        return run_to_completion(self, f"generate-{self._num_generate_calls}", prompts, params)
 
 def _settle(mask: StepMask | None) -> None:
     if mask is not None:
