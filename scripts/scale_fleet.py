@@ -103,8 +103,7 @@ def free_port() -> int:
 
 def _worker_env(spec: FleetSpec, worker_id: str, index: int, metrics_port: int) -> dict[str, str]:
     env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+        **os.environ,  # llm_worker is installed (or, on a GPU machine, on PYTHONPATH already)
         **spec.service_env,
         "LLM_WORKER_WORKER_ID": worker_id,
         "LLM_WORKER_METRICS_PORT": str(metrics_port),
@@ -130,7 +129,9 @@ def start_fleet(spec: FleetSpec, num_workers: int, stem: str) -> Fleet:
         with log_path.open("ab") as log:  # a restart under the same id keeps the first log
             process = subprocess.Popen(
                 [sys.executable, "-m", "llm_worker", "serve", *spec.serve_args],
-                cwd=REPO_ROOT, env=_worker_env(spec, worker_id, index, port),
+                # not the checkout: `-m` would put it first on sys.path, and kernels/ there
+                # shadows Hugging Face's `kernels`
+                cwd=spec.log_dir, env=_worker_env(spec, worker_id, index, port),
                 stdout=log, stderr=subprocess.STDOUT,
             )
         workers.append(Worker(worker_id, process, port, log_path))

@@ -18,7 +18,6 @@ def spawn_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen:
     """A worker process configured by env (LLM_WORKER_*), logging to `log_path`."""
     full_env = {
         **os.environ,
-        "PYTHONPATH": str(REPO_ROOT),
         "LLM_WORKER_MAX_NUM_SEQS": str(TEST_ENGINE_SETTINGS.max_num_seqs),
         "LLM_WORKER_KV_CACHE_MEMORY_GB": str(TEST_ENGINE_SETTINGS.kv_cache_memory_gb),
         # Two workers on two cores: a thread each, or their matmuls fight over both.
@@ -26,7 +25,9 @@ def spawn_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen:
         **env,
     }
     with open(log_path, "ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "llm_worker.serve"], cwd=REPO_ROOT,
+        # Not from the checkout: `-m` puts the working directory first on sys.path, where
+        # kernels/ would shadow Hugging Face's `kernels` (the package is installed, editable).
+        return subprocess.Popen([sys.executable, "-m", "llm_worker.serve"], cwd=log_path.parent,
                                 env=full_env, stdout=log, stderr=subprocess.STDOUT)
 
 

@@ -50,6 +50,13 @@ class StepMask:
             _hold_back(bitmask[row], token_ids, self._vocab_size)
         device = logits.device
         row_idx = device_tensor(self.row_idx, device, torch.int32)
+        with torch.inference_mode():  # the logits may be an inference tensor (the runner's)
+            self._apply_rows(logits, bitmask, row_idx)
+
+    def _apply_rows(
+        self, logits: torch.Tensor, bitmask: torch.Tensor, row_idx: torch.Tensor
+    ) -> None:
+        device = logits.device
         if device.type == "cuda":
             # Non-blocking from the filler's pinned buffer: the next fill starts only after
             # this step's tokens reached the host (a constrained step drains first), which is
