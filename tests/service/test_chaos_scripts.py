@@ -19,7 +19,7 @@ from tests.brokers import kafka_bootstrap, redis_url, topic_settings
 __all__ = ["kafka_bootstrap", "redis_url"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 
 def _broker_args(queue: str, request: pytest.FixtureRequest) -> list[str]:
@@ -32,7 +32,7 @@ def _broker_args(queue: str, request: pytest.FixtureRequest) -> list[str]:
 def _run(script: str, args: list[str], tmp_path: Path) -> str:
     done = subprocess.run(
         [sys.executable, str(REPO_ROOT / "scripts" / script), *args, "--log-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=540)
+        capture_output=True, text=True, timeout=180)  # about 20 s a run here
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
 
