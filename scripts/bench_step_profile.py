@@ -37,7 +37,7 @@ def decode_engine(args: argparse.Namespace) -> LLMEngine:
     settings = EngineSettings(
         model=args.model, load_format="dummy", max_num_seqs=args.batch_size,
         max_model_len=args.input_len + args.num_steps + 64, enforce_eager=args.enforce_eager,
-        kv_cache_memory_gb=args.kv_cache_memory_gb,
+        kv_cache_memory_gb=args.kv_cache_memory_gb, quantization=args.quantization,
     )  # fmt: skip
     engine = LLMEngine.from_settings(settings)
     vocab = engine.runner.model.config.vocab_size
@@ -61,6 +61,8 @@ def main() -> None:
     p.add_argument("--num-steps", type=int, default=20)
     p.add_argument("--enforce-eager", action="store_true")
     p.add_argument("--kv-cache-memory-gb", type=float, default=4.0)
+    p.add_argument("--quantization", default=None, choices=["fp8", "awq", "gptq"],
+                   help="dummy weights quantized this way (fp8: at load, like a bf16 checkpoint)")
     p.add_argument("--top", type=int, default=12, help="kernels listed by total time")
     p.add_argument("--output-json", type=Path, default=None)
     args = p.parse_args()
@@ -80,7 +82,8 @@ def main() -> None:
     kernel_s = sum(by_kind.values())
     mode = "eager" if args.enforce_eager else "graphs"
     idle_s = wall_s - kernel_s  # one stream: time with no kernel running
-    print(f"{args.model}, batch {args.batch_size}, {mode}: {wall_s * 1e3:.3f} ms/step wall, "
+    quant = f", {args.quantization}" if args.quantization else ""
+    print(f"{args.model}{quant}, batch {args.batch_size}, {mode}: {wall_s * 1e3:.3f} ms/step wall, "
           f"{kernel_s * 1e3:.3f} ms kernels, {idle_s * 1e3:.3f} ms GPU idle")  # fmt: skip
     for kind, seconds in sorted(by_kind.items(), key=lambda kv: -kv[1]):
         print(f"  {kind:<10} {seconds * 1e3:8.3f} ms/step")

@@ -15,7 +15,8 @@ e2e   output tokens/s of `LLMEngine.generate` with no row constrained, 10% and a
       (`--tokenizer`; no Llama-3 tokenizer is available offline: the shape's 128,256 logits are
       masked, ids past the tokenizer's 49,152 never allowed). Each batch size gets an engine
       with max_num_seqs = B and 4 x B prompts, so finished requests are replaced and the batch
-      stays full. Constrained rows end when their grammar does (see mean_output_len). Target:
+      stays full. Constrained rows end when their grammar does (see mean_output_len). Each
+      share runs --rounds times, in alternating order; the table gives the medians. Target:
       at most 5% slower at batch 256 on the 8B shape. Prints a table at the end.
 
     python scripts/bench_structured.py mask --device cuda
@@ -186,27 +187,41 @@ def e2e_main(args: argparse.Namespace) -> list[dict[str, Any]]:
             prompts = random_prompts(num_prompts, args.input_len, vocab, seed=batch)
             warm = _params(batch, 1.0, constraint, min(16, args.output_len))
             engine.generate(prompts[:batch], warm)  # compiles the grammar, warms the graphs
-            plain = None
+            runs: dict[float, list[dict[str, float]]] = {f: [] for f in args.fractions}
+            for round_ in range(args.rounds):  # alternated, so no share always runs first
+                order = args.fractions if round_ % 2 == 0 else args.fractions[::-1]
+                for fraction in order:
+                    params = _params(num_prompts, fraction, constraint, args.output_len)
+                    runs[fraction].append(_timed_generate(engine, prompts, params))
+            plain = statistics.median(r["rate"] for r in runs[0.0])
             for fraction in args.fractions:
-                params = _params(num_prompts, fraction, constraint, args.output_len)
-                start = time.perf_counter()
-                outputs = engine.generate(prompts, params)
-                elapsed = time.perf_counter() - start
-                num_output = sum(len(o.output_token_ids) for o in outputs)
-                rate = num_output / elapsed
-                plain = rate if fraction == 0 else plain
+                rate = statistics.median(r["rate"] for r in runs[fraction])
                 row = {
                     "model": model, "batch": batch, "constrained_fraction": fraction,
-                    "output_tokens_per_s": rate,
-                    "vs_unconstrained": rate / plain if plain else None,
-                    "mean_output_len": num_output / num_prompts,
-                    "stopped_share": sum(o.finish_reason == "stop" for o in outputs) / num_prompts,
+                    "output_tokens_per_s": rate, "vs_unconstrained": rate / plain,
+                    "runs_tokens_per_s": [r["rate"] for r in runs[fraction]],
+                    "mean_output_len": statistics.fmean(r["mean_len"] for r in runs[fraction]),
+                    "stopped_share": statistics.fmean(r["stopped"] for r in runs[fraction]),
                 }  # fmt: skip
                 rows.append(row)
                 print(json.dumps(row), flush=True)
             del engine
             release_gpu_memory()
     return rows
+
+
+def _timed_generate(
+    engine: Any, prompts: list[list[int]], params: list[SamplingParams]
+) -> dict[str, float]:
+    start = time.perf_counter()
+    outputs = engine.generate(prompts, params)
+    elapsed = time.perf_counter() - start
+    num_output = sum(len(o.output_token_ids) for o in outputs)
+    return {
+        "rate": num_output / elapsed,
+        "mean_len": num_output / len(prompts),
+        "stopped": sum(o.finish_reason == "stop" for o in outputs) / len(prompts),
+    }
 
 
 def _params(
@@ -240,6 +255,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "tokenizer (where its weights cannot travel)")  # fmt: skip
     p.add_argument("--input-len", type=int, default=128)
     p.add_argument("--output-len", type=int, default=256)
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="e2e: runs of each share, alternating their order; the median counts",
+    )
     p.add_argument("--json", type=Path, default=None, help="write the rows here")
     args = p.parse_args(argv)
     if args.fractions is None:

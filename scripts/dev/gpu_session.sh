@@ -19,6 +19,11 @@
 #             random weights; issue 28: the seed workload at the new defaults, bf16 and FP8
 #   model     issue 26: n-gram speculation at batch 1, old tree against new; issue 27:
 #             constrained rows against none (both need SmolLM2)
+#   grammar   issue 27 again (alternated rounds) after constrained steps kept their overlap;
+#             batch-1 decode in FP8 and AWQ int4 against the roofline
+#   capacity  issue 28: Qwen3-8B FP8 at 1k / 2k, KV capacity at 4k, the GEMMs against cuBLAS
+#   defaults  issue 28: the seed workload, new defaults in bf16 and FP8 and the old ones; the
+#             GPU tests of the quantized and structured paths
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out="${OUT:-/tmp/gpu-session}"
@@ -96,6 +101,44 @@ case "${1:-}" in
       --output-json "$out/seed_bf16.json"
     item seed_fp8_defaults 60 "$py" -m llm_worker bench throughput "${seed[@]}" \
       --quantization fp8 --output-json "$out/seed_fp8.json"
+    ;;
+  grammar)
+    # issue 27 after constrained steps kept their forward's overlap: alternated rounds
+    export LLM_WORKER_CACHE_DIR="$PWD/.smolcfg"
+    TAIL_LINES=10 item structured_e2e 360 "$py" scripts/bench_structured.py e2e --device cuda \
+      --load-format dummy --output-len 128 --rounds 2 --json "$out/structured.json"
+    TAIL_LINES=12 item roofline_fp8 90 "$py" scripts/bench_decode_roofline.py --model llama3-8b \
+      --quantization fp8 --modes graphs_async --output-json "$out/roofline_fp8.json"
+    TAIL_LINES=12 item roofline_awq 90 "$py" scripts/bench_decode_roofline.py --model llama3-8b \
+      --quantization awq --modes graphs_async --output-json "$out/roofline_awq.json"
+    ;;
+  capacity)
+    # issue 28: the Qwen3-8B target, KV capacity at 4k, the GEMMs against cuBLAS
+    item qwen3_fp8_1k_2k 360 "$py" -m llm_worker bench throughput --model qwen3-8b \
+      --load-format dummy --quantization fp8 --kv-cache-dtype fp8 --input-len 1024 \
+      --output-len 2048 --num-prompts 1000 --output-json "$out/qwen3_fp8.json"
+    TAIL_LINES=12 item kv_capacity_4k 120 "$py" scripts/bench_kv_capacity.py --model llama3-8b \
+      --context 4096 --output-json "$out/kv_capacity.json"
+    TAIL_LINES=40 item bench_quant 100 "$py" scripts/bench_quant.py --output-json "$out/bench_quant.json"
+    # where a decode step's time goes at batch 512: the GEMMs' share bounds what FP8 can gain
+    profile=(scripts/bench_step_profile.py --batch-size 512 --kv-cache-memory-gb 16)
+    TAIL_LINES=8 item step_profile_bf16 60 "$py" "${profile[@]}" --output-json "$out/profile_bf16.json"
+    TAIL_LINES=8 item step_profile_fp8 60 "$py" "${profile[@]}" --quantization fp8 \
+      --output-json "$out/profile_fp8.json"
+    ;;
+  defaults)
+    # issue 28: the seed workload at the new defaults (bf16, FP8) and the old ones, one call;
+    # then the GPU tests of the quantized and structured paths
+    item seed_bf16_defaults 70 "$py" -m llm_worker bench throughput "${seed[@]}" \
+      --output-json "$out/seed_bf16.json"
+    item seed_fp8_defaults 70 "$py" -m llm_worker bench throughput "${seed[@]}" \
+      --quantization fp8 --output-json "$out/seed_fp8.json"
+    item seed_bf16_old_defaults 70 "$py" -m llm_worker bench throughput "${seed[@]}" \
+      "${old_defaults[@]}" --output-json "$out/seed_bf16_old.json"
+    TAIL_LINES=25 item gpu_kernel_tests 330 "$py" -m pytest -q -m gpu -p no:cacheprovider \
+      --timeout 200 tests/kernels/test_quant_kernels_gpu.py tests/kernels/test_fp8_kv_gpu.py \
+      tests/structured/test_token_bitmask.py tests/quant/test_quant_model_gpu.py \
+      tests/engine/test_builder_gpu.py
     ;;
   *)
     sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'

@@ -37,7 +37,8 @@ def test_e2e_mode_writes_a_row_per_model_batch_and_share(tmp_path: Path) -> None
     done = subprocess.run(
         [sys.executable, str(REPO_ROOT / "scripts" / "bench_structured.py"), "e2e",
          "--device", "cpu", "--models", "smollm2", "--batch-sizes", "1,2", "--fractions",
-         "0,0.5,1", "--input-len", "4", "--output-len", "2", "--json", str(out)],
+         "0,0.5,1", "--input-len", "4", "--output-len", "2", "--rounds", "1",
+         "--json", str(out)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=1200,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]

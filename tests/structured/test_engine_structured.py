@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -84,8 +85,7 @@ def _mixed_batch(
     for i in range(len(prompts)):
         if i % 2 == 0 and constrained:
             constraint = CONSTRAINTS[(i // 2) % len(CONSTRAINTS)]
-            params.append(SamplingParams(max_tokens=40, structured_outputs=constraint,
-                                         **sampling))  # type: ignore[arg-type]
+            params.append(SamplingParams(max_tokens=40, structured_outputs=constraint, **sampling))  # type: ignore[arg-type]
         else:
             params.append(SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True))
     return prompts, params
@@ -257,8 +257,11 @@ def test_a_request_waits_for_its_grammar_while_the_others_run(engine: LLMEngine)
     with held_compiles(engine) as gate:
         prompt = chat_ids(engine, "colour?")
         constraint = StructuredOutputs(choice=["cyan", "magenta"])
-        engine.add_request("bound", prompt, SamplingParams(temperature=0.0, max_tokens=8,
-                                                           structured_outputs=constraint))
+        engine.add_request(
+            "bound",
+            prompt,
+            SamplingParams(temperature=0.0, max_tokens=8, structured_outputs=constraint),
+        )
         engine.add_request("free", prompt, SamplingParams(temperature=0.0, max_tokens=5))
         finished: dict[str, RequestOutput] = {}
         while "free" not in finished:
@@ -287,3 +290,68 @@ def test_a_tokenizer_for_a_dummy_shape_must_fit_its_vocabulary(smollm2_dir: Path
                               tokenizer=smollm2_dir, kv_cache_memory_gb=0.01)  # fmt: skip
     with pytest.raises(EngineConfigError, match="more than the model's vocabulary"):
         LLMEngine.from_settings(settings)
+
+
+class FillFault(SequenceMatcher):
+    """A matcher whose grammar backend raises when asked for a mask (an xgrammar fault)."""
+
+    @property
+    def xgr_matcher(self) -> Any:
+        raise RuntimeError("injected grammar fault")
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True], ids=["sync", "async"])
+def test_a_mask_fill_fault_fails_only_its_own_request(
+    checkpoint: Path, async_scheduling: bool
+) -> None:
+    engine = tiny_engine(checkpoint, async_scheduling=async_scheduling)
+    prompt = chat_ids(engine, "a code")
+    bound = SamplingParams(temperature=0.0, max_tokens=30, structured_outputs=CONSTRAINTS[1])
+    free = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
+    for request_id, params in (("broken", bound), ("bound", bound), ("free", free)):
+        engine.add_request(request_id, prompt, params)
+    finished: dict[str, RequestOutput] = {}
+    while engine.requests["broken"].matcher is None:  # its grammar compiles off the thread
+        finished.update((o.request_id, o) for o in engine.step())
+    assert engine.structured is not None
+    grammar = engine.structured.compiler.compile_now(CONSTRAINTS[1])
+    engine.requests["broken"].matcher = FillFault(grammar)
+    while engine.has_unfinished_requests():
+        finished.update((o.request_id, o) for o in engine.step())
+    broken = finished["broken"]
+    assert broken.finish_reason == "internal_error"
+    assert broken.error is not None and "injected grammar fault" in broken.error
+    assert_obeys(CONSTRAINTS[1], finished["bound"])
+    assert finished["free"].finish_reason == "length"
+    assert len(finished["free"].output_token_ids) == 10
+
+
+def test_an_async_step_with_grammar_rows_queues_its_forward_before_it_waits(
+    checkpoint: Path,
+) -> None:
+    """The overlap kept for constrained rows: each decode step's forward is queued before the
+    host waits for the step in flight (whose tokens the matchers need), so the device has the
+    forward to run while the host advances the matchers and fills the mask."""
+    engine = tiny_engine(checkpoint, async_scheduling=True)
+    events: list[str] = []
+    forward, drain = engine.runner.logits, engine.updater.drain
+
+    def logged_forward(*args: Any, **kwargs: Any) -> torch.Tensor:
+        events.append("forward")
+        return forward(*args, **kwargs)
+
+    def logged_drain() -> None:
+        waits = engine.updater.in_flight is not None and engine.requests  # not the last one
+        events.append("wait" if waits else "idle")
+        drain()
+
+    engine.runner.logits = logged_forward  # type: ignore[method-assign]
+    engine.updater.drain = logged_drain  # type: ignore[method-assign]
+    prompts, params = _mixed_batch(engine, constrained=True, temperature=0.0)
+    outputs = engine.generate(prompts, params)
+    for out, p in zip(outputs, params, strict=True):
+        if p.structured_outputs is not None:
+            assert_obeys(p.structured_outputs, out)
+    waits = [i for i, event in enumerate(events) if event == "wait"]
+    assert len(waits) >= 10
+    assert all(events[i - 1] == "forward" for i in waits), " ".join(events)

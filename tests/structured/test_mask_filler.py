@@ -109,7 +109,9 @@ def test_draft_rows_are_the_masks_after_each_draft_prefix(
         for m in matchers
     ]
     filler = MaskFiller(vocab.vocab_size, 64, StatsRecorder(), num_threads=2)
-    rows = filler.fill_with_drafts(matchers, drafts)
+    filled = filler.fill_with_drafts(matchers, drafts)
+    assert filled.failed == {}
+    rows = filled.bitmask
     assert rows.shape[0] == sum(len(d) + 1 for d in drafts)
     offset = 0
     for (grammar, ids), tokens in zip(states[1::3], drafts, strict=True):

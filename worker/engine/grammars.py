@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from llm_worker.engine.request import Request
 from llm_worker.engine.scheduler import RequestRejected
 from llm_worker.engine.sequence import ScheduledSequence, Sequence
-from llm_worker.engine.step_mask import StepMask, plan_step_mask
+from llm_worker.engine.step_mask import StepMask, plan_step_mask, samples_under_grammar
 from llm_worker.schemas import ErrorCode, SamplingParams
 from llm_worker.structured.backend import StructuredOutputBackend
 from llm_worker.structured.compiler import PendingGrammar, wait_for_any
@@ -71,6 +71,11 @@ class Grammars:
 
     def any_constrained(self, seqs: list[Sequence]) -> bool:
         return any(self.requests[s.request_id].matcher is not None for s in seqs)
+
+    def constrains(self, scheduled: list[ScheduledSequence]) -> bool:
+        """Some row of the step samples under a grammar (its mask needs every token of its
+        sequence on the host)."""
+        return self.backend is not None and samples_under_grammar(scheduled, self.requests)
 
     def step_mask(self, scheduled: list[ScheduledSequence]) -> StepMask | None:
         """Start filling the step's mask (its items final, drafts included); None: no

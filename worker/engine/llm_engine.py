@@ -4,7 +4,8 @@ A step is four verbs: propose (drafts, if speculating) -> schedule -> run (the r
 speculator for a step with drafts) -> update (the one writer of request state). With async
 scheduling, step n+1 is queued on the device before step n's tokens are applied, so the host's
 work overlaps the device's; a step that speculates, could preempt, or samples rows that read
-the host's token history waits for the step in flight first.
+the host's token history waits for the step in flight first. A step with grammar rows queues
+its forward, then applies step n's tokens and fills its mask while the forward runs.
 """
 
 import time
@@ -20,10 +21,10 @@ from llm_worker.engine.memory_profile import DeviceMemory
 from llm_worker.engine.offline import run_to_completion
 from llm_worker.engine.request import RequestOutput, new_request
 from llm_worker.engine.request_checks import check_request
-from llm_worker.engine.sampler import needs_host_history
+from llm_worker.engine.sampler import SamplingRow, needs_host_history
 from llm_worker.engine.sampling_rows import SamplingRows
 from llm_worker.engine.scheduler import NO_DRAFTS, RequestRejected, SchedulerOutput
-from llm_worker.engine.sequence import Sequence, SequenceMetrics
+from llm_worker.engine.sequence import ScheduledSequence, Sequence, SequenceMetrics
 from llm_worker.engine.speculative import Speculator
 from llm_worker.engine.step_mask import StepMask
 from llm_worker.engine.step_result import StepResult
@@ -153,10 +154,8 @@ class LLMEngine:
                 self.updater.compiled(request, matcher)
 
     def _must_drain(self) -> bool:
-        """Preemption recomputes from tokens, and a grammar's mask is filled from them: for
-        either, every token must be on the host."""
-        running = self.scheduler.running
-        return self.scheduler.may_preempt() or self.grammars.any_constrained(running)
+        """Preemption recomputes from tokens: every token must be on the host."""
+        return self.scheduler.may_preempt()
 
     def _propose(self, started: float) -> Mapping[Sequence, list[int]]:
         spec = self.speculator
@@ -179,12 +178,30 @@ class LLMEngine:
         if self.speculator is not None and any(item.num_spec for item in scheduled):
             return self.speculator.run(scheduled, self.runner, self.rows, self.grammars)
         rows = self.rows.of_step(scheduled)
+        if self.async_scheduling and rows and not any(map(needs_host_history, rows)):
+            return self._launch(scheduled, rows)
+        if self.grammars.constrains(scheduled):
+            self.updater.drain()  # a grammar's mask is filled from every token
         pending = self.updater.pending_inputs(scheduled)
         mask = self.grammars.step_mask(scheduled)  # filled while the forward runs
         try:
-            if self.async_scheduling and rows and not any(map(needs_host_history, rows)):
-                return self.runner.launch(scheduled, rows, pending, mask)
             return self.runner.execute(scheduled, rows, pending, mask)
+        finally:
+            _settle(mask)
+
+    def _launch(self, scheduled: list[ScheduledSequence], rows: list[SamplingRow]) -> StepResult:
+        """Queue the step without waiting for the one in flight. With grammar rows, the
+        forward is queued first; the step in flight is then drained (its tokens advance the
+        matchers) and the mask filled while the device runs the forward, before the sampling
+        is queued: the overlap kept is the forward's, the one lost is the sampling's."""
+        pending = self.updater.pending_inputs(scheduled)
+        if not self.grammars.constrains(scheduled):
+            return self.runner.launch(scheduled, rows, pending)
+        logits = self.runner.logits(scheduled, pending)
+        self.updater.drain()
+        mask = self.grammars.step_mask(scheduled)  # a sequence the drain ended has no row
+        try:
+            return self.runner.launch_sampling(scheduled, rows, logits, mask)
         finally:
             _settle(mask)
 
@@ -209,6 +226,7 @@ class LLMEngine:
         """Submit every prompt at once, run to completion, return outputs in prompt order."""
         self._num_generate_calls += 1
         return run_to_completion(self, f"generate-{self._num_generate_calls}", prompts, params)
+
 
 def _settle(mask: StepMask | None) -> None:
     if mask is not None:

@@ -57,13 +57,14 @@ def fill_pending(input_ids: torch.Tensor, pending: PendingInputs) -> None:
 
 
 def _faults_by_seq(
-    scheduled: list[ScheduledSequence], faults: Mapping[int, str]
+    scheduled: list[ScheduledSequence], faults: Mapping[int, str], mask: StepMask | None
 ) -> Mapping[Sequence, str]:
-    """Sampling-row faults keyed by their sequences."""
-    if not faults:
+    """Sampling-row faults keyed by their sequences, with the grammar mask's."""
+    mask_faults = mask.faults if mask is not None else NO_FAULTS
+    if not faults and not mask_faults:
         return NO_FAULTS
     sampling = [item.seq for item in scheduled if item.samples]
-    return {sampling[i]: message for i, message in faults.items()}
+    return {**mask_faults, **{sampling[i]: message for i, message in faults.items()}}
 
 
 class ModelRunner:
@@ -166,7 +167,7 @@ class ModelRunner:
             )
         emitted = iter(sampled)
         tokens = [[next(emitted)] if item.samples else [] for item in scheduled]
-        return StepResult(scheduled, tokens=tokens, faults=_faults_by_seq(scheduled, faults))
+        return StepResult(scheduled, tokens=tokens, faults=_faults_by_seq(scheduled, faults, mask))
 
     @torch.inference_mode()
     def launch(
@@ -179,16 +180,31 @@ class ModelRunner:
         """Queue one step and its sampling on the device and return at once: the tokens come
         back through a non-blocking copy (async scheduling). Rows must not need the host's
         token history (sampler.needs_host_history)."""
-        logits = self._masked(self.model.compute_logits(self._forward(scheduled, pending)), mask)
+        return self.launch_sampling(scheduled, rows, self.logits(scheduled, pending), mask)
+
+    @torch.inference_mode()
+    def launch_sampling(
+        self,
+        scheduled: list[ScheduledSequence],
+        rows: list[SamplingRow],
+        logits: torch.Tensor,
+        mask: StepMask | None = None,
+    ) -> StepResult:
+        """`launch` for a step whose forward is already queued (`logits`): the host fills a
+        grammar's mask while the device runs the forward, then queues the sampling."""
+        logits = self._masked(logits, mask)
         ids, faults = isolating_faults(
             lambda: sample_ids(logits, rows, self.generator),
             len(rows),
             lambda i: sample_ids(logits[i : i + 1], rows[i : i + 1], self.generator),
-            lambda parts: torch.cat([_NO_TOKEN.to(logits.device) if p is None else p
-                                     for p in parts]),
+            lambda parts: torch.cat(
+                [_NO_TOKEN.to(logits.device) if p is None else p for p in parts]
+            ),
         )
         return StepResult(
-            scheduled, in_flight=AsyncTokens(ids), faults=_faults_by_seq(scheduled, faults)
+            scheduled,
+            in_flight=AsyncTokens(ids),
+            faults=_faults_by_seq(scheduled, faults, mask),
         )
 
     @staticmethod

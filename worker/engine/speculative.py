@@ -228,6 +228,8 @@ class Speculator:
             for i, item in enumerate(filled.scheduled)
         ]  # fmt: skip
         faults = filled.faults
+        if mask is not None:
+            faults.update(mask.faults)
         if plain_faults or verify_faults:
             verifying = [filled.scheduled[i].seq for i in filled.verify_items]
             faults.update((plain[j].seq, message) for j, message in plain_faults.items())
@@ -286,6 +288,7 @@ def _verify(
     """Each item's emitted tokens; an item whose verification raises emits none, and fails."""
     if not items:
         return [], NO_FAULTS
+
     def alone(j: int) -> list[SampledToken]:
         start = sum(len(item.rows) for item in items[:j])
         return verify(logits[start : start + len(items[j].rows)], items[j : j + 1], generator)[0]

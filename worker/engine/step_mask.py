@@ -20,10 +20,11 @@ import torch
 
 from llm_worker.engine.request import Request
 from llm_worker.engine.sampler import device_tensor
-from llm_worker.engine.sequence import ScheduledSequence
+from llm_worker.engine.sequence import ScheduledSequence, Sequence
 from llm_worker.kernels.token_bitmask import apply_token_bitmask_, apply_token_bitmask_reference
 from llm_worker.schemas import SamplingParams
 from llm_worker.structured.backend import StructuredOutputBackend
+from llm_worker.structured.mask_filler import FilledRows
 from llm_worker.structured.matcher import SequenceMatcher
 
 BlockedRow = tuple[int, tuple[int, ...]]  # a bitmask row and the stop tokens it holds back
@@ -32,20 +33,27 @@ BlockedRow = tuple[int, tuple[int, ...]]  # a bitmask row and the stop tokens it
 class StepMask:
     def __init__(
         self,
-        filled: "Future[torch.Tensor]",  # [num_rows, words] int32 on the host, being filled
+        filled: "Future[FilledRows]",  # [num_rows, words] int32 on the host, being filled
+        seqs: list[Sequence],  # the constrained sequences, in matcher order
         row_idx: list[int],  # [num_rows]: the logits row each bitmask row masks
         blocked: list[BlockedRow],
         vocab_size: int,
     ) -> None:
         self._filled = filled
+        self._seqs = seqs
         self.row_idx = row_idx
         self._blocked = blocked
         self._vocab_size = vocab_size
+        # Set by apply_: sequences whose grammar could not fill their rows (left unmasked);
+        # the step fails their requests, the others' rows stand.
+        self.faults: dict[Sequence, str] = {}
 
     def apply_(self, logits: torch.Tensor) -> None:
         """logits: [rows, vocab] of the step (all its logits rows, in item order), masked in
-        place. Waits for the fill; re-raises what the fill raised."""
-        bitmask = self._filled.result()
+        place. Waits for the fill."""
+        filled = self._filled.result()
+        self.faults = {self._seqs[i]: message for i, message in filled.failed.items()}
+        bitmask = filled.bitmask
         for row, token_ids in self._blocked:
             _hold_back(bitmask[row], token_ids, self._vocab_size)
         device = logits.device
@@ -58,9 +66,9 @@ class StepMask:
     ) -> None:
         device = logits.device
         if device.type == "cuda":
-            # Non-blocking from the filler's pinned buffer: the next fill starts only after
-            # this step's tokens reached the host (a constrained step drains first), which is
-            # after this copy in stream order.
+            # Non-blocking from the filler's pinned buffer: every fill starts after the step in
+            # flight was drained, so the next one waits for this step's tokens to reach the
+            # host, which is after this copy in stream order.
             rows = bitmask.to(device, non_blocking=True)
             apply_token_bitmask_(logits, rows, row_idx, self._vocab_size)
         else:
@@ -81,6 +89,7 @@ def plan_step_mask(
     """Start filling the mask of a step whose items are final (drafts included); None when
     no row that samples is constrained. The constrained sequences' tokens must all be on the
     host (no placeholder in flight)."""
+    seqs: list[Sequence] = []
     matchers: list[SequenceMatcher] = []
     drafts: list[tuple[int, ...]] = []
     row_idx: list[int] = []
@@ -91,6 +100,7 @@ def plan_step_mask(
         request = requests.get(item.seq.request_id)
         if num_rows and request is not None and request.matcher is not None:
             assert request.seq is item.seq and num_rows == item.num_spec + 1
+            seqs.append(item.seq)
             matchers.append(request.matcher)
             drafts.append(item.spec_token_ids)
             for j in range(num_rows):
@@ -102,7 +112,7 @@ def plan_step_mask(
     if not matchers:
         return None
     filled = backend.fill_in_background(matchers, drafts)
-    return StepMask(filled, row_idx, blocked, backend.vocab.vocab_size)
+    return StepMask(filled, seqs, row_idx, blocked, backend.vocab.vocab_size)
 
 
 def _held_back(
@@ -125,3 +135,14 @@ def _hold_back(row: torch.Tensor, token_ids: tuple[int, ...], vocab_size: int) -
             kept[token_id // 32] &= ~np.uint32(1 << (token_id % 32))
     if kept.any():
         words[:] = kept
+
+
+def samples_under_grammar(
+    scheduled: list[ScheduledSequence], requests: Mapping[str, Request]
+) -> bool:
+    """Some item of the step samples under a grammar."""
+    for item in scheduled:
+        request = requests.get(item.seq.request_id)
+        if item.num_logits_rows and request is not None and request.matcher is not None:
+            return True
+    return False

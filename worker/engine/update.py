@@ -162,6 +162,10 @@ class Updater:
         slots = []
         for item in result.scheduled:
             seq = item.seq
+            if seq.is_finished:  # it stopped on a token drained while this step was queued
+                if item.samples:
+                    slots.append((seq, PLACEHOLDER))  # keeps the slots in line with the ids
+                continue
             seq.num_computed_tokens += item.num_new_tokens
             if item.samples:
                 slots.append((seq, seq.num_tokens))
@@ -176,7 +180,7 @@ class Updater:
         previous, self.in_flight = self.in_flight, _InFlight(tokens, slots)
         if previous is not None:
             self._resolve(previous)
-        return StepReport(num_emitted=len(slots))
+        return StepReport(num_emitted=sum(index != PLACEHOLDER for _, index in slots))
 
     def _resolve(self, in_flight: _InFlight) -> None:
         """Put an async step's tokens in place of their placeholders and apply them."""

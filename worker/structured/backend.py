@@ -6,7 +6,8 @@ when the grammar is ready, fill a step's bitmask, read the counters.
     ...                                                   # each step, until pending.done()
     matcher = backend.matcher(pending)                    # raises StructuredOutputError
     filled = backend.fill_in_background(matchers, drafts)  # while the forward runs
-    apply_token_bitmask_(logits, filled.result().to(device), row_idx, backend.vocab.vocab_size)
+    rows = filled.result()  # FilledRows: the bitmask, and the matchers whose fill raised
+    apply_token_bitmask_(logits, rows.bitmask.to(device), row_idx, backend.vocab.vocab_size)
     matcher.accept([token_id]); matcher.is_terminated     # after sampling
 """
 
@@ -15,11 +16,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import torch
-
 from llm_worker.schemas.structured import StructuredOutputs
 from llm_worker.structured.compiler import GrammarCompiler, PendingGrammar
-from llm_worker.structured.mask_filler import MaskFiller
+from llm_worker.structured.mask_filler import FilledRows, MaskFiller
 from llm_worker.structured.matcher import SequenceMatcher
 from llm_worker.structured.stats import StatsRecorder, StructuredStats
 from llm_worker.structured.vocab import GrammarVocab, grammar_vocab
@@ -77,7 +76,7 @@ class StructuredOutputBackend:
 
     def fill_in_background(
         self, matchers: Sequence[SequenceMatcher], drafts: Sequence[Sequence[int]]
-    ) -> "Future[torch.Tensor]":
+    ) -> "Future[FilledRows]":
         """`filler.fill_with_drafts(matchers, drafts)` on the fill thread, which releases the
         GIL while it fills: the caller runs the forward meanwhile. Until the future is done,
         nothing else may touch these matchers or the filler's bitmask."""

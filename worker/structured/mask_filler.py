@@ -6,7 +6,8 @@ threads with the GIL released, so the engine thread's other host work can run be
 """
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -16,6 +17,12 @@ from llm_worker.structured.matcher import SequenceMatcher
 from llm_worker.structured.stats import StatsRecorder
 
 ALL_ALLOWED = -1  # an int32 word with every bit set
+
+
+@dataclass(frozen=True)
+class FilledRows:
+    bitmask: torch.Tensor  # [rows, words] int32, a view of the filler's buffer
+    failed: dict[int, str]  # matcher index -> why its fill raised (its rows allow everything)
 
 
 class MaskFiller:
@@ -56,12 +63,15 @@ class MaskFiller:
 
     def fill_with_drafts(
         self, matchers: Sequence[SequenceMatcher], drafts: Sequence[Sequence[int]]
-    ) -> torch.Tensor:
+    ) -> FilledRows:
         """Rows for speculative verification: matchers[i] gets len(drafts[i]) + 1 consecutive
         rows, the mask after each prefix of its drafts (the layout of the verify logits).
         Rows after a draft the grammar refuses (or after a stop token) allow everything: the
         target's masked distribution gives a refused draft probability 0, so verification
-        stops there and those rows are never sampled from. Every matcher is left as it was."""
+        stops there and those rows are never sampled from. Every matcher is left as it was.
+
+        A matcher whose fill raises (a grammar backend fault) gets rows that allow everything
+        and is named in `failed`: the caller fails its request, the other rows stand."""
         if len(matchers) != len(drafts):
             raise ValueError(f"{len(matchers)} matchers but {len(drafts)} draft lists")
         first_row = [0]
@@ -70,10 +80,32 @@ class MaskFiller:
         num_rows = first_row[-1]
         self._check_capacity(num_rows)
         started = time.perf_counter()
-        num_accepted = [0] * len(matchers)
-        live = list(range(len(matchers)))
+        failed: dict[int, str] = {}
         try:
-            for depth in range(max((len(d) for d in drafts), default=0) + 1):
+            self._fill_group(matchers, drafts, first_row, range(len(matchers)))
+        except Exception:  # the batch call cannot say which matcher raised: each alone
+            for i in range(len(matchers)):
+                try:
+                    self._fill_group(matchers, drafts, first_row, [i])
+                except Exception as exc:
+                    failed[i] = f"grammar mask: {type(exc).__name__}: {exc}"
+                    self.bitmask[first_row[i] : first_row[i + 1]] = ALL_ALLOWED
+        self._stats.filled(num_rows, time.perf_counter() - started)
+        return FilledRows(self.bitmask[:num_rows], failed)
+
+    def _fill_group(
+        self,
+        matchers: Sequence[SequenceMatcher],
+        drafts: Sequence[Sequence[int]],
+        first_row: list[int],
+        group: Iterable[int],
+    ) -> None:
+        """Fill the rows of matchers[i] for each i in `group`, depth by depth (one batch call
+        per depth), accepting drafts as it goes and rolling them all back at the end."""
+        num_accepted = dict.fromkeys(group, 0)
+        live = list(num_accepted)
+        try:
+            for depth in range(max((len(drafts[i]) for i in live), default=0) + 1):
                 live = [i for i in live if depth <= len(drafts[i])]
                 self._fill_rows([matchers[i] for i in live], [first_row[i] + depth for i in live])
                 live = [i for i in live if depth < len(drafts[i])]
@@ -84,10 +116,8 @@ class MaskFiller:
                         live.remove(i)
                         self.bitmask[first_row[i] + depth + 1 : first_row[i + 1]] = ALL_ALLOWED
         finally:
-            for matcher, n in zip(matchers, num_accepted, strict=True):
-                matcher.rollback(n)
-        self._stats.filled(num_rows, time.perf_counter() - started)
-        return self.bitmask[:num_rows]
+            for i, n in num_accepted.items():
+                matchers[i].rollback(n)
 
     def _fill_rows(self, matchers: Sequence[SequenceMatcher], rows: list[int]) -> None:
         if matchers:
