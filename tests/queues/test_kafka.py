@@ -99,3 +99,36 @@ async def test_dead_letter_is_committed_once_with_its_offset(settings: KafkaSett
     assert dict(dead.headers)["truncated"] == b"false"
     assert dead.key == b"job-0"
     assert sum((await _committed(settings)).values()) == 1
+
+
+async def test_a_source_takes_nothing_back_while_its_group_rebalances(
+        settings: KafkaSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Between a revocation and the next assignment the consumer still reports the old one: a
+    # heal in that window took the revoked partitions back, fenced the worker given them, and
+    # left this one holding a partition it was not assigned (resume failed on every poll).
+    await _enqueue(settings, 10)
+    first = KafkaJobSource(settings, "first")
+    await first.start()
+    assert len(await _receive_at_least(first, 10, 10)) == 10
+    taken_back = []
+    let_go = first.partitions.let_go
+
+    async def let_go_then_heal(revoked: list) -> None:
+        await let_go(revoked)
+        taken_back.extend(p.tp for p in await first.partitions.heal())
+
+    monkeypatch.setattr(first.partitions, "let_go", let_go_then_heal)
+    second = KafkaJobSource(settings, "second")
+    await second.start()
+    for _ in range(150):  # both poll until the group has settled on one partition each
+        await first.receive(0, 0.1)
+        await second.receive(0, 0.1)
+        if len(first.owned) == len(second.owned) == 1:
+            break
+    assert taken_back == []
+    assert set(first.owned) == first._consumer.assignment()  # type: ignore[union-attr]
+    assert set(second.owned) == second._consumer.assignment()  # type: ignore[union-attr]
+    assert not set(first.owned) & set(second.owned)
+    monkeypatch.undo()
+    await second.close()
+    await first.close()

@@ -3,6 +3,8 @@ test brokers: the plumbing of the must-show runs (corpus, accounting, kills, res
 the full-size figures are the scripts' own runs."""
 
 import importlib
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -30,11 +32,29 @@ def _broker_args(queue: str, request: pytest.FixtureRequest) -> list[str]:
 
 
 def _run(script: str, args: list[str], tmp_path: Path) -> str:
-    done = subprocess.run(
+    """The script in a session of its own: on a timeout its workers (its children) are killed
+    with it, not left serving (and loading the machine) for the rest of the run."""
+    process = subprocess.Popen(
         [sys.executable, str(REPO_ROOT / "scripts" / script), *args, "--log-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=180)  # about 20 s a run here
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done.stdout
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=180)  # about 20 s a run here
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"{script} ran past 180 s\n{stdout[-3000:]}{stderr[-3000:]}"
+                    + _log_tails(tmp_path))
+    assert process.returncode == 0, stdout[-3000:] + stderr[-3000:] + _log_tails(tmp_path)
+    return stdout
+
+
+def _log_tails(log_dir: Path) -> str:
+    """The last lines of each worker's log: what it was doing when the run failed."""
+    tails = []
+    for log in sorted(log_dir.rglob("*.log")):
+        lines = log.read_text(errors="replace").splitlines()[-15:]
+        tails.append(f"\n--- {log.name}\n" + "\n".join(lines))
+    return "".join(tails)
 
 
 @pytest.mark.parametrize("queue", ["redis", "kafka"])

@@ -5,7 +5,10 @@ registering the partition's transactional id, read the partition's ledger to its
 committed offset again (the fenced owner's last commit counts) and seek there. Letting go:
 hand back the runs still going (not deaths) in a last transaction and close the producer.
 A partition that is assigned but not held (its take-over failed) or that lost its producer
-while assigned is taken over afresh by `heal`.
+while assigned is taken over afresh by `heal`, but never while the group rebalances: from the
+revocation to the next assignment the consumer still reports the old assignment, and taking a
+revoked partition back then would fence the worker it goes to and leave this one holding a
+partition it is not assigned (whose pause / resume then fails every poll).
 """
 
 import asyncio
@@ -36,6 +39,7 @@ class Ownership:
         self.generation = 0  # one more at each take-over; a delivery carries its own
         self._consumer: AIOKafkaConsumer | None = None
         self._reader: AIOKafkaConsumer | None = None
+        self._rejoining = True  # from a revocation to the next assignment; none before the first
         # One take-over or release at a time: the rebalance listener's and heal's would race
         # (and share the ledger reader).
         self._changing = asyncio.Lock()
@@ -56,8 +60,12 @@ class Ownership:
         return [tp for tp, partition in self.owned.items() if not partition.lost]
 
     async def adopt(self, assigned: Sequence[TopicPartition]) -> list[OwnedPartition]:
+        """The rebalance listener's: the group's new assignment for this worker."""
         async with self._changing:
-            return await self._adopt(assigned)
+            try:
+                return await self._adopt(assigned)
+            finally:  # a failed take-over is left to heal, which may act from now on
+                self._rejoining = False
 
     async def _adopt(self, assigned: Sequence[TopicPartition]) -> list[OwnedPartition]:
         """Take over those of `assigned` not held already (heal may have been first)."""
@@ -99,6 +107,8 @@ class Ownership:
         return producer
 
     async def let_go(self, revoked: Sequence[TopicPartition]) -> None:
+        """The rebalance listener's (and close's): the group is taking these back."""
+        self._rejoining = True
         async with self._changing:
             await self._let_go(revoked)
 
@@ -120,6 +130,8 @@ class Ownership:
         unsettled jobs are fetched and run again, and nothing settled is repeated."""
         assert self._consumer is not None
         async with self._changing:
+            if self._rejoining:
+                return []
             broken = [tp for tp in self._consumer.assignment()
                       if tp not in self.owned or self._needs_healing(self.owned[tp])]
             if not broken:
