@@ -12,7 +12,6 @@ Runs on the CPU (fp32 weights, torch backend).
 """
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -22,7 +21,7 @@ from transformers import AutoTokenizer
 from llm_worker.config import EngineSettings
 from llm_worker.engine.builder import resolve_dtype
 from llm_worker.engine.model_runner import make_kv_caches
-from llm_worker.jobs import chat_prompt_ids
+from llm_worker.jobs import batch_file_prompt_ids
 from llm_worker.kernels.reference import FP8_E4M3_MAX
 from llm_worker.models.attention import AttentionMetadata, KVScale, get_backend
 from llm_worker.models.kv_cache_format import apply_kv_scales
@@ -31,18 +30,6 @@ from llm_worker.models.loader import load_model, resolve
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "prompts.jsonl"
 BLOCK_SIZE = 16
-
-
-def example_prompts(folder: Path) -> list[list[int]]:
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    prompts = []
-    for line in EXAMPLES.read_text().splitlines():
-        body = json.loads(line)["body"]
-        if "messages" in body:
-            prompts.append(chat_prompt_ids(tokenizer, body["messages"]))
-        else:
-            prompts.append(tokenizer.encode(body["prompt"]))
-    return prompts
 
 
 def prefill(
@@ -54,14 +41,7 @@ def prefill(
     num_blocks = -(-n // BLOCK_SIZE)
     caches = make_kv_caches(model, num_blocks, BLOCK_SIZE, dtype, torch.device("cpu"))
     apply_kv_scales(model, scales)
-    meta = AttentionMetadata(
-        slot_mapping=torch.arange(n),
-        block_tables=torch.arange(num_blocks, dtype=torch.int32)[None],
-        seq_lens=torch.tensor([n], dtype=torch.int32),
-        cu_seqlens_q=torch.tensor([0, n], dtype=torch.int32),
-        max_seqlen_q=n,
-        max_seqlen_k=n,
-    )
+    meta = AttentionMetadata.whole_prefill(n, BLOCK_SIZE)
     with torch.inference_mode():
         hidden = model(torch.tensor(prompt), torch.arange(n), caches, meta)
         logprobs = model.compute_logits(hidden).log_softmax(-1)
@@ -79,7 +59,7 @@ def main() -> None:
     device = torch.device("cpu")
     model = load_model(source, get_backend("torch", device), resolve_dtype("auto", device),
                        device, dummy=False, seed=0, max_position=8192)  # fmt: skip
-    prompts = example_prompts(source.folder)
+    prompts = batch_file_prompt_ids(AutoTokenizer.from_pretrained(source.folder), EXAMPLES)
     unit = (KVScale(),) * model.config.num_layers
     references, amax = [], [(0.0, 0.0)] * model.config.num_layers
     for prompt in prompts:

@@ -32,7 +32,7 @@ from llm_worker.config import EngineSettings
 from llm_worker.engine.llm_engine import LLMEngine
 from llm_worker.engine.scheduler import ScheduledSequence
 from llm_worker.engine.sequence import Sequence, SequenceMetrics
-from llm_worker.jobs import chat_prompt_ids
+from llm_worker.jobs import batch_file_prompt_ids
 from llm_worker.models.loader import resolve
 from llm_worker.schemas import SamplingParams
 
@@ -93,17 +93,6 @@ def text_nll(engine: LLMEngine, ids: list[int], chunk: int) -> list[float]:
     return nll
 
 
-def example_prompts(engine: LLMEngine) -> list[list[int]]:
-    prompts = []
-    for line in PROMPTS.read_text().splitlines():
-        body = json.loads(line)["body"]
-        if "messages" in body:
-            prompts.append(chat_prompt_ids(engine.tokenizer, body["messages"]))
-        else:
-            prompts.append(engine.tokenizer.encode(body["prompt"]))
-    return prompts
-
-
 def measure(settings: dict[str, Any], text: str, args: argparse.Namespace) -> dict[str, Any]:
     began = time.monotonic()
     engine = LLMEngine.from_settings(EngineSettings(**settings))
@@ -115,7 +104,8 @@ def measure(settings: dict[str, Any], text: str, args: argparse.Namespace) -> di
     ids = engine.tokenizer.encode(text)[: args.max_text_tokens]
     nll = text_nll(engine, ids, args.chunk)
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)
-    outputs = engine.generate(example_prompts(engine)[: args.num_prompts], params)
+    prompts = batch_file_prompt_ids(engine.tokenizer, PROMPTS)
+    outputs = engine.generate(prompts[: args.num_prompts], params)
     return {
         "perplexity": math.exp(sum(nll) / len(nll)),
         "num_tokens": len(nll),

@@ -4,8 +4,10 @@ Locally a test that needs a broker that cannot be started is skipped with the re
 set it fails instead, so a missing broker never passes as green.
 """
 
+import itertools
 import os
 import shutil
+import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -96,14 +98,63 @@ def _delete_keys(url: str, prefix: str) -> None:
         client.close()
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on now, as the OS picks one for bind(0) (Linux picks odd
+    ones there and gives connect() even ones first). Someone may still take it before a server
+    binds it: start_private_redis checks what it started."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start_private_redis(
+    data_dir: str, ports: Iterator[int], num_tries: int = 5
+) -> tuple[str, dict[str, str]]:
+    """A redis-server of our own on the first of `ports` where one starts: its URL and its env
+    for start_redis.sh. start_redis.sh reuses a server that already answers on its port, so a
+    port someone took meanwhile (another test run, a developer's server) would hand us theirs,
+    and stopping or flushing it would disturb them: ours is the one whose pid is in our own
+    data dir's pid file. A port taken by anything else fails to bind; both get another try."""
+    errors = []
+    for port in itertools.islice(ports, num_tries):
+        env = {**redis_env(port), "REDIS_DATA_DIR": data_dir}
+        try:
+            url = run_script("start_redis.sh", env=env)
+        except RuntimeError as exc:
+            errors.append(f"port {port}: {exc}")
+            continue
+        if server_pid(url) == _pid_in(Path(data_dir) / "redis.pid"):
+            return url, env
+        errors.append(f"port {port}: a redis-server that is not ours answers there")
+    raise RuntimeError(f"no redis-server of our own started in {num_tries} tries: {errors}")
+
+
+def server_pid(url: str) -> int | None:
+    client = redis.Redis.from_url(url, socket_timeout=10)
+    try:
+        return int(client.info("server")["process_id"])
+    except redis.RedisError:
+        return None
+    finally:
+        client.close()
+
+
+def _pid_in(pid_file: Path) -> int | None:
+    try:
+        return int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
 @pytest.fixture
 def private_redis(unique_name: str) -> Iterator[tuple[str, dict[str, str]]]:
     """A redis-server of this test's own (restarts must not disturb others): its URL and the
-    env that start_redis.sh needs to stop or restart it."""
-    port = 16400 + int(unique_name[1:5], 16) % 500
-    env = {**redis_env(port), "REDIS_DATA_DIR": f"/tmp/llm-worker-redis-{unique_name}"}
+    env that start_redis.sh needs to stop or restart it. A restart reuses the port: it is free
+    again for the few seconds the server is down, so that window is not guarded."""
+    ports = iter(free_port, None)  # a fresh port from the OS for each try
+    data_dir = f"/tmp/llm-worker-redis-{unique_name}"
     try:
-        url = run_script("start_redis.sh", env=env)
+        url, env = start_private_redis(data_dir, ports)
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
         unavailable("redis-server", exc)
         raise

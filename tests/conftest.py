@@ -4,7 +4,6 @@ Without CUDA the Triton kernels run under the CPU interpreter (at small sizes). 
 is read when a kernel is decorated, so it is set here, before any test module imports one.
 """
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from llm_worker.config import EngineSettings
-from llm_worker.jobs import chat_prompt_ids
+from llm_worker.jobs import batch_file_prompt_ids
 from llm_worker.models.bundled import bundled_model_dir
 
 # `python -m pytest` from the checkout puts it first on sys.path, where kernels/ would shadow
@@ -47,12 +46,4 @@ def real_prompts(smollm2_dir: Path) -> list[list[int]]:
     """Token ids of the example prompts: chat ones through the chat template, mixed lengths."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
-    prompts = []
-    for line in EXAMPLES.read_text().splitlines():
-        body = json.loads(line)["body"]
-        if "messages" in body:
-            prompts.append(chat_prompt_ids(tokenizer, body["messages"]))
-        else:
-            prompts.append(tokenizer.encode(body["prompt"]))
-    return prompts
+    return batch_file_prompt_ids(AutoTokenizer.from_pretrained(smollm2_dir), EXAMPLES)

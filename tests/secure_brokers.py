@@ -16,7 +16,7 @@ from tests.brokers import KAFKA_PORT, SCRIPTS_DIR, run_script, unavailable
 SASL_USER = "alice"
 SASL_PASSWORD = "alice-secret"
 _SECURE_KAFKA_PORT = KAFKA_PORT + 100  # its controller takes the next port
-TLS_REDIS_PORT = 16990  # private_redis servers take 16400-16899
+TLS_REDIS_PORT = 16990  # below the OS's ephemeral range, where private_redis ports come from
 MTLS_REDIS_PORT = 16991
 
 

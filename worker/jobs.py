@@ -4,8 +4,10 @@ Shared by every intake path (run-batch, Redis, Kafka) so they fail and succeed i
 """
 
 import hashlib
+import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from llm_worker.engine.llm_engine import RequestOutput
@@ -54,6 +56,20 @@ def chat_prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]
         raise JobError(ErrorCode.INVALID, "this model has no chat template; send prompt instead")
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def batch_file_prompt_ids(tokenizer: Any, path: Path) -> list[list[int]]:
+    """Each request's prompt token ids in an OpenAI batch file of our own (examples/prompts.jsonl
+    for benches and tests): chat messages through the chat template, a prompt as it is. Strict
+    parsing and limits are run-batch's (openai_batch.parse_line); this trusts the file."""
+    prompts = []
+    for line in path.read_text().splitlines():
+        body = json.loads(line)["body"]
+        if "messages" in body:
+            prompts.append(chat_prompt_ids(tokenizer, body["messages"]))
+        else:
+            prompts.append(list(tokenizer.encode(body["prompt"])))
+    return prompts
 
 
 def prepare_job(job: Job, served: ServedModel) -> tuple[list[int], SamplingParams]:

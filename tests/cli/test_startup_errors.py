@@ -49,3 +49,10 @@ def test_an_unsupported_quantization_config(dense_checkpoint: Path) -> None:
     (dense_checkpoint / "config.json").write_text(json.dumps(config))
     line = _refusal("--model", str(dense_checkpoint))
     assert "quant_method 'bitsandbytes' is not supported" in line
+
+
+def test_a_block_override_that_cannot_hold_one_sequence(dense_checkpoint: Path) -> None:
+    line = _refusal("--model", str(dense_checkpoint), "--device", "cpu",
+                    "--num-gpu-blocks-override", "1", "--max-model-len", "256")  # fmt: skip
+    assert line.startswith("llm-worker generate: error: the KV cache would hold 16 tokens")
+    assert "--max-model-len 16" in line and "--num-gpu-blocks-override 16" in line

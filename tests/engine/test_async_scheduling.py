@@ -128,7 +128,8 @@ def test_seeded_sampling_matches_sync(checkpoint: Path) -> None:
 @pytest.mark.parametrize(
     "overrides",
     [
-        {"num_gpu_blocks_override": 10, "max_num_batched_tokens": 512},  # preemption
+        {"num_gpu_blocks_override": 10, "max_model_len": 160,
+         "max_num_batched_tokens": 512},  # preemption
         {"max_num_batched_tokens": 24, "enable_prefix_caching": False},  # chunked prefill
         {"max_num_seqs": 3, "enable_prefix_caching": True},  # prefix hits, queueing
     ],

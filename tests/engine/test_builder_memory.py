@@ -112,10 +112,24 @@ def test_block_override_past_the_limit_is_refused() -> None:
     engine = tiny(kv_cache_memory_gb=0.01)
     profile = _profile(engine, WorstStep(2048, 2048, 128))
     block_bytes = kv_block_bytes(engine.runner.model, 16, torch.float32)
-    limit = profile.in_use_bytes + profile.activation_bytes + 100 * block_bytes
-    with pytest.raises(EngineConfigError, match="at most 100 blocks fit"):
-        tiny(CpuMemory(limit), num_gpu_blocks_override=101)
-    assert tiny(CpuMemory(limit), num_gpu_blocks_override=100).runner.num_blocks == 100
+    limit = profile.in_use_bytes + profile.activation_bytes + 130 * block_bytes
+    with pytest.raises(EngineConfigError, match="at most 130 blocks fit"):
+        tiny(CpuMemory(limit), num_gpu_blocks_override=131)
+    assert tiny(CpuMemory(limit), num_gpu_blocks_override=130).runner.num_blocks == 130
+
+
+def test_block_override_under_one_sequence_is_refused_with_what_fits() -> None:
+    """One block of 16 tokens under --max-model-len 512 would fail every longer request: it is
+    refused at start-up, and each setting the message names instead starts an engine."""
+    with pytest.raises(EngineConfigError, match="less than one sequence") as info:
+        tiny(num_gpu_blocks_override=1, max_model_len=512)
+    message = str(info.value)
+    assert message.startswith("the KV cache would hold 16 tokens")
+    assert "--num-gpu-blocks-override 1 blocks of 16 tokens" in message
+    assert "--max-model-len 16" in message and "--num-gpu-blocks-override 32" in message
+    assert "\n" not in message
+    assert tiny(num_gpu_blocks_override=1, max_model_len=16).max_model_len == 16
+    assert tiny(num_gpu_blocks_override=32, max_model_len=512).runner.num_blocks == 32
 
 
 def test_the_cpu_default_cache_shrinks_to_what_the_limit_leaves() -> None:

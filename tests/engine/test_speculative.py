@@ -211,6 +211,7 @@ SPEC_SETTINGS = {
 ENGINE_PRESSURE = {
     "max_num_batched_tokens": 24,
     "num_gpu_blocks_override": 14,
+    "max_model_len": 112,  # what 14 blocks of 8 hold
     "block_size": 8,
     "enable_prefix_caching": True,
     "speculative_adaptive": False,

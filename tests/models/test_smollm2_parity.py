@@ -11,17 +11,21 @@ MAX_NEW = 24
 NUM_PROMPTS = 20
 SETTINGS = {
     "chunked": {"max_num_batched_tokens": 32, "enable_prefix_caching": False},
-    "preemption": {"num_gpu_blocks_override": 16, "max_num_batched_tokens": 1024},
+    "preemption": {
+        "num_gpu_blocks_override": 16, "max_model_len": 256, "max_num_batched_tokens": 1024,
+    },
     "prefix": {"enable_prefix_caching": True, "max_num_seqs": 4},
     # Speculation always on, with chunked prefill, preemption and prefix caching at once.
     "spec-ngram": {
         "speculative_method": "ngram", "speculative_adaptive": False, "max_num_batched_tokens": 64,
-        "num_gpu_blocks_override": 16, "enable_prefix_caching": True, "max_num_seqs": 8,
+        "num_gpu_blocks_override": 16, "max_model_len": 256, "enable_prefix_caching": True,
+        "max_num_seqs": 8,
     },
     "spec-draft": {
         "speculative_method": "draft", "speculative_draft_layers": 20,
         "speculative_adaptive": False, "max_num_batched_tokens": 64,
-        "num_gpu_blocks_override": 16, "enable_prefix_caching": True, "max_num_seqs": 8,
+        "num_gpu_blocks_override": 16, "max_model_len": 256, "enable_prefix_caching": True,
+        "max_num_seqs": 8,
     },
 }
 

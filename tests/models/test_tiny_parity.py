@@ -19,7 +19,8 @@ SETTINGS = {
     # A budget under most prompt lengths: every long prompt is prefilled in several chunks.
     "chunked": {"max_num_batched_tokens": 16, "enable_prefix_caching": False},
     # Room for about three sequences: running ones must give their blocks back and recompute.
-    "preemption": {"num_gpu_blocks_override": 12, "block_size": 16, "max_num_batched_tokens": 512},
+    "preemption": {"num_gpu_blocks_override": 12, "block_size": 16, "max_model_len": 192,
+                   "max_num_batched_tokens": 512},
     # Two at a time, so later prompts arrive after the shared prefix has been computed.
     "prefix": {"enable_prefix_caching": True, "block_size": 16, "max_num_seqs": 2},
 }

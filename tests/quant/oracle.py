@@ -73,14 +73,7 @@ def prefill_logits(model: CausalLM, ids: list[int]) -> torch.Tensor:  # [len(ids
     num_blocks = -(-n // BLOCK_SIZE)
     shape = (num_blocks, BLOCK_SIZE, cfg.num_kv_heads, cfg.head_dim)
     kv = [(torch.zeros(shape), torch.zeros(shape)) for _ in range(cfg.num_layers)]
-    meta = AttentionMetadata(
-        slot_mapping=torch.arange(n),
-        block_tables=torch.arange(num_blocks, dtype=torch.int32)[None],
-        seq_lens=torch.tensor([n], dtype=torch.int32),
-        cu_seqlens_q=torch.tensor([0, n], dtype=torch.int32),
-        max_seqlen_q=n,
-        max_seqlen_k=n,
-    )
+    meta = AttentionMetadata.whole_prefill(n, BLOCK_SIZE)
     with torch.inference_mode():
         hidden = model(torch.tensor(ids), torch.arange(n), kv, meta)
         return model.compute_logits(hidden)

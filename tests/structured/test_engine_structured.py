@@ -115,7 +115,8 @@ def test_unconstrained_rows_are_the_same_with_constrained_rows_beside_them(
         {"async_scheduling": True},
         # Preemption by recompute (a cache of a few blocks), chunked prefill (a small token
         # budget) and prefix hits (the same prompts twice over).
-        {"num_gpu_blocks_override": 12, "max_num_batched_tokens": 24, "block_size": 8},
+        {"num_gpu_blocks_override": 12, "max_model_len": 96, "max_num_batched_tokens": 24,
+         "block_size": 8},
     ],
     ids=["async", "preempt-chunk-prefix"],
 )

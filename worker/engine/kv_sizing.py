@@ -4,8 +4,9 @@ step could run out of memory or the cache could not hold one sequence.
 
 The cache gets: exactly --num-gpu-blocks-override blocks; or --kv-cache-memory-gb; or, on CUDA,
 all that the profile leaves under --gpu-memory-utilization; on the CPU, 1 GiB or what is left if
-that is less. Whichever it is, it must fit beside the worst step: then no step the settings
-allow can take more than the limit.
+that is less. Whichever it is, it must fit beside the worst step (then no step the settings
+allow can take more than the limit) and hold one sequence of max_model_len tokens (then every
+request max_model_len admits can run).
 """
 
 from dataclasses import dataclass
@@ -62,8 +63,8 @@ def num_kv_blocks(request: KVCacheRequest, profile: MemoryProfile) -> int:
                 f"{_gib(budget)} the worst step leaves ({_spent(request, profile)}): at most "
                 f"{most_blocks} blocks fit"
             )
-        return request.num_blocks_override
-    if request.kv_cache_memory_gb is not None:
+        num_blocks = request.num_blocks_override
+    elif request.kv_cache_memory_gb is not None:
         wanted = int(request.kv_cache_memory_gb * GIB)
         if wanted > budget:
             raise KVCacheDoesNotFit(
@@ -76,6 +77,8 @@ def num_kv_blocks(request: KVCacheRequest, profile: MemoryProfile) -> int:
         num_blocks = most_blocks
     else:
         num_blocks = min(DEFAULT_CPU_KV_CACHE_BYTES, budget) // request.block_bytes
+    # As vLLM: a cache that cannot hold one sequence of max_model_len is refused here, whichever
+    # setting sized it, rather than failing each request it cannot hold.
     if num_blocks < cdiv(request.max_model_len, request.block_size):
         raise KVCacheDoesNotFit(_too_small(request, profile, num_blocks))
     return num_blocks
@@ -100,11 +103,12 @@ def _spent(request: KVCacheRequest, profile: MemoryProfile) -> str:
 
 def _too_small(request: KVCacheRequest, profile: MemoryProfile, num_blocks: int) -> str:
     num_tokens = max(num_blocks, 0) * request.block_size
-    source = (
-        f"--kv-cache-memory-gb {request.kv_cache_memory_gb}"
-        if request.kv_cache_memory_gb is not None
-        else f"the {_gib(max(profile.kv_budget_bytes, 0))} left ({_spent(request, profile)})"
-    )
+    if request.num_blocks_override is not None:
+        source = f"--num-gpu-blocks-override {num_blocks} blocks of {request.block_size} tokens"
+    elif request.kv_cache_memory_gb is not None:
+        source = f"--kv-cache-memory-gb {request.kv_cache_memory_gb}"
+    else:
+        source = f"the {_gib(max(profile.kv_budget_bytes, 0))} left ({_spent(request, profile)})"
     return (
         f"the KV cache would hold {num_tokens} tokens, less than one sequence of "
         f"--max-model-len {request.max_model_len}: {source}; what fits: "
@@ -118,7 +122,12 @@ def _what_fits(request: KVCacheRequest, profile: MemoryProfile, num_blocks: int)
     fits = []
     if num_blocks > 0:
         fits.append(f"--max-model-len {num_blocks * request.block_size}")
-    one_sequence = cdiv(request.max_model_len, request.block_size) * request.block_bytes
+    one_sequence_blocks = cdiv(request.max_model_len, request.block_size)
+    if request.num_blocks_override is not None:
+        if one_sequence_blocks * request.block_bytes <= max(profile.kv_budget_bytes, 0):
+            fits.append(f"--num-gpu-blocks-override {one_sequence_blocks}")
+        return ", or ".join(fits)
+    one_sequence = one_sequence_blocks * request.block_bytes
     room = profile.limit_bytes - profile.in_use_bytes - profile.graph_bytes - one_sequence
     # Activations scale with the rows sampled and the tokens computed (fewer of either also
     # shrinks the graphs), not quite in proportion: what would bring the larger part under the

@@ -23,6 +23,23 @@ class AttentionMetadata:
     max_seqlen_q: int
     max_seqlen_k: int
 
+    @classmethod
+    def whole_prefill(
+        cls, num_tokens: int, block_size: int, device: torch.device | str = "cpu"
+    ) -> "AttentionMetadata":
+        """One sequence's prompt in one step, outside the engine (benches, oracles): token i
+        goes to slot i of a cache of its own, whose blocks 0, 1, ... are the sequence's in
+        order; that cache needs ceil(num_tokens / block_size) blocks."""
+        num_blocks = -(-num_tokens // block_size)
+        return cls(
+            slot_mapping=torch.arange(num_tokens, device=device),
+            block_tables=torch.arange(num_blocks, dtype=torch.int32, device=device)[None],
+            seq_lens=torch.tensor([num_tokens], dtype=torch.int32, device=device),
+            cu_seqlens_q=torch.tensor([0, num_tokens], dtype=torch.int32, device=device),
+            max_seqlen_q=num_tokens,
+            max_seqlen_k=num_tokens,
+        )
+
 
 @dataclass(frozen=True)
 class KVScale:

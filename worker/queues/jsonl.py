@@ -20,12 +20,10 @@ from llm_worker.queues.protocol import (
     Attempts,
     Claim,
     Delivery,
-    ResultSink,
     Run,
     Screened,
-    Settlement,
 )
-from llm_worker.queues.publish_then_ack import PublishThenAck
+from llm_worker.queues.publish_then_ack import PublishThenAckSource
 from llm_worker.schemas import ErrorCode, Result
 
 log = logging.getLogger(__name__)
@@ -69,7 +67,7 @@ class JsonlBatch:
         return JsonlResultSink(self)
 
 
-class JsonlJobSource:
+class JsonlJobSource(PublishThenAckSource):
     def __init__(self, batch: JsonlBatch) -> None:
         self._batch = batch
 
@@ -120,12 +118,6 @@ class JsonlJobSource:
     async def release(self, deliveries: Sequence[Delivery]) -> None:
         for delivery in deliveries:  # a file delivers a line once: it gets its error line
             await self.dead_letter(delivery, "internal_error: the worker could not admit it")
-
-    def settlement(self, sink: ResultSink) -> Settlement:
-        return PublishThenAck(self, sink)
-
-    def owns(self, delivery: Delivery) -> bool:
-        return True
 
     async def ack(self, delivery: Delivery) -> None:
         self._batch.outstanding.discard(int(delivery.handle))  # type: ignore[call-overload]

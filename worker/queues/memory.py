@@ -16,12 +16,10 @@ from llm_worker.queues.protocol import (
     Attempts,
     Claim,
     Delivery,
-    ResultSink,
     Run,
     Screened,
-    Settlement,
 )
-from llm_worker.queues.publish_then_ack import PublishThenAck
+from llm_worker.queues.publish_then_ack import PublishThenAckSource
 from llm_worker.queues.runs import RunRecord
 from llm_worker.schemas import JobStatus, Result
 
@@ -54,7 +52,7 @@ class MemoryBroker:
         return MemoryResultSink(self)
 
 
-class MemoryJobSource:
+class MemoryJobSource(PublishThenAckSource):
     def __init__(self, broker: MemoryBroker) -> None:
         self._broker = broker
 
@@ -113,12 +111,6 @@ class MemoryJobSource:
         for delivery in reversed(deliveries):
             if self._broker.unacked.pop(_handle(delivery), None) is not None:
                 self._broker.queued.appendleft(_redelivered(delivery))
-
-    def settlement(self, sink: ResultSink) -> Settlement:
-        return PublishThenAck(self, sink)
-
-    def owns(self, delivery: Delivery) -> bool:
-        return True
 
     async def ack(self, delivery: Delivery) -> None:
         if self._broker.unacked.pop(_handle(delivery), None) is not None:

@@ -22,12 +22,10 @@ from llm_worker.queues.protocol import (
     Attempts,
     Claim,
     Delivery,
-    ResultSink,
     Run,
     Screened,
-    Settlement,
 )
-from llm_worker.queues.publish_then_ack import PublishThenAck
+from llm_worker.queues.publish_then_ack import PublishThenAckSource
 from llm_worker.queues.redis_conn import TRANSIENT_ERRORS, make_client, verify
 from llm_worker.queues.redis_trim import trim_acked
 from llm_worker.queues.runs import RunRecord
@@ -62,7 +60,7 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class RedisStreamSource:
+class RedisStreamSource(PublishThenAckSource):
     def __init__(self, settings: RedisSettings, config: RedisSourceConfig) -> None:
         self._settings = settings
         self._config = config
@@ -235,12 +233,6 @@ class RedisStreamSource:
     async def release(self, deliveries: Sequence[Delivery]) -> None:
         # No longer renewed, their leases lapse and XAUTOCLAIM hands them out again.
         self._in_flight.difference_update(str(d.handle) for d in deliveries)
-
-    def settlement(self, sink: ResultSink) -> Settlement:
-        return PublishThenAck(self, sink)
-
-    def owns(self, delivery: Delivery) -> bool:
-        return True
 
     async def ack(self, delivery: Delivery) -> None:
         await self.ack_many([delivery])
