@@ -105,12 +105,13 @@ case "${1:-}" in
   grammar)
     # issue 27 after constrained steps kept their forward's overlap: alternated rounds
     export LLM_WORKER_CACHE_DIR="$PWD/.smolcfg"
-    TAIL_LINES=10 item structured_e2e 360 "$py" scripts/bench_structured.py e2e --device cuda \
+    TAIL_LINES=10 item structured_e2e 320 "$py" scripts/bench_structured.py e2e --device cuda \
       --load-format dummy --output-len 128 --rounds 2 --json "$out/structured.json"
-    TAIL_LINES=12 item roofline_fp8 90 "$py" scripts/bench_decode_roofline.py --model llama3-8b \
+    TAIL_LINES=12 item roofline_fp8 80 "$py" scripts/bench_decode_roofline.py --model llama3-8b \
       --quantization fp8 --modes graphs_async --output-json "$out/roofline_fp8.json"
-    TAIL_LINES=12 item roofline_awq 90 "$py" scripts/bench_decode_roofline.py --model llama3-8b \
+    TAIL_LINES=12 item roofline_awq 80 "$py" scripts/bench_decode_roofline.py --model llama3-8b \
       --quantization awq --modes graphs_async --output-json "$out/roofline_awq.json"
+    TAIL_LINES=40 item bench_quant 90 "$py" scripts/bench_quant.py --models llama3-8b --m 1,64,512,8192 --output-json "$out/bench_quant.json"
     ;;
   capacity)
     # issue 28: the Qwen3-8B target, KV capacity at 4k, the GEMMs against cuBLAS
@@ -119,7 +120,7 @@ case "${1:-}" in
       --output-len 2048 --num-prompts 1000 --output-json "$out/qwen3_fp8.json"
     TAIL_LINES=12 item kv_capacity_4k 120 "$py" scripts/bench_kv_capacity.py --model llama3-8b \
       --context 4096 --output-json "$out/kv_capacity.json"
-    TAIL_LINES=40 item bench_quant 100 "$py" scripts/bench_quant.py --output-json "$out/bench_quant.json"
+    TAIL_LINES=40 item bench_quant 100 "$py" scripts/bench_quant.py --m 1,64,512,8192 --output-json "$out/bench_quant.json"
     # where a decode step's time goes at batch 512: the GEMMs' share bounds what FP8 can gain
     profile=(scripts/bench_step_profile.py --batch-size 512 --kv-cache-memory-gb 16)
     TAIL_LINES=8 item step_profile_bf16 60 "$py" "${profile[@]}" --output-json "$out/profile_bf16.json"
