@@ -1,4 +1,5 @@
-"""Read a whole Kafka topic from the beginning (tests' view of results and dead letters).
+"""Read a whole Kafka topic from the beginning (tests' view of results and dead letters), and a
+consumer group's committed offsets.
 
 read_committed, as every consumer of worker output must read: a record of an aborted
 transaction (a worker fenced or killed mid-settlement) is not a result."""
@@ -6,6 +7,7 @@ transaction (a worker fenced or killed mid-settlement) is not a result."""
 import asyncio
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 
 async def read_topic(bootstrap: str, topic: str, min_records: int, timeout_s: float = 20.0,
@@ -38,3 +40,14 @@ async def read_topic(bootstrap: str, topic: str, min_records: int, timeout_s: fl
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
     await consumer._client.force_metadata_update()
     return consumer.partitions_for_topic(topic) or set()
+
+
+async def committed_offsets(bootstrap: str, group_id: str) -> dict[int, int]:
+    """The group's committed offset of each partition that has one (any topic's)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group_id)
+    finally:
+        await admin.close()
+    return {tp.partition: meta.offset for tp, meta in offsets.items()}

@@ -1,14 +1,13 @@
 """KafkaJobSource and KafkaResultSink against a real single-node KRaft broker."""
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 
 from llm_worker.client import KafkaProducer
 from llm_worker.queues.kafka import KafkaJobSource, OffsetTracker
 from llm_worker.schemas import Job
 from llm_worker.service_settings import KafkaSettings
 from tests.brokers import topic_settings
-from tests.kafka_read import read_topic
+from tests.kafka_read import committed_offsets, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(120)]
 
@@ -30,16 +29,6 @@ async def _receive_at_least(source: KafkaJobSource, n: int, max_jobs: int) -> li
         if len(got) >= n:
             break
     return got
-
-
-async def _committed(settings: KafkaSettings) -> dict[int, int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(settings.group_id)
-    finally:
-        await admin.close()
-    return {tp.partition: meta.offset for tp, meta in offsets.items()}
 
 
 def test_tracker_commits_only_below_the_oldest_in_flight() -> None:
@@ -65,7 +54,7 @@ async def test_commit_is_contiguous_and_unfinished_are_redelivered(settings: Kaf
         if delivery.key not in unfinished:
             await source.ack(delivery)
     await source.close()
-    committed = await _committed(settings)
+    committed = await committed_offsets(settings.bootstrap_servers, settings.group_id)
     assert sum(committed.values()) < 20  # the unfinished ones hold their partitions back
 
     again = KafkaJobSource(settings, "w2")
@@ -98,7 +87,8 @@ async def test_dead_letter_is_committed_once_with_its_offset(settings: KafkaSett
     assert dict(dead.headers)["reason"] == b"schema violation: test"
     assert dict(dead.headers)["truncated"] == b"false"
     assert dead.key == b"job-0"
-    assert sum((await _committed(settings)).values()) == 1
+    committed = await committed_offsets(settings.bootstrap_servers, settings.group_id)
+    assert sum(committed.values()) == 1
 
 
 async def test_a_source_takes_nothing_back_while_its_group_rebalances(

@@ -1,20 +1,26 @@
 """Kafka's transactional settlement against a real broker: a fenced (zombie) worker commits
-nothing, a worker taking a partition over skips what was settled above the commit point, counts
-the death of a run left running, and keeps ids bound to their content through the ledger."""
+nothing and gives the partition up, a take-over that fails half way leaves nothing open, a
+worker taking a partition over skips what was settled above the commit point, counts the death
+of a run left running, and keeps ids bound to their content through the ledger."""
+
+import gc
+import warnings
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from llm_worker.client import KafkaProducer
 from llm_worker.queues.kafka import KafkaJobSource
-from llm_worker.queues.kafka_conn import client_kwargs
-from llm_worker.queues.kafka_partition import transactional_id
+from llm_worker.queues.kafka_conn import client_kwargs, ensure_ledger_topic, ensure_topics
+from llm_worker.queues.kafka_ownership import Ownership
+from llm_worker.queues.kafka_partition import ledger_topic
+from llm_worker.queues.kafka_producer import transactional_id
 from llm_worker.queues.kafka_results import KafkaResultSink
 from llm_worker.queues.protocol import Attempts, Claim, Delivery, Outcome, Run
 from llm_worker.schemas import Job, JobStatus, Result, job_digest
 from llm_worker.service_settings import KafkaSettings
 from tests.brokers import topic_settings
-from tests.kafka_read import read_topic
+from tests.kafka_read import committed_offsets, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(180)]
 
@@ -56,7 +62,8 @@ def _claims(deliveries: list[Delivery]) -> list[Claim]:
     return [Claim(d, job.id, job_digest(job)) for d, job in zip(deliveries, jobs, strict=True)]
 
 
-async def test_a_fenced_worker_commits_nothing(settings: KafkaSettings) -> None:
+@pytest.mark.parametrize("write", ["settle", "ack", "run record"])
+async def test_a_fenced_worker_commits_nothing(settings: KafkaSettings, write: str) -> None:
     await _enqueue(settings, JOBS[:1])
     zombie, [delivery] = await _started(settings, "zombie", 1)
     # The partition's next owner registers its transactional id: this fences the zombie.
@@ -65,12 +72,56 @@ async def test_a_fenced_worker_commits_nothing(settings: KafkaSettings) -> None:
     await successor.start()
     await successor.begin_transaction()
     await successor.commit_transaction()
-    await zombie.settlement(_sink(settings)).commit([_result(delivery)])
+    if write == "settle":  # records, then the offset (the fence may surface at either)
+        await zombie.settlement(_sink(settings)).commit([_result(delivery)])
+    elif write == "ack":
+        await zombie.ack(delivery)
+    else:  # a ledger record alone, no offset
+        [claim] = _claims([delivery])
+        await zombie.started([Run(delivery, claim.job_id, claim.digest, Attempts(), False)])
     assert not zombie.owns(delivery)
+    assert zombie.partitions.serving() == []
+    assert await zombie.receive(1, 0.2) == []  # nor taken back at once: that would fence the next
     await zombie.close()
     await successor.stop()
-    assert await read_topic(settings.bootstrap_servers, settings.results_topic, 0,
-                            timeout_s=3) == []
+    for topic in (settings.results_topic, ledger_topic(settings)):
+        assert await read_topic(settings.bootstrap_servers, topic, 0, timeout_s=3) == []
+    assert await committed_offsets(settings.bootstrap_servers, settings.group_id) == {}
+    # The dead producer's futures are collected now, under this test: none may hold an error
+    # nobody retrieved (the loop's exception handler would get it, and this test fail).
+    gc.collect()
+
+
+async def test_a_take_over_that_fails_half_way_leaves_no_producer_open(
+        kafka_bootstrap: str, unique_name: str) -> None:
+    settings = topic_settings(kafka_bootstrap, unique_name, num_partitions=2)
+    await ensure_topics(settings)
+    await ensure_ledger_topic(settings)
+    # A ledger record no worker reads: the take-over fails on it, after fencing both partitions.
+    async with AIOKafkaProducer(**client_kwargs(settings)) as producer:
+        await producer.send_and_wait(ledger_topic(settings), b"{not json", key=b"0", partition=1)
+    consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=settings.group_id,
+                                enable_auto_commit=False)
+    reader = AIOKafkaConsumer(**client_kwargs(settings), enable_auto_commit=False,
+                              isolation_level="read_committed")
+    await consumer.start()
+    await reader.start()
+    partitions = [TopicPartition(settings.jobs_topic, p) for p in (0, 1)]
+    consumer.assign(partitions)
+    ownership = Ownership(settings)
+    ownership.attach(consumer, reader)
+    gc.collect()  # earlier tests' garbage is not this test's
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(ValueError):
+                await ownership.adopt(partitions)
+            gc.collect()
+        assert [str(w.message) for w in caught if "AIOKafkaProducer" in str(w.message)] == []
+        assert ownership.owned == {}
+    finally:
+        await consumer.stop()
+        await reader.stop()
 
 
 async def test_a_new_owner_skips_what_was_settled_and_counts_a_death(

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 
 from llm_worker.client import KafkaProducer
 from llm_worker.queues.errors import BrokerAuthError, BrokerTLSError
@@ -16,7 +15,7 @@ from llm_worker.queues.kafka_results import KafkaResultSink
 from llm_worker.queues.protocol import Outcome
 from llm_worker.schemas import Job, JobStatus, Result
 from llm_worker.service_settings import KafkaSettings
-from tests.kafka_read import read_topic
+from tests.kafka_read import committed_offsets, read_topic
 from tests.secure_brokers import SASL_PASSWORD, SASL_USER, SecureKafka
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(120)]
@@ -41,16 +40,6 @@ def _settings(kafka: SecureKafka, name: str, case: str, **overrides: Any) -> Kaf
         dead_letter_topic=f"{name}.dead", group_id=f"{name}-group", num_partitions=1,
         session_timeout_ms=6000, heartbeat_interval_ms=1000, **(security | overrides),
     )
-
-
-async def _committed(bootstrap: str, group_id: str) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(group_id)
-    finally:
-        await admin.close()
-    return sum(meta.offset for meta in offsets.values())
 
 
 @pytest.mark.parametrize("case", [
@@ -83,7 +72,7 @@ async def test_job_in_result_out_and_commit(
     [published] = await read_topic(secure_kafka.plaintext, settings.results_topic, 1)
     assert published.key == b"j1"
     assert Result.model_validate_json(published.value).text == "ok"
-    assert await _committed(secure_kafka.plaintext, settings.group_id) == 1
+    assert sum((await committed_offsets(secure_kafka.plaintext, settings.group_id)).values()) == 1
 
 
 @pytest.mark.parametrize("case", ["SASL_PLAINTEXT/PLAIN", "SASL_SSL/SCRAM-SHA-256"])

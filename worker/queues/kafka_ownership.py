@@ -2,7 +2,8 @@
 
 Taking over: pause the partition (fetching began with the assignment), fence the last owner by
 registering the partition's transactional id, read the partition's ledger to its end, fetch the
-committed offset again (the fenced owner's last commit counts) and seek there. Letting go:
+committed offset again (the fenced owner's last commit counts) and seek there, all or nothing
+(a take-over that fails or is cancelled half way stops the producers it started). Letting go:
 hand back the runs still going (not deaths) in a last transaction and close the producer.
 A partition that is assigned but not held (its take-over failed) or that lost its producer
 while assigned is taken over afresh by `heal`, but never while the group rebalances: from the
@@ -18,14 +19,13 @@ from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from llm_worker.queues.kafka_conn import client_kwargs
 from llm_worker.queues.kafka_partition import (
     KafkaHandle,
     OwnedPartition,
     PartitionWrites,
     read_ledgers,
-    transactional_id,
 )
+from llm_worker.queues.kafka_producer import start_fencing, stop
 from llm_worker.queues.protocol import Delivery
 from llm_worker.service_settings import KafkaSettings
 
@@ -80,31 +80,32 @@ class Ownership:
             return []
         self.generation += 1
         self._consumer.pause(*assigned)
-        producers = {tp: await self._fenced_producer(tp.partition) for tp in assigned}
-        ledgers = await read_ledgers(self._reader, self._settings,
-                                     [tp.partition for tp in assigned],
-                                     self._settings.ledger_window)
-        for tp in assigned:
-            partition = OwnedPartition(tp, self.generation, self._settings, producers[tp],
-                                       ledgers[tp.partition])
-            committed = await self._consumer.committed(tp)
-            partition.tracker.committed = committed
-            if committed is not None:
-                self._consumer.seek(tp, committed)
-            else:
-                await self._consumer.seek_to_beginning(tp)
-            self.owned[tp] = partition
-        return [self.owned[tp] for tp in assigned]
+        producers: dict[TopicPartition, AIOKafkaProducer] = {}
+        try:  # all or nothing: heal takes over afresh what is not held
+            for tp in assigned:
+                producers[tp] = await start_fencing(self._settings, tp.partition)
+            ledgers = await read_ledgers(self._reader, self._settings,
+                                         [tp.partition for tp in assigned],
+                                         self._settings.ledger_window)
+            adopted = [OwnedPartition(tp, self.generation, self._settings, producers[tp],
+                                      ledgers[tp.partition]) for tp in assigned]
+            for partition in adopted:
+                await self._seek_to_committed(partition)
+        except BaseException:  # a failure or a cancellation (the worker stopping) half way
+            for producer in producers.values():
+                await stop(producer)
+            raise
+        self.owned.update((partition.tp, partition) for partition in adopted)
+        return adopted
 
-    async def _fenced_producer(self, partition: int) -> AIOKafkaProducer:
-        producer = AIOKafkaProducer(
-            **client_kwargs(self._settings), acks="all",
-            transactional_id=transactional_id(self._settings, partition))
-        await producer.start()
-        # Its first transaction registers the id, which aborts the last owner's open one.
-        await producer.begin_transaction()
-        await producer.commit_transaction()
-        return producer
+    async def _seek_to_committed(self, partition: OwnedPartition) -> None:
+        assert self._consumer is not None
+        committed = await self._consumer.committed(partition.tp)
+        partition.tracker.committed = committed
+        if committed is not None:
+            self._consumer.seek(partition.tp, committed)
+        else:
+            await self._consumer.seek_to_beginning(partition.tp)
 
     async def let_go(self, revoked: Sequence[TopicPartition]) -> None:
         """The rebalance listener's (and close's): the group is taking these back."""

@@ -27,6 +27,7 @@ from llm_worker.queues.kafka_ledger import (
     entry_key,
     entry_offset,
 )
+from llm_worker.queues.kafka_producer import fatal_error, retrieve, stop
 from llm_worker.queues.protocol import Delivery
 from llm_worker.schemas import Result
 from llm_worker.service_settings import KafkaSettings
@@ -99,8 +100,8 @@ class OwnedPartition:
 
     async def transact(self, writes: PartitionWrites) -> bool:
         """Write `writes` and the offset they let the partition commit, all or nothing.
-        False: this producer lost the partition (fenced, or a commit of unknown outcome), so
-        nothing more is written through it; the work is redone by whoever takes it next,
+        False: this producer lost the partition (fenced, dead, or a commit of unknown outcome),
+        so nothing more is written through it; the work is redone by whoever takes it next,
         which may be this worker again (KafkaJobSource heals lost partitions). Raises, with
         nothing written, when the broker refused a record (e.g. one over its size limit)."""
         async with self._lock:
@@ -112,18 +113,8 @@ class OwnedPartition:
             ledger = {**self._slimmed(), **writes.ledger, **dict.fromkeys(expired)}
             try:
                 await self._send(writes, ledger, commit_to)
-            except ProducerFenced:
-                log.warning("%s moved to another worker; dropping its unsettled work", self.tp)
-                self.lost, self.fenced_at_s = True, time.monotonic()
-                return False
-            except _CommitUnknown as exc:
-                log.warning("committing on %s ended in %r: giving the partition up to be taken "
-                            "over afresh", self.tp, exc.__cause__)
-                self.lost = True
-                return False
-            except Exception:
-                await self._abort()
-                if self.lost:
+            except Exception as exc:
+                if await self._given_up(exc):
                     return False
                 raise
             for offset, entry in ledger.items():
@@ -138,19 +129,24 @@ class OwnedPartition:
                     commit_to: int | None) -> None:
         producer, s = self._producer, self._settings
         await producer.begin_transaction()
-        sent = []
-        for result in writes.results:
-            sent.append(await producer.send(
-                s.results_topic, result.model_dump_json().encode(), key=result.id.encode()))
-        for delivery, reason in writes.dead_letters:
-            sent.append(await self._send_dead_letter(delivery, reason))
-        for offset, entry in ledger.items():
-            sent.append(await producer.send(
-                ledger_topic(s), None if entry is None else entry.to_json(),
-                key=entry_key(offset), partition=self.tp.partition))
-        if commit_to is not None:
-            await producer.send_offsets_to_transaction({self.tp: commit_to}, s.group_id)
-        await asyncio.gather(*sent)
+        sent: list[asyncio.Future] = []
+        try:
+            for result in writes.results:
+                sent.append(await producer.send(
+                    s.results_topic, result.model_dump_json().encode(), key=result.id.encode()))
+            for delivery, reason in writes.dead_letters:
+                sent.append(await self._send_dead_letter(delivery, reason))
+            for offset, entry in ledger.items():
+                sent.append(await producer.send(
+                    ledger_topic(s), None if entry is None else entry.to_json(),
+                    key=entry_key(offset), partition=self.tp.partition))
+            if commit_to is not None:
+                await producer.send_offsets_to_transaction({self.tp: commit_to}, s.group_id)
+            await asyncio.gather(*sent)
+        except BaseException:  # the records fail with the transaction, now or once it ends
+            for future in sent:
+                future.add_done_callback(retrieve)
+            raise
         try:
             await producer.commit_transaction()
         except Exception as exc:  # it may have committed: only a fresh read can tell
@@ -163,6 +159,23 @@ class OwnedPartition:
         key = delivery.key.encode()[:256] if delivery.key else None
         return await self._producer.send(self._settings.dead_letter_topic, bounded.payload,
                                          key=key, headers=headers)
+
+    async def _given_up(self, exc: Exception) -> bool:
+        """After a failed transaction: True, the partition given up, when this producer can
+        write no more; else False, the transaction aborted, so the caller may retry."""
+        if fatal_error(self._producer) is None and not isinstance(exc, _CommitUnknown):
+            await self._abort()
+        fatal = fatal_error(self._producer)  # however it surfaced (send() says IllegalOperation)
+        if isinstance(fatal, ProducerFenced):
+            log.warning("%s moved to another worker; dropping its unsettled work", self.tp)
+            self.lost, self.fenced_at_s = True, time.monotonic()
+        elif fatal is not None or isinstance(exc, _CommitUnknown):
+            log.warning("a transaction on %s ended in %r: giving the partition up to be taken "
+                        "over afresh", self.tp, fatal or exc.__cause__)
+            self.lost = True
+        if self.lost:  # a dead producer holds its connections until stopped
+            await stop(self._producer)
+        return self.lost
 
     async def _abort(self) -> None:
         try:
@@ -188,16 +201,11 @@ class OwnedPartition:
     async def close(self) -> None:
         self.lost = True
         async with self._lock:
-            await self._producer.stop()
+            await stop(self._producer)
 
 
 def ledger_topic(settings: KafkaSettings) -> str:
     return f"{settings.jobs_topic}.ledger"
-
-
-def transactional_id(settings: KafkaSettings, partition: int) -> str:
-    """One per jobs partition and consumer group: the id the next owner fences this one by."""
-    return f"{settings.group_id}/{settings.jobs_topic}/{partition}"
 
 
 async def read_ledgers(reader: AIOKafkaConsumer, settings: KafkaSettings,
