@@ -107,11 +107,11 @@ case "${1:-}" in
     export LLM_WORKER_CACHE_DIR="$PWD/.smolcfg"
     TAIL_LINES=10 item structured_e2e 320 "$py" scripts/bench_structured.py e2e --device cuda \
       --load-format dummy --output-len 128 --rounds 2 --json "$out/structured.json"
+    TAIL_LINES=40 item bench_quant 80 "$py" scripts/bench_quant.py --models llama3-8b --m 1,64,512,8192 --output-json "$out/bench_quant.json"
     TAIL_LINES=12 item roofline_fp8 80 "$py" scripts/bench_decode_roofline.py --model llama3-8b \
       --quantization fp8 --modes graphs_async --output-json "$out/roofline_fp8.json"
     TAIL_LINES=12 item roofline_awq 80 "$py" scripts/bench_decode_roofline.py --model llama3-8b \
       --quantization awq --modes graphs_async --output-json "$out/roofline_awq.json"
-    TAIL_LINES=40 item bench_quant 90 "$py" scripts/bench_quant.py --models llama3-8b --m 1,64,512,8192 --output-json "$out/bench_quant.json"
     ;;
   capacity)
     # issue 28: the Qwen3-8B target, KV capacity at 4k, the GEMMs against cuBLAS
