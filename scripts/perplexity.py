@@ -155,14 +155,23 @@ def main() -> None:
         "--work-dir", type=Path, default=Path.home() / ".cache" / "llm-worker" / "quantized"
     )
     p.add_argument("--output-json", type=Path, default=None)
+    p.add_argument(
+        "--reference",
+        type=Path,
+        default=None,
+        help="an earlier --output-json whose fp32 row to reuse (same text, prompts, --max-tokens)",
+    )
     args = p.parse_args()
     names = ["fp32"] + [c for c in args.configs.split(",") if c and c != "fp32"]
     if unknown := set(names) - set(CONFIGS):
         p.error(f"unknown --configs {sorted(unknown)}; choose from {', '.join(CONFIGS)}")
     text = TEXT.read_text()
     rows: dict[str, dict[str, Any]] = {}
+    if args.reference:
+        rows["fp32"] = json.loads(args.reference.read_text())["rows"]["fp32"]
     for name in names:  # a row as soon as it is measured: a CPU run takes a while
-        rows[name] = measure(config_settings(name, args, args.work_dir), text, args)
+        if name not in rows:
+            rows[name] = measure(config_settings(name, args, args.work_dir), text, args)
         if name == "fp32":
             print_header(rows["fp32"], args)
         print_row(name, rows, args)
