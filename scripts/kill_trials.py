@@ -38,7 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=150)
     p.add_argument("--kills", type=int, default=3, help="SIGKILLs per trial")
     p.add_argument("--workers", type=int, default=3)
-    p.add_argument("--max-tokens", type=int, default=48)
+    p.add_argument("--max-tokens", type=int, default=48,
+                   help="the longest job; lengths spread from max-tokens / jobs up to it")
     p.add_argument("--timeout-s", type=float, default=600.0, help="per trial")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -64,12 +65,15 @@ class TrialRow:
 
 
 def trial_jobs(n: int, max_tokens: int, stem: str) -> list[Job]:
-    """Token-id prompts (the dummy models have no tokenizer); odd jobs sample unseeded."""
+    """Token-id prompts (the dummy models have no tokenizer); odd jobs sample unseeded. Lengths
+    run from max_tokens / n up to max_tokens: jobs of one length batched together would finish
+    in the same step, and the count of done jobs would jump past every kill's threshold."""
     jobs = []
     for i in range(n):
         temperature = 0.8 if i % 2 else 0.0
+        length = max(1, max_tokens * (i + 1) // n)
         jobs.append(Job(id=f"{stem}-{i}", prompt_token_ids=[5 + i % 300, 7, 11, 13 + i % 17],
-                        sampling=SamplingParams(temperature=temperature, max_tokens=max_tokens,
+                        sampling=SamplingParams(temperature=temperature, max_tokens=length,
                                                 ignore_eos=True)))
     return jobs
 
@@ -111,7 +115,7 @@ async def run_trial(args: argparse.Namespace, trial: int, rng: random.Random) ->
             if kills < args.kills and due and (killed := _kill_and_restart(fleets, spec, rng)):
                 print(f"  trial {trial}: {done} done, killed {killed}", file=sys.stderr)
                 kills += 1
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.05)
     finally:
         for fleet in fleets.values():
             fleet.stop()
