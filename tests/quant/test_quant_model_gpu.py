@@ -43,14 +43,7 @@ def _logits(model: CausalLM, ids: list[int]) -> torch.Tensor:
     dtype = next(model.parameters()).dtype
     kv = [(torch.zeros(shape, device=CUDA, dtype=dtype), torch.zeros(shape, device=CUDA,
           dtype=dtype)) for _ in range(cfg.num_layers)]  # fmt: skip
-    meta = AttentionMetadata(
-        slot_mapping=torch.arange(n, device=CUDA),
-        block_tables=torch.arange(num_blocks, dtype=torch.int32, device=CUDA)[None],
-        seq_lens=torch.tensor([n], dtype=torch.int32, device=CUDA),
-        cu_seqlens_q=torch.tensor([0, n], dtype=torch.int32, device=CUDA),
-        max_seqlen_q=n,
-        max_seqlen_k=n,
-    )
+    meta = AttentionMetadata.whole_prefill(n, block, device=CUDA)
     with torch.inference_mode():
         return model.compute_logits(model(torch.tensor(ids, device=CUDA),
                                           torch.arange(n, device=CUDA), kv, meta))  # fmt: skip
