@@ -18,13 +18,20 @@ e2e   output tokens/s of `LLMEngine.generate` with no row constrained, 10% and a
       stays full. Constrained rows end when their grammar does (see mean_output_len). Each
       share runs --rounds times, in alternating order; the table gives the medians. Target:
       at most 5% slower at batch 256 on the 8B shape. Prints a table at the end.
+      `--profile N`: after the timed rounds, one more run of each share under cProfile, and
+      its N functions of most own time (the engine thread's: where its host time goes, and
+      how long it waits for the device, `tolist`, or for the mask fill, `acquire`), then the
+      engine's and the grammar backend's N of most time with callees.
 
     python scripts/bench_structured.py mask --device cuda
     python scripts/bench_structured.py e2e --device cuda --json e2e.json
 """
 
 import argparse
+import cProfile
+import io
 import json
+import pstats
 import statistics
 import time
 from collections.abc import Callable
@@ -193,6 +200,10 @@ def e2e_main(args: argparse.Namespace) -> list[dict[str, Any]]:
                 for fraction in order:
                     params = _params(num_prompts, fraction, constraint, args.output_len)
                     runs[fraction].append(_timed_generate(engine, prompts, params))
+            for fraction in args.fractions if args.profile else ():
+                params = _params(num_prompts, fraction, constraint, args.output_len)
+                print(f"--- profile: {model} batch {batch}, {fraction:.0%} constrained")
+                print(_profiled_generate(engine, prompts, params, args.profile), flush=True)
             plain = statistics.median(r["rate"] for r in runs[0.0])
             for fraction in args.fractions:
                 rate = statistics.median(r["rate"] for r in runs[fraction])
@@ -222,6 +233,20 @@ def _timed_generate(
         "mean_len": num_output / len(prompts),
         "stopped": sum(o.finish_reason == "stop" for o in outputs) / len(prompts),
     }
+
+
+def _profiled_generate(
+    engine: Any, prompts: list[list[int]], params: list[SamplingParams], top: int
+) -> str:
+    profile = cProfile.Profile()
+    profile.enable()
+    _timed_generate(engine, prompts, params)
+    profile.disable()
+    text = io.StringIO()
+    stats = pstats.Stats(profile, stream=text)
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumtime").print_stats(r"engine/|structured/", top)
+    return text.getvalue()
 
 
 def _params(
@@ -261,6 +286,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=2,
         help="e2e: runs of each share, alternating their order; the median counts",
     )
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="e2e: one more run of each share under cProfile; print its N "
+                   "functions of most own time")  # fmt: skip
     p.add_argument("--json", type=Path, default=None, help="write the rows here")
     args = p.parse_args(argv)
     if args.fractions is None:

@@ -24,6 +24,10 @@
 #   capacity  issue 28: Qwen3-8B FP8 at 1k / 2k, KV capacity at 4k, the GEMMs against cuBLAS
 #   defaults  issue 28: the seed workload, new defaults in bf16 and FP8 and the old ones; the
 #             GPU tests of the quantized and structured paths
+#   probe     issue 27: old tree against new, none and all rows constrained at batch 256,
+#             alternated; then where the engine thread's time goes (cProfile)
+#   capacity_rest  issue 28: the capacity stage less its Qwen3-8B run
+#   qwen_defaults  issue 28: Qwen3-8B FP8 at 1k / 2k, then the defaults stage's three runs
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out="${OUT:-/tmp/gpu-session}"
@@ -44,6 +48,21 @@ item() {  # item NAME TIMEOUT_S COMMAND...: run it, keep its log, print its last
 }
 
 bench() { "$py" -m llm_worker bench "$@"; }
+
+qwen3_fp8() {  # qwen3_fp8 TIMEOUT_S: issue 28's Qwen3-8B target, 1,000 x 1,024 in / 2,048 out
+  item qwen3_fp8_1k_2k "$1" "$py" -m llm_worker bench throughput --model qwen3-8b \
+    --load-format dummy --quantization fp8 --kv-cache-dtype fp8 --input-len 1024 \
+    --output-len 2048 --num-prompts 1000 --output-json "$out/qwen3_fp8.json"
+}
+
+seed_defaults() {  # the seed workload at the new defaults in bf16 and FP8, and the old ones
+  item seed_bf16_defaults 70 "$py" -m llm_worker bench throughput "${seed[@]}" \
+    --output-json "$out/seed_bf16.json"
+  item seed_fp8_defaults 70 "$py" -m llm_worker bench throughput "${seed[@]}" \
+    --quantization fp8 --output-json "$out/seed_fp8.json"
+  item seed_bf16_old_defaults 70 "$py" -m llm_worker bench throughput "${seed[@]}" \
+    "${old_defaults[@]}" --output-json "$out/seed_bf16_old.json"
+}
 
 case "${1:-}" in
   seed)
@@ -115,9 +134,10 @@ case "${1:-}" in
     ;;
   capacity)
     # issue 28: the Qwen3-8B target, KV capacity at 4k, the GEMMs against cuBLAS
-    item qwen3_fp8_1k_2k 360 "$py" -m llm_worker bench throughput --model qwen3-8b \
-      --load-format dummy --quantization fp8 --kv-cache-dtype fp8 --input-len 1024 \
-      --output-len 2048 --num-prompts 1000 --output-json "$out/qwen3_fp8.json"
+    qwen3_fp8 360
+    bash "$0" capacity_rest
+    ;;
+  capacity_rest)
     TAIL_LINES=12 item kv_capacity_4k 120 "$py" scripts/bench_kv_capacity.py --model llama3-8b \
       --context 4096 --output-json "$out/kv_capacity.json"
     TAIL_LINES=40 item bench_quant 100 "$py" scripts/bench_quant.py --m 1,64,512,8192 --output-json "$out/bench_quant.json"
@@ -130,16 +150,27 @@ case "${1:-}" in
   defaults)
     # issue 28: the seed workload at the new defaults (bf16, FP8) and the old ones, one call;
     # then the GPU tests of the quantized and structured paths
-    item seed_bf16_defaults 70 "$py" -m llm_worker bench throughput "${seed[@]}" \
-      --output-json "$out/seed_bf16.json"
-    item seed_fp8_defaults 70 "$py" -m llm_worker bench throughput "${seed[@]}" \
-      --quantization fp8 --output-json "$out/seed_fp8.json"
-    item seed_bf16_old_defaults 70 "$py" -m llm_worker bench throughput "${seed[@]}" \
-      "${old_defaults[@]}" --output-json "$out/seed_bf16_old.json"
+    seed_defaults
     TAIL_LINES=25 item gpu_kernel_tests 330 "$py" -m pytest -q -m gpu -p no:cacheprovider \
       --timeout 200 tests/kernels/test_quant_kernels_gpu.py tests/kernels/test_fp8_kv_gpu.py \
       tests/structured/test_token_bitmask.py tests/quant/test_quant_model_gpu.py \
       tests/engine/test_builder_gpu.py
+    ;;
+  qwen_defaults)
+    qwen3_fp8 300
+    seed_defaults
+    ;;
+  probe)
+    # issue 27: the tree before the grammar advance moved ahead of the drain's other work
+    # (.ab-old) against this one, constrained rows against none at batch 256, alternated; then
+    # where this tree's engine thread spends its time on the 8B shape (cProfile)
+    export LLM_WORKER_CACHE_DIR="$PWD/.smolcfg"
+    e2e=(scripts/bench_structured.py e2e --device cuda --load-format dummy --output-len 128
+      --rounds 1 --batch-sizes 256 --fractions 0,1)
+    TAIL_LINES=12 item ab_structured 420 "$py" scripts/dev/ab.py --a .ab-old --b . --rounds 2 \
+      --timeout-s 200 --log-dir "$out/ab_structured" \
+      --figure 'tok/s=^(?P<label>\S+ +\d+ +\d+%) +([\d.]+)' -- "${e2e[@]}"
+    TAIL_LINES=120 item structured_profile 150 "$py" "${e2e[@]}" --models llama3-8b --profile 25
     ;;
   *)
     sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'

@@ -9,7 +9,7 @@ import json
 import math
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -306,8 +306,18 @@ def test_a_mask_fill_fault_fails_only_its_own_request(
     checkpoint: Path, async_scheduling: bool
 ) -> None:
     engine = tiny_engine(checkpoint, async_scheduling=async_scheduling)
+    broken = _run_with_one_matcher_swapped(engine, CONSTRAINTS[1], FillFault)
+    assert broken.error is not None and "injected grammar fault" in broken.error
+
+
+def _run_with_one_matcher_swapped(
+    engine: LLMEngine, constraint: StructuredOutputs, swap: Callable[[Any], SequenceMatcher]
+) -> RequestOutput:
+    """Run a request whose matcher is swapped for swap(its grammar) once compiled, beside a
+    sound one under the same constraint and a free one: the swapped request fails with
+    internal_error and is returned; the other two finish as they should."""
     prompt = chat_ids(engine, "a code")
-    bound = SamplingParams(temperature=0.0, max_tokens=30, structured_outputs=CONSTRAINTS[1])
+    bound = SamplingParams(temperature=0.0, max_tokens=30, structured_outputs=constraint)
     free = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
     for request_id, params in (("broken", bound), ("bound", bound), ("free", free)):
         engine.add_request(request_id, prompt, params)
@@ -315,16 +325,14 @@ def test_a_mask_fill_fault_fails_only_its_own_request(
     while engine.requests["broken"].matcher is None:  # its grammar compiles off the thread
         finished.update((o.request_id, o) for o in engine.step())
     assert engine.structured is not None
-    grammar = engine.structured.compiler.compile_now(CONSTRAINTS[1])
-    engine.requests["broken"].matcher = FillFault(grammar)
+    engine.requests["broken"].matcher = swap(engine.structured.compiler.compile_now(constraint))
     while engine.has_unfinished_requests():
         finished.update((o.request_id, o) for o in engine.step())
-    broken = finished["broken"]
-    assert broken.finish_reason == "internal_error"
-    assert broken.error is not None and "injected grammar fault" in broken.error
-    assert_obeys(CONSTRAINTS[1], finished["bound"])
+    assert_obeys(constraint, finished["bound"])
     assert finished["free"].finish_reason == "length"
     assert len(finished["free"].output_token_ids) == 10
+    assert finished["broken"].finish_reason == "internal_error"
+    return finished["broken"]
 
 
 def test_an_async_step_with_grammar_rows_queues_its_forward_before_it_waits(
@@ -333,26 +341,85 @@ def test_an_async_step_with_grammar_rows_queues_its_forward_before_it_waits(
     """The overlap kept for constrained rows: each decode step's forward is queued before the
     host waits for the step in flight (whose tokens the matchers need), so the device has the
     forward to run while the host advances the matchers and fills the mask."""
-    engine = tiny_engine(checkpoint, async_scheduling=True)
+    events = _log_async_steps(tiny_engine(checkpoint, async_scheduling=True))
+    waits = [i for i, event in enumerate(events) if event == "wait"]
+    assert len(waits) >= 10
+    assert all(events[i - 1] == "forward" for i in waits), " ".join(events)
+
+
+def test_an_async_step_fills_its_mask_beside_the_rest_of_the_drain(checkpoint: Path) -> None:
+    """Once the drained tokens have advanced the matchers, the mask starts filling before any
+    of those tokens is detokenized: the fill runs beside the drain's other work."""
+    events = _log_async_steps(tiny_engine(checkpoint, async_scheduling=True))
+    waits = [i for i, event in enumerate(events) if event == "wait"]
+    assert len(waits) >= 10
+    assert all(events[i + 1] == "fill" for i in waits), " ".join(events)
+
+
+def _log_async_steps(engine: LLMEngine) -> list[str]:
+    """Run a mixed batch, logging each forward queued, each wait for a step in flight, each
+    mask fill started and each token detokenized; check the constrained outputs."""
     events: list[str] = []
     forward, drain = engine.runner.logits, engine.updater.drain
+    step_mask = engine.grammars.step_mask
 
     def logged_forward(*args: Any, **kwargs: Any) -> torch.Tensor:
         events.append("forward")
         return forward(*args, **kwargs)
 
-    def logged_drain() -> None:
+    def logged_drain(then: Any = None) -> None:
         waits = engine.updater.in_flight is not None and engine.requests  # not the last one
         events.append("wait" if waits else "idle")
-        drain()
+        drain(then)
+
+    def logged_step_mask(*args: Any) -> Any:
+        events.append("fill")
+        return step_mask(*args)
+
+    def logged_push(push: Any) -> Any:
+        def pushed(token_id: int) -> bool:
+            events.append("detokenize")
+            return bool(push(token_id))
+
+        return pushed
 
     engine.runner.logits = logged_forward  # type: ignore[method-assign]
     engine.updater.drain = logged_drain  # type: ignore[method-assign]
+    engine.grammars.step_mask = logged_step_mask  # type: ignore[method-assign]
     prompts, params = _mixed_batch(engine, constrained=True, temperature=0.0)
-    outputs = engine.generate(prompts, params)
-    for out, p in zip(outputs, params, strict=True):
+    for i, (prompt, p) in enumerate(zip(prompts, params, strict=True)):
+        engine.add_request(f"r{i}", prompt, p)
+        detokenizer = engine.requests[f"r{i}"].detokenizer
+        assert detokenizer is not None
+        detokenizer.push = logged_push(detokenizer.push)  # type: ignore[method-assign]
+    outputs: dict[str, RequestOutput] = {}
+    while engine.has_unfinished_requests():
+        outputs.update((o.request_id, o) for o in engine.step())
+    for i, p in enumerate(params):
         if p.structured_outputs is not None:
-            assert_obeys(p.structured_outputs, out)
-    waits = [i for i, event in enumerate(events) if event == "wait"]
-    assert len(waits) >= 10
-    assert all(events[i - 1] == "forward" for i in waits), " ".join(events)
+            assert_obeys(p.structured_outputs, outputs[f"r{i}"])
+    return events
+
+
+class Ended(SequenceMatcher):
+    """A matcher whose grammar has already ended (it took its stop token): it has no mask to
+    give, and refuses every token."""
+
+    def __init__(self, grammar: Any, output_token_ids: list[int]) -> None:
+        super().__init__(grammar)
+        self.accept(output_token_ids)
+        assert self.is_terminated
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True], ids=["sync", "async"])
+def test_a_token_the_grammar_refuses_fails_only_its_own_request(
+    checkpoint: Path, async_scheduling: bool
+) -> None:
+    """The mask lets through only what the grammar allows, so a refused token is a fault of
+    that request (here a matcher swapped for one that has ended): it fails with
+    internal_error, naming the token, and the other rows carry on."""
+    engine = tiny_engine(checkpoint, async_scheduling=async_scheduling)
+    ending = [*engine.tokenizer.encode("red", add_special_tokens=False),
+              engine.updater.eos_token_ids[0]]  # fmt: skip
+    broken = _run_with_one_matcher_swapped(engine, CONSTRAINTS[2], lambda g: Ended(g, ending))
+    assert broken.error is not None and "is not allowed after" in broken.error

@@ -71,6 +71,26 @@ def test_tokens_outside_the_grammar_are_refused(
         SequenceMatcher.rebuild(grammar, [*token_ids[:5], *not_json])
 
 
+def test_a_batch_of_tokens_is_taken_as_each_matcher_alone_would(
+    invoice: tuple[xgr.CompiledGrammar, list[int]], tokenizer: Any
+) -> None:
+    """try_accept_each (one call into xgrammar for a step's rows) against try_accept row by
+    row: the same verdicts, the same states, refusals and ended grammars included."""
+    grammar, token_ids = invoice
+    not_json = tokenizer.encode("Sure")[0]
+    # rows at every point of the output: its start, its middle, its last token, after its stop
+    points = [0, 1, len(token_ids) // 2, len(token_ids) - 1, len(token_ids)]
+    batch = [SequenceMatcher.rebuild(grammar, token_ids[:n]) for n in points]
+    alone = [SequenceMatcher.rebuild(grammar, token_ids[:n]) for n in points]
+    for next_tokens in ([token_ids[n] if n < len(token_ids) else not_json for n in points],
+                        [not_json] * len(points)):  # fmt: skip
+        verdicts = SequenceMatcher.try_accept_each(batch, next_tokens)
+        assert verdicts == [m.try_accept(t) for m, t in zip(alone, next_tokens, strict=True)]
+        assert [m.num_accepted_tokens for m in batch] == [m.num_accepted_tokens for m in alone]
+        assert [m.is_terminated for m in batch] == [m.is_terminated for m in alone]
+    assert SequenceMatcher.try_accept_each([], []) == []
+
+
 def test_rollback_is_bounded_by_what_was_accepted(
     invoice: tuple[xgr.CompiledGrammar, list[int]],
 ) -> None:

@@ -5,7 +5,8 @@ speculator for a step with drafts) -> update (the one writer of request state). 
 scheduling, step n+1 is queued on the device before step n's tokens are applied, so the host's
 work overlaps the device's; a step that speculates, could preempt, or samples rows that read
 the host's token history waits for the step in flight first. A step with grammar rows queues
-its forward, then applies step n's tokens and fills its mask while the forward runs.
+its forward, then advances its grammars by step n's tokens and fills its mask beside the rest of
+step n's update, while the forward runs.
 """
 
 import time
@@ -191,15 +192,17 @@ class LLMEngine:
 
     def _launch(self, scheduled: list[ScheduledSequence], rows: list[SamplingRow]) -> StepResult:
         """Queue the step without waiting for the one in flight. With grammar rows, the
-        forward is queued first; the step in flight is then drained (its tokens advance the
-        matchers) and the mask filled while the device runs the forward, before the sampling
-        is queued: the overlap kept is the forward's, the one lost is the sampling's."""
+        forward is queued first; then the step in flight is drained: its tokens advance the
+        matchers, the mask starts filling, and the rest of the drain (detokenizing, stop
+        checks) runs beside the fill, all while the device runs the forward. The sampling is
+        queued after: the overlap kept is the forward's, the one lost is the sampling's."""
         pending = self.updater.pending_inputs(scheduled)
         if not self.grammars.constrains(scheduled):
             return self.runner.launch(scheduled, rows, pending)
         logits = self.runner.logits(scheduled, pending)
-        self.updater.drain()
-        mask = self.grammars.step_mask(scheduled)  # a sequence the drain ended has no row
+        masks: list[StepMask | None] = []
+        self.updater.drain(then=lambda: masks.append(self.grammars.step_mask(scheduled)))
+        mask = masks[0]  # rows of sequences the drain ended are filled and never used
         try:
             return self.runner.launch_sampling(scheduled, rows, logits, mask)
         finally:

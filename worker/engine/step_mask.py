@@ -88,7 +88,8 @@ def plan_step_mask(
 ) -> StepMask | None:
     """Start filling the mask of a step whose items are final (drafts included); None when
     no row that samples is constrained. The constrained sequences' tokens must all be on the
-    host (no placeholder in flight)."""
+    host (no placeholder in flight). A grammar that has ended (the sequence finishes on the
+    token just taken, and this row is never used) gets no row: it has no next token."""
     seqs: list[Sequence] = []
     matchers: list[SequenceMatcher] = []
     drafts: list[tuple[int, ...]] = []
@@ -98,10 +99,11 @@ def plan_step_mask(
     for item in scheduled:
         num_rows = item.num_logits_rows
         request = requests.get(item.seq.request_id)
-        if num_rows and request is not None and request.matcher is not None:
-            assert request.seq is item.seq and num_rows == item.num_spec + 1
+        matcher = request.matcher if request is not None else None
+        if num_rows and matcher is not None and not matcher.is_terminated:
+            assert request is not None and request.seq is item.seq and num_rows == item.num_spec + 1
             seqs.append(item.seq)
-            matchers.append(request.matcher)
+            matchers.append(matcher)
             drafts.append(item.spec_token_ids)
             for j in range(num_rows):
                 held = _held_back(item.seq.params, item.seq.num_output_tokens + j, eos_token_ids)

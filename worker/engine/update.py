@@ -26,6 +26,7 @@ from llm_worker.engine.request import Request
 from llm_worker.engine.scheduler import Scheduler, SchedulerOutput
 from llm_worker.engine.sequence import SampledToken, ScheduledSequence, Sequence
 from llm_worker.engine.step_result import PendingInputs, StepResult, TokenFuture
+from llm_worker.structured.matcher import SequenceMatcher
 
 log = logging.getLogger(__name__)
 
@@ -121,11 +122,15 @@ class Updater:
         self.drain()  # the step read the tokens in flight on the device: they are there now
         return self._apply_tokens(result)
 
-    def drain(self) -> None:
-        """Wait for the step in flight, if any, and apply its tokens."""
+    def drain(self, then: Callable[[], None] | None = None) -> None:
+        """Wait for the step in flight, if any, and apply its tokens. `then` runs once their
+        grammars have taken them, before the rest (detokenizing, stop checks) is applied: the
+        next step's mask fills beside that work. It runs with nothing in flight too."""
         in_flight, self.in_flight = self.in_flight, None
         if in_flight is not None:
-            self._resolve(in_flight)
+            self._resolve(in_flight, then)
+        elif then is not None:
+            then()
 
     def pending_inputs(self, scheduled: list[ScheduledSequence]) -> PendingInputs | None:
         """The rows of a step about to run whose input tokens are still in flight."""
@@ -182,23 +187,57 @@ class Updater:
             self._resolve(previous)
         return StepReport(num_emitted=sum(index != PLACEHOLDER for _, index in slots))
 
-    def _resolve(self, in_flight: _InFlight) -> None:
+    def _resolve(self, in_flight: _InFlight, then: Callable[[], None] | None = None) -> None:
         """Put an async step's tokens in place of their placeholders and apply them."""
         token_ids = in_flight.tokens.tolist()
         now = time.monotonic()
+        live: list[tuple[Request, int, int]] = []  # (request, placeholder index, token)
         for (seq, index), token_id in zip(in_flight.slots, token_ids, strict=True):
             request = self.requests.get(seq.request_id)
-            if request is None or request.seq is not seq:
-                continue  # aborted or failed while in flight
+            if request is not None and request.seq is seq:  # else aborted or failed in flight
+                live.append((request, index, token_id))
+        grammar_ends = self._advance_grammars(live)
+        try:
+            if then is not None:
+                then()
+        finally:  # the tokens are applied whatever `then` raised: nothing else holds them
+            self._apply_resolved(live, grammar_ends, now)
+
+    def _apply_resolved(
+        self,
+        live: list[tuple[Request, int, int]],
+        grammar_ends: dict[Sequence, bool | Exception],
+        now: float,
+    ) -> None:
+        for request, index, token_id in live:
+            seq = request.seq
             seq.token_ids[index] = token_id
             try:
-                reason = self._stop_reason(request, token_id, index, now)
+                reason = self._stop_reason(request, token_id, index, now, grammar_ends.get(seq))
                 self.block_manager.cache_computed_blocks(seq)  # stops short of a placeholder
             except Exception as exc:
                 self._fail_on(seq, exc)
                 continue
             if reason is not None:
                 self._finish(request, reason, now)
+
+    def _advance_grammars(
+        self, live: list[tuple[Request, int, int]]
+    ) -> dict[Sequence, bool | Exception]:
+        """Each constrained request of `live` takes its token, all in one call: whether its
+        grammar ended there, or why it could not take the token (a fault of that request)."""
+        constrained = [(r, token_id) for r, _, token_id in live if r.matcher is not None]
+        if not constrained:
+            return {}
+        matchers = [m for r, _ in constrained if (m := r.matcher) is not None]
+        try:
+            accepted = SequenceMatcher.try_accept_each(matchers, [t for _, t in constrained])
+        except Exception as exc:  # the batch call cannot say whose: every one of them
+            return {r.seq: exc for r, _ in constrained}
+        ends: dict[Sequence, bool | Exception] = {}
+        for (request, token_id), matcher, ok in zip(constrained, matchers, accepted, strict=True):
+            ends[request.seq] = matcher.is_terminated if ok else matcher.refusal(token_id)
+        return ends
 
     def _apply_tokens(self, result: StepResult) -> StepReport:
         assert result.tokens is not None
@@ -260,7 +299,14 @@ class Updater:
         if not stopped:
             self.block_manager.trim(seq, seq.num_tokens)  # the rejected drafts' slots
 
-    def _stop_reason(self, request: Request, token_id: int, index: int, now: float) -> str | None:
+    def _stop_reason(
+        self,
+        request: Request,
+        token_id: int,
+        index: int,
+        now: float,
+        grammar_end: bool | Exception | None = None,  # the grammar took it already: its outcome
+    ) -> str | None:
         """Take in the token now at seq.token_ids[index] (the sequence may already hold a
         placeholder after it): its timing, its text, and whether it ends the sequence."""
         seq, p = request.seq, request.seq.params
@@ -275,8 +321,12 @@ class Updater:
             # The mask let only what the grammar allows through, so a refusal (GrammarRejected)
             # is a fault of this request. A grammar at its end allows nothing more: it ends
             # the output whatever min_tokens or ignore_eos say (they shape the mask instead).
-            request.matcher.accept([token_id])
-            if request.matcher.is_terminated:
+            if grammar_end is None:
+                request.matcher.accept([token_id])
+                grammar_end = request.matcher.is_terminated
+            if isinstance(grammar_end, Exception):
+                raise grammar_end
+            if grammar_end:
                 return "stop"
         is_eos = not p.ignore_eos and token_id in self.eos_token_ids
         num_tokens = index + 1

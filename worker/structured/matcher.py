@@ -39,10 +39,14 @@ class SequenceMatcher:
         refuses, having accepted those before it."""
         for token_id in token_ids:
             if not self._matcher.accept_token(token_id):
-                raise GrammarRejected(
-                    f"token {token_id} is not allowed after {self.num_accepted_tokens} tokens"
-                )
+                raise self.refusal(token_id)
             self.num_accepted_tokens += 1
+
+    def refusal(self, token_id: int) -> GrammarRejected:
+        """The error for `token_id`, refused after the tokens accepted so far."""
+        return GrammarRejected(
+            f"token {token_id} is not allowed after {self.num_accepted_tokens} tokens"
+        )
 
     def try_accept(self, token_id: int) -> bool:
         """Accept the token if the grammar allows it; whether it did."""
@@ -64,6 +68,18 @@ class SequenceMatcher:
         """bitmask[row] (int32 CPU, [rows, ceil(vocab / 32)]): bit t set where token t may come
         next."""
         self._matcher.fill_next_token_bitmask(bitmask, row)
+
+    @staticmethod
+    def try_accept_each(
+        matchers: Sequence["SequenceMatcher"], token_ids: Sequence[int]
+    ) -> list[bool]:
+        """matchers[i].try_accept(token_ids[i]) for every i, in one call into xgrammar (a step's
+        tokens, without a Python round trip per row)."""
+        handles = [m._matcher for m in matchers]
+        accepted = xgr.BatchGrammarMatcher.batch_accept_token(handles, list(token_ids))
+        for matcher, ok in zip(matchers, accepted, strict=True):
+            matcher.num_accepted_tokens += int(ok)
+        return accepted
 
     @property
     def is_terminated(self) -> bool:
