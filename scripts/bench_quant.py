@@ -8,19 +8,24 @@ and the speed-up over bf16, for:
   fp8           torch._scaled_mm, e4m3 per channel x per token (input already quantized, as
                 the fused RMSNorm / SiLU*mul hand it over)
   fp8+quant     the same with the standalone per-token quantization kernel before it (o_proj)
-  w4a16         the Triton W4A16 kernel (group 128, split-K for small M)
+  w4a16         the Triton W4A16 kernels (group 128): choose_config's GEMV or tl.dot tiles
   int4-deq      dequantize to bf16, then cuBLAS (what M >= INT4_DEQUANTIZE_MIN_TOKENS runs)
   block-fp8     the Triton block-FP8 GEMM (128 x 128 weight blocks, activations quantized in it)
 plus the weight bytes each reads, as GB/s at that time (the decode-side figure to hold against
-the copy bandwidth). `--sweep-w4a16` also times the W4A16 kernel's tile and split-K choices at
-each M and prints the fastest, to tune `kernels.w4a16.choose_config`.
+the copy bandwidth). `--sweep-w4a16` also times the W4A16 kernels' configurations at each M (the
+tl.dot tiles by split-K; up to 16 rows the GEMV's tiles by split-K, then its warps and stages)
+and prints the fastest of each kernel and the default's time, to tune
+`kernels.w4a16_config.choose_config`:
 
   python scripts/bench_quant.py [--models llama3-8b,qwen3-8b] [--m 1,16,64,256,1024]
+  python scripts/bench_quant.py --m 1,2,4,8,16 --sweep-w4a16
 """
 
 import argparse
 import json
 from collections.abc import Callable
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -30,7 +35,8 @@ from triton.testing import do_bench_cudagraph
 from llm_worker.kernels import reference
 from llm_worker.kernels.block_fp8_gemm import block_fp8_matmul
 from llm_worker.kernels.fp8_quant import quantize_fp8
-from llm_worker.kernels.w4a16 import W4A16Config, choose_config, dequantize_int4, w4a16_matmul
+from llm_worker.kernels.w4a16 import dequantize_int4, w4a16_matmul
+from llm_worker.kernels.w4a16_config import W4A16Config, choose_config
 from llm_worker.models.quant.block_fp8 import quantize_block_fp8
 from llm_worker.models.quant.gemms import scaled_mm_fp8_linear
 from llm_worker.models.quant.int4_packing import pack_rows, rtn_int4
@@ -77,25 +83,53 @@ def weight_bytes(k: int, n: int) -> dict[str, int]:
             "block-fp8": n * k + 4 * triton.cdiv(n, 128) * triton.cdiv(k, 128)}  # fmt: skip
 
 
-def time_us(fn: Callable[[], object]) -> float:
-    return do_bench_cudagraph(fn, rep=50) * 1e3
+def time_us(fn: Callable[[], object], rep: int = 50) -> float:
+    return do_bench_cudagraph(fn, rep=rep) * 1e3
+
+
+def _gemv_tiles(m: int, n: int, k: int, num_sms: int) -> list[W4A16Config]:
+    """GEMV tiles (at most 64 fp32 products a thread on 4 warps) by every power-of-two split-K
+    that gives the grid between half a program and 32 programs a multiprocessor."""
+    block_m = triton.next_power_of_2(m)
+    tiles = []
+    for block_n in (64, 128, 256):
+        for block_k in (32, 64, 128):
+            if block_m * block_k // 8 * block_n > 64 * 128:
+                continue
+            split_k = 1
+            while (k // block_k) % split_k == 0 and split_k <= 64:
+                tiles.append(W4A16Config(block_m, block_n, block_k, split_k, 4, 2, gemv=True))
+                split_k *= 2
+    programs = {c: triton.cdiv(m, c.block_m) * triton.cdiv(n, c.block_n) * c.split_k for c in tiles}
+    return [c for c in tiles if num_sms // 2 <= programs[c] <= 32 * num_sms]
 
 
 def sweep_w4a16(x: torch.Tensor, w: dict[str, torch.Tensor], k: int, n: int) -> str:
-    m = x.shape[0]
-    tried = {}
+    """Times the tl.dot kernel's tile widths by split-K and, up to 16 rows, the GEMV's tiles by
+    split-K, then the best GEMV tile's warps and stages; prints the best of each kernel and the
+    default choose_config."""
+    m, num_sms = x.shape[0], torch.cuda.get_device_properties(0).multi_processor_count
     int4 = (w["qweight"], w["scales"], w["zeros"], GROUP)
-    for block_n in (32, 64, 128):
-        for split_k in (1, 2, 4, 8, 16):
-            if (k // 128) % split_k:
-                continue
-            cfg = W4A16Config(max(16, min(128, triton.next_power_of_2(m))), block_n, 128, split_k)
-            tried[cfg] = time_us(lambda cfg=cfg: w4a16_matmul(x, *int4, cfg))
-    best = min(tried, key=tried.__getitem__)
-    default = choose_config(
-        m, n, k, GROUP, torch.cuda.get_device_properties(0).multi_processor_count
-    )
-    return f"best {best} {tried[best]:.1f} us; default {default}"
+
+    def timed(configs: list[W4A16Config]) -> dict[W4A16Config, float]:
+        return {c: time_us(partial(w4a16_matmul, x, *int4, c), rep=20) for c in configs}
+
+    dot = timed([W4A16Config(max(16, min(128, triton.next_power_of_2(m))), block_n, 128, split_k)
+                 for block_n in (32, 64, 128) for split_k in (1, 2, 4, 8, 16)
+                 if (k // 128) % split_k == 0])  # fmt: skip
+    found = {"dot": min(dot, key=dot.__getitem__)}
+    tried = dict(dot)
+    if m <= 16:
+        gemv = timed(_gemv_tiles(m, n, k, num_sms))
+        best = min(gemv, key=gemv.__getitem__)
+        gemv |= timed([replace(best, num_warps=warps, num_stages=stages)
+                       for warps in (2, 4, 8) for stages in (1, 2, 3, 4)])  # fmt: skip
+        found["gemv"] = min(gemv, key=gemv.__getitem__)
+        tried |= gemv
+    default = choose_config(m, n, k, GROUP, num_sms)
+    tried |= timed([default]) if default not in tried else {}
+    cells = [f"{name} {cfg} {tried[cfg]:.1f} us" for name, cfg in found.items()]
+    return "; ".join([*cells, f"default {default} {tried[default]:.1f} us"])
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ multiplies bf16 tiles as raw integers, so bf16 runs in the `gpu` module only).
 
 Shapes take every edge a tile has: M of 1 and past a tile, N not a multiple of BLOCK_N, K
 split across programs (split-K partial sums), groups of 32 to 128, and for block FP8 a K and an
-N that end inside a 128 block.
+N that end inside a 128 block. W4A16 runs both of its kernels, the tl.dot one and the GEMV.
 """
 
 import pytest
@@ -13,7 +13,8 @@ import torch
 from llm_worker.kernels import quant_reference
 from llm_worker.kernels.block_fp8_gemm import BlockFp8Config, block_fp8_matmul
 from llm_worker.kernels.fp8_format import FP8_DTYPE
-from llm_worker.kernels.w4a16 import W4A16Config, choose_config, dequantize_int4, w4a16_matmul
+from llm_worker.kernels.w4a16 import dequantize_int4, w4a16_matmul
+from llm_worker.kernels.w4a16_config import GEMV_MAX_M, W4A16Config, choose_config
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3}  # relative to the output's largest value
@@ -42,6 +43,12 @@ def _assert_close(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype) -> 
         (5, 40, 128, 32, W4A16Config(16, 64, 32, split_k=2)),
         (33, 64, 192, 64, W4A16Config(32, 32, 64, split_k=1)),
         (70, 48, 128, 128, W4A16Config(64, 32, 64, split_k=2)),
+        # the GEMV: one row, a few, a full BLOCK_M, rows over several programs, K unsplit
+        (1, 75, 256, 64, W4A16Config(1, 32, 64, split_k=4, gemv=True)),
+        (3, 40, 384, 128, W4A16Config(4, 16, 32, split_k=3, gemv=True)),
+        (8, 33, 256, 32, W4A16Config(8, 16, 32, split_k=8, gemv=True)),
+        (5, 72, 128, 32, W4A16Config(2, 64, 32, split_k=2, gemv=True)),
+        (3, 24, 256, 128, W4A16Config(4, 16, 128, split_k=1, gemv=True)),
     ],
 )
 def test_w4a16_matches_reference(
@@ -61,18 +68,42 @@ def test_dequantize_int4_matches_reference(dtype: torch.dtype) -> None:
     assert torch.equal(dequantize_int4(qweight, scales, zeros, 64, dtype), want)
 
 
-def test_w4a16_config_splits_k_only_where_the_grid_is_small() -> None:
-    small = choose_config(1, 4096, 4096, 128, num_sms=132)
-    assert small.split_k > 1 and (4096 // small.block_k) % small.split_k == 0
-    assert choose_config(1024, 4096, 4096, 128, num_sms=132).split_k == 1
-    assert choose_config(1, 4096, 4096, 64, num_sms=132).block_k == 64
+@pytest.mark.parametrize("m", [1, 2, 5, GEMV_MAX_M, GEMV_MAX_M + 1, 64, 1024])
+@pytest.mark.parametrize(("k", "n"), [(4096, 4096), (14336, 4096), (4096, 28672)])
+def test_w4a16_config_tiles_k_and_fills_the_gpu_where_the_batch_is_small(
+    k: int, n: int, m: int
+) -> None:
+    cfg = choose_config(m, n, k, 128, num_sms=132)
+    assert cfg.gemv == (m <= GEMV_MAX_M)
+    assert 128 % cfg.block_k == 0 and (k // cfg.block_k) % cfg.split_k == 0
+    assert cfg.block_m >= (m if cfg.gemv else 16)
+    programs = -(-m // cfg.block_m) * -(-n // cfg.block_n) * cfg.split_k
+    if m <= 64:
+        assert programs >= 132
+    if m == 1024:
+        assert cfg.split_k == 1
 
 
-def test_w4a16_refuses_groups_the_tiles_cross() -> None:
+def test_w4a16_config_keeps_tiles_inside_small_groups() -> None:
+    assert choose_config(1, 4096, 4096, 64, num_sms=132).block_k <= 64
+    assert choose_config(1, 4096, 4096, 32, num_sms=132).block_k == 32
+    assert choose_config(32, 4096, 4096, 64, num_sms=132).block_k == 64
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        W4A16Config(16, 16, 128, 1),  # a K tile across groups
+        W4A16Config(16, 16, 32, 3),  # 8 K tiles in 3 splits
+        W4A16Config(2, 24, 32, 1, gemv=True),  # not a power of two
+        W4A16Config(8, 16, 32, 1),  # too few rows for tl.dot
+    ],
+)
+def test_w4a16_refuses_configs_that_do_not_tile(config: W4A16Config) -> None:
     qweight, scales, zeros = int4_weights(256, 16, 64)
     x = torch.randn(2, 256, device=DEVICE)
-    with pytest.raises(ValueError, match="does not tile"):
-        w4a16_matmul(x, qweight, scales, zeros, 64, W4A16Config(16, 16, 128, 1))
+    with pytest.raises(ValueError, match=r"tile|power of two|block_m"):
+        w4a16_matmul(x, qweight, scales, zeros, 64, config)
 
 
 def block_fp8_weights(n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:

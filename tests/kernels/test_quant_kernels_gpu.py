@@ -1,9 +1,10 @@
 """The quantized paths on CUDA at Llama-3-8B and Qwen3-8B sizes, in bf16, against the torch
 references: FP8 activation quantization (alone and fused, also as programmatic dependents),
-torch._scaled_mm with rowwise scales, the W4A16 kernel (and the dequantize + cuBLAS path of
-large batches), and the block-FP8 GEMM. The references run on the same inputs; GEMMs are held
-to a relative error (their sums run in other orders), quantization to the bit but for a few
-values one e4m3 step away where the fused kernel sums or exponentiates in another order."""
+torch._scaled_mm with rowwise scales, the W4A16 kernels (the decode GEMV, the tl.dot tiles, and
+the dequantize + cuBLAS path of large batches), and the block-FP8 GEMM. The references run on
+the same inputs; GEMMs are held to a relative error (their sums run in other orders),
+quantization to the bit but for a few values one e4m3 step away where the fused kernel sums or
+exponentiates in another order."""
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from llm_worker.kernels.fp8_quant import quantize_fp8
 from llm_worker.kernels.rms_norm import rms_norm_fp8
 from llm_worker.kernels.silu_mul import silu_and_mul_fp8
 from llm_worker.kernels.w4a16 import w4a16_matmul
+from llm_worker.kernels.w4a16_config import W4A16Config
 from llm_worker.models.quant.gemms import (
     INT4_DEQUANTIZE_MIN_TOKENS,
     scaled_mm_fp8_linear,
@@ -63,7 +65,7 @@ def test_scaled_mm_rowwise(k: int, n: int, m: int, with_bias: bool) -> None:
 
 
 @pytest.mark.parametrize("group", [64, 128])
-@pytest.mark.parametrize("m", [1, 2, 16, 64, INT4_DEQUANTIZE_MIN_TOKENS, 1024])
+@pytest.mark.parametrize("m", [1, 2, 5, 8, 16, 64, INT4_DEQUANTIZE_MIN_TOKENS, 1024])
 @pytest.mark.parametrize(("k", "n"), LLAMA3_8B)
 def test_w4a16(k: int, n: int, m: int, group: int) -> None:
     torch.manual_seed(0)
@@ -72,6 +74,31 @@ def test_w4a16(k: int, n: int, m: int, group: int) -> None:
     want = quant_reference.int4_linear(x, qweight, scales, zeros, group)
     assert _relative_error(triton_int4_linear(x, qweight, scales, zeros, group, None), want) < 1e-2
     assert _relative_error(w4a16_matmul(x, qweight, scales, zeros, group), want) < 1e-2
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        W4A16Config(1, 256, 128, 4, num_warps=4, num_stages=1, gemv=True),
+        W4A16Config(2, 128, 64, 16, num_warps=8, num_stages=3, gemv=True),
+        W4A16Config(8, 64, 32, 32, num_warps=2, num_stages=2, gemv=True),
+        W4A16Config(16, 64, 32, 8, num_warps=4, num_stages=4, gemv=True),
+        W4A16Config(16, 64, 128, 8),
+    ],
+)
+@pytest.mark.parametrize("m", [1, 3, 16])
+@pytest.mark.parametrize(("k", "n"), LLAMA3_8B)
+def test_w4a16_configs(k: int, n: int, m: int, config: W4A16Config) -> None:
+    """Configurations `bench_quant.py --sweep-w4a16` may pick, at every decode size; split K
+    sums the same bits whichever program finishes last."""
+    torch.manual_seed(0)
+    qweight, scales, zeros = int4_weights(k, n, 128)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    want = quant_reference.int4_linear(x, qweight, scales, zeros, 128)
+    got = w4a16_matmul(x, qweight, scales, zeros, 128, config)
+    assert _relative_error(got, want) < 1e-2
+    for _ in range(3):
+        assert torch.equal(w4a16_matmul(x, qweight, scales, zeros, 128, config), got)
 
 
 @pytest.mark.parametrize("m", [1, 16, 64, 300])
@@ -89,10 +116,13 @@ def test_quantized_kernels_replay_in_a_cuda_graph() -> None:
     w, w_scale = block_fp8_weights(4096, 4096)
     channel_scale = torch.rand(4096, device="cuda") * 1e-3
     x = torch.randn(4, 4096, device="cuda", dtype=torch.bfloat16)
+    x_tile = torch.randn(32, 4096, device="cuda", dtype=torch.bfloat16)  # tl.dot, split K
 
-    def step() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def step() -> tuple[torch.Tensor, ...]:
         fp8 = scaled_mm_fp8_linear(quantize_fp8(x), w, channel_scale, None, torch.bfloat16)
-        return fp8, w4a16_matmul(x, qweight, scales, zeros, 128), block_fp8_matmul(x, w, w_scale)
+        int4 = (qweight, scales, zeros, 128)
+        return (fp8, w4a16_matmul(x, *int4), w4a16_matmul(x_tile, *int4),
+                block_fp8_matmul(x, w, w_scale))  # fmt: skip
 
     eager = step()
     torch.cuda.synchronize()
@@ -100,6 +130,7 @@ def test_quantized_kernels_replay_in_a_cuda_graph() -> None:
     with torch.cuda.graph(graph):
         captured = step()
     x.copy_(torch.randn_like(x))
+    x_tile.copy_(torch.randn_like(x_tile))
     graph.replay()
     for got, want in zip(captured, step(), strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
