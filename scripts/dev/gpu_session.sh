@@ -27,6 +27,8 @@
 #   probe     issue 27: old tree against new, none and all rows constrained at batch 256,
 #             alternated; then where the engine thread's time goes (cProfile)
 #   capacity_rest  issue 28: the capacity stage less its Qwen3-8B run
+#   kernels   issue 28: the W4A16 sweep at decode batches, int4 batch-1 decode, the kernels'
+#             GPU tests
 #   qwen_defaults  issue 28: Qwen3-8B FP8 at 1k / 2k, then the defaults stage's three runs
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -159,6 +161,18 @@ case "${1:-}" in
   qwen_defaults)
     qwen3_fp8 300
     seed_defaults
+    ;;
+  kernels)
+    # issue 28: the W4A16 kernels' tiles and split-K at decode batches (which choose_config
+    # should pick), batch-1 int4 decode against the roofline, the GPU tests of the kernels
+    TAIL_LINES=60 item w4a16_sweep 300 "$py" scripts/bench_quant.py --models llama3-8b \
+      --m 1,2,4,8,16 --sweep-w4a16 --output-json "$out/w4a16_sweep.json"
+    TAIL_LINES=12 item roofline_awq 80 "$py" scripts/bench_decode_roofline.py --model llama3-8b \
+      --quantization awq --modes graphs_async --output-json "$out/roofline_awq.json"
+    TAIL_LINES=25 item gpu_kernel_tests 200 "$py" -m pytest -q -m gpu -p no:cacheprovider \
+      --timeout 150 tests/kernels/test_quant_kernels_gpu.py tests/kernels/test_fp8_kv_gpu.py \
+      tests/structured/test_token_bitmask.py tests/quant/test_quant_model_gpu.py \
+      tests/engine/test_builder_gpu.py
     ;;
   probe)
     # issue 27: the tree before the grammar advance moved ahead of the drain's other work
