@@ -13,9 +13,13 @@ e2e   output tokens/s of `LLMEngine.generate` with no row constrained, 10% and a
       (SamplingParams.structured_outputs = invoice.json), at each batch size, on the bundled
       model and on the Llama-3-8B shape with dummy weights and the SmolLM2 tokenizer
       (`--tokenizer`; no Llama-3 tokenizer is available offline: the shape's 128,256 logits are
-      masked, ids past the tokenizer's 49,152 never allowed). Each batch size gets an engine
-      with max_num_seqs = B and 4 x B prompts, so finished requests are replaced and the batch
-      stays full. Constrained rows end when their grammar does (see mean_output_len). Each
+      masked, ids past the tokenizer's 49,152 never allowed). xgrammar counts those 79,104 ids
+      as special tokens, and each token a matcher takes costs time in proportion to them (7 ms
+      a step for 256 rows on a 2-core host against 0.8 ms with SmolLM2's own 49,152), a cost no
+      model with its own tokenizer pays; `llama3-8b-49k` is the same layers with the
+      tokenizer's vocabulary as the logits width, as a real model has. Each batch size gets an
+      engine with max_num_seqs = B and 4 x B prompts, so finished requests are replaced and the
+      batch stays full. Constrained rows end when their grammar does (see mean_output_len). Each
       share runs --rounds times, in alternating order; the table gives the medians. Target:
       at most 5% slower at batch 256 on the 8B shape. Prints a table at the end.
       `--profile N`: after the timed rounds, one more run of each share under cProfile, and
@@ -30,9 +34,11 @@ e2e   output tokens/s of `LLMEngine.generate` with no row constrained, 10% and a
 import argparse
 import cProfile
 import io
+import itertools
 import json
 import pstats
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,7 +50,7 @@ import torch
 from llm_worker.config import EngineSettings
 from llm_worker.kernels.token_bitmask import apply_token_bitmask_, apply_token_bitmask_reference
 from llm_worker.models.bundled import bundled_model_dir
-from llm_worker.models.config import ModelConfig
+from llm_worker.models.config import NAMED_SHAPES, ModelConfig
 from llm_worker.schemas import SamplingParams
 from llm_worker.schemas.structured import StructuredOutputs
 from llm_worker.structured.compiler import GrammarCompiler
@@ -55,6 +61,7 @@ from llm_worker.structured.vocab import GrammarVocab, grammar_vocab
 
 SCHEMA = Path(__file__).resolve().parents[1] / "tests" / "structured" / "schemas" / "invoice.json"
 LLAMA3_8B_VOCAB = 128_256
+TOKENIZER_VOCAB_SUFFIX = "-49k"  # e2e: the shape with the bundled tokenizer's vocabulary
 
 
 def timed_ms(fn: Callable[[], object], iters: int, cuda: bool) -> float:
@@ -78,7 +85,7 @@ def matchers_at_mixed_points(
     """`count` matchers, each part way through a random walk of the grammar."""
     rng = np.random.default_rng(seed)
     bitmask = torch.empty((1, vocab.num_bitmask_words), dtype=torch.int32)
-    matchers = []
+    matchers: list[SequenceMatcher] = []
     while len(matchers) < count:
         matcher = SequenceMatcher(grammar)
         for _ in range(int(rng.integers(0, 60))):
@@ -94,13 +101,16 @@ def matchers_at_mixed_points(
 
 
 def mask_row(
-    vocab: GrammarVocab, matchers: list[SequenceMatcher], batch: int, args: argparse.Namespace
+    vocab: GrammarVocab,
+    matchers: list[SequenceMatcher],
+    batch: int,
+    threads: int | str,
+    args: argparse.Namespace,
 ) -> dict[str, Any]:
     cuda = args.device == "cuda"
     device = torch.device(args.device)
-    filler = MaskFiller(
-        vocab.vocab_size, batch, StatsRecorder(), num_threads=args.fill_threads, pin_memory=cuda
-    )
+    filler = MaskFiller(vocab.vocab_size, batch, StatsRecorder(),
+                        num_threads=threads, pin_memory=cuda)  # type: ignore[arg-type]  # fmt: skip
     logits = torch.randn(batch, vocab.vocab_size, device=device)
     row_idx = (
         torch.arange(len(matchers), dtype=torch.int32).pin_memory()
@@ -116,9 +126,8 @@ def mask_row(
 
     next_ids = [_one_allowed(bitmask[i], vocab) for i in range(len(matchers))]
 
-    def advance() -> None:  # accept each row's token, then undo it: state stays put
-        for matcher, token_id in zip(matchers, next_ids, strict=True):
-            matcher.accept([token_id])
+    def advance() -> None:  # each row takes its token (as the engine does), then undoes it
+        assert all(SequenceMatcher.try_accept_each(matchers, next_ids))
         for matcher in matchers:
             matcher.rollback(1)
 
@@ -128,7 +137,8 @@ def mask_row(
         "advance_ms": timed_ms(advance, args.iters, cuda=False),
     }
     total = sum(figures.values())
-    return {"batch": batch, "constrained": len(matchers), **figures, "total_ms": total}
+    return {"batch": batch, "constrained": len(matchers), "fill_threads": threads, **figures,
+            "total_ms": total}  # fmt: skip
 
 
 def _one_allowed(row: torch.Tensor, vocab: GrammarVocab) -> int:
@@ -153,18 +163,20 @@ def mask_main(args: argparse.Namespace) -> list[dict[str, Any]]:
         compile_ms = 1e3 * (time.perf_counter() - started)
         compiler.shutdown()
         pool = matchers_at_mixed_points(grammar, vocab, max(args.batch_sizes), seed=0)
-        for batch in args.batch_sizes:
-            for fraction in args.fractions:
-                constrained = pool[: max(1, round(batch * fraction))]
-                row = {"vocab": name, "vocab_size": vocab_size, "compile_ms": compile_ms,
-                       **mask_row(vocab, constrained, batch, args)}  # fmt: skip
-                rows.append(row)
-                print(
-                    f"{name:10s} B={batch:4d} constrained={row['constrained']:4d}  "
-                    f"fill {row['fill_ms']:7.3f} ms  copy+apply {row['copy_apply_ms']:7.3f} ms  "
-                    f"advance {row['advance_ms']:7.3f} ms  total {row['total_ms']:7.3f} ms",
-                    flush=True,
-                )
+        for batch, fraction, threads in itertools.product(
+            args.batch_sizes, args.fractions, args.fill_threads
+        ):
+            constrained = pool[: max(1, round(batch * fraction))]
+            row = {"vocab": name, "vocab_size": vocab_size, "compile_ms": compile_ms,
+                   **mask_row(vocab, constrained, batch, threads, args)}  # fmt: skip
+            rows.append(row)
+            print(
+                f"{name:10s} B={batch:4d} constrained={row['constrained']:4d} "
+                f"threads={threads!s:4s}  "
+                f"fill {row['fill_ms']:7.3f} ms  copy+apply {row['copy_apply_ms']:7.3f} ms  "
+                f"advance {row['advance_ms']:7.3f} ms  total {row['total_ms']:7.3f} ms",
+                flush=True,
+            )
     return rows
 
 
@@ -173,15 +185,17 @@ def e2e_main(args: argparse.Namespace) -> list[dict[str, Any]]:
     from llm_worker.engine.llm_engine import LLMEngine
 
     constraint = StructuredOutputs.model_validate({"json": json.loads(SCHEMA.read_text())})
-    tokenizer_dir = str(bundled_model_dir(EngineSettings().cache_dir))
+    tokenizer_dir = bundled_model_dir(EngineSettings().cache_dir)
+    scratch = tempfile.TemporaryDirectory(prefix="bench-structured-")
     rows = []
     for model in args.models:
         for batch in args.batch_sizes:
             shape = model != "smollm2"
             settings = EngineSettings.model_validate({
-                "model": model, "load_format": "dummy" if shape else args.load_format,
+                "model": _model_arg(model, tokenizer_dir, Path(scratch.name)),
+                "load_format": "dummy" if shape else args.load_format,
                 "device": args.device, "max_num_seqs": batch, "seed": 0,
-                **({"tokenizer": tokenizer_dir} if shape else {}),
+                **({"tokenizer": str(tokenizer_dir)} if shape else {}),
             })  # fmt: skip
             engine = LLMEngine.from_settings(settings)
             if getattr(engine, "structured", None) is None:
@@ -219,6 +233,20 @@ def e2e_main(args: argparse.Namespace) -> list[dict[str, Any]]:
             del engine
             release_gpu_memory()
     return rows
+
+
+def _model_arg(model: str, tokenizer_dir: Path, scratch: Path) -> str:
+    """A named shape, or for NAME-49k a folder whose config is NAME's with the bundled
+    tokenizer's vocabulary (size and EOS) as its own."""
+    if not model.endswith(TOKENIZER_VOCAB_SUFFIX):
+        return model
+    smollm2 = json.loads((tokenizer_dir / "config.json").read_text())
+    own_vocab = {"vocab_size": smollm2["vocab_size"], "eos_token_id": smollm2["eos_token_id"]}
+    config = {**NAMED_SHAPES[model.removesuffix(TOKENIZER_VOCAB_SUFFIX)], **own_vocab}
+    folder = scratch / model
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    return str(folder)
 
 
 def _timed_generate(
@@ -272,9 +300,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-sizes", type=_ints, default=[1, 64, 256])
     p.add_argument("--fractions", type=lambda s: [float(x) for x in s.split(",")],
                    default=None, help="constrained shares (mask: 1,0.1; e2e: 0,0.1,1)")  # fmt: skip
-    p.add_argument("--fill-threads", type=int, default=8, help="xgrammar's batch-fill threads")
+    p.add_argument("--fill-threads", type=lambda s: [x if x == "auto" else int(x)
+                                                     for x in s.split(",")],
+                   default=[1], help="mask: xgrammar's batch-fill threads, one run each "
+                   "(auto: half the host's cores)")  # fmt: skip
     p.add_argument("--iters", type=int, default=20, help="mask: timed repeats per row")
-    p.add_argument("--models", type=lambda s: s.split(","), default=["smollm2", "llama3-8b"])
+    p.add_argument("--models", type=lambda s: s.split(","),
+                   default=["smollm2", "llama3-8b", "llama3-8b" + TOKENIZER_VOCAB_SUFFIX])
     p.add_argument("--load-format", default="auto", choices=["auto", "dummy"],
                    help="e2e, bundled model: dummy runs random weights of its shape with its "
                    "tokenizer (where its weights cannot travel)")  # fmt: skip
