@@ -175,16 +175,22 @@ case "${1:-}" in
       tests/engine/test_builder_gpu.py
     ;;
   probe)
-    # issue 27: the tree before the grammar advance moved ahead of the drain's other work
-    # (.ab-old) against this one, constrained rows against none at batch 256, alternated; then
-    # where this tree's engine thread spends its time on the 8B shape (cProfile)
+    # issue 27: xgrammar's fill time by thread count; the tree before the grammar advance
+    # moved ahead of the drain's other work (.ab-old, given this tree's bench script) against
+    # this one, constrained rows against none at batch 256, alternated; then where this
+    # tree's engine thread spends its time on the 8B shape (cProfile)
     export LLM_WORKER_CACHE_DIR="$PWD/.smolcfg"
+    cp scripts/bench_structured.py .ab-old/scripts/bench_structured.py
+    TAIL_LINES=16 item mask_threads 60 "$py" scripts/bench_structured.py mask --device cuda \
+      --batch-sizes 64,256 --fractions 1 --fill-threads 1,2,4,8
     e2e=(scripts/bench_structured.py e2e --device cuda --load-format dummy --output-len 128
       --rounds 1 --batch-sizes 256 --fractions 0,1)
-    TAIL_LINES=12 item ab_structured 420 "$py" scripts/dev/ab.py --a .ab-old --b . --rounds 2 \
-      --timeout-s 200 --log-dir "$out/ab_structured" \
-      --figure 'tok/s=^(?P<label>\S+ +\d+ +\d+%) +([\d.]+)' -- "${e2e[@]}"
-    TAIL_LINES=120 item structured_profile 150 "$py" "${e2e[@]}" --models llama3-8b --profile 25
+    TAIL_LINES=12 item ab_structured 380 "$py" scripts/dev/ab.py --a .ab-old --b . --rounds 2 \
+      --timeout-s 180 --log-dir "$out/ab_structured" \
+      --figure 'tok/s=^(?P<label>\S+ +\d+ +\d+%) +([\d.]+)' -- "${e2e[@]}" \
+      --models llama3-8b-49k,smollm2
+    TAIL_LINES=120 item structured_profile 140 "$py" "${e2e[@]}" --models llama3-8b-49k \
+      --profile 25
     ;;
   *)
     sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'
