@@ -45,13 +45,26 @@ class DoneRecord:
 LedgerEntry = RunRecord | DoneRecord
 
 
+class UnreadableEntry(ValueError):
+    """A ledger record that is no run or done record as this worker writes them (a buggy or
+    foreign producer's, a truncated value), or whose key names no jobs offset."""
+
+
 def decode_entry(raw: bytes) -> LedgerEntry:
-    data = json.loads(raw)
-    if data.get("state") != _DONE:
-        return RunRecord.from_json(raw)
-    result = data.get("result")
-    return DoneRecord(data.get("job_id"), data.get("digest"),
-                      None if result is None else Result.model_validate(result))
+    """A ledger record's value; UnreadableEntry for anything else."""
+    try:
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        if data.get("state") != _DONE:
+            return RunRecord.from_json(raw)
+        job_id, digest, result = data.get("job_id"), data.get("digest"), data.get("result")
+        if not all(v is None or isinstance(v, str) for v in (job_id, digest)):
+            raise ValueError("job_id and digest are strings or null")
+        return DoneRecord(job_id, digest,
+                          None if result is None else Result.model_validate(result))
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError and ValidationError too
+        raise UnreadableEntry(f"{type(exc).__name__}: {str(exc)[:200]}") from exc
 
 
 @dataclass(frozen=True)
@@ -131,5 +144,9 @@ def entry_key(offset: int) -> bytes:
     return str(offset).encode()
 
 
-def entry_offset(key: bytes) -> int:
+def entry_offset(key: bytes | None) -> int:
+    """The jobs offset a ledger key names, written as entry_key writes it; UnreadableEntry
+    for any other key (a tombstone must hit the same key to replace the record)."""
+    if key is None or not key.isdigit() or len(key) > 20 or entry_key(int(key)) != key:
+        raise UnreadableEntry(f"key {key[:40] if key else key!r} names no jobs offset")
     return int(key)
