@@ -130,3 +130,15 @@ def test_a_key_that_entry_key_never_writes_names_no_offset(key: bytes | None) ->
     with pytest.raises(UnreadableEntry):
         entry_offset(key)
     assert entry_offset(entry_key(1234)) == 1234
+
+
+def test_an_unreadable_record_leaves_its_offset_unsettled_until_the_window_passes() -> None:
+    ledger = PartitionLedger(window=5)
+    ledger.apply(3, DoneRecord("a", "sha256:1"))
+    ledger.skip(3)  # the latest record of offset 3 decides, and it says nothing readable
+    ledger.skip(None)
+    assert ledger.num_skipped == 2
+    assert ledger.done_offsets(0) == set() and ledger.binding("a") is None
+    assert ledger.expired(8) == [] and ledger.expired(9) == [3]
+    ledger.apply(3, None)  # the tombstone expiry writes
+    assert ledger.unreadable == set()
