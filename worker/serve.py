@@ -15,6 +15,7 @@ from llm_worker.extras import MissingExtra
 from llm_worker.http_endpoints import Endpoints
 from llm_worker.queues.errors import QueueError
 from llm_worker.queues.factory import build_queue
+from llm_worker.queues.kafka import KafkaJobSource
 from llm_worker.service import Service
 from llm_worker.service_settings import ServiceSettings
 from llm_worker.telemetry import build_telemetry
@@ -60,6 +61,10 @@ async def serve(service_settings: ServiceSettings, engine_settings: Any) -> None
     service = Service(service_settings, source, sink, engine, served_model, telemetry)
     if telemetry is not None:
         telemetry.bind_consumer_lag(lambda: service.consumer_lag)
+        if isinstance(source, KafkaJobSource):
+            partitions = source.partitions
+            telemetry.bind_unreadable_ledger_records(
+                lambda: partitions.num_unreadable_ledger_records)
     endpoints = None
     if service_settings.metrics_port is not None:
         endpoints = Endpoints(service_settings.metrics_host, service_settings.metrics_port,

@@ -204,6 +204,19 @@ class Telemetry:
             description="jobs waiting in the broker for this group",
         )
 
+    def bind_unreadable_ledger_records(self, count: Callable[[], int]) -> None:
+        """Kafka ledger records a take-over skipped as unreadable (each one's job runs again)."""
+
+        def callback(_: CallbackOptions) -> Iterator[Observation]:
+            yield Observation(count())
+
+        self._meter.create_observable_counter(
+            "llm_worker.kafka.ledger_records_unreadable",
+            [callback],
+            unit="{record}",
+            description="ledger records skipped at take-over because they could not be read",
+        )
+
     def job_consumed(self) -> None:
         self._jobs["consumed"].add(1)
 

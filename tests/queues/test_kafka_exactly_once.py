@@ -1,15 +1,20 @@
 """Kafka's transactional settlement against a real broker: a fenced (zombie) worker commits
 nothing and gives the partition up, a take-over that fails half way leaves nothing open, a
 worker taking a partition over skips what was settled above the commit point, counts the death
-of a run left running, and keeps ids bound to their content through the ledger."""
+of a run left running, runs again a job whose ledger record it cannot read, and keeps ids bound
+to their content through the ledger."""
 
 import gc
+import logging
 import warnings
+from typing import NoReturn
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaConnectionError
 
 from llm_worker.client import KafkaProducer
+from llm_worker.queues import kafka_ownership
 from llm_worker.queues.kafka import KafkaJobSource
 from llm_worker.queues.kafka_conn import client_kwargs, ensure_ledger_topic, ensure_topics
 from llm_worker.queues.kafka_ownership import Ownership
@@ -93,13 +98,15 @@ async def test_a_fenced_worker_commits_nothing(settings: KafkaSettings, write: s
 
 
 async def test_a_take_over_that_fails_half_way_leaves_no_producer_open(
-        kafka_bootstrap: str, unique_name: str) -> None:
+        kafka_bootstrap: str, unique_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     settings = topic_settings(kafka_bootstrap, unique_name, num_partitions=2)
     await ensure_topics(settings)
     await ensure_ledger_topic(settings)
-    # A ledger record no worker reads: the take-over fails on it, after fencing both partitions.
-    async with AIOKafkaProducer(**client_kwargs(settings)) as producer:
-        await producer.send_and_wait(ledger_topic(settings), b"{not json", key=b"0", partition=1)
+
+    async def unreachable(*args: object) -> NoReturn:  # called after fencing both partitions
+        raise KafkaConnectionError("the ledger is out of reach")
+
+    monkeypatch.setattr(kafka_ownership, "read_ledgers", unreachable)
     consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=settings.group_id,
                                 enable_auto_commit=False)
     reader = AIOKafkaConsumer(**client_kwargs(settings), enable_auto_commit=False,
@@ -114,7 +121,7 @@ async def test_a_take_over_that_fails_half_way_leaves_no_producer_open(
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            with pytest.raises(ValueError):
+            with pytest.raises(KafkaConnectionError):
                 await ownership.adopt(partitions)
             gc.collect()
         assert [str(w.message) for w in caught if "AIOKafkaProducer" in str(w.message)] == []
@@ -140,6 +147,37 @@ async def test_a_new_owner_skips_what_was_settled_and_counts_a_death(
     assert screened.attempts == Attempts(deaths=1, solo_deaths=0)
     await second.close()
     await first.close()  # the dead worker's producers, fenced: they write nothing
+
+
+async def test_an_unreadable_ledger_record_is_skipped_and_its_job_runs_again(
+        settings: KafkaSettings, caplog: pytest.LogCaptureFixture) -> None:
+    await _enqueue(settings, JOBS)
+    first, deliveries = await _started(settings, "first", 3)
+    await first.screen(_claims(deliveries))
+    await first.settlement(_sink(settings)).commit([_result(d) for d in deliveries[1:]])
+    await first._consumer.stop()  # dies holding job-0: the commit point stays at 0
+    # A buggy producer overwrites job-2's done record and adds a record keyed by no offset.
+    async with AIOKafkaProducer(**client_kwargs(settings)) as producer:
+        for key, value in ((b"2", b"{not json"), (b"job-1", b'{"state": "done"}')):
+            await producer.send_and_wait(ledger_topic(settings), value, key=key, partition=0)
+
+    with caplog.at_level(logging.WARNING):
+        second, again = await _started(settings, "second", 2)  # job-1 alone is known settled
+    assert sorted(Job.model_validate_json(d.payload).id for d in again) == ["job-0", "job-2"]
+    skipped = [m for r in caplog.records if "unreadable ledger record" in (m := r.getMessage())]
+    assert len(skipped) == 2, skipped
+    assert all(f"{ledger_topic(settings)}/0@" in message for message in skipped)
+    assert second.partitions.num_unreadable_ledger_records == 2
+    await second.screen(_claims(again))
+    await second.settlement(_sink(settings)).commit([_result(d) for d in again])
+    assert await second.receive(1, 0.2) == []  # still serving, nothing raised
+    assert second.partitions.serving() == [TopicPartition(settings.jobs_topic, 0)]
+    await second.close()
+    await first.close()
+    assert await committed_offsets(settings.bootstrap_servers, settings.group_id) == {0: 3}
+    records = await read_topic(settings.bootstrap_servers, settings.results_topic, 4)
+    # job-2 twice: at least once for the job whose record was lost, never not at all
+    assert sorted(r.key.decode() for r in records) == ["job-0", "job-1", "job-2", "job-2"]
 
 
 async def test_ids_stay_bound_to_their_content_across_owners(settings: KafkaSettings) -> None:

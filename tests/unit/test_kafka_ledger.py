@@ -2,10 +2,21 @@
 record that carries it, and a worker that loads the ledger's committed records knows exactly
 what the worker that wrote them knew (bindings, settled offsets, deaths)."""
 
+import json
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llm_worker.queues.kafka_ledger import DoneRecord, LedgerEntry, PartitionLedger, decode_entry
+from llm_worker.queues.kafka_ledger import (
+    DoneRecord,
+    LedgerEntry,
+    PartitionLedger,
+    UnreadableEntry,
+    decode_entry,
+    entry_key,
+    entry_offset,
+)
 from llm_worker.queues.runs import RunRecord
 
 _IDS = st.sampled_from(["a", "b", "c"])
@@ -79,3 +90,55 @@ def test_a_run_left_running_counts_a_death_and_a_solo_one_when_it_ran_alone() ->
     ledger.apply(4, RunRecord("b", "sha256:1", 1, 0, running=False, solo=True))
     assert (ledger.attempts(3).deaths, ledger.attempts(3).solo_deaths) == (2, 1)
     assert (ledger.attempts(4).deaths, ledger.attempts(4).solo_deaths) == (1, 0)
+
+
+_JSON_VALUES = st.none() | st.booleans() | st.integers() | st.text(max_size=5) | st.lists(
+    st.integers(), max_size=2)
+_FIELDS = st.sampled_from(["state", "job_id", "digest", "result", "deaths", "solo_deaths",
+                           "running", "solo", "last_error"])
+
+
+@given(st.binary(max_size=60) | st.dictionaries(_FIELDS, _JSON_VALUES | st.just("done")).map(
+    lambda d: json.dumps(d).encode()))
+def test_a_ledger_value_decodes_to_an_entry_or_is_unreadable(raw: bytes) -> None:
+    try:
+        entry = decode_entry(raw)
+    except UnreadableEntry:
+        return
+    assert isinstance(entry.job_id, str | None) and isinstance(entry.digest, str | None)
+    if isinstance(entry, RunRecord):
+        assert all(type(n) is int for n in (entry.deaths, entry.solo_deaths))
+
+
+@pytest.mark.parametrize("raw", [
+    b"{not json", b"\xff\xfe", b"[1]", b'"done"', b"{}",
+    RunRecord("a", "sha256:1", 0, 0, True, False).to_json()[:-1],  # truncated
+    b'{"job_id": "a", "digest": "d", "deaths": "1", "solo_deaths": 0, "running": true, '
+    b'"solo": false}',
+    b'{"job_id": "a", "digest": "d", "deaths": true, "solo_deaths": 0, "running": true, '
+    b'"solo": false}',
+    b'{"state": "done", "job_id": 5, "digest": null}',
+    b'{"state": "done", "job_id": "a", "digest": "d", "result": {"id": 3}}',
+])
+def test_what_to_json_never_writes_is_unreadable(raw: bytes) -> None:
+    with pytest.raises(UnreadableEntry):
+        decode_entry(raw)
+
+
+@pytest.mark.parametrize("key", [None, b"", b"x", b"-1", b"01", b" 1", b"1_0", b"9" * 30])
+def test_a_key_that_entry_key_never_writes_names_no_offset(key: bytes | None) -> None:
+    with pytest.raises(UnreadableEntry):
+        entry_offset(key)
+    assert entry_offset(entry_key(1234)) == 1234
+
+
+def test_an_unreadable_record_leaves_its_offset_unsettled_until_the_window_passes() -> None:
+    ledger = PartitionLedger(window=5)
+    ledger.apply(3, DoneRecord("a", "sha256:1"))
+    ledger.skip(3)  # the latest record of offset 3 decides, and it says nothing readable
+    ledger.skip(None)
+    assert ledger.num_skipped == 2
+    assert ledger.done_offsets(0) == set() and ledger.binding("a") is None
+    assert ledger.expired(8) == [] and ledger.expired(9) == [3]
+    ledger.apply(3, None)  # the tombstone expiry writes
+    assert ledger.unreadable == set()

@@ -14,6 +14,9 @@ jobs offset they describe:
 So the ledger of p holds the records of the uncommitted tail of p plus the last `window` settled
 messages: enough to skip messages settled above the commit point, to count deaths, and to keep
 each id bound to its content over the window. Loading it is reading one small partition.
+A record the loader cannot read is skipped (PartitionLedger.skip): its offset counts as
+unrecorded, so its job runs again if uncommitted, rather than being lost or blocking the
+partition.
 """
 
 import json
@@ -45,13 +48,26 @@ class DoneRecord:
 LedgerEntry = RunRecord | DoneRecord
 
 
+class UnreadableEntry(ValueError):
+    """A ledger record that is no run or done record as this worker writes them (a buggy or
+    foreign producer's, a truncated value), or whose key names no jobs offset."""
+
+
 def decode_entry(raw: bytes) -> LedgerEntry:
-    data = json.loads(raw)
-    if data.get("state") != _DONE:
-        return RunRecord.from_json(raw)
-    result = data.get("result")
-    return DoneRecord(data.get("job_id"), data.get("digest"),
-                      None if result is None else Result.model_validate(result))
+    """A ledger record's value; UnreadableEntry for anything else."""
+    try:
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        if data.get("state") != _DONE:
+            return RunRecord.from_json(raw)
+        job_id, digest, result = data.get("job_id"), data.get("digest"), data.get("result")
+        if not all(v is None or isinstance(v, str) for v in (job_id, digest)):
+            raise ValueError("job_id and digest are strings or null")
+        return DoneRecord(job_id, digest,
+                          None if result is None else Result.model_validate(result))
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError and ValidationError too
+        raise UnreadableEntry(f"{type(exc).__name__}: {str(exc)[:200]}") from exc
 
 
 @dataclass(frozen=True)
@@ -71,9 +87,13 @@ class PartitionLedger:
     # job id -> offsets of the entries that carry it; the latest one binds the id
     carriers: dict[str, set[int]] = field(default_factory=dict)
     tentative: dict[str, Binding] = field(default_factory=dict)  # claimed, not yet recorded
+    # offsets whose latest record was unreadable on load: tombstoned as settled ones are
+    unreadable: set[int] = field(default_factory=set)
+    num_skipped: int = 0  # unreadable records met on load
 
     def apply(self, offset: int, entry: LedgerEntry | None) -> None:
         """A record as committed (or read back on load); None is a tombstone."""
+        self.unreadable.discard(offset)
         old = self.entries.pop(offset, None)
         if old is not None and old.job_id is not None:
             offsets = self.carriers.get(old.job_id, set())
@@ -86,6 +106,17 @@ class PartitionLedger:
         if entry.job_id is not None and entry.digest is not None:
             self.carriers.setdefault(entry.job_id, set()).add(offset)
             self.tentative.pop(entry.job_id, None)
+
+    def skip(self, offset: int | None) -> None:
+        """An unreadable record on load, about `offset` (None: its key names none). Whatever
+        it said is unknown, so the offset counts as unrecorded: above the commit point its job
+        is fetched and run again, at least once rather than lost, which an unknown record may
+        not be taken to have settled. Earlier records of the offset are forgotten too, as
+        compaction may already have removed them: the latest record of a key decides."""
+        self.num_skipped += 1
+        if offset is not None:
+            self.apply(offset, None)
+            self.unreadable.add(offset)
 
     def binding(self, job_id: str) -> Binding | None:
         offsets = self.carriers.get(job_id)
@@ -120,7 +151,8 @@ class PartitionLedger:
     def expired(self, committed: int) -> list[int]:
         """Settled offsets the window has passed: tombstone them in the next transaction."""
         horizon = committed - self.window
-        return [o for o, e in self.entries.items() if o < horizon and isinstance(e, DoneRecord)]
+        settled = [o for o, e in self.entries.items() if o < horizon and isinstance(e, DoneRecord)]
+        return settled + [o for o in self.unreadable if o < horizon]
 
     def unmirrored(self) -> dict[int, Result]:
         return {o: e.result for o, e in self.entries.items()
@@ -131,5 +163,9 @@ def entry_key(offset: int) -> bytes:
     return str(offset).encode()
 
 
-def entry_offset(key: bytes) -> int:
+def entry_offset(key: bytes | None) -> int:
+    """The jobs offset a ledger key names, written as entry_key writes it; UnreadableEntry
+    for any other key (a tombstone must hit the same key to replace the record)."""
+    if key is None or not key.isdigit() or len(key) > 20 or entry_key(int(key)) != key:
+        raise UnreadableEntry(f"key {key[:40] if key else key!r} names no jobs offset")
     return int(key)

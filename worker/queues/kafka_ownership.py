@@ -37,6 +37,7 @@ class Ownership:
         self._settings = settings
         self.owned: dict[TopicPartition, OwnedPartition] = {}
         self.generation = 0  # one more at each take-over; a delivery carries its own
+        self.num_unreadable_ledger_records = 0  # skipped by the take-overs that succeeded
         self._consumer: AIOKafkaConsumer | None = None
         self._reader: AIOKafkaConsumer | None = None
         self._rejoining = True  # from a revocation to the next assignment; none before the first
@@ -96,6 +97,7 @@ class Ownership:
                 await stop(producer)
             raise
         self.owned.update((partition.tp, partition) for partition in adopted)
+        self.num_unreadable_ledger_records += sum(p.ledger.num_skipped for p in adopted)
         return adopted
 
     async def _seek_to_committed(self, partition: OwnedPartition) -> None:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
 
 from llm_worker.queues.dead_letters import DeadLetterPayload
@@ -23,6 +23,7 @@ from llm_worker.queues.kafka_ledger import (
     DoneRecord,
     LedgerEntry,
     PartitionLedger,
+    UnreadableEntry,
     decode_entry,
     entry_key,
     entry_offset,
@@ -224,7 +225,23 @@ async def read_ledgers(reader: AIOKafkaConsumer, settings: KafkaSettings,
     while remaining:
         for tp, records in (await reader.getmany(*remaining, timeout_ms=200)).items():
             for record in records:
-                entry = None if record.value is None else decode_entry(record.value)
-                ledgers[tp.partition].apply(entry_offset(record.key), entry)
+                _load(ledgers[tp.partition], record)
         remaining = {tp for tp in remaining if await reader.position(tp) < end[tp]}
     return ledgers
+
+
+def _load(ledger: PartitionLedger, record: ConsumerRecord) -> None:
+    """One ledger record into `ledger`. An unreadable one is skipped with a warning: failing
+    the take-over instead would fail every later one too (the record stays in the compacted
+    topic), leaving the partition unserved for good."""
+    offset = None
+    try:
+        offset = entry_offset(record.key)
+        entry = None if record.value is None else decode_entry(record.value)
+    except UnreadableEntry as exc:
+        log.warning("skipping unreadable ledger record %s/%d@%d (%s)%s", record.topic,
+                    record.partition, record.offset, exc, "" if offset is None else
+                    f": jobs offset {offset} counts as unsettled and runs again unless committed")
+        ledger.skip(offset)
+        return
+    ledger.apply(offset, entry)

@@ -9,8 +9,11 @@ that death and writes the record back counted.
 
 import json
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from llm_worker.queues.protocol import Attempts, Run
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,22 @@ class RunRecord:
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> "RunRecord":
+        """ValueError for anything but a record as to_json writes it (a broker's bytes may be
+        anyone's)."""
         data = json.loads(raw)
-        return cls(str(data["job_id"]), str(data["digest"]), int(data["deaths"]),
-                   int(data["solo_deaths"]), bool(data["running"]), bool(data["solo"]),
-                   data.get("last_error"))
+        if not isinstance(data, dict):
+            raise ValueError("a run record is a JSON object")
+        last_error = data.get("last_error")
+        if last_error is not None and not isinstance(last_error, str):
+            raise ValueError("run record field 'last_error' is not a string")
+        return cls(_typed(data, "job_id", str), _typed(data, "digest", str),
+                   _typed(data, "deaths", int), _typed(data, "solo_deaths", int),
+                   _typed(data, "running", bool), _typed(data, "solo", bool), last_error)
+
+
+def _typed(data: dict, name: str, kind: type[_T]) -> _T:
+    value = data.get(name)
+    # bool is an int to isinstance, and a count must not be one
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ValueError(f"run record field {name!r}: {type(value).__name__}, not {kind.__name__}")
+    return value
