@@ -177,8 +177,8 @@ case "${1:-}" in
   probe)
     # issue 27: xgrammar's fill time by thread count; the tree before the grammar advance
     # moved ahead of the drain's other work (.ab-old, given this tree's bench script) against
-    # this one, constrained rows against none at batch 256, alternated; then where this
-    # tree's engine thread spends its time on the 8B shape (cProfile)
+    # this one, constrained rows against none at batch 256, alternated (structured_profile:
+    # where this tree's engine thread spends its time on the 8B shape, by cProfile)
     export LLM_WORKER_CACHE_DIR="$PWD/.smolcfg"
     cp scripts/bench_structured.py .ab-old/scripts/bench_structured.py
     TAIL_LINES=16 item mask_threads 60 "$py" scripts/bench_structured.py mask --device cuda \
@@ -189,8 +189,12 @@ case "${1:-}" in
       --timeout-s 180 --log-dir "$out/ab_structured" \
       --figure 'tok/s=^(?P<label>\S+ +\d+ +\d+%) +([\d.]+)' -- "${e2e[@]}" \
       --models llama3-8b-49k,smollm2
-    TAIL_LINES=120 item structured_profile 140 "$py" "${e2e[@]}" --models llama3-8b-49k \
-      --profile 25
+    ;;
+  structured_profile)
+    export LLM_WORKER_CACHE_DIR="$PWD/.smolcfg"
+    TAIL_LINES=120 item structured_profile 140 "$py" scripts/bench_structured.py e2e \
+      --device cuda --load-format dummy --output-len 128 --rounds 1 --batch-sizes 256 \
+      --fractions 0,1 --models llama3-8b-49k --profile 25
     ;;
   *)
     sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'
