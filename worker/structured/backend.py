@@ -29,7 +29,10 @@ class StructuredOutputConfig:
     max_rows: int  # constrained positions in one step: max_num_seqs x (k + 1) when speculating
     max_cached_grammars: int = 512
     num_compile_threads: int = 2
-    num_fill_threads: int | Literal["auto"] = "auto"  # xgrammar's: half the host's cores
+    # One: a row of a JSON schema fills in about 1-2 us, so a step's rows take well under a
+    # millisecond on one thread, while xgrammar's pool costs more than that to wake at a step's
+    # batch sizes (scripts/bench_structured.py mask --fill-threads; "auto" is half the cores).
+    num_fill_threads: int | Literal["auto"] = 1
     pin_memory: bool = False  # True on CUDA hosts: the bitmask copies to the device async
 
 
