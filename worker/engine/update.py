@@ -26,7 +26,6 @@ from llm_worker.engine.request import Request
 from llm_worker.engine.scheduler import Scheduler, SchedulerOutput
 from llm_worker.engine.sequence import SampledToken, ScheduledSequence, Sequence
 from llm_worker.engine.step_result import PendingInputs, StepResult, TokenFuture
-from llm_worker.structured.matcher import SequenceMatcher
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +230,9 @@ class Updater:
             return {}
         matchers = [m for r, _ in constrained if (m := r.matcher) is not None]
         try:
-            accepted = SequenceMatcher.try_accept_each(matchers, [t for _, t in constrained])
+            # through an instance: importing the matcher's module here would bring in xgrammar
+            # and torch, which this bookkeeping core does without
+            accepted = matchers[0].try_accept_each(matchers, [t for _, t in constrained])
         except Exception as exc:  # the batch call cannot say whose: every one of them
             return {r.seq: exc for r, _ in constrained}
         ends: dict[Sequence, bool | Exception] = {}
