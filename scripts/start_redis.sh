@@ -23,14 +23,15 @@ cli() {
     if [[ -f "$tls_dir/client.crt" ]]; then args+=(--cert "$tls_dir/client.crt" --key "$tls_dir/client.key"); fi
   fi
   if [[ -n "$password" ]]; then
-    REDISCLI_AUTH="$password" redis-cli "${args[@]}" "$@"
+    REDISCLI_AUTH="$password" timeout "${reply_timeout_s:-0}" redis-cli "${args[@]}" "$@"
   else
-    redis-cli "${args[@]}" "$@"
+    timeout "${reply_timeout_s:-0}" redis-cli "${args[@]}" "$@"
   fi
 }
 
-# redis-cli exits 0 on NOAUTH and LOADING replies, so readiness is the literal PONG.
-answers_pong() { [[ "$(cli ping 2>/dev/null)" == "PONG" ]]; }
+# redis-cli exits 0 on NOAUTH and LOADING replies, so readiness is the literal PONG; a listener
+# that accepts but never answers (not a Redis, or a stuck one) must not stall the start.
+answers_pong() { local reply_timeout_s=2; [[ "$(cli ping 2>/dev/null)" == "PONG" ]]; }
 
 url() {
   local scheme=redis
