@@ -27,6 +27,7 @@
 #   probe     issue 27: old tree against new, none and all rows constrained at batch 256,
 #             alternated; then where the engine thread's time goes (cProfile)
 #   capacity_rest  issue 28: the capacity stage less its Qwen3-8B run
+#   verify    issue 28: the kernels' GPU tests, int4 batch-1 decode, KV capacity at 4k
 #   kernels   issue 28: the W4A16 sweep at decode batches, int4 batch-1 decode, the kernels'
 #             GPU tests
 #   qwen_defaults  issue 28: Qwen3-8B FP8 at 1k / 2k, then the defaults stage's three runs
@@ -173,6 +174,18 @@ case "${1:-}" in
       --timeout 150 tests/kernels/test_quant_kernels_gpu.py tests/kernels/test_fp8_kv_gpu.py \
       tests/structured/test_token_bitmask.py tests/quant/test_quant_model_gpu.py \
       tests/engine/test_builder_gpu.py
+    ;;
+  verify)
+    # issue 28: the GPU tests of the kernels (the W4A16 GEMV's first run on a GPU), batch-1
+    # int4 decode against the roofline with it, KV capacity at 4k in FP8 against bf16
+    TAIL_LINES=25 item gpu_kernel_tests 200 "$py" -m pytest -q -m gpu -p no:cacheprovider \
+      --timeout 150 tests/kernels/test_quant_kernels_gpu.py tests/kernels/test_fp8_kv_gpu.py \
+      tests/structured/test_token_bitmask.py tests/quant/test_quant_model_gpu.py \
+      tests/engine/test_builder_gpu.py
+    TAIL_LINES=12 item roofline_awq 80 "$py" scripts/bench_decode_roofline.py --model llama3-8b \
+      --quantization awq --modes graphs_async --output-json "$out/roofline_awq.json"
+    TAIL_LINES=12 item kv_capacity_4k 120 "$py" scripts/bench_kv_capacity.py --model llama3-8b \
+      --context 4096 --output-json "$out/kv_capacity.json"
     ;;
   probe)
     # issue 27: xgrammar's fill time by thread count; the tree before the grammar advance
