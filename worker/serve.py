@@ -16,6 +16,7 @@ from llm_worker.http_endpoints import Endpoints
 from llm_worker.queues.errors import QueueError
 from llm_worker.queues.factory import build_queue
 from llm_worker.queues.kafka import KafkaJobSource
+from llm_worker.queues.redis_streams import RedisStreamSource
 from llm_worker.service import Service
 from llm_worker.service_settings import ServiceSettings
 from llm_worker.telemetry import build_telemetry
@@ -65,6 +66,9 @@ async def serve(service_settings: ServiceSettings, engine_settings: Any) -> None
             partitions = source.partitions
             telemetry.bind_unreadable_ledger_records(
                 lambda: partitions.num_unreadable_ledger_records)
+        elif isinstance(source, RedisStreamSource):
+            redis_source = source
+            telemetry.bind_unreadable_run_records(lambda: redis_source.num_unreadable_run_records)
     endpoints = None
     if service_settings.metrics_port is not None:
         endpoints = Endpoints(service_settings.metrics_host, service_settings.metrics_port,

@@ -206,16 +206,18 @@ class Telemetry:
 
     def bind_unreadable_ledger_records(self, count: Callable[[], int]) -> None:
         """Kafka ledger records a take-over skipped as unreadable (each one's job runs again)."""
+        self._observable_counters("llm_worker.kafka", count, [(
+            "ledger_records_unreadable", "{record}",
+            "ledger records skipped at take-over because they could not be read",
+            lambda n: [Observation(n)])])
 
-        def callback(_: CallbackOptions) -> Iterator[Observation]:
-            yield Observation(count())
-
-        self._meter.create_observable_counter(
-            "llm_worker.kafka.ledger_records_unreadable",
-            [callback],
-            unit="{record}",
-            description="ledger records skipped at take-over because they could not be read",
-        )
+    def bind_unreadable_run_records(self, count: Callable[[], int]) -> None:
+        """Redis run records a screening skipped and deleted as unreadable (each one's job runs
+        again)."""
+        self._observable_counters("llm_worker.redis", count, [(
+            "run_records_unreadable", "{record}",
+            "run records skipped at screening because they could not be read",
+            lambda n: [Observation(n)])])
 
     def job_consumed(self) -> None:
         self._jobs["consumed"].add(1)

@@ -1,13 +1,16 @@
 """The Redis source's bookkeeping beyond the stream (real redis-server): ids bound to content by
-the first claim, runs recorded before the engine and a death counted once, dead letters cut to
-a bounded size, and a producer that refuses to reuse an id for other content."""
+the first claim, runs recorded before the engine and a death counted once, a run record nobody
+can read skipped and its job run again, dead letters cut to a bounded size, and a producer that
+refuses to reuse an id for other content."""
+
+import logging
 
 import pytest
 import redis.asyncio as aioredis
 
 from llm_worker.client import JobIdConflict, RedisProducer
 from llm_worker.queues.keys import RedisKeys
-from llm_worker.queues.protocol import Attempts, Claim, Run
+from llm_worker.queues.protocol import Attempts, Claim, Delivery, Run
 from llm_worker.queues.redis_results import RedisResultStore
 from llm_worker.queues.redis_streams import RedisSourceConfig, RedisStreamSource
 from llm_worker.schemas import Job, JobStatus, Result, job_digest
@@ -53,6 +56,73 @@ async def test_first_claim_binds_and_a_run_left_running_counts_one_death(
     assert conflict.bound_digest == job_digest(JOB)
     await first.close()
     await second.close()
+
+
+def _claims(deliveries: list[Delivery], jobs: list[Job]) -> list[Claim]:
+    by_id = {job.id: job for job in jobs}
+    return [Claim(d, d.key, job_digest(by_id[d.key or ""])) for d in deliveries]
+
+
+def _runs(claims: list[Claim], attempts: list[Attempts]) -> list[Run]:
+    return [Run(c.delivery, c.job_id or "", c.digest, a, solo=False)
+            for c, a in zip(claims, attempts, strict=True)]
+
+
+def _skipped(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [m for r in caplog.records if "unreadable run record" in (m := r.getMessage())]
+
+
+@pytest.mark.parametrize("garbage", [
+    b"{not json", b"\xff\xfe",
+    b'{"job_id": "job-1", "digest": "d", "deaths": "1", "solo_deaths": 0, "running": true, '
+    b'"solo": false}',
+])
+async def test_an_unreadable_run_record_is_skipped_and_its_job_runs_again(
+        settings: RedisSettings, caplog: pytest.LogCaptureFixture, garbage: bytes) -> None:
+    jobs = [Job(id=f"job-{i}", prompt=f"prompt {i}") for i in range(3)]
+    async with RedisProducer(settings) as producer:
+        await producer.enqueue_many(jobs)
+    dying = _source(settings, "w1")
+    await dying.start()
+    claims = _claims(await dying.receive(3, 0.1), jobs)
+    await dying.screen(claims)
+    await dying.started(_runs(claims, [Attempts()] * 3))
+    await dying.close()  # dies with all three running
+    keys = RedisKeys(settings.prefix)
+    redis = aioredis.Redis.from_url(settings.url)
+    bad = str(claims[1].delivery.handle)  # job-1's record, as a buggy or foreign writer left it
+    await redis.hset(keys.runs, bad, garbage)
+
+    worker = _source(settings, "w1")
+    await worker.start()
+    claims = _claims(await worker.receive(3, 0.1), jobs)
+    with caplog.at_level(logging.WARNING):
+        screened = await worker.screen(claims)
+    # job-1 counts as never run before: its death is forgotten with the record, the job is not
+    attempts = [s.attempts for s in screened]
+    assert attempts == [Attempts(deaths=1), Attempts(), Attempts(deaths=1)]
+    [warning] = _skipped(caplog)
+    assert f"{keys.runs} field {bad} (" in warning and "job job-1 " in warning
+    assert worker.num_unreadable_run_records == 1
+    assert not await redis.hexists(keys.runs, bad)  # deleted: it warns once, not at every poll
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        await worker.screen(claims)
+    assert _skipped(caplog) == [] and worker.num_unreadable_run_records == 1
+
+    store = RedisResultStore(settings, ttl_s=60, results_stream_maxlen=1000)
+    await store.start()
+    await worker.started(_runs(claims, attempts))
+    await store.publish_many([Result(id=j.id, status=JobStatus.COMPLETED, text="ok",
+                                     job_digest=job_digest(j)) for j in jobs])
+    await worker.ack_many([c.delivery for c in claims])
+    assert await worker.receive(3, 0.1) == []  # still serving, nothing raised
+    assert sorted(await store.terminal_results([j.id for j in jobs])) == [j.id for j in jobs]
+    assert await redis.hlen(keys.runs) == 0
+    assert (await redis.xpending(keys.jobs_stream, keys.group))["pending"] == 0
+    await store.close()
+    await redis.aclose()
+    await worker.close()
 
 
 async def test_a_dead_letter_is_cut_to_size_and_says_what_it_was(settings: RedisSettings) -> None:

@@ -1,16 +1,20 @@
 """The issue's must-show cases over a real redis-server with the bundled model."""
 
 import asyncio
+import logging
 import signal
 
 import pytest
 
 from llm_worker.client import RedisProducer
 from llm_worker.queues.factory import build_queue
+from llm_worker.queues.protocol import Attempts, Run
+from llm_worker.queues.redis_streams import RedisStreamSource
 from llm_worker.schemas import ErrorCode, Job, JobStatus, SamplingParams, job_digest
 from llm_worker.service import Service
 from llm_worker.service_settings import RedisSettings, ServiceSettings
 from tests.brokers import redis_env, run_script
+from tests.service.faults import tiny_engine
 from tests.service.jobs import (
     KILLERS,
     ONE_TOKEN,
@@ -97,6 +101,34 @@ async def test_poison_messages_and_worker_keeps_serving(redis_url, unique_name, 
 
 async def _num_dead(view: RedisView, n: int) -> bool:
     return await view.redis.xlen(view.keys.dead_letter_stream) >= n
+
+
+async def test_an_unreadable_run_record_neither_blocks_the_stream_nor_loses_its_job(
+        redis_url, unique_name, caplog: pytest.LogCaptureFixture) -> None:
+    settings = _settings(redis_url, unique_name)
+    jobs = [Job(id=f"job-{i}", prompt_token_ids=[10 + i, 20, 30], sampling=ONE_TOKEN)
+            for i in range(4)]
+    ids = await _enqueue(settings, jobs)
+    dead, _ = build_queue(settings)  # a worker that took them all and died running them
+    await dead.start()
+    deliveries = await dead.receive(4, 0.1)
+    await dead.started([Run(d, j.id, job_digest(j), Attempts(), solo=False)
+                        for d, j in zip(deliveries, jobs, strict=True)])
+    await dead.close()
+    view = RedisView(redis_url, unique_name)
+    await view.redis.hset(view.keys.runs, str(deliveries[2].handle), b"{not json")
+    source, sink = build_queue(settings)
+    service = Service(settings, source, sink, tiny_engine(), "tiny-llama")
+    with caplog.at_level(logging.WARNING):
+        await run_service_until(service, lambda: _has_all(view, ids), timeout_s=60)
+    results = await view.results(ids)
+    assert all(results[i].status == JobStatus.COMPLETED for i in ids)
+    assert await view.published_counts() == dict.fromkeys(ids, 1)
+    assert await view.pending_by_consumer() == {"w-main": 0}
+    assert await view.redis.hlen(view.keys.runs) == 0
+    assert isinstance(source, RedisStreamSource) and source.num_unreadable_run_records == 1
+    assert [m for r in caplog.records if "unreadable run record" in (m := r.getMessage())]
+    await view.close()
 
 
 async def test_redis_restart_mid_run_loses_nothing(private_redis, unique_name, engine) -> None:

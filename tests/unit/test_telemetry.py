@@ -66,6 +66,7 @@ def test_counters_histograms_and_engine_gauges_reach_prometheus(
     )
     telemetry.bind_engine(lambda: stats)
     telemetry.bind_unreadable_ledger_records(lambda: 2)
+    telemetry.bind_unreadable_run_records(lambda: 1)
     done = Result(
         id="a",
         status=JobStatus.COMPLETED,
@@ -90,6 +91,7 @@ def test_counters_histograms_and_engine_gauges_reach_prometheus(
     assert _metric(text, "llm_worker_num_requests_running") == 3
     assert _metric(text, "llm_worker_prefix_cache_hits") == 64
     assert _metric(text, "llm_worker_kafka_ledger_records_unreadable") == 2
+    assert _metric(text, "llm_worker_redis_run_records_unreadable") == 1
     stats.prefix_cache.hits = 128
     assert _metric(_get(endpoints, "/metrics")[1], "llm_worker_prefix_cache_hits") == 128
     assert 'gen_ai_token_type="output"' in text

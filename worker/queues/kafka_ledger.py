@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass, field
 
 from llm_worker.queues.protocol import Attempts
-from llm_worker.queues.runs import RunRecord
+from llm_worker.queues.runs import RunRecord, UnreadableEntry, strictly
 from llm_worker.schemas import Result
 
 _DONE = "done"
@@ -48,14 +48,10 @@ class DoneRecord:
 LedgerEntry = RunRecord | DoneRecord
 
 
-class UnreadableEntry(ValueError):
-    """A ledger record that is no run or done record as this worker writes them (a buggy or
-    foreign producer's, a truncated value), or whose key names no jobs offset."""
-
-
 def decode_entry(raw: bytes) -> LedgerEntry:
-    """A ledger record's value; UnreadableEntry for anything else."""
-    try:
+    """A ledger record's value; UnreadableEntry for anything else (a record that is no run or
+    done record as this worker writes them)."""
+    with strictly():
         data = json.loads(raw)
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
@@ -66,8 +62,6 @@ def decode_entry(raw: bytes) -> LedgerEntry:
             raise ValueError("job_id and digest are strings or null")
         return DoneRecord(job_id, digest,
                           None if result is None else Result.model_validate(result))
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError and ValidationError too
-        raise UnreadableEntry(f"{type(exc).__name__}: {str(exc)[:200]}") from exc
 
 
 @dataclass(frozen=True)

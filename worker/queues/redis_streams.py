@@ -27,6 +27,7 @@ from llm_worker.queues.protocol import (
 )
 from llm_worker.queues.publish_then_ack import PublishThenAckSource
 from llm_worker.queues.redis_conn import TRANSIENT_ERRORS, make_client, verify
+from llm_worker.queues.redis_runs import delete_unchanged, read_run
 from llm_worker.queues.redis_trim import trim_acked
 from llm_worker.queues.runs import RunRecord
 from llm_worker.service_settings import RedisSettings
@@ -68,6 +69,7 @@ class RedisStreamSource(PublishThenAckSource):
         self._redis: aioredis.Redis = make_client(settings)
         self._in_flight: set[str] = set()
         self._runs: dict[str, RunRecord] = {}  # entry id -> the run this worker recorded
+        self.num_unreadable_run_records = 0  # skipped (and deleted) by screenings that finished
         self._replay_cursor: str | None = "-"  # None once our own pending list is drained
         self._claim_cursor = "0-0"
         self._next_claim_s = 0.0
@@ -193,12 +195,14 @@ class RedisStreamSource(PublishThenAckSource):
                              ex=self._config.id_binding_ttl_s)
                 pipe.hget(self._keys.runs, str(claim.delivery.handle))
             replies = iter(await pipe.execute())
-        screened, counted = [], {}
+        screened, counted, unreadable = [], {}, {}
         for claim in claims:
             raw_bound = next(replies) if claim.job_id is not None else None
             bound = _text(raw_bound) if raw_bound is not None else None
             raw_run = next(replies)
-            run = RunRecord.from_json(raw_run) if raw_run else None
+            run = read_run(self._keys.runs, claim, raw_run)
+            if run is None and raw_run:
+                unreadable[str(claim.delivery.handle)] = raw_run
             if run is not None and run.running:
                 counted[str(claim.delivery.handle)] = run.counted()
             attempts = run.attempts() if run is not None else Attempts()
@@ -206,6 +210,8 @@ class RedisStreamSource(PublishThenAckSource):
         if counted:
             await self._redis.hset(self._keys.runs, mapping={
                 entry_id: run.to_json() for entry_id, run in counted.items()})
+        await delete_unchanged(self._redis, self._keys.runs, unreadable)
+        self.num_unreadable_run_records += len(unreadable)
         return screened
 
     async def started(self, runs: Sequence[Run]) -> None:

@@ -5,15 +5,40 @@ The record is written before the job enters the engine (`running`), rewritten wh
 handed back on purpose, and deleted with the ack. A record found still `running` by the next
 screening means the worker that wrote it died before settling the job; the screening counts
 that death and writes the record back counted.
+
+A record is a broker's bytes, so anyone's: readers decode it strictly (decode_run, or under
+`strictly()`), and one they cannot read raises UnreadableEntry, which they skip and count as no
+record, so its job runs again rather than being lost or blocking the queue.
 """
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from llm_worker.queues.protocol import Attempts, Run
 
 _T = TypeVar("_T")
+
+
+class UnreadableEntry(ValueError):
+    """A broker's record that is none as this worker writes them (a buggy or foreign writer's
+    bytes, a truncated value), or whose key names nothing this worker writes: a Kafka ledger
+    record, a Redis run record."""
+
+
+@contextmanager
+def strictly() -> Iterator[None]:
+    """What a decoder in the block raises for bad bytes (JSONDecodeError, UnicodeDecodeError,
+    pydantic's ValidationError: all ValueError) as one UnreadableEntry, so that a reader can tell
+    a record nobody can read from a broker failure."""
+    try:
+        yield
+    except UnreadableEntry:
+        raise
+    except ValueError as exc:
+        raise UnreadableEntry(f"{type(exc).__name__}: {str(exc)[:200]}") from exc
 
 
 @dataclass(frozen=True)
@@ -79,3 +104,9 @@ def _typed(data: dict, name: str, kind: type[_T]) -> _T:
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ValueError(f"run record field {name!r}: {type(value).__name__}, not {kind.__name__}")
     return value
+
+
+def decode_run(raw: bytes) -> RunRecord:
+    """A run record's value; UnreadableEntry for anything else."""
+    with strictly():
+        return RunRecord.from_json(raw)
