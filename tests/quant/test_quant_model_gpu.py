@@ -1,7 +1,7 @@
 """Quantized checkpoints on CUDA: the triton backend in bf16 (fused FP8 RMSNorm and SiLU*mul,
 torch._scaled_mm, the W4A16 and block-FP8 kernels) against the torch backend in fp32 on the
-same GPU (dequantize, then multiply), and the engine replaying its CUDA graphs over quantized
-layers giving the tokens of eager steps."""
+same GPU (dequantize, then multiply), within what the torch backend in bf16 is off by; and the
+engine replaying its CUDA graphs over quantized layers giving the tokens of eager steps."""
 
 import json
 from pathlib import Path
@@ -65,11 +65,23 @@ def test_triton_bf16_matches_torch_fp32(dense: Path, tmp_path: Path, name: str) 
     want = _logits(_load(folder, "torch", torch.float32, quantization), PROMPT)
     got = _logits(_load(folder, "triton", torch.bfloat16, quantization), PROMPT)
     # bf16 activations against fp32 ones: each FP8 input rounds some values the other way, a
-    # whole e4m3 step (6%), and four layers compound it to several percent of the logits; a
-    # wrong layout or scale would be off by the logits' whole size
-    error = float((got - want).norm() / want.norm())
-    assert error < 0.15, error
-    assert (got.argmax(-1) == want.argmax(-1)).float().mean() >= 0.8
+    # whole e4m3 step (6%), and four layers compound it to several percent of the logits, and
+    # this tiny random model's top logits are close enough for that to flip a fifth of its
+    # argmaxes (the torch backend in bf16 on the CPU: 78% agree with fp32 for per-token FP8).
+    # So the allowance is what the torch backend in bf16 itself shows here; a wrong layout or
+    # scale would be off by the logits' whole size.
+    allowed = _logits(_load(folder, "torch", torch.bfloat16, quantization), PROMPT)
+    error, allowed_error = _relative_error(got, want), _relative_error(allowed, want)
+    assert error < max(2 * allowed_error, 0.02), (error, allowed_error)
+    assert _agreement(got, want) >= _agreement(allowed, want) - 0.2
+
+
+def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.float() - want).norm() / want.norm())
+
+
+def _agreement(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.argmax(-1) == want.argmax(-1)).float().mean())
 
 
 @pytest.mark.parametrize("name", ["awq", "ct-fp8-dynamic", "fp8-block"])
