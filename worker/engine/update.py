@@ -225,20 +225,19 @@ class Updater:
     ) -> dict[Sequence, bool | Exception]:
         """Each constrained request of `live` takes its token, all in one call: whether its
         grammar ended there, or why it could not take the token (a fault of that request)."""
-        constrained = [(r, token_id) for r, _, token_id in live if r.matcher is not None]
+        constrained = [(r.seq, m, token_id) for r, _, token_id in live
+                       if (m := r.matcher) is not None]  # fmt: skip
         if not constrained:
             return {}
-        matchers = [m for r, _ in constrained if (m := r.matcher) is not None]
+        matchers = [m for _, m, _ in constrained]
         try:
             # through an instance: importing the matcher's module here would bring in xgrammar
             # and torch, which this bookkeeping core does without
-            accepted = matchers[0].try_accept_each(matchers, [t for _, t in constrained])
+            accepted = matchers[0].try_accept_each(matchers, [t for _, _, t in constrained])
         except Exception as exc:  # the batch call cannot say whose: every one of them
-            return {r.seq: exc for r, _ in constrained}
-        ends: dict[Sequence, bool | Exception] = {}
-        for (request, token_id), matcher, ok in zip(constrained, matchers, accepted, strict=True):
-            ends[request.seq] = matcher.is_terminated if ok else matcher.refusal(token_id)
-        return ends
+            return {seq: exc for seq, _, _ in constrained}
+        return {seq: matcher.is_terminated if ok else matcher.refusal(token_id)
+                for (seq, matcher, token_id), ok in zip(constrained, accepted, strict=True)}
 
     def _apply_tokens(self, result: StepResult) -> StepReport:
         assert result.tokens is not None
