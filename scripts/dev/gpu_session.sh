@@ -31,6 +31,11 @@
 #   kernels   issue 28: the W4A16 sweep at decode batches, int4 batch-1 decode, the kernels'
 #             GPU tests
 #   qwen_defaults  issue 28: Qwen3-8B FP8 at 1k / 2k, then the defaults stage's three runs
+#   fp8_verify  issue 28: the quantized models' and the builder's GPU tests, then Qwen3-8B FP8
+#             at 1k / 2k
+#   capacity_defaults  issue 28: KV capacity at 4k, bf16 against FP8; the defaults stage's runs
+#   structured_table  issue 27: the full table (none, 10%, all; batch 1, 64, 256) on SmolLM2's
+#             shape and the 8B layers with its vocabulary, then structured_profile
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out="${OUT:-/tmp/gpu-session}"
@@ -208,6 +213,23 @@ case "${1:-}" in
     TAIL_LINES=120 item structured_profile 140 "$py" scripts/bench_structured.py e2e \
       --device cuda --load-format dummy --output-len 128 --rounds 1 --batch-sizes 256 \
       --fractions 0,1 --models llama3-8b-49k --profile 25
+    ;;
+  fp8_verify)
+    TAIL_LINES=40 item gpu_model_tests 150 "$py" -m pytest -q -m gpu -p no:cacheprovider \
+      --timeout 120 --tb=short tests/quant/test_quant_model_gpu.py tests/engine/test_builder_gpu.py
+    qwen3_fp8 330
+    ;;
+  capacity_defaults)
+    TAIL_LINES=12 item kv_capacity_4k 240 "$py" scripts/bench_kv_capacity.py --model llama3-8b \
+      --context 4096 --output-json "$out/kv_capacity.json"
+    seed_defaults
+    ;;
+  structured_table)
+    export LLM_WORKER_CACHE_DIR="$PWD/.smolcfg"
+    TAIL_LINES=30 item structured_table 300 "$py" scripts/bench_structured.py e2e --device cuda \
+      --load-format dummy --output-len 128 --rounds 1 --models smollm2,llama3-8b-49k \
+      --json "$out/structured_table.json"
+    bash "$0" structured_profile
     ;;
   *)
     sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'
