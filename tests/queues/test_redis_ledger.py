@@ -1,7 +1,7 @@
 """The Redis source's bookkeeping beyond the stream (real redis-server): ids bound to content by
 the first claim, runs recorded before the engine and a death counted once, a run record nobody
-can read skipped and its job run again, dead letters cut to a bounded size, and a producer that
-refuses to reuse an id for other content."""
+can read skipped and its job run again, write-backs only over the record read, dead letters cut
+to a bounded size, and a producer that refuses to reuse an id for other content."""
 
 import logging
 
@@ -12,6 +12,7 @@ from llm_worker.client import JobIdConflict, RedisProducer
 from llm_worker.queues.keys import RedisKeys
 from llm_worker.queues.protocol import Attempts, Claim, Delivery, Run
 from llm_worker.queues.redis_results import RedisResultStore
+from llm_worker.queues.redis_runs import replace_unchanged
 from llm_worker.queues.redis_streams import RedisSourceConfig, RedisStreamSource
 from llm_worker.schemas import Job, JobStatus, Result, job_digest
 from llm_worker.service_settings import RedisSettings
@@ -157,3 +158,20 @@ async def test_the_producer_refuses_an_id_bound_to_other_content(settings: Redis
         with pytest.raises(JobIdConflict, match="answers other content"):
             await producer.result("a", expected_digest=job_digest(OTHER))
     await store.close()
+
+
+async def test_a_screening_writes_back_only_over_the_record_it_read(
+        settings: RedisSettings) -> None:
+    keys = RedisKeys(settings.prefix)
+    redis = aioredis.Redis.from_url(settings.url)
+    await redis.hset(keys.runs, mapping={"1-0": b"read", "2-0": b"newer", "3-0": b"read"})
+    applied = await replace_unchanged(redis, keys.runs, {
+        "1-0": (b"read", b"counted"),  # unchanged since the read: replaced
+        "2-0": (b"read", b"counted"),  # written since by another worker: kept
+        "3-0": (b"read", None),  # unchanged, unreadable: deleted
+        "4-0": (b"read", b"counted"),  # acked (deleted) since: stays deleted
+    })
+    assert applied == 2
+    assert await redis.hgetall(keys.runs) == {b"1-0": b"counted", b"2-0": b"newer"}
+    assert await replace_unchanged(redis, keys.runs, {}) == 0
+    await redis.aclose()

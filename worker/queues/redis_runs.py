@@ -5,6 +5,9 @@ A value there is anyone's bytes (a buggy or older worker's, a hand edit, a trunc
 One that decode_run cannot read is skipped with a warning and deleted rather than failing the
 screening: the record stays until its entry is acked, so a failed screening would fail again at
 every delivery of that entry, and each batch holding it would be handed back, for good.
+
+What a screening writes back (a death counted, an unreadable record deleted) is written only over
+the bytes it read, never over a record written since.
 """
 
 import logging
@@ -16,16 +19,22 @@ from llm_worker.queues.runs import RunRecord, UnreadableEntry, decode_run
 
 log = logging.getLogger(__name__)
 
-# Delete each field only while it still holds the bytes read (ARGV: field, value, ...): a record
-# written since, by a worker that claimed the entry meanwhile, is readable and must stay.
-_DELETE_UNCHANGED = """
-local deleted = 0
-for i = 1, #ARGV, 2 do
+# Write each field only while it still holds the bytes read (ARGV: field, expected, new, ...; an
+# empty new deletes): a record written since, by a worker that claimed the entry meanwhile or by
+# its previous owner that was slow rather than dead, is newer than what the screening read.
+_REPLACE_UNCHANGED = """
+local written = 0
+for i = 1, #ARGV, 3 do
   if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
-    deleted = deleted + redis.call('HDEL', KEYS[1], ARGV[i])
+    if ARGV[i + 2] == '' then
+      redis.call('HDEL', KEYS[1], ARGV[i])
+    else
+      redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2])
+    end
+    written = written + 1
   end
 end
-return deleted
+return written
 """
 
 
@@ -46,10 +55,14 @@ def read_run(runs_key: str, claim: Claim, raw: bytes | None) -> RunRecord | None
         return None
 
 
-async def delete_unchanged(redis: aioredis.Redis, runs_key: str,
-                           unreadable: dict[str, bytes]) -> None:
-    """Delete the unreadable records read (entry id -> their bytes) so they warn once, not at
-    every screening; deleting them says what reading them said: no record."""
-    if unreadable:
-        args = [part for entry_id, raw in unreadable.items() for part in (entry_id, raw)]
-        await redis.eval(_DELETE_UNCHANGED, 1, runs_key, *args)
+async def replace_unchanged(redis: aioredis.Redis, runs_key: str,
+                            updates: dict[str, tuple[bytes, bytes | None]]) -> int:
+    """For each entry id: (the record's bytes as read, its replacement or None to delete it),
+    applied only where the hash still holds the bytes read. Deleting an unreadable record says
+    what reading it said (no record), so it warns once, not at every screening. Returns how many
+    were applied."""
+    if not updates:
+        return 0
+    args = [part for entry_id, (read, new) in updates.items()
+            for part in (entry_id, read, new or b"")]
+    return int(await redis.eval(_REPLACE_UNCHANGED, 1, runs_key, *args))

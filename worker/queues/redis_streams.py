@@ -27,7 +27,7 @@ from llm_worker.queues.protocol import (
 )
 from llm_worker.queues.publish_then_ack import PublishThenAckSource
 from llm_worker.queues.redis_conn import TRANSIENT_ERRORS, make_client, verify
-from llm_worker.queues.redis_runs import delete_unchanged, read_run
+from llm_worker.queues.redis_runs import read_run, replace_unchanged
 from llm_worker.queues.redis_trim import trim_acked
 from llm_worker.queues.runs import RunRecord
 from llm_worker.service_settings import RedisSettings
@@ -195,23 +195,22 @@ class RedisStreamSource(PublishThenAckSource):
                              ex=self._config.id_binding_ttl_s)
                 pipe.hget(self._keys.runs, str(claim.delivery.handle))
             replies = iter(await pipe.execute())
-        screened, counted, unreadable = [], {}, {}
+        screened, num_unreadable = [], 0
+        updates: dict[str, tuple[bytes, bytes | None]] = {}
         for claim in claims:
             raw_bound = next(replies) if claim.job_id is not None else None
             bound = _text(raw_bound) if raw_bound is not None else None
             raw_run = next(replies)
             run = read_run(self._keys.runs, claim, raw_run)
             if run is None and raw_run:
-                unreadable[str(claim.delivery.handle)] = raw_run
-            if run is not None and run.running:
-                counted[str(claim.delivery.handle)] = run.counted()
+                updates[str(claim.delivery.handle)] = (raw_run, None)
+                num_unreadable += 1
+            if run is not None and run.running:  # its runner died: count the death, once
+                updates[str(claim.delivery.handle)] = (raw_run, run.counted().to_json())
             attempts = run.attempts() if run is not None else Attempts()
             screened.append(Screened(attempts, None if bound in (None, claim.digest) else bound))
-        if counted:
-            await self._redis.hset(self._keys.runs, mapping={
-                entry_id: run.to_json() for entry_id, run in counted.items()})
-        await delete_unchanged(self._redis, self._keys.runs, unreadable)
-        self.num_unreadable_run_records += len(unreadable)
+        await replace_unchanged(self._redis, self._keys.runs, updates)
+        self.num_unreadable_run_records += num_unreadable
         return screened
 
     async def started(self, runs: Sequence[Run]) -> None:
