@@ -35,7 +35,7 @@
 #             at 1k / 2k
 #   capacity_defaults  issue 28: KV capacity at 4k, bf16 against FP8; the defaults stage's runs
 #   structured_table  issue 27: the full table (none, 10%, all; batch 1, 64, 256) on SmolLM2's
-#             shape and the 8B layers with its vocabulary, then structured_profile
+#             shape and the 8B layers with its vocabulary
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out="${OUT:-/tmp/gpu-session}"
@@ -229,7 +229,6 @@ case "${1:-}" in
     TAIL_LINES=30 item structured_table 300 "$py" scripts/bench_structured.py e2e --device cuda \
       --load-format dummy --output-len 128 --rounds 1 --models smollm2,llama3-8b-49k \
       --json "$out/structured_table.json"
-    bash "$0" structured_profile
     ;;
   *)
     sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'
