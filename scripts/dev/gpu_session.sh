@@ -31,11 +31,11 @@
 #   kernels   issue 28: the W4A16 sweep at decode batches, int4 batch-1 decode, the kernels'
 #             GPU tests
 #   qwen_defaults  issue 28: Qwen3-8B FP8 at 1k / 2k, then the defaults stage's three runs
-#   fp8_verify  issue 28: the quantized models' and the builder's GPU tests, then Qwen3-8B FP8
-#             at 1k / 2k
-#   capacity_defaults  issue 28: KV capacity at 4k, bf16 against FP8; the defaults stage's runs
-#   structured_table  issue 27: the full table (none, 10%, all; batch 1, 64, 256) on SmolLM2's
-#             shape and the 8B layers with its vocabulary
+#   fp8_verify  issue 28: the quantized models' and the builder's GPU tests, Qwen3-8B FP8 at
+#             1k / 2k, KV capacity at 4k (bf16 against FP8, capacity only)
+#   defaults_structured  issue 28: the defaults stage's three runs; issue 27: the full table
+#             (none, 10%, all; batch 1, 64, 256) on SmolLM2's shape and the 8B layers with its
+#             vocabulary
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out="${OUT:-/tmp/gpu-session}"
@@ -215,18 +215,16 @@ case "${1:-}" in
       --fractions 0,1 --models llama3-8b-49k --profile 25
     ;;
   fp8_verify)
-    TAIL_LINES=40 item gpu_model_tests 150 "$py" -m pytest -q -m gpu -p no:cacheprovider \
-      --timeout 120 --tb=short tests/quant/test_quant_model_gpu.py tests/engine/test_builder_gpu.py
+    TAIL_LINES=40 item gpu_model_tests 110 "$py" -m pytest -q -m gpu -p no:cacheprovider \
+      --timeout 100 --tb=short tests/quant/test_quant_model_gpu.py tests/engine/test_builder_gpu.py
     qwen3_fp8 330
+    TAIL_LINES=12 item kv_capacity_4k 110 "$py" scripts/bench_kv_capacity.py --model llama3-8b \
+      --context 4096 --skip-throughput --output-json "$out/kv_capacity.json"
     ;;
-  capacity_defaults)
-    TAIL_LINES=12 item kv_capacity_4k 240 "$py" scripts/bench_kv_capacity.py --model llama3-8b \
-      --context 4096 --output-json "$out/kv_capacity.json"
+  defaults_structured)
     seed_defaults
-    ;;
-  structured_table)
     export LLM_WORKER_CACHE_DIR="$PWD/.smolcfg"
-    TAIL_LINES=30 item structured_table 300 "$py" scripts/bench_structured.py e2e --device cuda \
+    TAIL_LINES=30 item structured_table 330 "$py" scripts/bench_structured.py e2e --device cuda \
       --load-format dummy --output-len 128 --rounds 1 --models smollm2,llama3-8b-49k \
       --json "$out/structured_table.json"
     ;;
