@@ -35,7 +35,7 @@
 #             1k / 2k, KV capacity at 4k (bf16 against FP8, capacity only)
 #   defaults_structured  issue 28: the defaults stage's three runs; issue 27: the full table
 #             (none, 10%, all; batch 1, 64, 256) on SmolLM2's shape and the 8B layers with its
-#             vocabulary
+#             vocabulary; then the quantized models' GPU tests with the time left
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out="${OUT:-/tmp/gpu-session}"
@@ -64,11 +64,11 @@ qwen3_fp8() {  # qwen3_fp8 TIMEOUT_S: issue 28's Qwen3-8B target, 1,000 x 1,024 
 }
 
 seed_defaults() {  # the seed workload at the new defaults in bf16 and FP8, and the old ones
-  item seed_bf16_defaults 70 "$py" -m llm_worker bench throughput "${seed[@]}" \
+  item seed_bf16_defaults 65 "$py" -m llm_worker bench throughput "${seed[@]}" \
     --output-json "$out/seed_bf16.json"
-  item seed_fp8_defaults 70 "$py" -m llm_worker bench throughput "${seed[@]}" \
+  item seed_fp8_defaults 65 "$py" -m llm_worker bench throughput "${seed[@]}" \
     --quantization fp8 --output-json "$out/seed_fp8.json"
-  item seed_bf16_old_defaults 70 "$py" -m llm_worker bench throughput "${seed[@]}" \
+  item seed_bf16_old_defaults 65 "$py" -m llm_worker bench throughput "${seed[@]}" \
     "${old_defaults[@]}" --output-json "$out/seed_bf16_old.json"
 }
 
@@ -224,9 +224,11 @@ case "${1:-}" in
   defaults_structured)
     seed_defaults
     export LLM_WORKER_CACHE_DIR="$PWD/.smolcfg"
-    TAIL_LINES=30 item structured_table 330 "$py" scripts/bench_structured.py e2e --device cuda \
+    TAIL_LINES=30 item structured_table 300 "$py" scripts/bench_structured.py e2e --device cuda \
       --load-format dummy --output-len 128 --rounds 1 --models smollm2,llama3-8b-49k \
       --json "$out/structured_table.json"
+    TAIL_LINES=30 item gpu_quant_model_tests 75 "$py" -m pytest -q -m gpu -p no:cacheprovider \
+      --timeout 70 --tb=short tests/quant/test_quant_model_gpu.py
     ;;
   *)
     sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'
