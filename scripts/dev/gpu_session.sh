@@ -36,6 +36,8 @@
 #   defaults_structured  issue 28: the defaults stage's three runs; issue 27: the full table
 #             (none, 10%, all; batch 1, 64, 256) on SmolLM2's shape and the 8B layers with its
 #             vocabulary; then the quantized models' GPU tests with the time left
+#   qwen_profile  issue 28: the builder's FP8-cache graph test; where a Qwen3-8B FP8 decode
+#             step goes at batch 128 and 2k context
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out="${OUT:-/tmp/gpu-session}"
@@ -229,6 +231,14 @@ case "${1:-}" in
       --json "$out/structured_table.json"
     TAIL_LINES=30 item gpu_quant_model_tests 75 "$py" -m pytest -q -m gpu -p no:cacheprovider \
       --timeout 70 --tb=short tests/quant/test_quant_model_gpu.py
+    ;;
+  qwen_profile)
+    # where a Qwen3-8B FP8 decode step goes at 2k context (the 1k / 2k workload's middle)
+    TAIL_LINES=12 item gpu_builder_graphs_test 60 "$py" -m pytest -q -m gpu -p no:cacheprovider \
+      --timeout 50 --tb=short tests/engine/test_builder_gpu.py -k graphs_over_an_fp8_cache
+    TAIL_LINES=30 item step_profile_qwen3_fp8 90 "$py" scripts/bench_step_profile.py \
+      --model qwen3-8b --quantization fp8 --batch-size 128 --input-len 2048 --num-steps 10 \
+      --kv-cache-memory-gb 45 --output-json "$out/profile_qwen3_fp8.json"
     ;;
   *)
     sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'
