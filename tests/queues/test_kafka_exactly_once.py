@@ -1,11 +1,14 @@
 """Kafka's transactional settlement against a real broker: a fenced (zombie) worker commits
 nothing and gives the partition up, a take-over that fails half way leaves nothing open, a
 worker taking a partition over skips what was settled above the commit point, counts the death
-of a run left running, runs again a job whose ledger record it cannot read, and keeps ids bound
-to their content through the ledger."""
+of a run left running, runs again a job whose ledger record it cannot read, keeps ids bound
+to their content through the ledger, and stays in the group through a take-over longer than
+the session timeout."""
 
+import asyncio
 import gc
 import logging
+import time
 import warnings
 from typing import NoReturn
 
@@ -198,3 +201,29 @@ async def test_ids_stay_bound_to_their_content_across_owners(settings: KafkaSett
 
 def _sink(settings: KafkaSettings) -> KafkaResultSink:
     return KafkaResultSink(settings, mirror=None)
+
+
+async def test_a_take_over_longer_than_the_session_timeout_keeps_the_worker_in_the_group(
+        settings: KafkaSettings, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """aiokafka sends no heartbeat while the rebalance listener runs. A take-over that outlasted
+    the session timeout inside it got the worker evicted, and its rejoining took over again."""
+    await _enqueue(settings, JOBS)
+    session_s = settings.session_timeout_ms / 1000
+    read_ledgers, starts = kafka_ownership.read_ledgers, []
+
+    async def slow_read_ledgers(*args: object, **kwargs: object) -> object:
+        starts.append(time.monotonic())
+        await asyncio.sleep(1.5 * session_s)
+        return await read_ledgers(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(kafka_ownership, "read_ledgers", slow_read_ledgers)
+    with caplog.at_level(logging.WARNING, logger="llm_worker.queues.kafka"):
+        source, deliveries = await _started(settings, "slow", len(JOBS))
+    assert sorted(d.key or "" for d in deliveries) == [job.id for job in JOBS]
+    serving_until = time.monotonic() + 1.5 * session_s  # an eviction would show by then
+    while time.monotonic() < serving_until:
+        assert await source.receive(len(JOBS), 0.2) == []
+    assert len(starts) == 1, "taken over again: the group evicted the worker"
+    assert "goes on in the background" in caplog.text
+    await source.close()

@@ -10,6 +10,7 @@ unsettled one. Backpressure pauses the partitions while `receive` keeps calling 
 consumer that stops fetching past max.poll.interval.ms leaves the group (aiokafka#848).
 """
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -55,14 +56,37 @@ def _offset(delivery: Delivery) -> int:
 
 
 class _Rebalance(ConsumerRebalanceListener):
+    """aiokafka sends no heartbeat while a listener runs. A take-over longer than the session
+    timeout (a long ledger, a slow broker) would get this worker evicted half way: its
+    partitions go to another worker, and rejoining starts another take-over, for good if each
+    is that slow. So a take-over gets a third of the session timeout inside the listener and
+    goes on in the background past that, its partitions paused until it is done (receive
+    serves only what is held)."""
+
     def __init__(self, source: "KafkaJobSource") -> None:
         self._source = source
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self._source.cancel_take_overs()  # what they would take is being revoked
         await self._source.partitions.let_go(revoked)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        await self._source.adopted(await self._source.partitions.adopt(assigned))
+        takeover = self._source.start_take_over(assigned)
+        patience_s = self._source.settings.session_timeout_ms / 3000
+        done, _ = await asyncio.wait({takeover}, timeout=patience_s)
+        if takeover in done:
+            takeover.result()  # a failure is the listener's, as when it ran inline
+            return
+        log.warning("taking partitions %s over is taking more than %.1f s: it goes on in the "
+                    "background so the group keeps hearing from this worker",
+                    sorted(tp.partition for tp in assigned), patience_s)
+        takeover.add_done_callback(_log_failed_take_over)
+
+
+def _log_failed_take_over(takeover: "asyncio.Task[None]") -> None:
+    if not takeover.cancelled() and (exc := takeover.exception()) is not None:
+        log.warning("a take-over in the background failed (its partitions are taken over "
+                    "afresh at a later poll): %r", exc)
 
 
 class KafkaJobSource:
@@ -77,6 +101,7 @@ class KafkaJobSource:
         # Replaced by settlement(sink) with one that also mirrors to the sink; this one serves
         # a source used alone (acks and dead letters in the tests).
         self._settlement = KafkaSettlement(self.owned, None)
+        self._take_overs: set[asyncio.Task[None]] = set()  # begun by the rebalance listener
 
     @property
     def trackers(self) -> dict[TopicPartition, OffsetTracker]:
@@ -128,6 +153,27 @@ class KafkaJobSource:
                     deliveries.append(self._delivery(partition, record))
         await self._flush_idle()
         return deliveries
+
+    @property
+    def settings(self) -> KafkaSettings:
+        return self._settings
+
+    def start_take_over(self, assigned: list[TopicPartition]) -> "asyncio.Task[None]":
+        """Take the group's new assignment over in a task of its own, which close cancels."""
+        async def take_over() -> None:
+            await self.adopted(await self.partitions.adopt(assigned))
+
+        task = asyncio.ensure_future(take_over())
+        self._take_overs.add(task)
+        task.add_done_callback(self._take_overs.discard)
+        return task
+
+    async def cancel_take_overs(self) -> None:
+        """All or nothing: a take-over cancelled half way stops the producers it started."""
+        pending = list(self._take_overs)
+        for take_over in pending:
+            take_over.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     async def adopted(self, partitions: list[OwnedPartition]) -> None:
         """Partitions just taken over: copy what their last owner committed but did not get
@@ -270,6 +316,7 @@ class KafkaJobSource:
 
     async def close(self) -> None:
         """Commit what is settled and leave the group; unsettled offsets are redelivered."""
+        await self.cancel_take_overs()
         await self.partitions.close()
         if self._consumer is not None:
             await self._consumer.stop()

@@ -132,6 +132,8 @@ class Ownership:
         """Take over afresh what is assigned but not held, or held by a lost producer; their
         unsettled jobs are fetched and run again, and nothing settled is repeated."""
         assert self._consumer is not None
+        if self._changing.locked():  # a take-over or release is under way: not broken, busy
+            return []
         async with self._changing:
             if self._rejoining:
                 return []
