@@ -38,6 +38,7 @@
 #             vocabulary; then the quantized models' GPU tests with the time left
 #   structured_warm  issue 27: the full table after an untimed round of every share, two timed
 #             rounds (the first full run after start-up pays 10-20% on the GPU)
+#   qwen_seqs  issue 28: Qwen3-8B FP8 at 1k / 2k with 269 sequences (no preemption)
 #   qwen_profile  issue 28: the builder's FP8-cache graph test; where a Qwen3-8B FP8 decode
 #             step goes at batch 128 and 2k context
 set -uo pipefail
@@ -241,6 +242,14 @@ case "${1:-}" in
     TAIL_LINES=30 item step_profile_qwen3_fp8 90 "$py" scripts/bench_step_profile.py \
       --model qwen3-8b --quantization fp8 --batch-size 128 --input-len 2048 --num-steps 10 \
       --kv-cache-memory-gb 45 --output-json "$out/profile_qwen3_fp8.json"
+    ;;
+  qwen_seqs)
+    # issue 28: the Qwen3-8B FP8 run at the sequences its cache holds at full length (269 on
+    # an H100, scripts/sim_schedule.py: no preemption), against the default 512 in the
+    # qwen3_fp8 item of another call
+    item qwen3_fp8_1k_2k_269 380 "$py" -m llm_worker bench throughput --model qwen3-8b \
+      --load-format dummy --quantization fp8 --kv-cache-dtype fp8 --input-len 1024 \
+      --output-len 2048 --num-prompts 1000 --max-num-seqs 269 --output-json "$out/qwen3_fp8_269.json"
     ;;
   structured_warm)
     # issue 27's table again, each share timed twice after an untimed round of all of them
