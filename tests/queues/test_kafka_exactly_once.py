@@ -208,6 +208,9 @@ async def test_a_take_over_longer_than_the_session_timeout_keeps_the_worker_in_t
         caplog: pytest.LogCaptureFixture) -> None:
     """aiokafka sends no heartbeat while the rebalance listener runs. A take-over that outlasted
     the session timeout inside it got the worker evicted, and its rejoining took over again."""
+    # the test broker's shortest session (group.min.session.timeout.ms), to keep the test short
+    settings = settings.model_copy(update={"session_timeout_ms": 2000,
+                                           "heartbeat_interval_ms": 500})  # fmt: skip
     await _enqueue(settings, JOBS)
     session_s = settings.session_timeout_ms / 1000
     read_ledgers, starts = kafka_ownership.read_ledgers, []
