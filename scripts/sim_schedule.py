@@ -4,8 +4,9 @@ Updater run their steps on the CPU, every sampled token a constant, so the count
 the scheduling rule and say nothing about kernel speed.
 
 For each step it records the sequences decoding and the tokens computed, and over the run the
-preemptions and the tokens computed again after one (a preempted sequence drops its KV and
-recomputes its prompt and what it had generated). Prints one summary; --output-json writes it.
+preemptions (and the most any one sequence suffered) and the tokens computed again after them
+(a preempted sequence drops its KV and recomputes its prompt and what it had generated).
+Prints one summary; --output-json writes it.
 
     python scripts/sim_schedule.py --num-blocks 51714 --input-len 1024 --output-len 2048 \
         --num-prompts 1000 --max-num-seqs 512 --max-num-batched-tokens 8192
@@ -49,7 +50,7 @@ def simulate(args: argparse.Namespace) -> dict[str, float]:
                        metrics=SequenceMetrics(arrival_time=0.0))  # fmt: skip
         updater.add(Request(seq, detokenizer=None, generator=None, logprobs=None))
     decoding, computed = [], []
-    num_finished = 0
+    num_finished, most_preempted = 0, 0
     with tqdm(total=args.num_prompts, desc="sim", unit="req", disable=args.no_progress) as bar:
         while updater.requests:
             plan = scheduler.schedule()
@@ -59,14 +60,16 @@ def simulate(args: argparse.Namespace) -> dict[str, float]:
             computed.append(plan.num_batched_tokens)
             tokens = [[SampledToken(TOKEN)] if s.samples else [] for s in plan.scheduled]
             updater.update(plan, StepResult(plan.scheduled, tokens=tokens), started=0.0)
-            done = len(updater.take_finished())
-            num_finished += done
-            bar.update(done)
+            finished = updater.take_finished()
+            most_preempted = max([most_preempted, *(r.seq.num_preemptions for r in finished)])
+            num_finished += len(finished)
+            bar.update(len(finished))
     useful = args.num_prompts * (args.input_len + args.output_len - 1)
     total = sum(computed)
     return {
         "steps": len(computed),
         "preemptions": scheduler.num_preemptions,
+        "most_preemptions_of_one_sequence": most_preempted,
         "tokens_computed": total,
         "tokens_computed_again": total - useful,
         "recompute_share": (total - useful) / total,

@@ -31,6 +31,7 @@ def _simulate(tmp_path: Path, num_blocks: int, max_num_seqs: int) -> dict[str, f
 def test_room_for_all_at_full_length_computes_every_token_once(tmp_path: Path) -> None:
     summary = _simulate(tmp_path, num_blocks=8 * FULL_BLOCKS, max_num_seqs=8)
     assert summary["finished"] == NUM_PROMPTS and summary["preemptions"] == 0
+    assert summary["most_preemptions_of_one_sequence"] == 0
     assert summary["tokens_computed"] == NUM_PROMPTS * (INPUT_LEN + OUTPUT_LEN - 1)
     assert summary["max_decoding_per_step"] == 8
 
@@ -38,6 +39,7 @@ def test_room_for_all_at_full_length_computes_every_token_once(tmp_path: Path) -
 def test_admitting_more_than_fit_preempts_and_counts_the_recompute(tmp_path: Path) -> None:
     summary = _simulate(tmp_path, num_blocks=8 * FULL_BLOCKS, max_num_seqs=16)
     assert summary["finished"] == NUM_PROMPTS and summary["preemptions"] > 0
+    assert 1 <= summary["most_preemptions_of_one_sequence"] <= summary["preemptions"]
     again = summary["tokens_computed"] - NUM_PROMPTS * (INPUT_LEN + OUTPUT_LEN - 1)
     assert again == summary["tokens_computed_again"] > 0
     # prompts of 2 blocks: 16 are admitted at once, more than the 8 that fit at full length
