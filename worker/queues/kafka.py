@@ -63,8 +63,9 @@ class _Rebalance(ConsumerRebalanceListener):
     goes on in the background past that, its partitions paused until it is done (receive
     serves only what is held)."""
 
-    def __init__(self, source: "KafkaJobSource") -> None:
+    def __init__(self, source: "KafkaJobSource", session_timeout_ms: int) -> None:
         self._source = source
+        self._patience_s = session_timeout_ms / 3000
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         await self._source.cancel_take_overs()  # what they would take is being revoked
@@ -72,14 +73,13 @@ class _Rebalance(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         takeover = self._source.start_take_over(assigned)
-        patience_s = self._source.settings.session_timeout_ms / 3000
-        done, _ = await asyncio.wait({takeover}, timeout=patience_s)
+        done, _ = await asyncio.wait({takeover}, timeout=self._patience_s)
         if takeover in done:
             takeover.result()  # a failure is the listener's, as when it ran inline
             return
         log.warning("taking partitions %s over is taking more than %.1f s: it goes on in the "
                     "background so the group keeps hearing from this worker",
-                    sorted(tp.partition for tp in assigned), patience_s)
+                    sorted(tp.partition for tp in assigned), self._patience_s)
         takeover.add_done_callback(_log_failed_take_over)
 
 
@@ -123,7 +123,8 @@ class KafkaJobSource:
                 heartbeat_interval_ms=self._settings.heartbeat_interval_ms,
             )
             self.partitions.attach(self._consumer, self._ledger_reader)
-            self._consumer.subscribe([self._settings.jobs_topic], listener=_Rebalance(self))
+            listener = _Rebalance(self, self._settings.session_timeout_ms)
+            self._consumer.subscribe([self._settings.jobs_topic], listener=listener)
             await self._consumer.start()
         except KafkaConnectionError as exc:
             raise BrokerUnavailable(
@@ -153,10 +154,6 @@ class KafkaJobSource:
                     deliveries.append(self._delivery(partition, record))
         await self._flush_idle()
         return deliveries
-
-    @property
-    def settings(self) -> KafkaSettings:
-        return self._settings
 
     def start_take_over(self, assigned: list[TopicPartition]) -> "asyncio.Task[None]":
         """Take the group's new assignment over in a task of its own, which close cancels."""

@@ -195,8 +195,8 @@ class RedisStreamSource(PublishThenAckSource):
                              ex=self._config.id_binding_ttl_s)
                 pipe.hget(self._keys.runs, str(claim.delivery.handle))
             replies = iter(await pipe.execute())
-        screened, num_unreadable = [], 0
-        updates: dict[str, tuple[bytes, bytes | None]] = {}
+        screened = []
+        updates: dict[str, tuple[bytes, bytes | None]] = {}  # entry id -> (read, new or None)
         for claim in claims:
             raw_bound = next(replies) if claim.job_id is not None else None
             bound = _text(raw_bound) if raw_bound is not None else None
@@ -204,13 +204,12 @@ class RedisStreamSource(PublishThenAckSource):
             run = read_run(self._keys.runs, claim, raw_run)
             if run is None and raw_run:
                 updates[str(claim.delivery.handle)] = (raw_run, None)
-                num_unreadable += 1
             if run is not None and run.running:  # its runner died: count the death, once
                 updates[str(claim.delivery.handle)] = (raw_run, run.counted().to_json())
             attempts = run.attempts() if run is not None else Attempts()
             screened.append(Screened(attempts, None if bound in (None, claim.digest) else bound))
         await replace_unchanged(self._redis, self._keys.runs, updates)
-        self.num_unreadable_run_records += num_unreadable
+        self.num_unreadable_run_records += sum(new is None for _, new in updates.values())
         return screened
 
     async def started(self, runs: Sequence[Run]) -> None:
