@@ -107,6 +107,10 @@ ONE_PASS_MAX_SPLIT_KEYS = 2048
 # loading as they go: there each tile's gather from the preloaded ids costs more than it saves.
 PRELOAD_OVER_SPLIT_KEYS = 512
 PRELOAD_SHALLOW_MAX_TILES = 8
+# Unsplit decode tiles over an FP8 cache stream 128-key tiles two stages deep: a key tile then
+# holds the bytes of a 64-key bf16 one. At 128 and 256 sequences of 2k keys they read 0.85 of
+# the copy bandwidth where 64-key tiles read 0.67-0.69 and 32-key ones 0.76-0.78.
+FP8_DECODE_TILE = (128, 2)
 # The interpreter has no multiprocessors; a small number keeps split-K reachable in CPU tests.
 INTERPRETER_NUM_SMS = 4
 
@@ -174,11 +178,13 @@ def choose_config(
     device: torch.device,
     num_tokens: int | None = None,
     prefill_tile: PrefillTile | None = None,
+    fp8_cache: bool = False,
 ) -> AttentionConfig:
     """Decode-like launches get small row tiles and split-K; prefill gets big row tiles, split
     too when a few of them (`num_tokens` query tokens in all, padding included) face a long
     context. `prefill_tile` replaces the tile of launches the rules give prefill tiles (128
-    rows), the split count then following from it (sweeps)."""
+    rows), the split count then following from it (sweeps). `dtype` is the query's;
+    `fp8_cache` says the cache holds e4m3."""
     rows = max(1, max_seqlen_q) * group
     wide = dtype == torch.float32 or head_dim > 128  # register and shared-memory budget
     block_m = min(triton.next_power_of_2(max(rows, 16)), 64 if wide else 128)
@@ -238,6 +244,8 @@ def choose_config(
         block_n, num_stages = SPLIT_DECODE_TILE
     elif deep and not wide and fits(block_n, 3):
         num_stages = 3
+    elif fp8_cache and decode_tile and num_splits == 1:
+        block_n, num_stages = FP8_DECODE_TILE
     # The kernel gives each split cdiv(key tiles, num_splits) whole key tiles, so a count that
     # does not divide the tiles leaves its last splits empty (batch 4 x 4k: 17 splits of 8 tiles
     # of 128, the 17th with none): drop those, their programs and their partials.

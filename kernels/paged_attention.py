@@ -56,7 +56,7 @@ from llm_worker.kernels.attention_tile import (
 )
 from llm_worker.kernels.merge_splits import merge_splits
 from llm_worker.kernels.pdl import launch_options, pdl_device
-from llm_worker.kernels.reference import check_kv_scales
+from llm_worker.kernels.reference import FP8_KV_DTYPES, check_kv_scales
 
 try:
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -69,6 +69,14 @@ MAX_CHUNK_BLOCKS = 256
 # Prefill tiles read this step's own keys by TMA when the caller passes them (Hopper and later;
 # the CPU interpreter too, so CI runs the path). False: every key through the block table.
 NEW_KV_TMA = True
+# An FP8 cache under a bf16 (or fp16) query multiplies in fp16, the query scaled by the softmax
+# scale first: e4m3 converts to fp16 in one instruction for two values and to bf16 only through
+# a further conversion per value, which decode over an FP8 cache pays in speed
+# (docs/benchmarks.md, "FP8 KV cache"). fp16 holds every e4m3 value exactly, and the
+# probabilities and the scaled query with more mantissa than bf16; only a scaled query past
+# fp16's range (65,504; unscaled, about 740,000 at head_dim 128) would not fit. False: products
+# in the query's dtype (sweeps).
+FP8_DOT_F16 = True
 
 
 @triton.jit(do_not_specialize=["num_seqs", "num_tokens", "num_splits"])
@@ -85,7 +93,9 @@ def _paged_attention_kernel(
     block_tables_ptr,  # [num_seqs, max_blocks_per_seq] int32
     seq_lens_ptr,  # [num_seqs] int32, context length including the new tokens
     cu_seqlens_q_ptr,  # [num_seqs + 1] int32
-    qk_scale,  # softmax scale * log2(e), times k_scale for an FP8 cache
+    qk_scale,  # softmax scale * log2(e), times k_scale for an FP8 cache (not the softmax
+    # scale with DOT_F16, where q_scale carries it)
+    q_scale,  # DOT_F16: the query's factor before it is rounded to fp16 (the softmax scale)
     v_scale,  # SCALE_V: an FP8 cache's value scale, applied to the output
     num_seqs,
     num_tokens,
@@ -109,6 +119,7 @@ def _paged_attention_kernel(
     CHUNK_BLOCKS: tl.constexpr,  # a power of two >= CHUNK_KEYS // BLOCK_SIZE + 2
     DOT_PRECISION: tl.constexpr,
     SCALE_V: tl.constexpr,  # an FP8 cache whose v_scale is not 1
+    DOT_F16: tl.constexpr,  # an FP8 cache under a 16-bit query: products in fp16 (FP8_DOT_F16)
     PDL: tl.constexpr,  # launched as a programmatic dependent of the kernel before (sm_90+)
 ):
     # One flat grid, the KV head fastest: the heads of one key range run side by side (they
@@ -192,6 +203,8 @@ def _paged_attention_kernel(
         q = tl.load(
             query_ptr + q_offs[:, None] + offs_d[None, :], mask=row_valid[:, None], other=0.0
         )
+        if DOT_F16:
+            q = (q.to(tl.float32) * q_scale).to(tl.float16)
 
         acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -306,10 +319,11 @@ def paged_attention(
     right before it writes none of block_tables, seq_lens and cu_seqlens_q (the engine copies
     them from the host before the step; the kernel before attention is `store_kv`).
 
-    An FP8 cache (e4m3) is read as such and converted to the query's dtype in the kernel, its
-    k_scale folded into the softmax scale and its v_scale into the output. Its keys all come
-    from the cache, this step's too (no TMA of `key`/`value`): attention then sees the stored
-    values, the same as every later step and every prefix-cache hit will.
+    An FP8 cache (e4m3) is read as such and converted in the kernel (to fp16 under a 16-bit
+    query, `FP8_DOT_F16`), its k_scale folded into the softmax scale and its v_scale into the
+    output. Its keys all come from the cache, this step's too (no TMA of `key`/`value`):
+    attention then sees the stored values, the same as every later step and every prefix-cache
+    hit will.
     """
     check_inputs(query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q)
     config = choose_config(
@@ -322,6 +336,7 @@ def paged_attention(
         dtype=query.dtype,
         device=query.device,
         num_tokens=query.shape[0],
+        fp8_cache=k_cache.dtype in FP8_KV_DTYPES,
     )
     args = (query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q)
     options = _LaunchOptions(scale, max_seqlen_q, config, key, value, pdl, k_scale, v_scale)
@@ -378,6 +393,12 @@ def _launch(
     if not scale > 0:
         raise ValueError(f"scale must be positive, got {scale}")
     check_kv_scales(k_cache.dtype, options.k_scale, options.v_scale)
+    dot_f16 = (
+        FP8_DOT_F16
+        and k_cache.dtype != query.dtype
+        and query.dtype in (torch.float16, torch.bfloat16)
+    )
+    qk_scale = math.log2(math.e) * options.k_scale * (1.0 if dot_f16 else scale)
     num_tokens, num_heads, head_dim = query.shape
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     group = num_heads // num_kv_heads
@@ -415,7 +436,8 @@ def _launch(
         block_tables_ptr=block_tables,
         seq_lens_ptr=seq_lens,
         cu_seqlens_q_ptr=cu_seqlens_q,
-        qk_scale=scale * math.log2(math.e) * options.k_scale,
+        qk_scale=qk_scale,
+        q_scale=scale,
         v_scale=options.v_scale,
         num_seqs=num_seqs,
         num_tokens=num_tokens,
@@ -439,6 +461,7 @@ def _launch(
         CHUNK_BLOCKS=triton.next_power_of_2(chunk_keys // block_size + 2),
         DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
         SCALE_V=options.v_scale != 1.0,
+        DOT_F16=dot_f16,
         PDL=pdl,
         num_warps=config.num_warps,
         num_stages=config.num_stages,

@@ -40,6 +40,7 @@ import triton.testing
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from llm_worker.kernels import paged_attention as paged_attention_module
 from llm_worker.kernels.attention_config import (
     SPLIT_DECODE_MAX_ROWS,
     AttentionConfig,
@@ -47,6 +48,7 @@ from llm_worker.kernels.attention_config import (
     choose_config,
     split_walk,
 )
+from llm_worker.kernels.fp8_format import FP8_DTYPE
 from llm_worker.kernels.merge_splits import merge_splits
 from llm_worker.kernels.paged_attention import paged_attention_with_config
 from llm_worker.kernels.pdl import pdl_device
@@ -59,10 +61,11 @@ class Layer:
     head_dim: int = 128
     block_size: int = 16
     dtype: torch.dtype = torch.bfloat16
+    kv_dtype: torch.dtype = torch.bfloat16  # the cache's: bf16, or FP8 (e4m3)
 
     def kv_bytes(self, batch: int, ctx: int) -> int:
         """Bytes of keys and values that batch sequences of ctx tokens hold in one layer."""
-        return 2 * batch * ctx * self.num_kv_heads * self.head_dim * self.dtype.itemsize
+        return 2 * batch * ctx * self.num_kv_heads * self.head_dim * self.kv_dtype.itemsize
 
 
 # Attention launches as programmatic dependents where the GPU can (Hopper on), as the engine's
@@ -108,8 +111,8 @@ class PagedCache:
         self.layer = layer
         num_blocks = triton.cdiv(max_tokens, layer.block_size)
         shape = (num_blocks, layer.block_size, layer.num_kv_heads, layer.head_dim)
-        self.k_cache = torch.randn(shape, device="cuda", dtype=layer.dtype)
-        self.v_cache = torch.randn(shape, device="cuda", dtype=layer.dtype)
+        self.k_cache = torch.randn(shape, device="cuda", dtype=layer.dtype).to(layer.kv_dtype)
+        self.v_cache = torch.randn(shape, device="cuda", dtype=layer.dtype).to(layer.kv_dtype)
 
     def batch(
         self, q_lens: list[int], ctx_lens: list[int], num_blocks: int | None = None
@@ -169,6 +172,7 @@ def auto_config(layer: Layer, num_seqs: int, max_q: int, max_k: int) -> Attentio
         max_k,
         layer.dtype,
         torch.device("cuda"),
+        fp8_cache=layer.kv_dtype == FP8_DTYPE,
     )
 
 
@@ -467,6 +471,8 @@ def run_sweep(cache: PagedCache, args: argparse.Namespace, copy_gbs: float, sdpa
         columns = LAYERED_COLUMNS if args.graph_layers > 1 else DECODE_COLUMNS
         print_table(title + f"batch 16 {split_from_16}", table, columns)
         rows += table
+    if args.decode_only:
+        return rows
     merges = [merge_row(cache, batch, ctx) for batch, ctx in [(1, 4096), (1, 32768), (4, 4096)]]
     columns = [("batch", "d"), ("context", "d"), ("num_splits", "d"), ("merge_ms", ".4f")]
     print_table("split-K merge launch alone (CUDA graph)", merges, columns)
@@ -759,6 +765,23 @@ def parse_args() -> argparse.Namespace:
         help="only time decode attention inside a decoder layer's launches (QKV matmul, rotary, "
         "store_kv, attention), per layer in a graph of --graph-layers: what it adds there",
     )
+    parser.add_argument(
+        "--kv-cache-dtype",
+        choices=["auto", "fp8"],
+        default="auto",
+        help="the cache's dtype: the query's (auto) or FP8 e4m3; bandwidth counts its bytes",
+    )
+    parser.add_argument(
+        "--fp8-dot",
+        choices=["f16", "query"],
+        default="f16",
+        help="with an FP8 cache: products in fp16 (the kernel's default) or in the query's dtype",
+    )
+    parser.add_argument(
+        "--decode-only",
+        action="store_true",
+        help="only the decode table (and with --sweep, only its decode configurations)",
+    )
     parser.add_argument("--sweep", action="store_true", help="also time other configurations")
     parser.add_argument("--sweep-only", action="store_true", help="only the configuration sweep")
     parser.add_argument("--json", type=Path, help="write every row here")
@@ -771,12 +794,14 @@ def main() -> None:
     if not torch.cuda.is_available():
         sys.exit("bench_kernels.py needs a CUDA GPU")
     PDL = not args.no_pdl and pdl_device(torch.device("cuda"))
+    paged_attention_module.FP8_DOT_F16 = args.fp8_dot == "f16"
+    layer = Layer(kv_dtype=FP8_DTYPE if args.kv_cache_dtype == "fp8" else Layer.dtype)
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  "
           f"triton {triton.__version__}  programmatic dependent launch: {PDL}")  # fmt: skip
     copy_gbs = copy_bandwidth_gbs()
     print(f"copy bandwidth: {copy_gbs:.0f} GB/s (read + write)")
     if args.tile_candidates or args.split_rules or args.decoder_chain:  # one table only
-        cache = PagedCache(Layer(), args.max_cache_tokens)
+        cache = PagedCache(layer, args.max_cache_tokens)
         if args.tile_candidates:
             key, rows = "tiles", run_tile_candidates(cache, args)
         elif args.decoder_chain:
@@ -787,12 +812,14 @@ def main() -> None:
             args.json.write_text(json.dumps({"copy_gbs": copy_gbs, key: rows}, indent=1))
         return
     max_prefill = max(math.prod(map(int, s.split("x"))) for s in args.prefill)
-    cache = PagedCache(Layer(), max(args.max_cache_tokens, max_prefill))
-    results = {"device": torch.cuda.get_device_name(), "copy_gbs": copy_gbs, "pdl": PDL}
-    args.shapes = [tuple(map(int, s.split("x"))) for s in args.prefill]
+    cache = PagedCache(layer, max(args.max_cache_tokens, max_prefill))
+    results = {"device": torch.cuda.get_device_name(), "copy_gbs": copy_gbs, "pdl": PDL,
+               "kv_cache_dtype": str(layer.kv_dtype), "fp8_dot": args.fp8_dot}  # fmt: skip
+    args.shapes = [] if args.decode_only else [tuple(map(int, s.split("x"))) for s in args.prefill]
     sdpa = {(batch, seq): sdpa_ms(cache.layer, batch, seq) for batch, seq in args.shapes}
     if not args.sweep_only:
         results["decode"] = run_decode(cache, args, copy_gbs)
+    if not (args.sweep_only or args.decode_only):
         results["prefill"] = run_prefill(cache, args.shapes, sdpa)
         results["chunks"] = run_chunks(cache, args)
         if args.references:

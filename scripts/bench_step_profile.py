@@ -38,6 +38,7 @@ def decode_engine(args: argparse.Namespace) -> LLMEngine:
         model=args.model, load_format="dummy", max_num_seqs=args.batch_size,
         max_model_len=args.input_len + args.num_steps + 64, enforce_eager=args.enforce_eager,
         kv_cache_memory_gb=args.kv_cache_memory_gb, quantization=args.quantization,
+        kv_cache_dtype=args.kv_cache_dtype,
     )  # fmt: skip
     engine = LLMEngine.from_settings(settings)
     vocab = engine.runner.model.config.vocab_size
@@ -63,6 +64,8 @@ def main() -> None:
     p.add_argument("--kv-cache-memory-gb", type=float, default=4.0)
     p.add_argument("--quantization", default=None, choices=["fp8", "awq", "gptq"],
                    help="dummy weights quantized this way (fp8: at load, like a bf16 checkpoint)")
+    p.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8"],
+                   help="the KV cache's dtype (auto: the model's)")
     p.add_argument("--top", type=int, default=12, help="kernels listed by total time")
     p.add_argument("--output-json", type=Path, default=None)
     args = p.parse_args()
@@ -83,6 +86,7 @@ def main() -> None:
     mode = "eager" if args.enforce_eager else "graphs"
     idle_s = wall_s - kernel_s  # one stream: time with no kernel running
     quant = f", {args.quantization}" if args.quantization else ""
+    quant += ", fp8 KV cache" if args.kv_cache_dtype == "fp8" else ""
     print(f"{args.model}{quant}, batch {args.batch_size}, {mode}: {wall_s * 1e3:.3f} ms/step wall, "
           f"{kernel_s * 1e3:.3f} ms kernels, {idle_s * 1e3:.3f} ms GPU idle")  # fmt: skip
     for kind, seconds in sorted(by_kind.items(), key=lambda kv: -kv[1]):

@@ -36,6 +36,8 @@
 #   defaults_structured  issue 28: the defaults stage's three runs; issue 27: the full table
 #             (none, 10%, all; batch 1, 64, 256) on SmolLM2's shape and the 8B layers with its
 #             vocabulary; then the quantized models' GPU tests with the time left
+#   fp8_attention  issue 28: decode attention over an FP8 cache, fp16 products against the
+#             tree before (bf16 products), alternated; its tiles; the FP8 cache's GPU tests
 #   structured_warm  issue 27: the full table after an untimed round of every share, two timed
 #             rounds (the first full run after start-up pays 10-20% on the GPU)
 #   qwen_seqs  issue 28: Qwen3-8B FP8 at 1k / 2k with 269 sequences (no preemption)
@@ -240,8 +242,8 @@ case "${1:-}" in
     TAIL_LINES=12 item gpu_builder_graphs_test 60 "$py" -m pytest -q -m gpu -p no:cacheprovider \
       --timeout 50 --tb=short tests/engine/test_builder_gpu.py -k graphs_over_an_fp8_cache
     TAIL_LINES=30 item step_profile_qwen3_fp8 90 "$py" scripts/bench_step_profile.py \
-      --model qwen3-8b --quantization fp8 --batch-size 128 --input-len 2048 --num-steps 10 \
-      --kv-cache-memory-gb 45 --output-json "$out/profile_qwen3_fp8.json"
+      --model qwen3-8b --quantization fp8 --kv-cache-dtype fp8 --batch-size 128 --input-len 2048 \
+      --num-steps 10 --kv-cache-memory-gb 45 --output-json "$out/profile_qwen3_fp8.json"
     ;;
   qwen_seqs)
     # issue 28: the Qwen3-8B FP8 run at the sequences its cache holds at full length (269 on
@@ -250,6 +252,23 @@ case "${1:-}" in
     item qwen3_fp8_1k_2k_269 380 "$py" -m llm_worker bench throughput --model qwen3-8b \
       --load-format dummy --quantization fp8 --kv-cache-dtype fp8 --input-len 1024 \
       --output-len 2048 --num-prompts 1000 --max-num-seqs 269 --output-json "$out/qwen3_fp8_269.json"
+    ;;
+  fp8_attention)
+    # issue 28: decode attention over an FP8 cache with fp16 products (this tree) against the
+    # tree before (.ab-old, products in bf16, given this tree's bench script), alternated; the
+    # tiles for it; the FP8 cache's GPU tests
+    cp scripts/bench_kernels.py .ab-old/scripts/bench_kernels.py
+    decode=(scripts/bench_kernels.py --decode-only --kv-cache-dtype fp8 --batches 32,128,256
+      --contexts 1024,2048,4096 --max-cache-tokens 1048576)
+    TAIL_LINES=20 item ab_fp8_decode 280 "$py" scripts/dev/ab.py --a .ab-old --b . --rounds 2 \
+      --timeout-s 120 --log-dir "$out/ab_fp8_decode" \
+      --figure 'GB/s=^ +(?P<label>\d+ +\d+) +[\d.]+ +\d+ +[\d.]+ +\d+ +[\d.]+ +(\d+)' -- \
+      "${decode[@]}"
+    TAIL_LINES=60 item fp8_decode_tiles 120 "$py" scripts/bench_kernels.py --decode-only \
+      --kv-cache-dtype fp8 --batches 128,256 --contexts 2048 --max-cache-tokens 1048576 \
+      --sweep-only --decode-candidates 64:2,64:3,128:2,128:3,32:3
+    TAIL_LINES=25 item fp8_kv_gpu_tests 120 "$py" -m pytest -q -m gpu -p no:cacheprovider \
+      --timeout 100 --tb=short tests/kernels/test_fp8_kv_gpu.py tests/engine/test_builder_gpu.py
     ;;
   structured_warm)
     # issue 27's table again, each share timed twice after an untimed round of all of them

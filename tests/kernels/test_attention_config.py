@@ -18,10 +18,11 @@ HOPPER = (132, 232_448)  # multiprocessors, opt-in shared memory per program (22
 ADA = (128, 101_376)  # 99 KiB
 
 
-def _choose(monkeypatch, limits, *, seqs=1, q=4096, k=4096, head_dim=128, group=4, tokens=None):
+def _choose(monkeypatch, limits, *, seqs=1, q=4096, k=4096, head_dim=128, group=4, tokens=None,
+            fp8_cache=False):  # fmt: skip
     monkeypatch.setattr(attention_config, "device_limits", lambda device: limits)
     return choose_config(seqs, 8, group, head_dim, q, k, torch.bfloat16, torch.device("cuda"),
-                         num_tokens=tokens)  # fmt: skip
+                         num_tokens=tokens, fp8_cache=fp8_cache)  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -129,6 +130,22 @@ def test_register_cap_out_of_range_is_refused(regs: int) -> None:
 def test_decode_tiles_by_split(monkeypatch, seqs: int, k: int, expect) -> None:
     c = _choose(monkeypatch, HOPPER, seqs=seqs, q=1, k=k)
     assert (c.block_m, c.block_n, c.num_splits, c.num_stages) == expect
+
+
+@pytest.mark.parametrize(
+    ("seqs", "k", "expect"),
+    [
+        (32, 1024, (16, 128, 1, 2)),  # unsplit: 128-key tiles, a 64-key bf16 tile's bytes
+        (256, 4096, (16, 128, 1, 2)),
+        (16, 16384, (16, 32, 3, 3)),  # split decode keeps the bf16 cache's rules
+        (1, 1024, (16, 64, 8, 2)),
+    ],
+)
+def test_fp8_cache_decode_tiles(monkeypatch, seqs: int, k: int, expect) -> None:
+    c = _choose(monkeypatch, HOPPER, seqs=seqs, q=1, k=k, fp8_cache=True)
+    assert (c.block_m, c.block_n, c.num_splits, c.num_stages) == expect
+    prefill = _choose(monkeypatch, HOPPER, seqs=seqs, q=512, k=k, fp8_cache=True)
+    assert prefill == _choose(monkeypatch, HOPPER, seqs=seqs, q=512, k=k)
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import dataclasses
 import pytest
 import torch
 
+from llm_worker.kernels import paged_attention as paged_attention_module
 from llm_worker.kernels import reference
 from llm_worker.kernels.attention_config import AttentionConfig
 from llm_worker.kernels.paged_attention import paged_attention, paged_attention_with_config
@@ -82,6 +83,32 @@ def test_prefill_reads_this_steps_keys_from_the_fp8_cache_not_the_step_kv() -> N
     out = paged_attention(*batch.tensors(), SCALE, batch.max_seqlen_q, batch.max_seqlen_k,
                           garbage, garbage, k_scale=K_SCALE, v_scale=V_SCALE)  # fmt: skip
     _assert_close(batch, out, _oracle(batch))
+
+
+def _bf16_query_error(batch: PagedBatch, monkeypatch, dot_f16: bool) -> float:
+    monkeypatch.setattr(paged_attention_module, "FP8_DOT_F16", dot_f16)
+    out = paged_attention(*batch.tensors(), SCALE, batch.max_seqlen_q, batch.max_seqlen_k,
+                          k_scale=K_SCALE, v_scale=V_SCALE)  # fmt: skip
+    query = batch.query.float()
+    args = (query, *batch.tensors()[1:], SCALE, batch.max_seqlen_q, batch.max_seqlen_k)
+    expected = reference.paged_attention(*args, k_scale=K_SCALE, v_scale=V_SCALE)
+    n = batch.num_real_tokens()
+    assert not out[:n].isnan().any()
+    return float((out[:n].float() - expected[:n]).norm() / expected[:n].norm())
+
+
+@pytest.mark.parametrize("query_magnitude", [1.0, 3e4])
+def test_bf16_queries_multiply_in_fp16_at_least_as_closely(monkeypatch, query_magnitude) -> None:
+    """Under a bf16 query an FP8 cache's products run in fp16 (FP8_DOT_F16), the query scaled by
+    the softmax scale first, so one past fp16's range (65,504) before scaling still fits: the
+    output stays as close to the fp32 oracle as with products in bf16."""
+    full = make_paged_batch(MIXED, 8, 2, 32, 16, torch.bfloat16, DEVICE)
+    full = dataclasses.replace(full, query=full.query * query_magnitude)
+    batch = fp8_batch(full, K_SCALE, V_SCALE)
+    in_fp16 = _bf16_query_error(batch, monkeypatch, dot_f16=True)
+    in_bf16 = _bf16_query_error(batch, monkeypatch, dot_f16=False)
+    assert in_fp16 < 0.01
+    assert in_fp16 <= in_bf16 * 1.05
 
 
 @pytest.mark.parametrize("block_size", [4, 16])
