@@ -2,7 +2,8 @@
 
 Random add / step / abort / preempt sequences over a small alphabet (so prefixes are shared and
 cached blocks get revived and evicted) must keep: no leaked or doubly freed block, reference
-counts equal to the number of sequences holding each block, eviction in LRU order, and, with
+counts equal to the number of sequences holding each block, eviction in LRU order, running
+sequences in the order preemption relies on (priority, then age), and, with
 steps left in flight (async scheduling), placeholders only ever at a sequence's end and never
 in what a request returns.
 """
@@ -158,6 +159,12 @@ class BlockBookkeeping(RuleBasedStateMachine):
         assert held + self.bm.num_free_blocks == NUM_BLOCKS  # nothing leaked
         for seq in self.scheduler.running:
             assert seq.num_computed_tokens <= seq.num_tokens
+
+    @invariant()
+    def running_in_rank_order(self) -> None:
+        """Higher priority first, then the older request: preemption takes from the end."""
+        ranks = [(-seq.priority, seq.arrival_idx) for seq in self.scheduler.running]
+        assert ranks == sorted(ranks)
 
     @invariant()
     def placeholders_only_at_the_end(self) -> None:

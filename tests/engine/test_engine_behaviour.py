@@ -51,6 +51,26 @@ def test_higher_priority_is_admitted_first() -> None:
     assert order == ["high", "low"]
 
 
+def test_a_shortage_preempts_lower_priority_before_a_later_higher_one() -> None:
+    """Blocks run out while three low-priority requests and one high-priority request admitted
+    after them decode: the victims are low-priority ones, however recently the high-priority
+    one was admitted, and all four finish whole."""
+    engine = tiny_engine(num_gpu_blocks_override=10, block_size=16, max_num_seqs=4,
+                         max_model_len=64)  # fmt: skip
+    params = SamplingParams(max_tokens=40, ignore_eos=True)
+    for i in range(3):
+        engine.add_request(f"low{i}", list(range(10 + i, 26 + i)), params, priority=0)
+    engine.step()
+    engine.add_request("high", list(range(40, 56)), params, priority=5)
+    seqs = {request_id: request.seq for request_id, request in engine.requests.items()}
+    lengths = {}
+    while engine.has_unfinished_requests():
+        lengths |= {o.request_id: len(o.output_token_ids) for o in engine.step() if o.finished}
+    assert lengths == dict.fromkeys(seqs, 40)
+    assert seqs["high"].num_preemptions == 0
+    assert sum(seqs[f"low{i}"].num_preemptions for i in range(3)) > 0
+
+
 def test_stop_token_ids_min_tokens_and_length() -> None:
     engine = tiny_engine()
     greedy = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)

@@ -5,6 +5,7 @@ prefill, chunked prefill, prefix hits and decode are only different counts in on
 No torch here.
 """
 
+import bisect
 import heapq
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -50,6 +51,14 @@ class SchedulerOutput:
         return bool(self.scheduled) and all(
             s.num_new_tokens - s.num_spec == 1 and s.samples for s in self.scheduled
         )
+
+
+def _rank(seq: Sequence) -> tuple[int, int]:
+    """Running sequences are kept in this order, which is the waiting queue's: higher priority
+    first, then the older request. A step serves them in it, and preemption takes from its end,
+    so the victim is the newest of the lowest priority, never a higher-priority request that
+    happened to be admitted last."""
+    return -seq.priority, seq.arrival_idx
 
 
 class Scheduler:
@@ -151,7 +160,7 @@ class Scheduler:
                 i += 1
                 continue
             while not self.block_manager.allocate(seq, seq.num_computed_tokens + num_new):
-                victim = self.running.pop()  # the newest gives its blocks back
+                victim = self.running.pop()  # the last in rank gives its blocks back
                 self._preempt(victim)
                 out.preempted.append(victim)
                 if victim is seq:
@@ -208,7 +217,7 @@ class Scheduler:
             heapq.heappop(self._waiting)
             bm.record_admission(seq, num_computed)
             seq.status = SequenceStatus.RUNNING
-            self.running.append(seq)
+            bisect.insort(self.running, seq, key=_rank)
             item = ScheduledSequence(seq, min(num_new, budget), num_computed)
             out.admitted.append(item)
             out.scheduled.append(item)
