@@ -132,6 +132,19 @@ def test_block_override_under_one_sequence_is_refused_with_what_fits() -> None:
     assert tiny(num_gpu_blocks_override=32, max_model_len=512).runner.num_blocks == 32
 
 
+@pytest.mark.parametrize(("max_num_seqs", "warns"), [(8, True), (4, False)])
+def test_the_log_says_how_many_full_length_sequences_the_cache_holds(
+    caplog: pytest.LogCaptureFixture, max_num_seqs: int, warns: bool
+) -> None:
+    """With --max-num-seqs above what the cache holds at --max-model-len, the log says that
+    long outputs may be preempted: the figure a user needs to pick the count."""
+    with caplog.at_level("INFO", logger="llm_worker.engine.kv_cache_setup"):
+        tiny(num_gpu_blocks_override=37, max_model_len=128, max_num_seqs=max_num_seqs)
+    [line] = [r.getMessage() for r in caplog.records if "sequences of --max-model-len" in r.message]
+    assert line.startswith("KV cache holds 4 sequences of --max-model-len 128 at once")
+    assert ("may be preempted" in line) is warns
+
+
 def test_the_cpu_default_cache_shrinks_to_what_the_limit_leaves() -> None:
     engine = tiny(kv_cache_memory_gb=0.01)
     profile = _profile(engine, WorstStep(2048, 2048, 128))

@@ -169,7 +169,7 @@ def build_parts(settings: EngineSettings, memory: DeviceMemory | None = None) ->
         memory = CudaMemory(device, settings.gpu_memory_utilization) if on_cuda else CpuMemory()
     with _start_up_memory_errors(settings, runner, max_model_len, draft):
         num_blocks, profile = size_kv_cache(settings, runner, max_model_len, draft, memory)
-    log_kv_cache(settings, num_blocks, kv_format, backend.name, profile)
+    log_kv_cache(settings, num_blocks, max_model_len, kv_format, backend.name, profile)
     model_id = settings.served_model_name or settings.model
     scheduler = Scheduler(
         settings.scheduler_config(max_model_len),

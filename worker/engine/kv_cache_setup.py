@@ -9,6 +9,7 @@ from collections.abc import Callable
 import torch
 
 from llm_worker.config import EngineSettings
+from llm_worker.engine.block_manager import cdiv
 from llm_worker.engine.draft import DraftProposer
 from llm_worker.engine.kv_cache import kv_block_bytes
 from llm_worker.engine.kv_sizing import KVCacheRequest, num_kv_blocks
@@ -120,6 +121,7 @@ def size_kv_cache(
 def log_kv_cache(
     settings: EngineSettings,
     num_blocks: int,
+    max_model_len: int,
     kv_format: KVCacheFormat,
     backend_name: str,
     profile: MemoryProfile,
@@ -130,6 +132,17 @@ def log_kv_cache(
         num_blocks, block_size, num_blocks * block_size, kv_format.name, kv_format.scales_from,
         backend_name,
     )  # fmt: skip
+    full_length = num_blocks // cdiv(max_model_len, block_size)
+    max_num_seqs = settings.max_num_seqs or 0
+    if max_num_seqs > full_length:
+        log.info(
+            "KV cache holds %d sequences of --max-model-len %d at once; --max-num-seqs %d is "
+            "more, so sequences whose outputs run long may be preempted and recomputed",
+            full_length, max_model_len, max_num_seqs,
+        )  # fmt: skip
+    else:
+        log.info("KV cache holds %d sequences of --max-model-len %d at once (--max-num-seqs %d)",
+                 full_length, max_model_len, max_num_seqs)  # fmt: skip
     gib = 2**30
     log.info(
         "memory: limit %.2f GiB, held before the cache %.2f, worst step %.2f (forward of %d "
