@@ -23,6 +23,7 @@ from llm_worker.queues.kafka_conn import client_kwargs, ensure_topics
 from llm_worker.queues.keys import RedisKeys
 from llm_worker.queues.redis_conn import make_client, verify
 from llm_worker.schemas import Job, JobStatus, Result, content_job_id, job_digest
+from llm_worker.schemas.stored_result import read_result
 from llm_worker.service_settings import KafkaSettings, RedisSettings
 
 __all__ = ["JobIdConflict", "KafkaProducer", "RedisProducer", "content_job_id", "job_digest"]
@@ -100,7 +101,7 @@ class RedisProducer:
         raw = await self._redis.get(self._keys.result(job_id))
         if raw is None:
             return None
-        found = Result.model_validate_json(raw)
+        found = read_result(raw)
         if expected_digest is not None and found.job_digest != expected_digest:
             raise JobIdConflict(
                 f"the result stored under job id {job_id!r} answers other content "

@@ -38,6 +38,7 @@
 #             vocabulary; then the quantized models' GPU tests with the time left
 #   fp8_attention  issue 28: decode attention over an FP8 cache, fp16 products against the
 #             tree before (bf16 products), alternated; its tiles; the FP8 cache's GPU tests
+#   fp8_split_tiles  issue 28: split decode tiles over an FP8 cache at batch 1, 4, 16
 #   structured_warm  issue 27: the full table after an untimed round of every share, two timed
 #             rounds (the first full run after start-up pays 10-20% on the GPU)
 #   qwen_seqs  issue 28: Qwen3-8B FP8 at 1k / 2k with 269 sequences (no preemption)
@@ -269,6 +270,13 @@ case "${1:-}" in
       --sweep-only --decode-candidates 64:2,64:3,128:2,128:3,32:3
     TAIL_LINES=25 item fp8_kv_gpu_tests 120 "$py" -m pytest -q -m gpu -p no:cacheprovider \
       --timeout 100 --tb=short tests/kernels/test_fp8_kv_gpu.py tests/engine/test_builder_gpu.py
+    ;;
+  fp8_split_tiles)
+    # issue 28: split decode over an FP8 cache (batch 16 and under) still streams the bf16
+    # cache's 32-key tiles; tiles of the same bytes (64 keys) and deeper, against them
+    TAIL_LINES=80 item fp8_split_tiles 240 "$py" scripts/bench_kernels.py --decode-only \
+      --kv-cache-dtype fp8 --batches 1,4,16 --contexts 1024,4096,16384 --sweep \
+      --decode-candidates 32:2,32:3,64:2,64:3,128:2 --json "$out/fp8_split_tiles.json"
     ;;
   structured_warm)
     # issue 27's table again, each share timed twice after an untimed round of all of them

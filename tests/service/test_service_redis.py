@@ -1,6 +1,7 @@
 """The issue's must-show cases over a real redis-server with the bundled model."""
 
 import asyncio
+import json
 import logging
 import signal
 
@@ -128,6 +129,44 @@ async def test_an_unreadable_run_record_neither_blocks_the_stream_nor_loses_its_
     assert await view.redis.hlen(view.keys.runs) == 0
     assert isinstance(source, RedisStreamSource) and source.num_unreadable_run_records == 1
     assert [m for r in caplog.records if "unreadable run record" in (m := r.getMessage())]
+    await view.close()
+
+
+async def test_stored_results_of_a_newer_version_settle_and_unreadable_ones_block_nothing(
+        redis_url, unique_name, caplog: pytest.LogCaptureFixture) -> None:
+    """Mid rolling upgrade: job-1's stored result has fields a newer worker added, job-2's key
+    holds bytes that are no result. job-1 counts as done (acked, not run again), job-2 runs
+    again and its result replaces those bytes, and the jobs delivered beside them run as usual:
+    nothing hands the batch back."""
+    settings = _settings(redis_url, unique_name)
+    jobs = [Job(id=f"job-{i}", prompt_token_ids=[10 + i, 20, 30], sampling=ONE_TOKEN)
+            for i in range(4)]
+    view = RedisView(redis_url, unique_name)
+    newer = {"schema_version": 1, "id": "job-1", "status": "completed", "text": "earlier",
+             "job_digest": job_digest(jobs[1]), "usage": {"prompt_tokens": 3,
+             "reasoning_tokens": 0}, "reasoning": None}  # fmt: skip
+    await view.redis.set(view.keys.result("job-1"), json.dumps(newer))
+    await view.redis.set(view.keys.result("job-2"), b"{not json")
+    ids = await _enqueue(settings, jobs)
+    ran = ["job-0", "job-3"]
+    source, sink = build_queue(settings)
+    service = Service(settings, source, sink, tiny_engine(), "tiny-llama")
+
+    async def settled() -> bool:
+        published = await view.published_counts()
+        return (all(published[i] for i in [*ran, "job-2"])
+                and await view.pending_by_consumer() == {"w-main": 0})
+
+    with caplog.at_level(logging.WARNING):
+        await run_service_until(service, settled, timeout_s=30)
+    assert await view.redis.xlen(view.keys.jobs_stream) == len(ids)
+    results = await view.results(ran)
+    assert all(results[i].status == JobStatus.COMPLETED for i in ran)
+    assert await view.published_counts() == {"job-0": 1, "job-2": 1, "job-3": 1}
+    assert json.loads(await view.redis.get(view.keys.result("job-1"))) == newer
+    assert (await view.results(["job-2"]))["job-2"].status == JobStatus.COMPLETED
+    assert [m for r in caplog.records
+            if "job-2 is unreadable" in (m := r.getMessage())]  # fmt: skip
     await view.close()
 
 

@@ -125,6 +125,18 @@ def test_what_to_json_never_writes_is_unreadable(raw: bytes) -> None:
         decode_entry(raw)
 
 
+def test_a_done_record_from_a_newer_version_reads_as_done() -> None:
+    """Its result's fields this version does not know are dropped: the record still settles
+    its offset and binds its id, where refused it would make this worker run the job again."""
+    result = {"id": "a", "status": "completed", "text": "hi", "usage": {"prompt_tokens": 2,
+              "reasoning_tokens": 1}, "reasoning": "added later"}  # fmt: skip
+    raw = json.dumps({"state": "done", "job_id": "a", "digest": "sha256:1", "result": result})
+    entry = decode_entry(raw.encode())
+    assert isinstance(entry, DoneRecord) and (entry.job_id, entry.digest) == ("a", "sha256:1")
+    assert entry.result is not None and entry.result.text == "hi"
+    assert entry.result.usage.prompt_tokens == 2
+
+
 @pytest.mark.parametrize("key", [None, b"", b"x", b"-1", b"01", b" 1", b"1_0", b"9" * 30])
 def test_a_key_that_entry_key_never_writes_names_no_offset(key: bytes | None) -> None:
     with pytest.raises(UnreadableEntry):

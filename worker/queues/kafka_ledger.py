@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from llm_worker.queues.protocol import Attempts
 from llm_worker.queues.runs import RunRecord, UnreadableEntry, strictly
 from llm_worker.schemas import Result
+from llm_worker.schemas.stored_result import read_result
 
 _DONE = "done"
 
@@ -61,7 +62,7 @@ def decode_entry(raw: bytes) -> LedgerEntry:
         if not all(v is None or isinstance(v, str) for v in (job_id, digest)):
             raise ValueError("job_id and digest are strings or null")
         return DoneRecord(job_id, digest,
-                          None if result is None else Result.model_validate(result))
+                          None if result is None else read_result(result))
 
 
 @dataclass(frozen=True)

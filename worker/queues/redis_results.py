@@ -1,6 +1,7 @@
 """Results in Redis: `<prefix>:result:<id>` JSON and `<prefix>:status:<id>`, both with a TTL,
 plus one entry per terminal result on `<prefix>:results`. Also where cancel flags are read."""
 
+import logging
 from collections.abc import Sequence
 
 import redis.asyncio as aioredis
@@ -8,17 +9,27 @@ import redis.asyncio as aioredis
 from llm_worker.queues.keys import RedisKeys
 from llm_worker.queues.redis_conn import make_client, verify
 from llm_worker.schemas import JobStatus, Result
+from llm_worker.schemas.stored_result import read_result
 from llm_worker.service_settings import RedisSettings
 
+log = logging.getLogger(__name__)
+
 # First terminal result wins: a job that ran twice (a stolen lease, a crash after publish)
-# still has exactly one result, one final status and one results-stream entry.
+# still has exactly one result, one final status and one results-stream entry. Bytes under the
+# key that are no JSON object of this id (a foreign or broken writer's) are not a result: the
+# job's next run replaces them, as terminal_results counts them as none.
 _PUBLISH_ONCE = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[3]) then
-  redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'id', ARGV[4], 'status', ARGV[2])
-  return 1
+local stored = redis.call('GET', KEYS[1])
+if stored then
+  local ok, found = pcall(cjson.decode, stored)
+  if ok and type(found) == 'table' and found['id'] == ARGV[4] then
+    return 0
+  end
 end
-return 0
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'id', ARGV[4], 'status', ARGV[2])
+return 1
 """
 
 _MARK_RUNNING = """
@@ -62,11 +73,22 @@ class RedisResultStore:
         )
 
     async def terminal_results(self, job_ids: Sequence[str]) -> dict[str, Result]:
+        """The results stored for these ids; fields a newer version added are dropped
+        (schemas/stored_result.py). Bytes that are no result even so count as none: the job runs
+        again rather than every batch that carries its id being handed back."""
         if not job_ids:
             return {}
         raws = await self._redis.mget([self._keys.result(job_id) for job_id in job_ids])
-        return {job_id: Result.model_validate_json(raw)
-                for job_id, raw in zip(job_ids, raws, strict=True) if raw is not None}
+        found: dict[str, Result] = {}
+        for job_id, raw in zip(job_ids, raws, strict=True):
+            if raw is None:
+                continue
+            try:
+                found[job_id] = read_result(raw)
+            except ValueError as exc:
+                log.warning("the result stored for job %s is unreadable (%s): it counts as none, "
+                            "and the job runs", job_id, str(exc)[:200])  # fmt: skip
+        return found
 
     async def mark_running(self, job_ids: Sequence[str]) -> None:
         if not job_ids:
