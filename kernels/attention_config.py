@@ -108,8 +108,8 @@ ONE_PASS_MAX_SPLIT_KEYS = 2048
 PRELOAD_OVER_SPLIT_KEYS = 512
 PRELOAD_SHALLOW_MAX_TILES = 8
 # Unsplit decode tiles over an FP8 cache stream 128-key tiles two stages deep: a key tile then
-# holds the bytes of a 64-key bf16 one. At 128 and 256 sequences of 2k keys they read 0.85 of
-# the copy bandwidth where 64-key tiles read 0.67-0.69 and 32-key ones 0.76-0.78.
+# holds the bytes of a 64-key bf16 one, and streamed fastest of the FP8 tiles swept
+# (docs/benchmarks.md, "Decode over an FP8 (e4m3) cache").
 FP8_DECODE_TILE = (128, 2)
 # The interpreter has no multiprocessors; a small number keeps split-K reachable in CPU tests.
 INTERPRETER_NUM_SMS = 4
