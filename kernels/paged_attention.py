@@ -72,10 +72,10 @@ NEW_KV_TMA = True
 # An FP8 cache under a bf16 (or fp16) query multiplies in fp16, the query scaled by the softmax
 # scale first: e4m3 converts to fp16 in one instruction for two values and to bf16 only through
 # a further conversion per value, which decode over an FP8 cache pays in speed
-# (docs/benchmarks.md, "FP8 KV cache"). fp16 holds every e4m3 value exactly, and the
-# probabilities and the scaled query with more mantissa than bf16; only a scaled query past
-# fp16's range (65,504; unscaled, about 740,000 at head_dim 128) would not fit. False: products
-# in the query's dtype (sweeps).
+# (docs/benchmarks.md, "Decode over an FP8 (e4m3) cache"). fp16 holds every e4m3 value exactly,
+# and the probabilities and the scaled query with more mantissa than bf16; only a scaled query
+# past fp16's range (65,504; unscaled, about 740,000 at head_dim 128) would not fit. False:
+# products in the query's dtype (sweeps).
 FP8_DOT_F16 = True
 
 
