@@ -41,6 +41,7 @@
 #   fp8_split_tiles  issue 28: split decode tiles over an FP8 cache at batch 1, 4, 16
 #   structured_warm  issue 27: the full table after an untimed round of every share, two timed
 #             rounds (the first full run after start-up pays 10-20% on the GPU)
+#   qwen_default  issue 28: Qwen3-8B FP8 at 1k / 2k at the default 512 sequences
 #   qwen_seqs  issue 28: Qwen3-8B FP8 at 1k / 2k with 269 sequences (no preemption)
 #   qwen_profile  issue 28: the builder's FP8-cache graph test; where a Qwen3-8B FP8 decode
 #             step goes at batch 128 and 2k context
@@ -245,6 +246,10 @@ case "${1:-}" in
     TAIL_LINES=30 item step_profile_qwen3_fp8 90 "$py" scripts/bench_step_profile.py \
       --model qwen3-8b --quantization fp8 --kv-cache-dtype fp8 --batch-size 128 --input-len 2048 \
       --num-steps 10 --kv-cache-memory-gb 45 --output-json "$out/profile_qwen3_fp8.json"
+    ;;
+  qwen_default)
+    # issue 28: the Qwen3-8B FP8 run at the default 512 sequences, alone in a call
+    qwen3_fp8 380
     ;;
   qwen_seqs)
     # issue 28: the Qwen3-8B FP8 run at the sequences its cache holds at full length (269 on
