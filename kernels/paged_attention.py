@@ -395,7 +395,7 @@ def _launch(
     check_kv_scales(k_cache.dtype, options.k_scale, options.v_scale)
     dot_f16 = (
         FP8_DOT_F16
-        and k_cache.dtype != query.dtype
+        and k_cache.dtype in FP8_KV_DTYPES
         and query.dtype in (torch.float16, torch.bfloat16)
     )
     qk_scale = math.log2(math.e) * options.k_scale * (1.0 if dot_f16 else scale)

@@ -162,7 +162,15 @@ class PagedCache:
         return new_kv, "step" if step_kv and config.step_kv else "cache"
 
 
-def auto_config(layer: Layer, num_seqs: int, max_q: int, max_k: int) -> AttentionConfig:
+def auto_config(
+    layer: Layer,
+    num_seqs: int,
+    max_q: int,
+    max_k: int,
+    num_tokens: int | None = None,
+    prefill_tile: PrefillTile | None = None,
+) -> AttentionConfig:
+    """The rules' configuration for this layer's launch, as the engine's would get it."""
     return choose_config(
         num_seqs,
         layer.num_kv_heads,
@@ -172,6 +180,8 @@ def auto_config(layer: Layer, num_seqs: int, max_q: int, max_k: int) -> Attentio
         max_k,
         layer.dtype,
         torch.device("cuda"),
+        num_tokens=num_tokens,
+        prefill_tile=prefill_tile,
         fp8_cache=layer.kv_dtype == FP8_DTYPE,
     )
 
@@ -499,9 +509,7 @@ def mixed_row(
     layer = cache.layer
     args = cache.batch(q_lens, ctx_lens)
     tokens, max_q = sum(q_lens), max(q_lens)
-    config = choose_config(len(q_lens), layer.num_kv_heads, layer.num_heads // layer.num_kv_heads,
-                           layer.head_dim, max_q, max(ctx_lens), layer.dtype,
-                           torch.device("cuda"), num_tokens=tokens, prefill_tile=tile)  # fmt: skip
+    config = auto_config(layer, len(q_lens), max_q, max(ctx_lens), tokens, tile)
     config = config if split else replace(config, num_splits=1)
     scale = layer.head_dim**-0.5
     new_kv, keys = cache.step_kv_or_cache(tokens, step_kv, config)

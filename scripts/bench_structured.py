@@ -209,8 +209,8 @@ def e2e_main(args: argparse.Namespace) -> list[dict[str, Any]]:
             prompts = random_prompts(num_prompts, args.input_len, vocab, seed=batch)
             warm = _params(batch, 1.0, constraint, min(16, args.output_len))
             engine.generate(prompts[:batch], warm)  # compiles the grammar, warms the graphs
-            # On the GPU the first full run after that came out 10-20% slower than later ones
-            # (8B shape at batch 256: 16,437 first, 20,272 last), whichever share it was.
+            # On the GPU the first full run after that is slower than later ones, whichever
+            # share it is (docs/benchmarks.md, "Structured outputs").
             for _ in range(args.warmup_rounds):
                 for fraction in args.fractions:
                     engine.generate(prompts, _params(num_prompts, fraction, constraint,

@@ -134,15 +134,11 @@ def log_kv_cache(
     )  # fmt: skip
     full_length = num_blocks // cdiv(max_model_len, block_size)
     max_num_seqs = settings.max_num_seqs or 0
-    if max_num_seqs > full_length:
-        log.info(
-            "KV cache holds %d sequences of --max-model-len %d at once; --max-num-seqs %d is "
-            "more, so sequences whose outputs run long may be preempted and recomputed",
-            full_length, max_model_len, max_num_seqs,
-        )  # fmt: skip
-    else:
-        log.info("KV cache holds %d sequences of --max-model-len %d at once (--max-num-seqs %d)",
-                 full_length, max_model_len, max_num_seqs)  # fmt: skip
+    more = max_num_seqs > full_length
+    log.info("KV cache holds %d sequences of --max-model-len %d at once (--max-num-seqs %d%s)",
+             full_length, max_model_len, max_num_seqs,
+             ": more, so sequences whose outputs run long may be preempted and recomputed"
+             if more else "")  # fmt: skip
     gib = 2**30
     log.info(
         "memory: limit %.2f GiB, held before the cache %.2f, worst step %.2f (forward of %d "
