@@ -87,6 +87,36 @@ def _run(
     raise AssertionError(f"rows {live} did not end in {MAX_STEPS} steps")
 
 
+def test_a_background_fill_is_inside_xgrammar_when_the_caller_goes_on(
+    tokenizer: Any, smollm2_config: ModelConfig
+) -> None:
+    """The engine thread goes back to its own Python work as soon as the fill is submitted; a
+    fill thread that still needed the GIL then would wait for the engine thread to block, and
+    the fill would run after that work instead of beside it."""
+    vocab_size, eos = smollm2_config.vocab_size, smollm2_config.eos_token_ids
+    backend = StructuredOutputBackend.create(
+        tokenizer, vocab_size, eos, StructuredOutputConfig(max_rows=8)
+    )
+    entered: list[bool] = []
+    fill_rows = backend.filler._fill_rows
+
+    def noting_entry(*args: Any) -> None:
+        entered.append(True)
+        fill_rows(*args)
+
+    backend.filler._fill_rows = noting_entry  # type: ignore[method-assign]
+    try:
+        matchers = [backend.matcher(backend.submit(c)) for c in _constraints()]
+        for drafts in ([()] * 4, [(), (17,), (), ()]):  # a step without and with a draft
+            entered.clear()
+            filled = backend.fill_in_background(matchers, drafts)
+            assert entered, "fill_in_background returned before the fill reached xgrammar"
+            num_rows = len(matchers) + sum(map(len, drafts))
+            assert filled.result().bitmask.shape[0] == num_rows
+    finally:
+        backend.shutdown()
+
+
 def test_a_model_without_a_tokenizer_has_no_backend(smollm2_config: ModelConfig) -> None:
     with pytest.raises(NoTokenizerError):
         StructuredOutputBackend.create(

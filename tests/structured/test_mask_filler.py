@@ -68,6 +68,11 @@ def test_filled_rows_are_xgrammars_rows(
     snapshot = stats.snapshot()
     assert (snapshot.num_mask_fills, snapshot.num_mask_rows) == (1, len(states))
     assert snapshot.mask_fill_s > 0
+    rows.fill_(0)  # a step without drafts: one row each, the same rows
+    filled = filler.fill_with_drafts(matchers, [()] * len(matchers))
+    assert not filled.failed
+    for row, (grammar, ids) in zip(filled.bitmask, states, strict=True):
+        assert torch.equal(row, _xgrammar_row(grammar, ids, vocab.vocab_size))
     with pytest.raises(ValueError, match=f"over the {capacity} allocated"):
         filler.fill(matchers + matchers[:4])
 

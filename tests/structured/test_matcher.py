@@ -82,12 +82,14 @@ def test_a_batch_of_tokens_is_taken_as_each_matcher_alone_would(
     points = [0, 1, len(token_ids) // 2, len(token_ids) - 1, len(token_ids)]
     batch = [SequenceMatcher.rebuild(grammar, token_ids[:n]) for n in points]
     alone = [SequenceMatcher.rebuild(grammar, token_ids[:n]) for n in points]
+    stop = token_ids[-1]  # a stop token: refused until the object is whole
     for next_tokens in ([token_ids[n] if n < len(token_ids) else not_json for n in points],
-                        [not_json] * len(points)):  # fmt: skip
+                        [not_json] * len(points), [stop] * len(points)):  # fmt: skip
         verdicts = SequenceMatcher.try_accept_each(batch, next_tokens)
         assert verdicts == [m.try_accept(t) for m, t in zip(alone, next_tokens, strict=True)]
         assert [m.num_accepted_tokens for m in batch] == [m.num_accepted_tokens for m in alone]
         assert [m.is_terminated for m in batch] == [m.is_terminated for m in alone]
+        _assert_ended_as_xgrammar_says(batch + alone)
     assert SequenceMatcher.try_accept_each([], []) == []
 
 
@@ -99,6 +101,7 @@ def test_rollback_is_bounded_by_what_was_accepted(
     assert matcher.is_terminated
     matcher.rollback(1)  # the stop token: the output is whole again, not ended
     assert not matcher.is_terminated and matcher.is_completed
+    _assert_ended_as_xgrammar_says([matcher])
     with pytest.raises(ValueError, match="cannot roll back"):
         matcher.rollback(len(token_ids))
     with pytest.raises(ValueError, match="cannot roll back"):
@@ -127,7 +130,15 @@ def test_accepts_and_rollbacks_keep_the_state_of_the_tokens_kept(
         matcher.rollback(num_rolled_back)
         kept = kept[: len(kept) - num_rolled_back]
         assert matcher.num_accepted_tokens == len(kept)
+        _assert_ended_as_xgrammar_says([matcher])
     fresh = SequenceMatcher.rebuild(grammar, kept)
     assert matcher.is_terminated == fresh.is_terminated
     if not fresh.is_terminated:
         assert torch.equal(_mask(matcher, vocab), _mask(fresh, vocab))
+
+
+def _assert_ended_as_xgrammar_says(matchers: list[SequenceMatcher]) -> None:
+    """is_terminated is kept on the Python side; xgrammar's own matcher is the oracle."""
+    assert [m.is_terminated for m in matchers] == [
+        bool(m.xgr_matcher.is_terminated()) for m in matchers
+    ]

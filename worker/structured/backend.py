@@ -11,6 +11,7 @@ when the grammar is ready, fill a step's bitmask, read the counters.
     matcher.accept([token_id]); matcher.is_terminated     # after sampling
 """
 
+import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -82,8 +83,17 @@ class StructuredOutputBackend:
     ) -> "Future[FilledRows]":
         """`filler.fill_with_drafts(matchers, drafts)` on the fill thread, which releases the
         GIL while it fills: the caller runs the forward meanwhile. Until the future is done,
-        nothing else may touch these matchers or the filler's bitmask."""
-        return self._fill_pool.submit(self.filler.fill_with_drafts, matchers, drafts)
+        nothing else may touch these matchers or the filler's bitmask.
+
+        Returns once the fill is inside xgrammar. A thread waiting for the GIL gets it only
+        when its holder blocks or after the switch interval (5 ms), longer than a step's
+        host work: without the wait, the fill would start when the caller next blocks, on its
+        result, and run after the caller's work instead of beside it."""
+        entered = threading.Event()
+        filled = self._fill_pool.submit(self.filler.fill_with_drafts, matchers, drafts, entered.set)
+        filled.add_done_callback(lambda _: entered.set())  # raised or cancelled before xgrammar
+        entered.wait()
+        return filled
 
     def stats(self) -> StructuredStats:
         return self._stats.snapshot()

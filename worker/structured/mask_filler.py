@@ -6,7 +6,7 @@ threads with the GIL released, so the engine thread's other host work can run be
 """
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -57,12 +57,15 @@ class MaskFiller:
         valid until the next fill."""
         self._check_capacity(len(matchers))
         started = time.perf_counter()
-        self._fill_rows(matchers, list(range(len(matchers))))
+        self._fill_rows([m.xgr_matcher for m in matchers], None)
         self._stats.filled(len(matchers), time.perf_counter() - started)
         return self.bitmask[: len(matchers)]
 
     def fill_with_drafts(
-        self, matchers: Sequence[SequenceMatcher], drafts: Sequence[Sequence[int]]
+        self,
+        matchers: Sequence[SequenceMatcher],
+        drafts: Sequence[Sequence[int]],
+        on_enter: Callable[[], None] | None = None,
     ) -> FilledRows:
         """Rows for speculative verification: matchers[i] gets len(drafts[i]) + 1 consecutive
         rows, the mask after each prefix of its drafts (the layout of the verify logits).
@@ -71,18 +74,29 @@ class MaskFiller:
         stops there and those rows are never sampled from. Every matcher is left as it was.
 
         A matcher whose fill raises (a grammar backend fault) gets rows that allow everything
-        and is named in `failed`: the caller fails its request, the other rows stand."""
+        and is named in `failed`: the caller fails its request, the other rows stand.
+        `on_enter` is called just before the first call into xgrammar."""
         if len(matchers) != len(drafts):
             raise ValueError(f"{len(matchers)} matchers but {len(drafts)} draft lists")
-        first_row = [0]
-        for tokens in drafts:
-            first_row.append(first_row[-1] + len(tokens) + 1)
+        speculating = any(drafts)
+        if speculating:
+            first_row = [0]
+            for tokens in drafts:
+                first_row.append(first_row[-1] + len(tokens) + 1)
+        else:
+            first_row = list(range(len(matchers) + 1))
         num_rows = first_row[-1]
         self._check_capacity(num_rows)
         started = time.perf_counter()
         failed: dict[int, str] = {}
         try:
-            self._fill_group(matchers, drafts, first_row, range(len(matchers)))
+            if speculating:
+                self._fill_group(matchers, drafts, first_row, range(len(matchers)), on_enter)
+            else:  # one row each, the common step: as little Python as possible before it
+                handles = [m.xgr_matcher for m in matchers]
+                if on_enter is not None:
+                    on_enter()
+                self._fill_rows(handles, None)
         except Exception:  # the batch call cannot say which matcher raised: each alone
             for i in range(len(matchers)):
                 try:
@@ -99,6 +113,7 @@ class MaskFiller:
         drafts: Sequence[Sequence[int]],
         first_row: list[int],
         group: Iterable[int],
+        on_enter: Callable[[], None] | None = None,
     ) -> None:
         """Fill the rows of matchers[i] for each i in `group`, depth by depth (one batch call
         per depth), accepting drafts as it goes and rolling them all back at the end."""
@@ -107,7 +122,11 @@ class MaskFiller:
         try:
             for depth in range(max((len(drafts[i]) for i in live), default=0) + 1):
                 live = [i for i in live if depth <= len(drafts[i])]
-                self._fill_rows([matchers[i] for i in live], [first_row[i] + depth for i in live])
+                handles = [matchers[i].xgr_matcher for i in live]
+                rows = [first_row[i] + depth for i in live]
+                if depth == 0 and on_enter is not None:
+                    on_enter()
+                self._fill_rows(handles, rows)
                 live = [i for i in live if depth < len(drafts[i])]
                 for i in list(live):
                     accepted = matchers[i].try_accept(drafts[i][depth])
@@ -119,9 +138,9 @@ class MaskFiller:
             for i, n in num_accepted.items():
                 matchers[i].rollback(n)
 
-    def _fill_rows(self, matchers: Sequence[SequenceMatcher], rows: list[int]) -> None:
-        if matchers:
-            handles = [m.xgr_matcher for m in matchers]
+    def _fill_rows(self, handles: list[xgr.GrammarMatcher], rows: list[int] | None) -> None:
+        """handles[i] fills bitmask row rows[i] (None: row i)."""
+        if handles:
             self._batch.batch_fill_next_token_bitmask(handles, self.bitmask, rows)
 
     def _check_capacity(self, num_rows: int) -> None:

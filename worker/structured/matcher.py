@@ -3,6 +3,10 @@
 Preemption by recompute keeps a sequence's tokens and recomputes only their KV, so the matcher,
 which belongs to the request and not to its blocks, stays as it is. `rebuild` makes the same
 state from the output tokens, for a caller that dropped the matcher (tests prove both agree).
+
+Termination is kept here rather than asked of xgrammar: a matcher ends exactly when it accepts a
+stop token (xgrammar's default, which __init__ keeps), and a call into xgrammar costs about
+a microsecond and may hand the GIL to another thread, per row per step.
 """
 
 from collections.abc import Sequence
@@ -18,7 +22,9 @@ class GrammarRejected(Exception):
 class SequenceMatcher:
     def __init__(self, grammar: xgr.CompiledGrammar) -> None:
         self._matcher = xgr.GrammarMatcher(grammar)
+        self._stop_token_ids = frozenset(grammar.tokenizer_info.stop_token_ids)
         self.num_accepted_tokens = 0  # since the start, stop token included
+        self._terminated = False
 
     @classmethod
     def rebuild(
@@ -40,7 +46,11 @@ class SequenceMatcher:
         for token_id in token_ids:
             if not self._matcher.accept_token(token_id):
                 raise self.refusal(token_id)
-            self.num_accepted_tokens += 1
+            self._took(token_id)
+
+    def _took(self, token_id: int) -> None:
+        self.num_accepted_tokens += 1
+        self._terminated = token_id in self._stop_token_ids
 
     def refusal(self, token_id: int) -> GrammarRejected:
         """The error for `token_id`, refused after the tokens accepted so far."""
@@ -51,7 +61,8 @@ class SequenceMatcher:
     def try_accept(self, token_id: int) -> bool:
         """Accept the token if the grammar allows it; whether it did."""
         accepted = bool(self._matcher.accept_token(token_id))
-        self.num_accepted_tokens += int(accepted)
+        if accepted:
+            self._took(token_id)
         return accepted
 
     def rollback(self, num_tokens: int) -> None:
@@ -63,6 +74,7 @@ class SequenceMatcher:
         if num_tokens:
             self._matcher.rollback(num_tokens)
             self.num_accepted_tokens -= num_tokens
+            self._terminated = False  # only a stop token ends a matcher, and nothing follows it
 
     def fill_row(self, bitmask: torch.Tensor, row: int) -> None:
         """bitmask[row] (int32 CPU, [rows, ceil(vocab / 32)]): bit t set where token t may come
@@ -77,14 +89,15 @@ class SequenceMatcher:
         tokens, without a Python round trip per row)."""
         handles = [m._matcher for m in matchers]
         accepted = xgr.BatchGrammarMatcher.batch_accept_token(handles, list(token_ids))
-        for matcher, ok in zip(matchers, accepted, strict=True):
-            matcher.num_accepted_tokens += int(ok)
+        for matcher, ok, token_id in zip(matchers, accepted, token_ids, strict=True):
+            if ok:
+                matcher._took(token_id)
         return accepted
 
     @property
     def is_terminated(self) -> bool:
         """It accepted a stop token: the output is complete and nothing may follow."""
-        return bool(self._matcher.is_terminated())
+        return self._terminated
 
     @property
     def is_completed(self) -> bool:
