@@ -43,6 +43,9 @@
 #             rounds (the first full run after start-up pays 10-20% on the GPU)
 #   qwen_default  issue 28: Qwen3-8B FP8 at 1k / 2k at the default 512 sequences
 #   qwen_seqs  issue 28: Qwen3-8B FP8 at 1k / 2k with 269 sequences (no preemption)
+#   grammar_handoff  issue 27: the tree before the mask fill was handed the GIL (.ab-old) against
+#             this one, none and all rows constrained at batch 256, alternated; the GPU tests of
+#             the structured path (structured_warm, the full table, in the next call)
 #   qwen_profile  issue 28: the builder's FP8-cache graph test; where a Qwen3-8B FP8 decode
 #             step goes at batch 128 and 2k context
 set -uo pipefail
@@ -65,6 +68,17 @@ item() {  # item NAME TIMEOUT_S COMMAND...: run it, keep its log, print its last
 }
 
 bench() { "$py" -m llm_worker bench "$@"; }
+
+ab_structured() {  # ab_structured TIMEOUT_S RUN_TIMEOUT_S: .ab-old against this tree, issue 27's
+  # e2e at batch 256 with no row and every row constrained, on the 8B shape and SmolLM2,
+  # alternated twice (.ab-old gets this tree's bench script)
+  cp scripts/bench_structured.py .ab-old/scripts/bench_structured.py
+  local e2e=(scripts/bench_structured.py e2e --device cuda --load-format dummy --output-len 128
+    --rounds 1 --batch-sizes 256 --fractions 0,1 --models llama3-8b-49k,smollm2)
+  TAIL_LINES=12 item ab_structured "$1" "$py" scripts/dev/ab.py --a .ab-old --b . --rounds 2 \
+    --timeout-s "$2" --log-dir "$out/ab_structured" \
+    --figure 'tok/s=^(?P<label>\S+ +\d+ +\d+%) +([\d.]+)' -- "${e2e[@]}"
+}
 
 qwen3_fp8() {  # qwen3_fp8 TIMEOUT_S: issue 28's Qwen3-8B target, 1,000 x 1,024 in / 2,048 out
   item qwen3_fp8_1k_2k "$1" "$py" -m llm_worker bench throughput --model qwen3-8b \
@@ -207,15 +221,16 @@ case "${1:-}" in
     # this one, constrained rows against none at batch 256, alternated (structured_profile:
     # where this tree's engine thread spends its time on the 8B shape, by cProfile)
     export LLM_WORKER_CACHE_DIR="$PWD/.smolcfg"
-    cp scripts/bench_structured.py .ab-old/scripts/bench_structured.py
     TAIL_LINES=16 item mask_threads 60 "$py" scripts/bench_structured.py mask --device cuda \
       --batch-sizes 64,256 --fractions 1 --fill-threads 1,2,4,8
-    e2e=(scripts/bench_structured.py e2e --device cuda --load-format dummy --output-len 128
-      --rounds 1 --batch-sizes 256 --fractions 0,1)
-    TAIL_LINES=12 item ab_structured 380 "$py" scripts/dev/ab.py --a .ab-old --b . --rounds 2 \
-      --timeout-s 180 --log-dir "$out/ab_structured" \
-      --figure 'tok/s=^(?P<label>\S+ +\d+ +\d+%) +([\d.]+)' -- "${e2e[@]}" \
-      --models llama3-8b-49k,smollm2
+    ab_structured 380 180
+    ;;
+  grammar_handoff)
+    export LLM_WORKER_CACHE_DIR="$PWD/.smolcfg"
+    ab_structured 420 200
+    TAIL_LINES=12 item gpu_structured_tests 90 "$py" -m pytest -q -m gpu -p no:cacheprovider \
+      --timeout 80 tests/structured/test_engine_structured_gpu.py \
+      tests/structured/test_token_bitmask.py
     ;;
   structured_profile)
     export LLM_WORKER_CACHE_DIR="$PWD/.smolcfg"
