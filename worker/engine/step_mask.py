@@ -98,18 +98,23 @@ def plan_step_mask(
     first = 0
     for item in scheduled:
         num_rows = item.num_logits_rows
-        request = requests.get(item.seq.request_id)
+        if not num_rows:
+            continue
+        seq = item.seq
+        request = requests.get(seq.request_id)
         matcher = request.matcher if request is not None else None
-        if num_rows and matcher is not None and not matcher.is_terminated:
-            assert request is not None and request.seq is item.seq and num_rows == item.num_spec + 1
-            seqs.append(item.seq)
+        if matcher is not None and not matcher.is_terminated:
+            assert request is not None and request.seq is seq and num_rows == item.num_spec + 1
+            seqs.append(seq)
             matchers.append(matcher)
             drafts.append(item.spec_token_ids)
-            for j in range(num_rows):
-                held = _held_back(item.seq.params, item.seq.num_output_tokens + j, eos_token_ids)
-                if held:
-                    blocked.append((len(row_idx), held))
-                row_idx.append(first + j)
+            params = seq.params
+            if params.min_tokens or params.ignore_eos:  # else no row holds anything back
+                for j in range(num_rows):
+                    held = _held_back(params, seq.num_output_tokens + j, eos_token_ids)
+                    if held:
+                        blocked.append((len(row_idx) + j, held))
+            row_idx.extend(range(first, first + num_rows))
         first += num_rows
     if not matchers:
         return None
