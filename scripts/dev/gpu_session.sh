@@ -46,6 +46,7 @@
 #   grammar_handoff  issue 27: the tree before the mask fill was handed the GIL (.ab-old) against
 #             this one, none and all rows constrained at batch 256, alternated; the GPU tests of
 #             the structured path (structured_warm, the full table, in the next call)
+#   grammar_handoff_8b  the same A/B on the 8B shape alone
 #   qwen_profile  issue 28: the builder's FP8-cache graph test; where a Qwen3-8B FP8 decode
 #             step goes at batch 128 and 2k context
 set -uo pipefail
@@ -69,12 +70,12 @@ item() {  # item NAME TIMEOUT_S COMMAND...: run it, keep its log, print its last
 
 bench() { "$py" -m llm_worker bench "$@"; }
 
-ab_structured() {  # ab_structured TIMEOUT_S RUN_TIMEOUT_S: .ab-old against this tree, issue 27's
-  # e2e at batch 256 with no row and every row constrained, on the 8B shape and SmolLM2,
-  # alternated twice (.ab-old gets this tree's bench script)
+ab_structured() {  # ab_structured TIMEOUT_S RUN_TIMEOUT_S [MODELS]: .ab-old against this tree,
+  # issue 27's e2e at batch 256 with no row and every row constrained, on the 8B shape and
+  # SmolLM2 unless MODELS says, alternated twice (.ab-old gets this tree's bench script)
   cp scripts/bench_structured.py .ab-old/scripts/bench_structured.py
   local e2e=(scripts/bench_structured.py e2e --device cuda --load-format dummy --output-len 128
-    --rounds 1 --batch-sizes 256 --fractions 0,1 --models llama3-8b-49k,smollm2)
+    --rounds 1 --batch-sizes 256 --fractions 0,1 --models "${3:-llama3-8b-49k,smollm2}")
   TAIL_LINES=12 item ab_structured "$1" "$py" scripts/dev/ab.py --a .ab-old --b . --rounds 2 \
     --timeout-s "$2" --log-dir "$out/ab_structured" \
     --figure 'tok/s=^(?P<label>\S+ +\d+ +\d+%) +([\d.]+)' -- "${e2e[@]}"
@@ -231,6 +232,10 @@ case "${1:-}" in
     TAIL_LINES=12 item gpu_structured_tests 90 "$py" -m pytest -q -m gpu -p no:cacheprovider \
       --timeout 80 tests/structured/test_engine_structured_gpu.py \
       tests/structured/test_token_bitmask.py
+    ;;
+  grammar_handoff_8b)
+    export LLM_WORKER_CACHE_DIR="$PWD/.smolcfg"
+    ab_structured 400 150 llama3-8b-49k
     ;;
   structured_profile)
     export LLM_WORKER_CACHE_DIR="$PWD/.smolcfg"
