@@ -108,13 +108,11 @@ def plan_step_mask(
             seqs.append(seq)
             matchers.append(matcher)
             drafts.append(item.spec_token_ids)
-            params = seq.params
-            if params.min_tokens or params.ignore_eos:  # else no row holds anything back
-                for j in range(num_rows):
-                    held = _held_back(params, seq.num_output_tokens + j, eos_token_ids)
-                    if held:
-                        blocked.append((len(row_idx) + j, held))
-            row_idx.extend(range(first, first + num_rows))
+            for j in range(num_rows):
+                held = _held_back(seq.params, seq.num_output_tokens + j, eos_token_ids)
+                if held:
+                    blocked.append((len(row_idx), held))
+                row_idx.append(first + j)
         first += num_rows
     if not matchers:
         return None
