@@ -26,7 +26,9 @@ e2e   output tokens/s of `LLMEngine.generate` with no row constrained, 10% and a
       `--profile N`: after the timed rounds, one more run of each share under cProfile, and
       its N functions of most own time (the engine thread's: where its host time goes, and
       how long it waits for the device, `tolist`, or for the mask fill, `acquire`), then the
-      engine's and the grammar backend's N of most time with callees.
+      engine's and the grammar backend's N of most time with callees. `--timeline N`: one
+      more run of each share with N steps traced (torch.profiler): each host phase's time a
+      step, and the device's idle time by the host phase it waited for.
 
     python scripts/bench_structured.py mask --device cuda
     python scripts/bench_structured.py e2e --device cuda --json e2e.json
@@ -225,6 +227,14 @@ def e2e_main(args: argparse.Namespace) -> list[dict[str, Any]]:
                 params = _params(num_prompts, fraction, constraint, args.output_len)
                 print(f"--- profile: {model} batch {batch}, {fraction:.0%} constrained")
                 print(_profiled_generate(engine, prompts, params, args.profile), flush=True)
+            for fraction in args.fractions if args.timeline else ():
+                from dev.step_timeline import traced_generate  # scripts/dev, beside this one
+
+                params = _params(num_prompts, fraction, constraint, args.output_len)
+                print(f"--- timeline: {model} batch {batch}, {fraction:.0%} constrained, steps "
+                      f"{args.timeline_from} to {args.timeline_from + args.timeline}")  # fmt: skip
+                text = traced_generate(engine, prompts, params, args.timeline_from, args.timeline)
+                print(text, flush=True)
             plain = statistics.median(r["rate"] for r in runs[0.0])
             for fraction in args.fractions:
                 rate = statistics.median(r["rate"] for r in runs[fraction])
@@ -233,6 +243,7 @@ def e2e_main(args: argparse.Namespace) -> list[dict[str, Any]]:
                     "output_tokens_per_s": rate, "vs_unconstrained": rate / plain,
                     "runs_tokens_per_s": [r["rate"] for r in runs[fraction]],
                     "mean_output_len": statistics.fmean(r["mean_len"] for r in runs[fraction]),
+                    "steps": statistics.median(r["steps"] for r in runs[fraction]),
                     "stopped_share": statistics.fmean(r["stopped"] for r in runs[fraction]),
                 }  # fmt: skip
                 rows.append(row)
@@ -259,12 +270,13 @@ def _model_arg(model: str, tokenizer_dir: Path, scratch: Path) -> str:
 def _timed_generate(
     engine: Any, prompts: list[list[int]], params: list[SamplingParams]
 ) -> dict[str, float]:
-    start = time.perf_counter()
+    start, first_step = time.perf_counter(), engine.num_steps
     outputs = engine.generate(prompts, params)
     elapsed = time.perf_counter() - start
     num_output = sum(len(o.output_token_ids) for o in outputs)
     return {
         "rate": num_output / elapsed,
+        "steps": engine.num_steps - first_step,
         "mean_len": num_output / len(prompts),
         "stopped": sum(o.finish_reason == "stop" for o in outputs) / len(prompts),
     }
@@ -330,6 +342,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="e2e: one more run of each share under cProfile; print its N "
                    "functions of most own time")  # fmt: skip
+    p.add_argument("--timeline", type=int, default=0, metavar="N",
+                   help="e2e: one more run of each share with N steps traced by torch.profiler; "
+                   "print each host phase's time a step and where the device waits "
+                   "(scripts/dev/step_timeline.py)")  # fmt: skip
+    p.add_argument("--timeline-from", type=int, default=40, metavar="STEP",
+                   help="e2e: the first traced step (40: decode steps of the first wave)")
     p.add_argument("--json", type=Path, default=None, help="write the rows here")
     args = p.parse_args(argv)
     if args.fractions is None:
@@ -341,13 +359,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def print_e2e_table(rows: list[dict[str, Any]]) -> None:
     print(f"\n{'model':10s} {'batch':>5s} {'constrained':>11s} {'out tok/s':>10s} "
-          f"{'vs none':>8s} {'mean out':>8s} {'stopped':>7s}")  # fmt: skip
+          f"{'vs none':>8s} {'mean out':>8s} {'stopped':>7s} {'steps':>6s}")  # fmt: skip
     for r in rows:
         ratio = f"{r['vs_unconstrained']:.3f}" if r["vs_unconstrained"] else "-"
         print(
             f"{r['model']:10s} {r['batch']:5d} {r['constrained_fraction']:11.0%} "
             f"{r['output_tokens_per_s']:10.1f} {ratio:>8s} {r['mean_output_len']:8.1f} "
-            f"{r['stopped_share']:7.0%}"
+            f"{r['stopped_share']:7.0%} {r['steps']:6.0f}"
         )
 
 

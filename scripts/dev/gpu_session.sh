@@ -47,6 +47,9 @@
 #             this one, none and all rows constrained at batch 256, alternated; the GPU tests of
 #             the structured path (structured_warm, the full table, in the next call)
 #   grammar_handoff_8b  the same A/B on the 8B shape alone
+#   structured_timeline  issue 27: where the host and device time of batch-256 steps goes
+#             (scripts/dev/step_timeline.py), none and all rows constrained, the 8B shape and
+#             SmolLM2's; the GPU tests of the structured path
 #   qwen_profile  issue 28: the builder's FP8-cache graph test; where a Qwen3-8B FP8 decode
 #             step goes at batch 128 and 2k context
 set -uo pipefail
@@ -242,6 +245,16 @@ case "${1:-}" in
     TAIL_LINES=120 item structured_profile 140 "$py" scripts/bench_structured.py e2e \
       --device cuda --load-format dummy --output-len 128 --rounds 1 --batch-sizes 256 \
       --fractions 0,1 --models llama3-8b-49k --profile 25
+    ;;
+  structured_timeline)
+    export LLM_WORKER_CACHE_DIR="$PWD/.smolcfg"
+    TAIL_LINES=120 item structured_timeline 330 "$py" scripts/bench_structured.py e2e \
+      --device cuda --load-format dummy --output-len 128 --rounds 1 --batch-sizes 256 \
+      --fractions 0,1 --models llama3-8b-49k,smollm2 --timeline 40 --timeline-from 40 \
+      --json "$out/structured_timeline.json"
+    TAIL_LINES=12 item gpu_structured_tests 100 "$py" -m pytest -q -m gpu -p no:cacheprovider \
+      --timeout 90 tests/structured/test_engine_structured_gpu.py \
+      tests/structured/test_token_bitmask.py
     ;;
   fp8_verify)
     TAIL_LINES=40 item gpu_model_tests 110 "$py" -m pytest -q -m gpu -p no:cacheprovider \
