@@ -26,9 +26,10 @@ e2e   output tokens/s of `LLMEngine.generate` with no row constrained, 10% and a
       `--profile N`: after the timed rounds, one more run of each share under cProfile, and
       its N functions of most own time (the engine thread's: where its host time goes, and
       how long it waits for the device, `tolist`, or for the mask fill, `acquire`), then the
-      engine's and the grammar backend's N of most time with callees. `--timeline N`: one
-      more run of each share with N steps traced (torch.profiler): each host phase's time a
-      step, and the device's idle time by the host phase it waited for.
+      engine's and the grammar backend's N of most time with callees. `--timeline N`: two more
+      runs of each share, one timing every step by kind (decode, prefill, mixed) and one with
+      N steps traced (torch.profiler): each host phase's time a step, and the device's idle
+      time by the host phase it waited for (scripts/dev/step_timeline.py).
 
     python scripts/bench_structured.py mask --device cuda
     python scripts/bench_structured.py e2e --device cuda --json e2e.json
@@ -228,9 +229,11 @@ def e2e_main(args: argparse.Namespace) -> list[dict[str, Any]]:
                 print(f"--- profile: {model} batch {batch}, {fraction:.0%} constrained")
                 print(_profiled_generate(engine, prompts, params, args.profile), flush=True)
             for fraction in args.fractions if args.timeline else ():
-                from dev.step_timeline import traced_generate  # scripts/dev, beside this one
+                from dev.step_timeline import step_census, traced_generate  # scripts/dev
 
                 params = _params(num_prompts, fraction, constraint, args.output_len)
+                print(f"--- steps: {model} batch {batch}, {fraction:.0%} constrained")
+                print(step_census(engine, prompts, params), flush=True)
                 print(f"--- timeline: {model} batch {batch}, {fraction:.0%} constrained, steps "
                       f"{args.timeline_from} to {args.timeline_from + args.timeline}")  # fmt: skip
                 text = traced_generate(engine, prompts, params, args.timeline_from, args.timeline)
@@ -343,9 +346,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="e2e: one more run of each share under cProfile; print its N "
                    "functions of most own time")  # fmt: skip
     p.add_argument("--timeline", type=int, default=0, metavar="N",
-                   help="e2e: one more run of each share with N steps traced by torch.profiler; "
-                   "print each host phase's time a step and where the device waits "
-                   "(scripts/dev/step_timeline.py)")  # fmt: skip
+                   help="e2e: two more runs of each share: every step timed by kind, and N "
+                   "steps traced by torch.profiler (each host phase's time a step, where the "
+                   "device waits; scripts/dev/step_timeline.py)")  # fmt: skip
     p.add_argument("--timeline-from", type=int, default=40, metavar="STEP",
                    help="e2e: the first traced step (40: decode steps of the first wave)")
     p.add_argument("--json", type=Path, default=None, help="write the rows here")

@@ -50,6 +50,8 @@
 #   structured_timeline  issue 27: where the host and device time of batch-256 steps goes
 #             (scripts/dev/step_timeline.py), none and all rows constrained, the 8B shape and
 #             SmolLM2's; the GPU tests of the structured path
+#   structured_census  issue 27: every step of the 8B shape's batch-256 runs by kind, and a
+#             trace across the first wave's end; issue 28: the qwen_profile stage
 #   qwen_profile  issue 28: the builder's FP8-cache graph test; where a Qwen3-8B FP8 decode
 #             step goes at batch 128 and 2k context
 set -uo pipefail
@@ -255,6 +257,14 @@ case "${1:-}" in
     TAIL_LINES=12 item gpu_structured_tests 100 "$py" -m pytest -q -m gpu -p no:cacheprovider \
       --timeout 90 tests/structured/test_engine_structured_gpu.py \
       tests/structured/test_token_bitmask.py
+    ;;
+  structured_census)
+    export LLM_WORKER_CACHE_DIR="$PWD/.smolcfg"
+    TAIL_LINES=90 item structured_census 200 "$py" scripts/bench_structured.py e2e \
+      --device cuda --load-format dummy --output-len 128 --rounds 1 --batch-sizes 256 \
+      --fractions 0,1 --models llama3-8b-49k --timeline 30 --timeline-from 115 \
+      --json "$out/structured_census.json"
+    "$0" qwen_profile
     ;;
   fp8_verify)
     TAIL_LINES=40 item gpu_model_tests 110 "$py" -m pytest -q -m gpu -p no:cacheprovider \

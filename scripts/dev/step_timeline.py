@@ -1,6 +1,9 @@
-"""Where the engine's steps spend their time, host and device, over a window of steps.
+"""Where the engine's steps spend their time, host and device.
 
-A torch.profiler trace of the window, read back three ways:
+step_census: every step of a run by kind (decode only, prefill only, mixed, empty), each
+kind's count, tokens and wall time, and the time outside steps (submitting the requests).
+
+traced_generate: a torch.profiler trace of the window, read back three ways:
 - host phases: each phase's time a step (inclusive), on the engine thread;
 - device idle: the time no kernel or copy runs, split by the host phase that queued the work
   ending each idle gap (the phase the device was waiting for), or "queued before" when that
@@ -11,7 +14,8 @@ The phases are the engine's methods, wrapped for the traced run only (record_fun
 The profiler adds a few microseconds of host time to every torch op, so read the host phases
 relative to each other and the idle split as where the device waits, not as exact step times.
 
-    from step_timeline import traced_generate
+    from step_timeline import step_census, traced_generate
+    print(step_census(engine, prompts, params))
     print(traced_generate(engine, prompts, params, first_step=60, num_steps=40))
 """
 
@@ -20,6 +24,7 @@ import contextlib
 import functools
 import json
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -51,6 +56,52 @@ ENGINE_PHASES = [
 GPU_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
 SYNC_CALLS = ("cudaEventSynchronize", "cudaStreamSynchronize", "cudaDeviceSynchronize")
 MIN_GAP_US = 2.0  # launch-to-launch spacing of back-to-back kernels is not waiting
+
+
+def step_census(engine: Any, prompts: list[Any], params: Any) -> str:
+    """Run `engine.generate(prompts, params)` timing each step by its plan's kind."""
+    schedule, step = engine.scheduler.schedule, engine.step
+    plans: list[Any] = []
+    walls: collections.defaultdict[str, list[float]] = collections.defaultdict(list)
+    tokens: collections.Counter[str] = collections.Counter()
+
+    def planned(*args: Any, **kwargs: Any) -> Any:
+        plans.append(schedule(*args, **kwargs))
+        return plans[-1]
+
+    def timed() -> Any:
+        began = time.perf_counter()
+        try:
+            return step()
+        finally:
+            kind = _kind(plans[-1]) if plans else "empty"
+            walls[kind].append(time.perf_counter() - began)
+            tokens[kind] += plans[-1].num_batched_tokens if plans else 0
+            plans.clear()
+
+    engine.scheduler.schedule, engine.step = planned, timed
+    began = time.perf_counter()
+    try:
+        engine.generate(prompts, params)
+    finally:
+        del engine.scheduler.schedule, engine.step
+    total = time.perf_counter() - began
+    in_steps = sum(map(sum, walls.values()))
+    lines = [f"{sum(map(len, walls.values()))} steps, {total:.3f} s; outside steps "
+             f"{total - in_steps:.3f} s. By kind: steps, tokens, s, ms a step:"]  # fmt: skip
+    for kind, times in sorted(walls.items(), key=lambda kv: -sum(kv[1])):
+        lines.append(f"  {kind:8s} {len(times):6d} {tokens[kind]:9d} {sum(times):8.3f} "
+                     f"{1e3 * sum(times) / len(times):8.3f}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _kind(plan: Any) -> str:
+    if plan.is_empty:
+        return "empty"
+    if plan.is_pure_decode:
+        return "decode"
+    return "mixed" if any(item.samples and item.num_new_tokens == 1 + item.num_spec
+                          for item in plan.scheduled) else "prefill"  # fmt: skip
 
 
 def traced_generate(

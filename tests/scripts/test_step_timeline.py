@@ -115,3 +115,20 @@ def test_a_traced_cpu_run_reports_every_engine_phase_and_leaves_the_engine_as_it
     assert engine.step == step and "step" not in vars(engine)
     short = timeline.traced_generate(engine, [[1, 2, 3]], params, 50, 4)
     assert short == "the run ended before step 54: nothing traced"
+
+
+def test_the_census_counts_every_step_and_token_by_kind(tmp_path: Path):
+    engine = engine_for(make_tiny_checkpoint(tmp_path, "llama", 2, 2, 64),
+                        max_num_batched_tokens=16, max_num_seqs=2)  # fmt: skip
+    params = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
+    # prompts of 20 and 14 tokens, 16 a step: two prefill-only steps (16 of the first; its
+    # last 4 and 12 of the second), one mixed (the first's decode, the second's last 2), then
+    # decodes until each has 4 outputs: 2 + 2 + 1
+    text = timeline.step_census(engine, [list(range(3, 23)), list(range(3, 17))], params)
+    assert engine.scheduler.schedule.__func__ is type(engine.scheduler).schedule
+    lines = text.splitlines()
+    assert re.fullmatch(r"\d+ steps, [\d.]+ s; outside steps [\d.]+ s\. By kind: .*", lines[0])
+    counts = {m.group(1): (int(m.group(2)), int(m.group(3)))
+              for line in lines[1:] if (m := re.match(r"  (\w+) +(\d+) +(\d+)", line))}  # fmt: skip
+    assert counts == {"prefill": (2, 32), "mixed": (1, 3), "decode": (3, 5)}
+    assert int(lines[0].split()[0]) == sum(n for n, _ in counts.values())

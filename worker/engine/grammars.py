@@ -7,7 +7,7 @@ jobs already running keep running; a grammar that cannot compile fails its reque
 `invalid_request`, naming the problem.
 """
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from llm_worker.engine.request import Request
 from llm_worker.engine.scheduler import RequestRejected
@@ -47,7 +47,7 @@ class Grammars:
             raise RequestRejected(ErrorCode.INVALID, exc.message) from exc
 
     def compiled(
-        self, compiling: list[Request]
+        self, compiling: Iterable[Request]
     ) -> list[tuple[Request, SequenceMatcher | StructuredOutputError]]:
         """Of requests waiting for their grammars, those whose grammar is done: each with its
         matcher, or the error that refused its constraint."""
@@ -62,7 +62,7 @@ class Grammars:
                 done.append((request, exc))
         return done
 
-    def wait_for_compiles(self, compiling: list[Request], timeout_s: float) -> None:
+    def wait_for_compiles(self, compiling: Iterable[Request], timeout_s: float) -> None:
         """With nothing to run but requests waiting for their grammars: wait a little for one,
         instead of spinning through empty steps."""
         pending = [r.grammar for r in compiling if r.grammar is not None]

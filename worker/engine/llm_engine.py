@@ -141,14 +141,14 @@ class LLMEngine:
         if not self.requests:  # what is in flight is for no one now: collect it, idle
             self.updater.drain()
         if plan.is_empty:
-            self.grammars.wait_for_compiles(self.updater.compiling, COMPILE_WAIT_S)
+            self.grammars.wait_for_compiles(self.updater.compiling.values(), COMPILE_WAIT_S)
         if self.speculator is not None:
             self.speculator.end_step(plan, report, started, idle=not self.requests)
         return self._outputs()
 
     def _admit_compiled(self) -> None:
         """Requests whose grammar is ready join the scheduler; those it refused fail."""
-        for request, matcher in self.grammars.compiled(self.updater.compiling):
+        for request, matcher in self.grammars.compiled(self.updater.compiling.values()):
             if isinstance(matcher, StructuredOutputError):
                 self.updater.refuse(request, matcher.message)
             else:

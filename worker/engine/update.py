@@ -56,7 +56,9 @@ class Updater:
         self.eos_token_ids = tuple(eos_token_ids)
         self.max_model_len = max_model_len
         self.requests: dict[str, Request] = {}
-        self.compiling: list[Request] = []  # constrained, grammar not compiled yet, by arrival
+        # Constrained, grammar not compiled yet, by arrival; keyed by id: leaving it is one
+        # lookup, not a pass over every request still waiting.
+        self.compiling: dict[str, Request] = {}
         self.in_flight: _InFlight | None = None
         # Called with each inter-token gap in seconds (telemetry's histogram); None: not measured.
         self.inter_token_latency_observer: Callable[[float], None] | None = None
@@ -70,13 +72,13 @@ class Updater:
             self.scheduler.add(seq)
         else:
             self.scheduler.check_admissible(seq.num_prompt_tokens, seq.params.max_tokens)
-            self.compiling.append(request)
+            self.compiling[seq.request_id] = request
         self.requests[seq.request_id] = request
 
     def compiled(self, request: Request, matcher: Any) -> None:
         """Its grammar is ready: the request gets its matcher (a structured.matcher
         SequenceMatcher at the grammar's start) and joins the scheduler's queue."""
-        self.compiling = [r for r in self.compiling if r is not request]
+        del self.compiling[request.seq.request_id]
         request.matcher = matcher
         self.scheduler.add(request.seq)
 
@@ -348,7 +350,7 @@ class Updater:
         while seq.token_ids and seq.token_ids[-1] == PLACEHOLDER:
             seq.token_ids.pop()
         if request.grammar is not None and request.matcher is None:  # still compiling
-            self.compiling = [r for r in self.compiling if r is not request]
+            self.compiling.pop(seq.request_id, None)
         seq.finish_reason = reason
         seq.metrics.finished_time = time.monotonic() if now is None else now
         self.scheduler.finish(seq)
