@@ -51,8 +51,7 @@
 #             (scripts/dev/step_timeline.py), none and all rows constrained, the 8B shape and
 #             SmolLM2's; the GPU tests of the structured path
 #   structured_census  issue 27: every step of the 8B shape's batch-256 runs by kind, and a
-#             trace across the first wave's end; issue 28: the W4A16 GEMV's configurations at
-#             1 and 4 rows, batch-1 int4 decode against the roofline
+#             trace across the first wave's end; then the structured_warm stage (the table)
 #   qwen_profile  issue 28: the builder's FP8-cache graph test; where a Qwen3-8B FP8 decode
 #             step goes at batch 128 and 2k context
 set -uo pipefail
@@ -265,10 +264,7 @@ case "${1:-}" in
       --device cuda --load-format dummy --output-len 128 --rounds 1 --batch-sizes 256 \
       --fractions 0,1 --models llama3-8b-49k --timeline 30 --timeline-from 115 \
       --json "$out/structured_census.json"
-    TAIL_LINES=60 item w4a16_sweep 170 "$py" scripts/bench_quant.py --models llama3-8b \
-      --m 1,4 --sweep-w4a16 --output-json "$out/w4a16_sweep.json"
-    TAIL_LINES=12 item roofline_awq 80 "$py" scripts/bench_decode_roofline.py --model llama3-8b \
-      --quantization awq --modes graphs_async --output-json "$out/roofline_awq.json"
+    "$0" structured_warm
     ;;
   fp8_verify)
     TAIL_LINES=40 item gpu_model_tests 110 "$py" -m pytest -q -m gpu -p no:cacheprovider \
