@@ -21,7 +21,9 @@ e2e   output tokens/s of `LLMEngine.generate` with no row constrained, 10% and a
       engine with max_num_seqs = B and 4 x B prompts, so finished requests are replaced and the
       batch stays full. Constrained rows end when their grammar does (see mean_output_len). Each
       share runs --rounds times, in alternating order, after --warmup-rounds untimed rounds
-      of every share (the first full run pays a start-up cost); the table gives the medians. Target:
+      of every share (the first full run pays a start-up cost); the table gives the medians, and
+      the garbage collector's seconds in a run (each engine's start-up heap is frozen once built,
+      as serve and run-batch freeze it; --no-freeze-heap leaves it to the collector). Target:
       at most 5% slower at batch 256 on the 8B shape. Prints a table at the end.
       `--profile N`: after the timed rounds, one more run of each share under cProfile, and
       its N functions of most own time (the engine thread's: where its host time goes, and
@@ -36,7 +38,9 @@ e2e   output tokens/s of `LLMEngine.generate` with no row constrained, 10% and a
 """
 
 import argparse
+import contextlib
 import cProfile
+import gc
 import io
 import itertools
 import json
@@ -44,7 +48,7 @@ import pstats
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +190,7 @@ def mask_main(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def e2e_main(args: argparse.Namespace) -> list[dict[str, Any]]:
     from llm_worker.bench import random_prompts, release_gpu_memory
+    from llm_worker.engine.builder import freeze_startup_heap
     from llm_worker.engine.llm_engine import LLMEngine
 
     constraint = StructuredOutputs.model_validate({"json": json.loads(SCHEMA.read_text())})
@@ -202,6 +207,8 @@ def e2e_main(args: argparse.Namespace) -> list[dict[str, Any]]:
                 **({"tokenizer": str(tokenizer_dir)} if shape else {}),
             })  # fmt: skip
             engine = LLMEngine.from_settings(settings)
+            if args.freeze_heap:
+                freeze_startup_heap()  # as serve and run-batch do; release_gpu_memory undoes it
             if getattr(engine, "structured", None) is None:
                 raise SystemExit(
                     f"{model}: the engine has no structured-output backend (a dummy shape "
@@ -247,6 +254,7 @@ def e2e_main(args: argparse.Namespace) -> list[dict[str, Any]]:
                     "runs_tokens_per_s": [r["rate"] for r in runs[fraction]],
                     "mean_output_len": statistics.fmean(r["mean_len"] for r in runs[fraction]),
                     "steps": statistics.median(r["steps"] for r in runs[fraction]),
+                    "gc_s": statistics.median(r["gc_s"] for r in runs[fraction]),
                     "stopped_share": statistics.fmean(r["stopped"] for r in runs[fraction]),
                 }  # fmt: skip
                 rows.append(row)
@@ -274,15 +282,35 @@ def _timed_generate(
     engine: Any, prompts: list[list[int]], params: list[SamplingParams]
 ) -> dict[str, float]:
     start, first_step = time.perf_counter(), engine.num_steps
-    outputs = engine.generate(prompts, params)
+    with _collector_time() as collecting:
+        outputs = engine.generate(prompts, params)
     elapsed = time.perf_counter() - start
     num_output = sum(len(o.output_token_ids) for o in outputs)
     return {
         "rate": num_output / elapsed,
         "steps": engine.num_steps - first_step,
+        "gc_s": collecting[0],
         "mean_len": num_output / len(prompts),
         "stopped": sum(o.finish_reason == "stop" for o in outputs) / len(prompts),
     }
+
+
+@contextlib.contextmanager
+def _collector_time() -> Iterator[list[float]]:
+    """Seconds the cyclic garbage collector ran inside the block (in the list it yields)."""
+    total, began = [0.0], [0.0]
+
+    def timed(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            began[0] = time.perf_counter()
+        else:
+            total[0] += time.perf_counter() - began[0]
+
+    gc.callbacks.append(timed)
+    try:
+        yield total
+    finally:
+        gc.callbacks.remove(timed)
 
 
 def _profiled_generate(
@@ -351,6 +379,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "device waits; scripts/dev/step_timeline.py)")  # fmt: skip
     p.add_argument("--timeline-from", type=int, default=40, metavar="STEP",
                    help="e2e: the first traced step (40: decode steps of the first wave)")
+    p.add_argument("--freeze-heap", action=argparse.BooleanOptionalAction, default=True,
+                   help="e2e: move each engine's start-up objects out of the cyclic garbage "
+                   "collector's reach once it is built, as serve and run-batch do")  # fmt: skip
     p.add_argument("--json", type=Path, default=None, help="write the rows here")
     args = p.parse_args(argv)
     if args.fractions is None:
@@ -361,14 +392,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def print_e2e_table(rows: list[dict[str, Any]]) -> None:
-    print(f"\n{'model':10s} {'batch':>5s} {'constrained':>11s} {'out tok/s':>10s} "
-          f"{'vs none':>8s} {'mean out':>8s} {'stopped':>7s} {'steps':>6s}")  # fmt: skip
+    print(f"\n{'model':10s} {'batch':>5s} {'constrained':>11s} {'out tok/s':>10s} {'vs none':>8s} "
+          f"{'mean out':>8s} {'stopped':>7s} {'steps':>6s} {'gc s':>6s}")  # fmt: skip
     for r in rows:
         ratio = f"{r['vs_unconstrained']:.3f}" if r["vs_unconstrained"] else "-"
         print(
             f"{r['model']:10s} {r['batch']:5d} {r['constrained_fraction']:11.0%} "
             f"{r['output_tokens_per_s']:10.1f} {ratio:>8s} {r['mean_output_len']:8.1f} "
-            f"{r['stopped_share']:7.0%} {r['steps']:6.0f}"
+            f"{r['stopped_share']:7.0%} {r['steps']:6.0f} {r['gc_s']:6.3f}"
         )
 
 

@@ -52,6 +52,12 @@
 #             SmolLM2's; the GPU tests of the structured path
 #   structured_census  issue 27: every step of the 8B shape's batch-256 runs by kind, and a
 #             trace across the first wave's end; then the structured_warm stage (the table)
+#   detok_census  the detokenizer through the backend's DecodeStream: the tree before (.ab-old)
+#             against this one, SmolLM2's shape at batch 256 (host-bound), none and all rows
+#             constrained, alternated; then the structured_census item on this tree
+#   heap_ab   issue 27: the 8B shape at batch 256, none and all rows constrained, with the
+#             start-up heap left to the garbage collector (--no-freeze-heap) and frozen as the
+#             service freezes it, alternated, each run's collector seconds beside its rate
 #   qwen_profile  issue 28: the builder's FP8-cache graph test; where a Qwen3-8B FP8 decode
 #             step goes at batch 128 and 2k context
 set -uo pipefail
@@ -84,6 +90,14 @@ ab_structured() {  # ab_structured TIMEOUT_S RUN_TIMEOUT_S [MODELS]: .ab-old aga
   TAIL_LINES=12 item ab_structured "$1" "$py" scripts/dev/ab.py --a .ab-old --b . --rounds 2 \
     --timeout-s "$2" --log-dir "$out/ab_structured" \
     --figure 'tok/s=^(?P<label>\S+ +\d+ +\d+%) +([\d.]+)' -- "${e2e[@]}"
+}
+
+census() {  # issue 27: every step of the 8B shape's batch-256 runs by kind, and a trace across
+  # the first wave's end (scripts/dev/step_timeline.py)
+  TAIL_LINES=90 item structured_census 200 "$py" scripts/bench_structured.py e2e \
+    --device cuda --load-format dummy --output-len 128 --rounds 1 --batch-sizes 256 \
+    --fractions 0,1 --models llama3-8b-49k --timeline 30 --timeline-from 115 \
+    --json "$out/structured_census.json"
 }
 
 qwen3_fp8() {  # qwen3_fp8 TIMEOUT_S: issue 28's Qwen3-8B target, 1,000 x 1,024 in / 2,048 out
@@ -260,11 +274,22 @@ case "${1:-}" in
     ;;
   structured_census)
     export LLM_WORKER_CACHE_DIR="$PWD/.smolcfg"
-    TAIL_LINES=90 item structured_census 200 "$py" scripts/bench_structured.py e2e \
-      --device cuda --load-format dummy --output-len 128 --rounds 1 --batch-sizes 256 \
-      --fractions 0,1 --models llama3-8b-49k --timeline 30 --timeline-from 115 \
-      --json "$out/structured_census.json"
+    census
     "$0" structured_warm
+    ;;
+  heap_ab)
+    export LLM_WORKER_CACHE_DIR="$PWD/.smolcfg"
+    e2e=(scripts/bench_structured.py e2e --device cuda --load-format dummy --output-len 128
+      --rounds 1 --batch-sizes 256 --fractions 0,1 --models llama3-8b-49k)
+    for round in 1 2; do
+      TAIL_LINES=3 item "heap_unfrozen_$round" 110 "$py" "${e2e[@]}" --no-freeze-heap
+      TAIL_LINES=3 item "heap_frozen_$round" 110 "$py" "${e2e[@]}"
+    done
+    ;;
+  detok_census)
+    export LLM_WORKER_CACHE_DIR="$PWD/.smolcfg"
+    ab_structured 280 130 smollm2
+    census
     ;;
   fp8_verify)
     TAIL_LINES=40 item gpu_model_tests 110 "$py" -m pytest -q -m gpu -p no:cacheprovider \
