@@ -4,7 +4,8 @@ from collections.abc import Callable
 from functools import lru_cache, partial
 from typing import Any
 
-# The text a tokenizer's own decode round-trips with: " ." is what its clean-up would change.
+# Spaces before punctuation, which transformers' clean-up removes: where the tokenizer's decode
+# and its backend's agree on this text, the clean-up does not run.
 CLEAN_UP_PROBE = "a . b , c ! d ? e"
 
 
@@ -12,8 +13,8 @@ class IncrementalDetokenizer:
     """Decodes only a short window per token, so a long output costs O(n), not O(n^2).
 
     With a fast (`tokenizers`) tokenizer whose decode is its backend's, the backend's
-    DecodeStream does it, about 7x faster a token than the window through transformers' decode
-    (a step's worth of rows adds up); otherwise the window starts at the previous emission
+    DecodeStream does it in Rust, skipping two decodes a token through transformers' Python
+    (a step pays this once per row); otherwise the window starts at the previous emission
     boundary, and text is emitted once it is longer than the window's old text and does not end
     in a partial UTF-8 character. Through the stream, the text is the tokenizer's decode of
     the output with special tokens skipped.
