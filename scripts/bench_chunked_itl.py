@@ -12,7 +12,6 @@ the step and the one before it, any garbage collection inside it) to show where 
 """
 
 import argparse
-import gc
 import json
 import time
 from dataclasses import dataclass, field
@@ -21,33 +20,12 @@ from typing import Any
 
 import torch
 
-from llm_worker.bench import percentiles, random_prompts, release_gpu_memory
+from llm_worker.bench import GcPauses, percentiles, random_prompts, release_gpu_memory
 from llm_worker.config import EngineSettings
 from llm_worker.engine.builder import freeze_startup_heap
 from llm_worker.engine.llm_engine import PLACEHOLDER, LLMEngine
 from llm_worker.engine.sequence import Sequence
 from llm_worker.schemas import SamplingParams
-
-
-class GcPauses:
-    """Wall time of every garbage collection while recording (gc.callbacks), by generation."""
-
-    def __init__(self) -> None:
-        self.pauses: list[tuple[int, float, float]] = []  # (generation, start, seconds)
-        self._start = 0.0
-
-    def __call__(self, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            self._start = time.perf_counter()
-        else:
-            self.pauses.append((info["generation"], self._start, time.perf_counter() - self._start))
-
-    def __enter__(self) -> "GcPauses":
-        gc.callbacks.append(self)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        gc.callbacks.remove(self)
 
 
 @dataclass

@@ -38,9 +38,7 @@ e2e   output tokens/s of `LLMEngine.generate` with no row constrained, 10% and a
 """
 
 import argparse
-import contextlib
 import cProfile
-import gc
 import io
 import itertools
 import json
@@ -48,13 +46,14 @@ import pstats
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from llm_worker.bench import GcPauses
 from llm_worker.config import EngineSettings
 from llm_worker.kernels.token_bitmask import apply_token_bitmask_, apply_token_bitmask_reference
 from llm_worker.models.bundled import bundled_model_dir
@@ -282,35 +281,17 @@ def _timed_generate(
     engine: Any, prompts: list[list[int]], params: list[SamplingParams]
 ) -> dict[str, float]:
     start, first_step = time.perf_counter(), engine.num_steps
-    with _collector_time() as collecting:
+    with GcPauses() as collecting:
         outputs = engine.generate(prompts, params)
     elapsed = time.perf_counter() - start
     num_output = sum(len(o.output_token_ids) for o in outputs)
     return {
         "rate": num_output / elapsed,
         "steps": engine.num_steps - first_step,
-        "gc_s": collecting[0],
+        "gc_s": collecting.seconds,
         "mean_len": num_output / len(prompts),
         "stopped": sum(o.finish_reason == "stop" for o in outputs) / len(prompts),
     }
-
-
-@contextlib.contextmanager
-def _collector_time() -> Iterator[list[float]]:
-    """Seconds the cyclic garbage collector ran inside the block (in the list it yields)."""
-    total, began = [0.0], [0.0]
-
-    def timed(phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            began[0] = time.perf_counter()
-        else:
-            total[0] += time.perf_counter() - began[0]
-
-    gc.callbacks.append(timed)
-    try:
-        yield total
-    finally:
-        gc.callbacks.remove(timed)
 
 
 def _profiled_generate(

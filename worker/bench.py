@@ -1,6 +1,7 @@
 """`llm-worker bench throughput | latency`: vLLM-style offline benchmarks over the engine."""
 
 import argparse
+import gc
 import json
 import random
 import statistics
@@ -141,6 +142,31 @@ def measure_gpu_limits() -> dict[str, float]:
     copy_s = timed(lambda: dst.copy_(src), 20)
     gemm_s = timed(lambda: a @ b, 20)
     return {"copy_bytes_per_s": 2 * src.numel() / copy_s, "bf16_flops": 2 * 8192**3 / gemm_s}
+
+
+class GcPauses:
+    """Wall time of every garbage collection while recording (gc.callbacks), by generation."""
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[int, float, float]] = []  # (generation, start, seconds)
+        self._start = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.pauses.append((info["generation"], self._start, time.perf_counter() - self._start))
+
+    def __enter__(self) -> "GcPauses":
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self)
+
+    @property
+    def seconds(self) -> float:
+        return sum(seconds for _, _, seconds in self.pauses)
 
 
 def release_gpu_memory() -> None:
