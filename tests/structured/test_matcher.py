@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llm_worker.schemas.structured import StructuredOutputs
+from llm_worker.structured import matcher as matcher_module
 from llm_worker.structured.compiler import GrammarCompiler
 from llm_worker.structured.matcher import GrammarRejected, SequenceMatcher
 from llm_worker.structured.vocab import GrammarVocab
@@ -91,6 +92,26 @@ def test_a_batch_of_tokens_is_taken_as_each_matcher_alone_would(
         assert [m.is_terminated for m in batch] == [m.is_terminated for m in alone]
         _assert_ended_as_xgrammar_says(batch + alone)
     assert SequenceMatcher.try_accept_each([], []) == []
+
+
+def test_a_batch_that_takes_every_token_advances_each_matcher(
+    invoice: tuple[xgr.CompiledGrammar, list[int]],
+) -> None:
+    """The common step (every token allowed, by the mask) through xgrammar's FFI call, whose
+    result is read without a round trip per row: each matcher as try_accept would leave it,
+    stop tokens ending theirs."""
+    assert matcher_module._NATIVE_BATCH_ACCEPT is not None, "xgrammar moved its batch accept"
+    grammar, token_ids = invoice
+    points = list(range(len(token_ids)))
+    batch = [SequenceMatcher.rebuild(grammar, token_ids[:n]) for n in points]
+    alone = [SequenceMatcher.rebuild(grammar, token_ids[:n]) for n in points]
+    next_tokens = [token_ids[n] for n in points]
+    assert SequenceMatcher.try_accept_each(batch, next_tokens) == [True] * len(points)
+    assert all(m.try_accept(t) for m, t in zip(alone, next_tokens, strict=True))
+    assert [m.num_accepted_tokens for m in batch] == [m.num_accepted_tokens for m in alone]
+    assert [m.is_terminated for m in batch] == [m.is_terminated for m in alone]
+    assert batch[-1].is_terminated
+    _assert_ended_as_xgrammar_says(batch)
 
 
 def test_rollback_is_bounded_by_what_was_accepted(

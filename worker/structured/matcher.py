@@ -10,9 +10,25 @@ a microsecond and may hand the GIL to another thread, per row per step.
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import xgrammar as xgr
+import xgrammar.base
+
+
+def _native_batch_accept() -> Any:
+    """xgrammar's FFI function under `BatchGrammarMatcher.batch_accept_token`, or None if this
+    xgrammar has moved it. The public wrapper turns the FFI's result into Python bools one FFI
+    call per row, which costs more than the accepting itself at a step's batch sizes; the raw
+    array answers `0 in result` in one native call, and a refused token is rare (the mask
+    allows only what the grammar accepts)."""
+    core = getattr(xgrammar.base, "_core", None)
+    batch_matcher = getattr(core, "BatchGrammarMatcher", None)
+    return getattr(batch_matcher, "batch_accept_token", None)
+
+
+_NATIVE_BATCH_ACCEPT = _native_batch_accept()
 
 
 class GrammarRejected(Exception):
@@ -22,6 +38,7 @@ class GrammarRejected(Exception):
 class SequenceMatcher:
     def __init__(self, grammar: xgr.CompiledGrammar) -> None:
         self._matcher = xgr.GrammarMatcher(grammar)
+        self._handle = self._matcher._handle  # the FFI object, for _NATIVE_BATCH_ACCEPT
         self._stop_token_ids = frozenset(grammar.tokenizer_info.stop_token_ids)
         self.num_accepted_tokens = 0  # since the start, stop token included
         self._terminated = False
@@ -87,8 +104,13 @@ class SequenceMatcher:
     ) -> list[bool]:
         """matchers[i].try_accept(token_ids[i]) for every i, in one call into xgrammar (a step's
         tokens, without a Python round trip per row)."""
-        handles = [m._matcher for m in matchers]
-        accepted = xgr.BatchGrammarMatcher.batch_accept_token(handles, list(token_ids))
+        if _NATIVE_BATCH_ACCEPT is None:
+            accepted = xgr.BatchGrammarMatcher.batch_accept_token(
+                [m._matcher for m in matchers], list(token_ids)
+            )
+        else:
+            verdicts = _NATIVE_BATCH_ACCEPT([m._handle for m in matchers], token_ids, False)
+            accepted = [bool(v) for v in verdicts] if 0 in verdicts else [True] * len(matchers)
         for matcher, ok, token_id in zip(matchers, accepted, token_ids, strict=True):
             if ok:
                 matcher._took(token_id)
