@@ -17,4 +17,6 @@ scripts/test_brokers.sh start
 # llm_worker as a tree of links to worker/, kernels/ and schemas/.
 scripts/link_package.sh .cache/typecheck >/dev/null
 "$venv/bin/mypy"
-"$venv/bin/pytest" "$@"
+# Two workers (pytest-xdist): the broker tests on one of them in turn (tests/conftest.py), the
+# rest beside them. LLMW_TEST_WORKERS=0 runs everything in this process.
+"$venv/bin/pytest" -n "${LLMW_TEST_WORKERS:-2}" "$@"

@@ -7,6 +7,7 @@ is read when a kernel is decorated, so it is set here, before any test module im
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -25,6 +26,33 @@ _CHECKOUT = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or os.curdir).resolve() != _CHECKOUT]
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "prompts.jsonl"
+
+
+# Tests in these folders use the test brokers (one Redis and one Kafka on fixed ports, which
+# some of them restart) or start workers that do: under pytest-xdist (scripts/test.sh) they all
+# run on one worker, one at a time, as without it; the rest spread over the workers.
+BROKER_TEST_DIRS = ("cli", "queues", "scripts", "service")
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: absent without it
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class BrokerTestsTogether(LoadScopeScheduling):  # type: ignore[misc]
+        """Every broker test in one unit of work (one worker), every other test its own.
+        (Not xdist_group: pytest-xdist 3.8 marks a group in an attribute pytest 9 no longer
+        reads.)"""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return "brokers" if _test_dir(nodeid) in BROKER_TEST_DIRS else nodeid
+
+    return BrokerTestsTogether(config, log)
+
+
+def _test_dir(nodeid: str) -> str | None:
+    """The folder of tests/ that holds a test ("tests/service/test_x.py::test_y": service)."""
+    parts = nodeid.split("::")[0].split("/")
+    return parts[1] if len(parts) > 2 and parts[0] == "tests" else None
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
