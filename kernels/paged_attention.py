@@ -36,6 +36,7 @@ split of the key range:
 All offsets into the cache are int64, so caches over 2^31 elements work.
 """
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -44,7 +45,12 @@ import torch
 import triton
 import triton.language as tl
 
-from llm_worker.kernels.attention_config import AttentionConfig, check_inputs, choose_config
+from llm_worker.kernels.attention_config import (
+    AttentionConfig,
+    check_inputs,
+    choose_config,
+    device_limits,
+)
 from llm_worker.kernels.attention_tile import (
     attend_kv_range,
     attend_kv_split,
@@ -77,6 +83,20 @@ NEW_KV_TMA = True
 # past fp16's range (65,504; unscaled, about 740,000 at head_dim 128) would not fit. False:
 # products in the query's dtype (sweeps).
 FP8_DOT_F16 = True
+# A step whose prefill tiles (128 rows) sit beside many decoding sequences computes those
+# sequences apart, in a decode launch of their own (one program per sequence and KV head, tiles
+# of a few rows) after the prefill launch, whose programs skip them: in one launch each decoding
+# sequence takes a whole prefill tile, with its query in a few of the rows and the matrix
+# products paying for all of them. Only where the decode launch has at least
+# DECODE_APART_MIN_WAVES programs a multiprocessor unsplit, so it writes its rows directly: with
+# fewer (17 sequences of 2,048 keys on an H100) the one launch was as fast or faster
+# (docs/benchmarks.md, "Decodes beside a prefill"). False: one launch.
+DECODE_TILES_APART = True
+DECODE_APART_MIN_WAVES = 2
+# The kernel's SEQS: every sequence, only those of one query token, only those of more.
+ALL_SEQS, ONE_TOKEN, SEVERAL_TOKENS = 0, 1, 2
+_ONE_TOKEN: tl.constexpr = tl.constexpr(ONE_TOKEN)
+_SEVERAL_TOKENS: tl.constexpr = tl.constexpr(SEVERAL_TOKENS)
 
 
 @triton.jit(do_not_specialize=["num_seqs", "num_tokens", "num_splits"])
@@ -121,6 +141,7 @@ def _paged_attention_kernel(
     SCALE_V: tl.constexpr,  # an FP8 cache whose v_scale is not 1
     DOT_F16: tl.constexpr,  # an FP8 cache under a 16-bit query: products in fp16 (FP8_DOT_F16)
     PDL: tl.constexpr,  # launched as a programmatic dependent of the kernel before (sm_90+)
+    SEQS: tl.constexpr,  # which sequences this launch computes: ALL_SEQS, ONE_TOKEN or SEVERAL
 ):
     # One flat grid, the KV head fastest: the heads of one key range run side by side (they
     # read neighbouring slices of the same cache blocks). Decode and verification (one tile per
@@ -157,7 +178,12 @@ def _paged_attention_kernel(
         q_start = tl.load(cu_seqlens_q_ptr + seq_idx)
         q_len = tl.load(cu_seqlens_q_ptr + seq_idx + 1) - q_start
         row_lo = (tile_idx - (q_start * GROUP // BLOCK_M + seq_idx)) * BLOCK_M
-    if row_lo < q_len * GROUP:
+    active = row_lo < q_len * GROUP
+    if SEQS == _ONE_TOKEN:
+        active = active & (q_len == 1)
+    elif SEQS == _SEVERAL_TOKENS and not SPLIT_K:
+        active = active & (q_len > 1)
+    if active:
         offs_d = tl.arange(0, HEAD_DIM)
         rows = row_lo + tl.arange(0, BLOCK_M)
         token_in_seq = rows // GROUP
@@ -171,6 +197,10 @@ def _paged_attention_kernel(
         tiles_per_split = tl.cdiv(tl.cdiv(kv_end, BLOCK_N), num_splits)
         split_lo = split_idx * tiles_per_split * BLOCK_N
         split_hi = tl.minimum(split_lo + tiles_per_split * BLOCK_N, kv_end)
+        if SEQS == _SEVERAL_TOKENS and SPLIT_K:
+            # The merge writes every row, so a one-token sequence's tiles store empty partials
+            # (it merges as nothing) for the decode launch that follows to overwrite.
+            split_hi = tl.where(q_len > 1, split_hi, split_lo)
         k_head_ptr = k_cache_ptr + kv_head * HEAD_DIM
         v_head_ptr = v_cache_ptr + kv_head * HEAD_DIM
         block_table_ptr = block_tables_ptr + seq_idx.to(tl.int64) * block_table_stride
@@ -326,20 +356,32 @@ def paged_attention(
     hit will.
     """
     check_inputs(query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q)
-    config = choose_config(
+    group = query.shape[1] // k_cache.shape[2]
+    rules = functools.partial(
+        choose_config,
         num_seqs=seq_lens.shape[0],
         num_kv_heads=k_cache.shape[2],
-        group=query.shape[1] // k_cache.shape[2],
+        group=group,
         head_dim=query.shape[2],
-        max_seqlen_q=max_seqlen_q,
         max_seqlen_k=max_seqlen_k,
         dtype=query.dtype,
         device=query.device,
-        num_tokens=query.shape[0],
         fp8_cache=k_cache.dtype in FP8_KV_DTYPES,
     )
+    config = rules(max_seqlen_q=max_seqlen_q, num_tokens=query.shape[0])
+    decode_config = None
+    num_sms = device_limits(query.device)[0]
+    decode_programs = seq_lens.shape[0] * k_cache.shape[2]
+    if (
+        DECODE_TILES_APART
+        and max_seqlen_q * group > config.block_m
+        and decode_programs >= DECODE_APART_MIN_WAVES * num_sms
+    ):
+        decode_config = rules(max_seqlen_q=1)  # unsplit: the rules split under one an SM
     args = (query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q)
-    options = _LaunchOptions(scale, max_seqlen_q, config, key, value, pdl, k_scale, v_scale)
+    options = _LaunchOptions(
+        scale, max_seqlen_q, config, key, value, pdl, k_scale, v_scale, decode_config
+    )
     return _launch(*args, options)
 
 
@@ -377,6 +419,8 @@ class _LaunchOptions:
     pdl: bool
     k_scale: float
     v_scale: float
+    # DECODE_TILES_APART: the unsplit configuration of the decode launch that runs first
+    decode_config: AttentionConfig | None = None
 
 
 def _launch(
@@ -388,24 +432,58 @@ def _launch(
     cu_seqlens_q: torch.Tensor,
     options: _LaunchOptions,
 ) -> torch.Tensor:
-    scale, max_seqlen_q, config = options.scale, options.max_seqlen_q, options.config
-    key, value, pdl = options.key, options.value, options.pdl
-    if not scale > 0:
-        raise ValueError(f"scale must be positive, got {scale}")
+    if not options.scale > 0:
+        raise ValueError(f"scale must be positive, got {options.scale}")
     check_kv_scales(k_cache.dtype, options.k_scale, options.v_scale)
+    num_tokens = query.shape[0]
+    out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
+    if num_tokens == 0 or seq_lens.shape[0] == 0:
+        return out
+    tensors = _Tensors(out, query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q)
+    decode_config = options.decode_config
+    if decode_config is None:
+        _launch_kernel(tensors, options, options.config, options.max_seqlen_q, ALL_SEQS)
+    else:
+        if decode_config.num_splits != 1:
+            raise ValueError("the decode launch beside prefill tiles must not split")
+        # The prefill launch first: with split-K its merge writes every row.
+        _launch_kernel(tensors, options, options.config, options.max_seqlen_q, SEVERAL_TOKENS)
+        _launch_kernel(tensors, options, decode_config, 1, ONE_TOKEN)
+    return out
+
+
+@dataclass(frozen=True)
+class _Tensors:
+    out: torch.Tensor
+    query: torch.Tensor
+    k_cache: torch.Tensor
+    v_cache: torch.Tensor
+    block_tables: torch.Tensor
+    seq_lens: torch.Tensor
+    cu_seqlens_q: torch.Tensor
+
+
+def _launch_kernel(
+    t: _Tensors,
+    options: _LaunchOptions,
+    config: AttentionConfig,
+    max_seqlen_q: int,
+    seqs: int,
+) -> None:
+    """One launch of the kernel (and the merge, with split-K) over the sequences `seqs` picks,
+    writing their rows of t.out."""
+    query, k_cache = t.query, t.k_cache
+    key, value, pdl = options.key, options.value, options.pdl
     dot_f16 = (
         FP8_DOT_F16
         and k_cache.dtype in FP8_KV_DTYPES
         and query.dtype in (torch.float16, torch.bfloat16)
     )
-    qk_scale = math.log2(math.e) * options.k_scale * (1.0 if dot_f16 else scale)
+    qk_scale = math.log2(math.e) * options.k_scale * (1.0 if dot_f16 else options.scale)
     num_tokens, num_heads, head_dim = query.shape
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     group = num_heads // num_kv_heads
-    num_seqs = seq_lens.shape[0]
-    out = torch.empty((num_tokens, num_heads, head_dim), dtype=query.dtype, device=query.device)
-    if num_tokens == 0 or num_seqs == 0:
-        return out
+    num_seqs = t.seq_lens.shape[0]
     split = config.num_splits > 1
     part_shape = (config.num_splits, num_tokens, num_heads) if split else (0, 0, 0)
     part_acc = query.new_empty((*part_shape, head_dim), dtype=torch.float32)
@@ -424,7 +502,7 @@ def _launch(
         most = (MAX_CHUNK_BLOCKS - 2) * block_size // config.block_n * config.block_n
         chunk_keys = min(config.ids_chunk_keys, max(config.block_n, most))
     _paged_attention_kernel[grid](
-        out_ptr=out,
+        out_ptr=t.out,
         part_acc_ptr=part_acc,
         part_max_ptr=part_max,
         part_sum_ptr=part_sum,
@@ -432,12 +510,12 @@ def _launch(
         k_new_desc=new_kv[0] if new_kv else None,
         v_new_desc=new_kv[1] if new_kv else None,
         k_cache_ptr=k_cache,
-        v_cache_ptr=v_cache,
-        block_tables_ptr=block_tables,
-        seq_lens_ptr=seq_lens,
-        cu_seqlens_q_ptr=cu_seqlens_q,
+        v_cache_ptr=t.v_cache,
+        block_tables_ptr=t.block_tables,
+        seq_lens_ptr=t.seq_lens,
+        cu_seqlens_q_ptr=t.cu_seqlens_q,
         qk_scale=qk_scale,
-        q_scale=scale,
+        q_scale=options.scale,
         v_scale=options.v_scale,
         num_seqs=num_seqs,
         num_tokens=num_tokens,
@@ -447,7 +525,7 @@ def _launch(
         query_stride_head=query.stride(1),
         cache_stride_block=k_cache.stride(0),
         cache_stride_slot=k_cache.stride(1),
-        block_table_stride=block_tables.stride(0),
+        block_table_stride=t.block_tables.stride(0),
         GROUP=group,
         HEAD_DIM=head_dim,
         BLOCK_SIZE=block_size,
@@ -463,14 +541,14 @@ def _launch(
         SCALE_V=options.v_scale != 1.0,
         DOT_F16=dot_f16,
         PDL=pdl,
+        SEQS=seqs,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
         **_register_cap(config),
         **launch_options(pdl),
     )
     if split:
-        merge_splits(out, part_acc, part_max, part_sum, cu_seqlens_q[num_seqs:], pdl)
-    return out
+        merge_splits(t.out, part_acc, part_max, part_sum, t.cu_seqlens_q[num_seqs:], pdl)
 
 
 def _register_cap(config: AttentionConfig) -> dict[str, int]:

@@ -21,6 +21,7 @@ runs it. Needs CUDA.
     python scripts/bench_kernels.py                 # the full tables
     python scripts/bench_kernels.py --references    # also copy, sum and SDPA on decode's bytes
     python scripts/bench_kernels.py --decoder-chain # decode inside a decoder layer's launches
+    python scripts/bench_kernels.py --mixed         # decodes beside a prefill: one launch or two
     python scripts/bench_kernels.py --sweep         # also time other launch configurations
     python scripts/bench_kernels.py --sweep-only    # only those
 """
@@ -545,6 +546,49 @@ def run_chunks(cache: PagedCache, args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def rules_ms(cache: PagedCache, q_lens: list[int], ctx_lens: list[int], hints: tuple[int, int],
+             apart: bool) -> float:  # fmt: skip
+    """One layer's attention as `paged_attention`'s rules launch it under these (max_seqlen_q,
+    max_seqlen_k) hints, this step's K/V passed, with DECODE_TILES_APART on or off; replayed
+    from a CUDA graph."""
+    args = cache.batch(q_lens, ctx_lens)
+    key, value = cache.step_kv(sum(q_lens))
+    scale = cache.layer.head_dim**-0.5
+    saved = paged_attention_module.DECODE_TILES_APART
+    paged_attention_module.DECODE_TILES_APART = apart
+    try:
+        graph = capture(lambda: paged_attention_module.paged_attention(
+            *args, scale, *hints, key, value, pdl=PDL))  # fmt: skip
+    finally:
+        paged_attention_module.DECODE_TILES_APART = saved
+    return bench_ms(graph.replay)
+
+
+def run_mixed(cache: PagedCache, args: argparse.Namespace) -> list[dict]:
+    """Decoding sequences beside one prompt's prefill, under the hints of the engine's prefill
+    graphs (the token budget and the model length): in one launch of prefill tiles, and with
+    the decodes apart in a decode launch (DECODE_TILES_APART); then each part alone under its
+    own hints, what the two launches cannot beat."""
+    rows = []
+    hints = (args.mixed_budget, args.mixed_budget)
+    prefill = args.mixed_prefill
+    for decodes in args.mixed_decodes:
+        for ctx in args.mixed_contexts:
+            q_lens, ctx_lens = [1] * decodes + [prefill], [ctx] * decodes + [prefill]
+            one = rules_ms(cache, q_lens, ctx_lens, hints, apart=False)
+            apart = rules_ms(cache, q_lens, ctx_lens, hints, apart=True)
+            alone_d = rules_ms(cache, [1] * decodes, [ctx] * decodes, (1, ctx), apart=False)
+            alone_p = rules_ms(cache, [prefill], [prefill], (prefill, prefill), apart=False)
+            rows.append({"decodes": decodes, "context": ctx, "prefill": prefill,
+                         "one_launch_ms": one, "apart_ms": apart, "speedup": one / apart,
+                         "decodes_alone_ms": alone_d, "prefill_alone_ms": alone_p})  # fmt: skip
+    columns = [("decodes", "d"), ("context", "d"), ("prefill", "d"), ("one_launch_ms", ".4f"),
+               ("apart_ms", ".4f"), ("speedup", ".2f"), ("decodes_alone_ms", ".4f"),
+               ("prefill_alone_ms", ".4f")]  # fmt: skip
+    print_table(f"decodes beside a prefill (CUDA graph; hints {hints})", rows, columns)
+    return rows
+
+
 def prefix_hit_lens(text: str) -> tuple[list[int], list[int]]:
     """BATCHxNEW+PREFIX: BATCH prompts of NEW tokens each over a cached prefix of PREFIX."""
     batch, rest = text.split("x")
@@ -790,6 +834,21 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="only the decode table (and with --sweep, only its decode configurations)",
     )
+    parser.add_argument(
+        "--mixed",
+        action="store_true",
+        help="only time --mixed-decodes decoding sequences at --mixed-contexts beside one "
+        "--mixed-prefill-token prompt, in one launch and with the decodes apart",
+    )
+    parser.add_argument("--mixed-decodes", type=ints, default=[32, 128, 256])
+    parser.add_argument("--mixed-contexts", type=ints, default=[512, 2048])
+    parser.add_argument("--mixed-prefill", type=int, default=64)
+    parser.add_argument(
+        "--mixed-budget",
+        type=int,
+        default=8192,
+        help="the prefill graphs' hints: the token budget and the model length",
+    )
     parser.add_argument("--sweep", action="store_true", help="also time other configurations")
     parser.add_argument("--sweep-only", action="store_true", help="only the configuration sweep")
     parser.add_argument("--json", type=Path, help="write every row here")
@@ -808,9 +867,11 @@ def main() -> None:
           f"triton {triton.__version__}  programmatic dependent launch: {PDL}")  # fmt: skip
     copy_gbs = copy_bandwidth_gbs()
     print(f"copy bandwidth: {copy_gbs:.0f} GB/s (read + write)")
-    if args.tile_candidates or args.split_rules or args.decoder_chain:  # one table only
-        cache = PagedCache(layer, args.max_cache_tokens)
-        if args.tile_candidates:
+    if args.tile_candidates or args.split_rules or args.decoder_chain or args.mixed:
+        cache = PagedCache(layer, args.max_cache_tokens)  # one table only
+        if args.mixed:
+            key, rows = "mixed", run_mixed(cache, args)
+        elif args.tile_candidates:
             key, rows = "tiles", run_tile_candidates(cache, args)
         elif args.decoder_chain:
             key, rows = "decoder_chain", run_chain(cache, args, copy_gbs)

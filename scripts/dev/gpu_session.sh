@@ -58,6 +58,9 @@
 #   heap_ab   issue 27: the 8B shape at batch 256, none and all rows constrained, with the
 #             start-up heap left to the garbage collector (--no-freeze-heap) and frozen as the
 #             service freezes it, alternated, each run's collector seconds beside its rate
+#   mixed_attention  decodes beside a prefill, one attention launch against two; the attention
+#             GPU tests; the W4A16 sweep at batch 1 and 4
+#   mixed_ab   issue 27's batch-256 e2e on the 8B shape, .ab-old against this tree, twice
 #   qwen_profile  issue 28: the builder's FP8-cache graph test; where a Qwen3-8B FP8 decode
 #             step goes at batch 128 and 2k context
 set -uo pipefail
@@ -222,6 +225,23 @@ case "${1:-}" in
       --timeout 150 tests/kernels/test_quant_kernels_gpu.py tests/kernels/test_fp8_kv_gpu.py \
       tests/structured/test_token_bitmask.py tests/quant/test_quant_model_gpu.py \
       tests/engine/test_builder_gpu.py
+    ;;
+  mixed_attention)
+    # decodes beside a prefill: one launch of prefill tiles against the decode launch apart
+    # (DECODE_TILES_APART), with the attention GPU tests; the W4A16 kernels' sweep at batch 1
+    # and 4 (issue 28)
+    TAIL_LINES=30 item attention_gpu_tests 170 "$py" -m pytest -q -p no:cacheprovider \
+      --timeout 140 tests/kernels/test_paged_attention.py tests/kernels/test_kernels_gpu.py \
+      tests/kernels/test_fp8_kv_gpu.py
+    TAIL_LINES=20 item mixed_attention 120 "$py" scripts/bench_kernels.py --mixed \
+      --mixed-decodes 16,32,128,256 --mixed-contexts 384,2048 --json "$out/mixed_attention.json"
+    TAIL_LINES=40 item w4a16_sweep 100 "$py" scripts/bench_quant.py --models llama3-8b \
+      --m 1 --sweep-w4a16 --output-json "$out/w4a16_sweep.json"
+    ;;
+  mixed_ab)
+    # issue 27's e2e at batch 256 on the 8B shape, .ab-old against this tree, alternated twice
+    export LLM_WORKER_CACHE_DIR="$PWD/.smolcfg"
+    ab_structured 480 115 llama3-8b-49k
     ;;
   verify)
     # issue 28: the GPU tests of the kernels (the W4A16 GEMV's first run on a GPU), batch-1

@@ -64,10 +64,15 @@ class PagedBatch:
         return out[0], out[1]
 
     def poison_new_slots(self) -> None:
-        """NaN over the new tokens' cache rows: a kernel must then take them from new_kv()."""
+        """NaN over the cache rows of the new tokens of sequences with several: a prefill tile
+        must then take them from new_kv(). A one-token sequence's row stays: beside prefill
+        tiles, many of them are computed apart by a decode launch, which reads the cache, where
+        store_kv has put the same values."""
         assert self.new_slots is not None
+        q_lens = self.cu_seqlens_q.diff().cpu()
+        several = torch.repeat_interleave(q_lens > 1, q_lens)
         for cache in (self.k_cache, self.v_cache):
-            cache.flatten(0, 1)[self.new_slots] = float("nan")
+            cache.flatten(0, 1)[self.new_slots[several.to(self.new_slots.device)]] = float("nan")
 
 
 def make_paged_batch(

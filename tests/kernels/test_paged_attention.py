@@ -4,10 +4,13 @@ fp32 only here: the interpreter (triton 3.9) computes bf16 dot products wrongly,
 dtypes are covered by test_kernels_gpu.py on CUDA.
 """
 
+from typing import Any
+
 import pytest
 import torch
 import triton
 
+from llm_worker.kernels import paged_attention as paged_attention_module
 from llm_worker.kernels import reference
 from llm_worker.kernels.attention_config import AttentionConfig, choose_config
 from llm_worker.kernels.paged_attention import paged_attention, paged_attention_with_config
@@ -213,3 +216,68 @@ def test_rejects_bad_inputs(change, message: str) -> None:
     args.update(change(batch))
     with pytest.raises(ValueError, match=message):
         paged_attention(**args, scale=SCALE, max_seqlen_q=3, max_seqlen_k=20)
+
+
+@pytest.mark.parametrize("apart", [True, False], ids=["decode-launch", "one-launch"])
+@pytest.mark.parametrize("group", [4, 5])
+def test_decodes_beside_a_prefill_match_reference_in_one_launch_or_two(
+    group: int, apart: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many decoding sequences beside a prefill and a chunk: with DECODE_TILES_APART they run
+    in a decode launch of their own after the prefill tiles' launch, which skips them."""
+    monkeypatch.setattr(paged_attention_module, "DECODE_TILES_APART", apart)
+    launches = _count_launches(monkeypatch)
+    seqs = [(37, 37), *[(30 + 7 * i, 1) for i in range(10)], (53, 19), (20, 0)]
+    batch = make_paged_batch(seqs, 2 * group, 2, 32, 16, device=DEVICE)
+    out = paged_attention(*batch.tensors(), SCALE, batch.max_seqlen_q, batch.max_seqlen_k)
+    _assert_matches_reference(batch, out)
+    modes = [seqs for _, seqs in launches]
+    if apart:
+        assert modes == [paged_attention_module.SEVERAL_TOKENS, paged_attention_module.ONE_TOKEN]
+        assert launches[1][0].num_splits == 1 and launches[1][0].block_m <= 32
+    else:
+        assert modes == [paged_attention_module.ALL_SEQS]
+
+
+def test_decodes_too_few_to_fill_the_gpu_twice_stay_in_the_prefill_launch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under DECODE_APART_MIN_WAVES programs a multiprocessor (INTERPRETER_NUM_SMS is 4 on the
+    CPU), the decoding sequences stay in the one launch."""
+    launches = _count_launches(monkeypatch)
+    batch = make_paged_batch([(300, 1), (45, 1), (77, 20)], 4, 2, 32, 16, device=DEVICE)
+    out = paged_attention(*batch.tensors(), SCALE, batch.max_seqlen_q, batch.max_seqlen_k)
+    _assert_matches_reference(batch, out)
+    assert [seqs for _, seqs in launches] == [paged_attention_module.ALL_SEQS]
+
+
+def test_decodes_apart_from_a_split_prefill_launch_and_padding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A CUDA graph's hints split the prefill launch's keys: its merge writes every row (empty
+    partials for the decoding sequences, padding as 0), and the decode launch after it writes
+    the decoding rows."""
+    launches = _count_launches(monkeypatch)
+    batch = make_paged_batch([(40, 1), (17, 1), (33, 1), (60, 1), (90, 2)], 4, 2, 32, 16,
+                             device=DEVICE)  # fmt: skip
+    padded = torch.cat([batch.query, torch.randn_like(batch.query[:3])])
+    out = paged_attention(padded, *batch.tensors()[1:], SCALE, 256, 8192)
+    _assert_matches_reference(batch, out)
+    assert torch.all(out[batch.num_real_tokens() :] == 0)
+    (prefill, first), (_, second) = launches
+    assert prefill.num_splits > 1
+    assert (first, second) == (paged_attention_module.SEVERAL_TOKENS,
+                               paged_attention_module.ONE_TOKEN)  # fmt: skip
+
+
+def _count_launches(monkeypatch: pytest.MonkeyPatch) -> list[tuple[AttentionConfig, int]]:
+    """(configuration, SEQS) of each kernel launch from now on."""
+    launches: list[tuple[AttentionConfig, int]] = []
+    launch = paged_attention_module._launch_kernel
+
+    def spy(t: Any, options: Any, config: AttentionConfig, max_seqlen_q: int, seqs: int) -> None:
+        launches.append((config, seqs))
+        launch(t, options, config, max_seqlen_q, seqs)
+
+    monkeypatch.setattr(paged_attention_module, "_launch_kernel", spy)
+    return launches
