@@ -19,6 +19,12 @@ from llm_worker.config import EngineSettings
 from llm_worker.jobs import batch_file_prompt_ids
 from llm_worker.models.bundled import bundled_model_dir
 
+# Under pytest-xdist every worker's torch would start a thread a core: two workers on two cores
+# then run four busy threads, whose spin-waits slow them all. Each gets its share of the cores.
+_XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _XDIST_WORKERS > 1:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _XDIST_WORKERS))
+
 # `python -m pytest` from the checkout puts it first on sys.path, where kernels/ would shadow
 # Hugging Face's `kernels`, which transformers imports (worker/__main__.py does the same). Nothing
 # above imports either; every test module is imported after this.

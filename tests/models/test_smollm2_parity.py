@@ -22,7 +22,7 @@ SETTINGS = {
         "max_num_seqs": 8,
     },
     "spec-draft": {
-        "speculative_method": "draft", "speculative_draft_layers": 20,
+        "speculative_method": "draft", "speculative_draft_layers": 8,
         "speculative_adaptive": False, "max_num_batched_tokens": 64,
         "num_gpu_blocks_override": 16, "max_model_len": 256, "enable_prefix_caching": True,
         "max_num_seqs": 8,
