@@ -59,7 +59,7 @@
 #             start-up heap left to the garbage collector (--no-freeze-heap) and frozen as the
 #             service freezes it, alternated, each run's collector seconds beside its rate
 #   mixed_attention  decodes beside a prefill, one attention launch against two; the attention
-#             GPU tests; the W4A16 sweep at batch 1 and 4
+#             GPU tests; the W4A16 sweep at batch 1
 #   mixed_ab   issue 27's batch-256 e2e on the 8B shape, .ab-old against this tree, twice
 #   qwen_profile  issue 28: the builder's FP8-cache graph test; where a Qwen3-8B FP8 decode
 #             step goes at batch 128 and 2k context
@@ -229,7 +229,7 @@ case "${1:-}" in
   mixed_attention)
     # decodes beside a prefill: one launch of prefill tiles against the decode launch apart
     # (DECODE_TILES_APART), with the attention GPU tests; the W4A16 kernels' sweep at batch 1
-    # and 4 (issue 28)
+    # (issue 28)
     TAIL_LINES=30 item attention_gpu_tests 170 "$py" -m pytest -q -p no:cacheprovider \
       --timeout 140 tests/kernels/test_paged_attention.py tests/kernels/test_kernels_gpu.py \
       tests/kernels/test_fp8_kv_gpu.py
