@@ -370,12 +370,11 @@ def paged_attention(
     )
     config = rules(max_seqlen_q=max_seqlen_q, num_tokens=query.shape[0])
     decode_config = None
-    num_sms = device_limits(query.device)[0]
-    decode_programs = seq_lens.shape[0] * k_cache.shape[2]
     if (
         DECODE_TILES_APART
-        and max_seqlen_q * group > config.block_m
-        and decode_programs >= DECODE_APART_MIN_WAVES * num_sms
+        and max_seqlen_q * group > config.block_m  # prefill tiles: decode launches never ask
+        and seq_lens.shape[0] * k_cache.shape[2]
+        >= DECODE_APART_MIN_WAVES * device_limits(query.device)[0]
     ):
         decode_config = rules(max_seqlen_q=1)  # unsplit: the rules split under one an SM
     args = (query, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q)
@@ -419,7 +418,8 @@ class _LaunchOptions:
     pdl: bool
     k_scale: float
     v_scale: float
-    # DECODE_TILES_APART: the unsplit configuration of the decode launch that runs first
+    # DECODE_TILES_APART: the unsplit configuration of the decode launch that runs after the
+    # prefill tiles' launch
     decode_config: AttentionConfig | None = None
 
 

@@ -171,8 +171,6 @@ class GcPauses:
 
 def release_gpu_memory() -> None:
     """Give the memory of engines no longer referenced back to the device (between engines)."""
-    import gc
-
     import torch
 
     gc.unfreeze()  # a frozen reference cycle would keep a dropped engine's tensors alive
