@@ -63,6 +63,10 @@
 #   mixed_ab   issue 27's batch-256 e2e on the 8B shape, .ab-old against this tree, twice
 #   qwen_profile  issue 28: the builder's FP8-cache graph test; where a Qwen3-8B FP8 decode
 #             step goes at batch 128 and 2k context
+#   attention_tests  the attention kernels' tests on CUDA, whole (the decode launch apart and its
+#             two-program floor); then the qwen_profile stage
+#   bundled_tests  the GPU tests that need the bundled model's weights (every .smol part carried
+#             by now): structured outputs on CUDA, the builder's, the quantized models'
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out="${OUT:-/tmp/gpu-session}"
@@ -334,6 +338,17 @@ case "${1:-}" in
     TAIL_LINES=30 item step_profile_qwen3_fp8 90 "$py" scripts/bench_step_profile.py \
       --model qwen3-8b --quantization fp8 --kv-cache-dtype fp8 --batch-size 128 --input-len 2048 \
       --num-steps 10 --kv-cache-memory-gb 45 --output-json "$out/profile_qwen3_fp8.json"
+    ;;
+  attention_tests)
+    TAIL_LINES=15 item attention_tests 300 "$py" -m pytest -q -p no:cacheprovider --timeout 280 \
+      tests/kernels/test_paged_attention.py
+    "$0" qwen_profile
+    ;;
+  bundled_tests)
+    TAIL_LINES=25 item bundled_gpu_tests 420 "$py" -m pytest -q -m gpu -p no:cacheprovider \
+      --timeout 200 --tb=short tests/structured/test_engine_structured_gpu.py \
+      tests/structured/test_token_bitmask.py tests/engine/test_builder_gpu.py \
+      tests/quant/test_quant_model_gpu.py
     ;;
   qwen_default)
     # issue 28: the Qwen3-8B FP8 run at the default 512 sequences, alone in a call

@@ -11,13 +11,14 @@ import torch
 from llm_worker.config import EngineSettings
 from llm_worker.engine.llm_engine import LLMEngine
 from llm_worker.schemas import SamplingParams
+from tests.near_ties import assert_agree_up_to_near_ties
 
 pytestmark = pytest.mark.gpu
 
 
 def engine(**overrides: object) -> LLMEngine:
-    settings = EngineSettings(load_format="dummy", device="cuda", **overrides)  # type: ignore[arg-type]
-    return LLMEngine.from_settings(settings)
+    settings = {"load_format": "dummy", "device": "cuda", **overrides}
+    return LLMEngine.from_settings(EngineSettings.model_validate(settings))
 
 
 def _num_blocks(**overrides: object) -> tuple[int, torch.dtype]:
@@ -54,20 +55,9 @@ def test_graphs_over_an_fp8_cache_give_the_eager_tokens() -> None:
     graphs = engine(**common)
     assert graphs.runner.graphs is not None
     got = graphs.generate(prompts, params)
-    num_same = 0
-    for g, w in zip(got, want, strict=True):
-        first = next((i for i, (a, b) in enumerate(zip(g.output_token_ids, w.output_token_ids,
-                      strict=True)) if a != b), None)  # fmt: skip
-        if first is None:
-            num_same += 1
-            continue
-        assert w.logprobs is not None
-        top = w.logprobs[first].top_logprobs or {}
-        theirs, ours = w.output_token_ids[first], g.output_token_ids[first]
-        assert ours in top and top[theirs] - top[ours] < 0.05, (first, top, ours)
     # Random weights leave many near ties (3 of 9 streams parted at one on an H100): the
     # ties are the check, and most streams must still agree whole.
-    assert num_same > len(prompts) // 2
+    assert_agree_up_to_near_ties(got, want, margin=0.05, min_whole=0.5)
 
 
 def test_the_worst_step_runs_inside_the_utilization() -> None:

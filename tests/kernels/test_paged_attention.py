@@ -12,7 +12,12 @@ import triton
 
 from llm_worker.kernels import paged_attention as paged_attention_module
 from llm_worker.kernels import reference
-from llm_worker.kernels.attention_config import AttentionConfig, choose_config
+from llm_worker.kernels.attention_config import (
+    INTERPRETER_NUM_SMS,
+    AttentionConfig,
+    choose_config,
+    device_limits,
+)
 from llm_worker.kernels.paged_attention import paged_attention, paged_attention_with_config
 from tests.kernels.paged_cases import PagedBatch, make_paged_batch
 
@@ -242,8 +247,8 @@ def test_decodes_beside_a_prefill_match_reference_in_one_launch_or_two(
 def test_decodes_too_few_to_fill_the_gpu_twice_stay_in_the_prefill_launch(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Under DECODE_APART_MIN_WAVES programs a multiprocessor (INTERPRETER_NUM_SMS is 4 on the
-    CPU), the decoding sequences stay in the one launch."""
+    """Under DECODE_APART_MIN_WAVES programs a multiprocessor (of INTERPRETER_NUM_SMS, 4, as
+    _count_launches pins them), the decoding sequences stay in the one launch."""
     launches = _count_launches(monkeypatch)
     batch = make_paged_batch([(300, 1), (45, 1), (77, 20)], 4, 2, 32, 16, device=DEVICE)
     out = paged_attention(*batch.tensors(), SCALE, batch.max_seqlen_q, batch.max_seqlen_k)
@@ -271,7 +276,11 @@ def test_decodes_apart_from_a_split_prefill_launch_and_padding(
 
 
 def _count_launches(monkeypatch: pytest.MonkeyPatch) -> list[tuple[AttentionConfig, int]]:
-    """(configuration, SEQS) of each kernel launch from now on."""
+    """(configuration, SEQS) of each kernel launch from now on. The decode-launch rule counts
+    INTERPRETER_NUM_SMS multiprocessors on every device, so that these small batches cross its
+    floor on a GPU as they do on the CPU."""
+    monkeypatch.setattr(paged_attention_module, "device_limits",
+                        lambda device: (INTERPRETER_NUM_SMS, device_limits(device)[1]))  # fmt: skip
     launches: list[tuple[AttentionConfig, int]] = []
     launch = paged_attention_module._launch_kernel
 

@@ -1,7 +1,8 @@
 """Structured outputs on CUDA: the Triton mask kernel, the pinned bitmask copied without a
-sync, CUDA graphs and async scheduling. The corpus's constrained outputs obey their schemas,
-async scheduling gives the same tokens as sync, and unconstrained rows beside constrained ones
-are the tokens of a run without them; greedy n-gram speculation gives the same tokens too."""
+sync, CUDA graphs and async scheduling. The corpus's constrained outputs obey their schemas;
+async scheduling, unconstrained rows beside constrained ones and greedy n-gram speculation give
+the tokens of the plain run up to a near tie (tests/near_ties.py: in bf16 a different batching
+rounds the logits differently, and greedy streams part where the top two nearly tie)."""
 
 import json
 
@@ -11,12 +12,20 @@ import torch
 
 from llm_worker.config import EngineSettings
 from llm_worker.engine.llm_engine import LLMEngine
+from llm_worker.engine.request import RequestOutput
 from llm_worker.schemas import SamplingParams
 from llm_worker.schemas.structured import StructuredOutputs
+from tests.near_ties import assert_agree_up_to_near_ties
 from tests.structured.engine_fixtures import chat_ids
 from tests.structured.test_schema_corpus import FORMATS, SCHEMAS
 
 pytestmark = pytest.mark.gpu
+# The logits come out of a bf16 head (a logit between 16 and 32 is a multiple of 0.125) and move
+# by a few such steps when the batch around a row changes: a tie within this many nats may go
+# either way.
+TIE_MARGIN = 0.5
+# Streams of up to 256 tokens: many meet some near tie; the ties are the check, this a floor.
+MIN_WHOLE = 0.25
 
 
 def engine(**overrides: object) -> LLMEngine:
@@ -38,10 +47,12 @@ def _batch(e: LLMEngine) -> tuple[list[list[int]], list[SamplingParams]]:
         prompts.append(chat_ids(e, f"Write one realistic {path.stem.replace('_', ' ')} as JSON."))
         constraint = StructuredOutputs.model_validate({"json": path.read_text()})
         params.append(
-            SamplingParams(temperature=0.0, max_tokens=256, structured_outputs=constraint)
+            SamplingParams(
+                temperature=0.0, max_tokens=256, logprobs=5, structured_outputs=constraint
+            )
         )
         prompts.append(chat_ids(e, f"Tell me about {path.stem.replace('_', ' ')}s."))
-        params.append(SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True))
+        params.append(SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True, logprobs=5))
     return prompts, params
 
 
@@ -55,15 +66,10 @@ def test_async_and_sync_agree_and_every_stopped_output_validates() -> None:
     overlapped = engine(async_scheduling=True)
     outputs = overlapped.generate(prompts, params)
     release(overlapped)
-    assert [o.output_token_ids for o in outputs] == [o.output_token_ids for o in expected]
-    assert [outputs[i].output_token_ids for i in free] == [o.output_token_ids for o in alone]
-    stopped = 0
-    for out, p in zip(outputs, params, strict=True):
-        if p.structured_outputs is not None and out.finish_reason == "stop":
-            schema = p.structured_outputs.json_schema
-            jsonschema.validate(json.loads(out.text or ""), schema, format_checker=FORMATS)
-            stopped += 1
-    assert stopped >= 0.8 * len(SCHEMAS)
+    assert_agree_up_to_near_ties(outputs, expected, TIE_MARGIN, MIN_WHOLE)
+    beside = [outputs[i] for i in free]
+    assert_agree_up_to_near_ties(beside, alone, TIE_MARGIN, MIN_WHOLE)
+    _assert_stopped_outputs_validate(outputs, params)
 
 
 def test_greedy_ngram_speculation_gives_the_same_constrained_tokens() -> None:
@@ -74,4 +80,17 @@ def test_greedy_ngram_speculation_gives_the_same_constrained_tokens() -> None:
     spec = engine(speculative_method="ngram", speculative_adaptive=False)
     outputs = spec.generate(prompts, params)
     release(spec)
-    assert [o.output_token_ids for o in outputs] == [o.output_token_ids for o in expected]
+    assert_agree_up_to_near_ties(outputs, expected, TIE_MARGIN, MIN_WHOLE)
+    _assert_stopped_outputs_validate(outputs, params)
+
+
+def _assert_stopped_outputs_validate(
+    outputs: list[RequestOutput], params: list[SamplingParams]
+) -> None:
+    stopped = 0
+    for out, p in zip(outputs, params, strict=True):
+        if p.structured_outputs is not None and out.finish_reason == "stop":
+            schema = p.structured_outputs.json_schema
+            jsonschema.validate(json.loads(out.text or ""), schema, format_checker=FORMATS)
+            stopped += 1
+    assert stopped >= 0.8 * len(SCHEMAS)
