@@ -20,12 +20,13 @@ from tests.structured.engine_fixtures import chat_ids
 from tests.structured.test_schema_corpus import FORMATS, SCHEMAS
 
 pytestmark = pytest.mark.gpu
-# The logits come out of a bf16 head (a logit between 16 and 32 is a multiple of 0.125) and move
-# by a few such steps when the batch around a row changes: a tie within this many nats may go
-# either way.
+# The logits come out of a bf16 head (a logit between 16 and 32 is a multiple of 0.125), so
+# exact ties are common, and a different batching moves a logit by such a step: on the CPU in
+# bf16, n-gram speculation parted 13 of 24 streams of this batch, each at a gap of 0 or 0.125
+# (scripts/dev/greedy_parity.py). A tie within this many nats may go either way.
 TIE_MARGIN = 0.5
-# Streams of up to 256 tokens: many meet some near tie; the ties are the check, this a floor.
-MIN_WHOLE = 0.25
+# Streams of up to 256 tokens: most may meet some tie; the ties are the check, this a floor.
+MIN_WHOLE = 0.1
 
 
 def engine(**overrides: object) -> LLMEngine:
