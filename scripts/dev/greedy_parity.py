@@ -9,8 +9,11 @@ them in the reference's logprobs: the figures behind tests/near_ties.py's margin
 """
 
 import argparse
+import importlib.util
+import sys
 import time
 from pathlib import Path
+from types import ModuleType
 
 from llm_worker.config import EngineSettings
 from llm_worker.engine.llm_engine import LLMEngine
@@ -18,7 +21,22 @@ from llm_worker.engine.request import RequestOutput
 from llm_worker.schemas import SamplingParams
 from llm_worker.schemas.structured import StructuredOutputs
 
-SCHEMAS = sorted((Path(__file__).parents[2] / "tests/structured/schemas").glob("*.json"))
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMAS = sorted((ROOT / "tests/structured/schemas").glob("*.json"))
+
+
+def _load_near_ties() -> ModuleType:
+    """The GPU tests' oracle module, read from its file: the checkout's root on sys.path would
+    put kernels/ in front of Hugging Face's `kernels`, which transformers imports."""
+    spec = importlib.util.spec_from_file_location("near_ties", ROOT / "tests/near_ties.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+near_ties = _load_near_ties()
 
 
 def main() -> None:
@@ -57,26 +75,12 @@ def main() -> None:
 
 
 def report(name: str, got: list[RequestOutput], want: list[RequestOutput]) -> None:
-    whole = 0
-    for index, (g, w) in enumerate(zip(got, want, strict=True)):
-        first = parting(g.output_token_ids, w.output_token_ids)
-        if first is None:
-            whole += 1
-            continue
-        theirs = w.output_token_ids[first] if first < len(w.output_token_ids) else None
-        ours = g.output_token_ids[first] if first < len(g.output_token_ids) else None
-        top = (w.logprobs[first].top_logprobs or {}) if w.logprobs and theirs is not None else {}
-        gap = f"{top[theirs] - top[ours]:.3f}" if ours in top and theirs in top else "not in top"
-        print(f"{name}: stream {index} parts at token {first}: {theirs} -> {ours}, gap {gap}")
-    print(f"{name}: {whole} of {len(want)} streams whole")
-
-
-def parting(got: list[int], want: list[int]) -> int | None:
-    """The first index where the streams differ (one ending early counts); None when equal."""
-    if got == want:
-        return None
-    return next((i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b),
-                min(len(got), len(want)))  # fmt: skip
+    parted = near_ties.partings(got, want)
+    for p in parted:
+        gap = "not in top" if p.gap is None else f"{p.gap:.3f}"
+        print(f"{name}: stream {p.stream} parts at token {p.token}: {p.theirs} -> {p.ours}, "
+              f"gap {gap}")  # fmt: skip
+    print(f"{name}: {len(want) - len(parted)} of {len(want)} streams whole")
 
 
 def chat_ids(engine: LLMEngine, message: str) -> list[int]:
