@@ -4,9 +4,6 @@ async scheduling, unconstrained rows beside constrained ones and greedy n-gram s
 the tokens of the plain run up to a near tie (tests/near_ties.py: in bf16 a different batching
 rounds the logits differently, and greedy streams part where the top two nearly tie)."""
 
-import json
-
-import jsonschema
 import pytest
 import torch
 
@@ -17,7 +14,8 @@ from llm_worker.schemas import SamplingParams
 from llm_worker.schemas.structured import StructuredOutputs
 from tests.near_ties import assert_agree_up_to_near_ties
 from tests.structured.engine_fixtures import chat_ids
-from tests.structured.test_schema_corpus import FORMATS, SCHEMAS
+from tests.structured.test_bundled_structured import check
+from tests.structured.test_schema_corpus import SCHEMAS
 
 pytestmark = pytest.mark.gpu
 # The logits come out of a bf16 head (a logit between 16 and 32 is a multiple of 0.125), so
@@ -88,10 +86,8 @@ def test_greedy_ngram_speculation_gives_the_same_constrained_tokens() -> None:
 def _assert_stopped_outputs_validate(
     outputs: list[RequestOutput], params: list[SamplingParams]
 ) -> None:
-    stopped = 0
-    for out, p in zip(outputs, params, strict=True):
-        if p.structured_outputs is not None and out.finish_reason == "stop":
-            schema = p.structured_outputs.json_schema
-            jsonschema.validate(json.loads(out.text or ""), schema, format_checker=FORMATS)
-            stopped += 1
-    assert stopped >= 0.8 * len(SCHEMAS)
+    stopped = [(p.structured_outputs, out) for out, p in zip(outputs, params, strict=True)
+               if p.structured_outputs is not None and out.finish_reason == "stop"]  # fmt: skip
+    for constraint, out in stopped:
+        check(constraint, out)
+    assert len(stopped) >= 0.8 * len(SCHEMAS)
